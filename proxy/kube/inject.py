@@ -1,0 +1,180 @@
+"""``llm-sidecar inject``: the webhook's mutation applied offline to YAML.
+
+    llm-sidecar inject -f deploy.yaml | kubectl apply -f -
+
+Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs and
+``List``s of them are injected (their pod template is what gets the patch);
+every other document is written back byte for byte. Pods count as opted in
+unless they carry ``llm-sidecar.io/inject: disabled``: running the command is
+the opt-in. A summary of what was done goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import yaml
+
+from proxy.kube.sidecar import INJECT, Context, SettingsError, SidecarSettings, plan
+
+#: kind → path of keys from the document to its pod template
+TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
+    "Pod": (),
+    "Deployment": ("spec", "template"),
+    "StatefulSet": ("spec", "template"),
+    "DaemonSet": ("spec", "template"),
+    "ReplicaSet": ("spec", "template"),
+    "ReplicationController": ("spec", "template"),
+    "Job": ("spec", "template"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template"),
+}
+
+_SEPARATOR = re.compile(r"^---[ \t]*(?:#.*)?$", re.MULTILINE)
+
+
+def split_documents(text: str) -> list[str]:
+    """Split a YAML stream at ``---`` lines, keeping each document's text as written."""
+    parts: list[str] = []
+    start = 0
+    for m in _SEPARATOR.finditer(text):
+        parts.append(text[start : m.start()])
+        start = m.end() + 1 if m.end() < len(text) else m.end()
+    parts.append(text[start:])
+    return parts
+
+
+def _unescape(token: str) -> str:
+    return token.replace("~1", "/").replace("~0", "~")
+
+
+def apply_patch(doc: MutableMapping[str, Any], patch: list[dict[str, Any]]) -> None:
+    """Apply the ``add``/``replace`` JSONPatch operations that :func:`plan` makes, in place."""
+    for op in patch:
+        *parents, last = [_unescape(t) for t in op["path"].split("/")[1:]]
+        target: Any = doc
+        for token in parents:
+            target = target[int(token)] if isinstance(target, list) else target[token]
+        if isinstance(target, list):
+            if last == "-":
+                target.append(op["value"])
+            elif op["op"] == "add":
+                target.insert(int(last), op["value"])
+            else:
+                target[int(last)] = op["value"]
+        else:
+            target[last] = op["value"]
+
+
+def _template(doc: MutableMapping[str, Any]) -> MutableMapping[str, Any] | None:
+    path = TEMPLATE_PATHS.get(doc.get("kind", ""))
+    if path is None:
+        return None
+    node: Any = doc
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+        if node is None:
+            return None
+    return node
+
+
+def inject_object(
+    doc: MutableMapping[str, Any], settings: SidecarSettings, ctx_for: Any, log: list[str]
+) -> bool:
+    """Inject one object (or each item of a ``List``) in place; True if anything changed."""
+    if doc.get("kind") == "List" or (doc.get("kind", "").endswith("List") and "items" in doc):
+        changed = False
+        for item in doc.get("items") or []:
+            changed |= inject_object(item, settings, ctx_for, log)
+        return changed
+    template = _template(doc)
+    name = f"{doc.get('kind', '?').lower()}/{(doc.get('metadata') or {}).get('name', '?')}"
+    if template is None:
+        return False
+    template.setdefault("metadata", {})
+    ctx: Context = ctx_for(doc)
+    decision = plan(template, settings, ctx)
+    if not decision.injected:
+        log.append(f"{name}: skipped ({'; '.join(decision.reasons)})")
+        return False
+    apply_patch(template, decision.patch)
+    log.append(f"{name}: injected" + "".join(f" ({n})" for n in decision.notes))
+    return True
+
+
+def inject_stream(text: str, settings: SidecarSettings, ctx_for: Any, log: list[str]) -> str:
+    """Inject every workload in a multi-document YAML text; untouched documents keep their bytes."""
+    out: list[str] = []
+    for part in split_documents(text):
+        try:
+            doc = yaml.safe_load(part)
+        except yaml.YAMLError:
+            out.append(part)
+            continue
+        if isinstance(doc, dict) and inject_object(doc, settings, ctx_for, log):
+            out.append(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False))
+        else:
+            out.append(part)
+    return "---\n".join(p if p.endswith("\n") or not p else p + "\n" for p in out)
+
+
+def _version(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.\d+)?", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Kubernetes version like 1.30")
+    return int(m.group(1)), int(m.group(2))
+
+
+def load_settings(path: str | None) -> SidecarSettings:
+    """Read the ``sidecar:`` map of an ``injector.yaml`` (as the chart renders it)."""
+    if path is None:
+        return SidecarSettings()
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    return SidecarSettings.from_mapping(data.get("sidecar", data))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llm-sidecar inject", description=__doc__.split("\n\n")[0])
+    p.add_argument("-f", "--filename", required=True, help="YAML file to inject, or - for stdin")
+    p.add_argument("--settings", help="injector.yaml as rendered by the chart (default: chart defaults)")
+    p.add_argument("--image", help="sidecar image (overrides --settings)")
+    p.add_argument(
+        "--kube-version",
+        type=_version,
+        default=(1, 29),
+        help="target cluster version; >= 1.29 gets a native sidecar (default 1.29)",
+    )
+    p.add_argument("-n", "--namespace", default="default", help="namespace of objects that name none")
+    return p
+
+
+def main(argv: list[str], stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    args = parser().parse_args(argv)
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    try:
+        settings = load_settings(args.settings)
+        if args.image:
+            settings = dataclasses.replace(settings, image=args.image)
+    except (OSError, SettingsError, yaml.YAMLError) as exc:
+        print(f"llm-sidecar inject: {exc}", file=sys.stderr)
+        return 2
+
+    def ctx_for(doc: MutableMapping[str, Any]) -> Context:
+        ns = (doc.get("metadata") or {}).get("namespace") or args.namespace
+        return Context(namespace=ns, namespace_labels={INJECT: "enabled"}, kube_version=args.kube_version)
+
+    try:
+        text = stdin.read() if args.filename == "-" else open(args.filename, encoding="utf-8").read()
+    except OSError as exc:
+        print(f"llm-sidecar inject: {exc}", file=sys.stderr)
+        return 2
+    log: list[str] = []
+    stdout.write(inject_stream(text, settings, ctx_for, log))
+    for line in log:
+        print(line, file=sys.stderr)
+    return 0
