@@ -1,0 +1,42 @@
+"""``Call``: the one object that flows through the pipeline for one client request."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from proxy.dialects import Dialect, Operation
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    request: web.Request
+    dialect: Dialect
+    operation: Operation
+    request_id: str
+    #: the body exactly as the client sent it; forwarded as is when nothing must change
+    body: bytes = b""
+    payload: dict[str, Any] = field(default_factory=dict)
+    #: the model group the client named; "unknown" until it is read and known
+    model_group: str = "unknown"
+    stream: bool = False
+    #: the credential the client sent, if any (used only for pass-through and tenancy)
+    client_key: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    # What happened, filled in along the way; the observer reads them once at the end.
+    #: cached | coalesced | upstream | error
+    outcome: str = "error"
+    #: hit | miss | coalesced | bypass | stale | off
+    cache_status: str = "off"
+    endpoint: str | None = None
+    attempts: int = 0
+    status: int = 0
+    first_byte_at: float | None = None
+    #: seconds spent waiting on upstreams (attempts), so the sidecar's own overhead is the rest
+    upstream_seconds: float = 0.0
+    usage: dict[str, int] = field(default_factory=dict)
+    error_type: str | None = None

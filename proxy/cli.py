@@ -1,0 +1,167 @@
+"""``llm-sidecar``: serve | demo | mock-provider | check-config | inject | webhook."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from proxy.config import Config, ConfigError, load_config, parse_config
+
+
+def _run(main: object) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)  # type: ignore[arg-type]
+    else:
+        uvloop.run(main)  # type: ignore[arg-type]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from proxy.server import serve
+    from proxy.telemetry.logs import setup_logging
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"llm-sidecar: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.telemetry.log_level)
+    _run(serve(config))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"llm-sidecar: {exc}", file=sys.stderr)
+        return 2
+    groups = ", ".join(f"{name} ({len(g.endpoints)} endpoint(s))" for name, g in config.model_groups.items())
+    print(f"{args.config}: ok: model groups {groups}; cache {config.cache.backend}")
+    return 0
+
+
+def cmd_mock_provider(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from proxy.mock_provider import Behaviour, build_mock_app
+
+    behaviours = dict(Behaviour.parse(spec) for spec in args.behaviour)
+    web.run_app(build_mock_app(behaviours), host=args.host, port=args.port, access_log=None,
+                print=lambda _: print(f"mock provider on http://{args.host}:{args.port}", flush=True))
+    return 0
+
+
+def demo_config(mock_url: str, port: int, admin_port: int) -> Config:
+    """Two model groups in front of the mock provider; in-memory defaults for the rest."""
+    return parse_config({
+        "server": {"port": port, "admin_port": admin_port, "admin_host": "127.0.0.1"},
+        "model_groups": {
+            "gpt-4o-mini": {"endpoints": [{"name": "mock-openai", "url": f"{mock_url}/v1", "dialect": "openai",
+                                           "model": "mock-gpt", "api_key": "demo-key"}]},
+            "claude-sonnet": {"endpoints": [{"name": "mock-anthropic", "url": mock_url, "dialect": "anthropic",
+                                             "model": "mock-claude", "api_key": "demo-key"}]},
+        },
+    })
+
+
+DEMO_HELP = """\
+llm-sidecar demo is running (Ctrl-C stops it).
+  proxy    http://127.0.0.1:{port}   (OpenAI under /v1, Anthropic under /anthropic)
+  admin    http://127.0.0.1:{admin_port}/healthz  /readyz  /metrics
+  provider http://127.0.0.1:{mock_port}   (the built-in mock provider)
+
+Try it:
+  curl -s http://127.0.0.1:{port}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 OPENAI_API_KEY=unused python -c '
+from openai import OpenAI
+r = OpenAI().chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "Hello"}}])
+print(r.choices[0].message.content)'
+"""
+
+
+async def _demo(port: int, admin_port: int) -> None:
+    import signal
+
+    from aiohttp import web
+
+    from proxy.mock_provider import build_mock_app
+    from proxy.server import Servers
+
+    mock_runner = web.AppRunner(build_mock_app(), access_log=None)
+    await mock_runner.setup()
+    mock_site = web.TCPSite(mock_runner, "127.0.0.1", 0)
+    await mock_site.start()
+    mock_port = mock_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    servers = Servers(demo_config(f"http://127.0.0.1:{mock_port}", port, admin_port))
+    await servers.start()
+    print(DEMO_HELP.format(port=servers.port, admin_port=servers.admin_port, mock_port=mock_port), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await servers.stop()
+    await mock_runner.cleanup()
+    print("demo stopped", flush=True)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.telemetry.logs import setup_logging
+
+    setup_logging("warning")
+    _run(_demo(args.port, args.admin_port))
+    return 0
+
+
+def _delegate(module: str) -> object:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return importlib.import_module(module).main(args.rest)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-sidecar", description="An LLM egress proxy for Kubernetes pods.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the proxy and the admin listener")
+    serve.add_argument("--config", "-c", required=True, help="the YAML config file")
+    serve.set_defaults(run=cmd_serve)
+
+    check = commands.add_parser("check-config", help="validate a config file without starting")
+    check.add_argument("config")
+    check.set_defaults(run=cmd_check_config)
+
+    demo = commands.add_parser("demo", help="the proxy in front of the built-in mock provider")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--admin-port", type=int, default=9090)
+    demo.set_defaults(run=cmd_demo)
+
+    mock = commands.add_parser("mock-provider", help="run the mock OpenAI/Anthropic provider")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=8000)
+    mock.add_argument("--behaviour", action="append", default=[], metavar="MODEL:KEY=VALUE,...",
+                      help="per-model behaviour, e.g. slow:ttft_ms=200,chunk_delay_ms=10")
+    mock.set_defaults(run=cmd_mock_provider)
+
+    for name, module, text in (
+        ("inject", "proxy.kube.inject", "add the sidecar to Kubernetes YAML offline"),
+        ("webhook", "proxy.kube.webhook", "serve the sidecar-injecting admission webhook"),
+    ):
+        sub = commands.add_parser(name, help=text, add_help=False)
+        sub.add_argument("rest", nargs=argparse.REMAINDER)
+        sub.set_defaults(run=_delegate(module))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)

@@ -1,0 +1,115 @@
+"""The sidecar's configuration: one YAML file, validated at start-up.
+
+Each package owns its section (``router.config``, ``cache.config``,
+``telemetry.config``); this module assembles them, expands ``${VAR}`` and
+``${VAR:-default}`` from the environment, and reports a bad field by its path
+(``model_groups.gpt-4o.endpoints[1].max_concurrent: must be >= 1``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from proxy.cache.config import CacheConfig, CachePolicy
+from proxy.router.config import RouteConfig
+from proxy.telemetry.config import TelemetryConfig
+
+
+class ConfigError(Exception):
+    """The config cannot be used; the message names every bad field by its path."""
+
+
+class ServerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    admin_host: str = "0.0.0.0"
+    admin_port: int = Field(9090, ge=0, le=65535)
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    #: seconds that in-flight calls (streams too) get to finish on SIGTERM
+    drain_timeout: float = Field(30.0, ge=0)
+
+
+class ModelGroupConfig(RouteConfig):
+    cache: CachePolicy = CachePolicy()
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server: ServerConfig = ServerConfig()
+    model_groups: dict[str, ModelGroupConfig] = Field(min_length=1)
+    cache: CacheConfig = CacheConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+
+    @model_validator(mode="after")
+    def _fallbacks_exist(self) -> Config:
+        for name, group in self.model_groups.items():
+            for fallback in group.fallbacks:
+                if fallback not in self.model_groups:
+                    raise ValueError(f"model_groups.{name}.fallbacks: unknown model group {fallback!r}")
+        return self
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, env: dict[str, str] | None = None) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}``; an unset VAR without default is an error."""
+    env = os.environ if env is None else env
+    missing: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = env.get(name)
+        if value is None:
+            if default is None:
+                missing.append(name)
+                return ""
+            return default
+        return value
+
+    expanded = _VAR.sub(replace, text)
+    if missing:
+        raise ConfigError(f"environment variables not set: {', '.join(sorted(set(missing)))}")
+    return expanded
+
+
+def field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part not in ("function-after", "function-plain") and not str(part).startswith("function-"):
+            path += f".{part}" if path else str(part)
+    return path or "(top level)"
+
+
+def parse_config(data: Any) -> Config:
+    try:
+        return Config.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False, include_input=False):
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"{field_path(error['loc'])}: {message}")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(expand_env(text))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return parse_config(data)

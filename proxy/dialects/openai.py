@@ -1,0 +1,56 @@
+"""The OpenAI wire format: ``{"error": {...}}`` errors, ``Authorization: Bearer``."""
+
+from __future__ import annotations
+
+import orjson
+from multidict import CIMultiDictProxy
+
+from proxy.dialects.base import Operation
+from proxy.dialects.sse import format_frame
+from proxy.errors import ProxyError
+
+_CODES = {404: "model_not_found", 413: "request_too_large", 429: "rate_limit_exceeded"}
+
+
+class OpenAIDialect:
+    name = "openai"
+    prefix = "/v1"
+    operations = {
+        op.path: op
+        for op in (
+            Operation("/chat/completions"),
+            Operation("/completions"),
+            Operation("/embeddings"),
+            Operation("/responses"),
+        )
+    }
+
+    def _error(self, error: ProxyError) -> dict:
+        return {
+            "error": {
+                "message": error.message,
+                "type": error.type,
+                "param": error.param,
+                "code": _CODES.get(error.status),
+            }
+        }
+
+    def error_body(self, error: ProxyError) -> bytes:
+        return orjson.dumps(self._error(error))
+
+    def stream_error_frame(self, error: ProxyError) -> bytes:
+        # The SDK's stream reader raises APIError on a data frame holding "error".
+        return format_frame(self._error(error))
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    def client_credential(self, headers: CIMultiDictProxy[str]) -> str | None:
+        value = headers.get("Authorization", "")
+        return value[7:] if value[:7].lower() == "bearer " else None
+
+    def default_headers(self) -> dict[str, str]:
+        return {}
+
+
+OPENAI = OpenAIDialect()

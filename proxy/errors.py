@@ -1,0 +1,106 @@
+"""The errors the proxy answers with.
+
+Each class knows its HTTP status and its error type; the caller's dialect
+renders the wire format (``proxy/dialects``), so SDKs raise their usual
+exception types.
+
+    ProxyError
+    ├── ClientError                 the call itself is wrong; never retried
+    │   ├── BadRequest              400 invalid_request_error (malformed JSON, missing model)
+    │   ├── NotFound                404 not_found_error (unknown model group or path)
+    │   └── PayloadTooLarge         413 request_too_large
+    ├── Overloaded                  429 rate_limit_error (every endpoint full or cooling down)
+    ├── NoEndpointAvailable         503 overloaded_error (every endpoint's circuit is open)
+    └── UpstreamError               a try at one endpoint failed
+        ├── UpstreamConnectError    502 api_error (connect refused, DNS, TLS)
+        ├── UpstreamTimeout         504 timeout_error (connect, first byte, idle, total)
+        ├── UpstreamBroken          502 api_error (the connection died mid-answer)
+        └── UpstreamStatus          the upstream's own non-2xx status, body passed through
+
+aiohttp client errors become ``UpstreamError`` in ``proxy/upstream.py`` only;
+Redis errors never leave ``proxy/cache``.
+"""
+
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    status: int = 500
+    type: str = "api_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class ClientError(ProxyError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class BadRequest(ClientError):
+    pass
+
+
+class NotFound(ClientError):
+    status = 404
+    type = "not_found_error"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    type = "request_too_large"
+
+
+class Overloaded(ProxyError):
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NoEndpointAvailable(ProxyError):
+    status = 503
+    type = "overloaded_error"
+
+
+class UpstreamError(ProxyError):
+    status = 502
+    type = "api_error"
+    #: whether another endpoint may be tried for this failure (router policy may narrow it)
+    retryable: bool = True
+
+
+class UpstreamConnectError(UpstreamError):
+    pass
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    type = "timeout_error"
+
+
+class UpstreamBroken(UpstreamError):
+    pass
+
+
+class UpstreamStatus(UpstreamError):
+    """The upstream answered with a non-2xx status; its body goes back as it came."""
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        super().__init__(f"upstream answered {status}")
+        self.status = status
+        self.body = body
+        self.headers = headers
+        self.retryable = status == 429 or status >= 500
+
+    @property
+    def retry_after(self) -> float | None:
+        value = self.headers.get("retry-after")
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None

@@ -1,0 +1,86 @@
+"""One call, from request to response: read → cache → route → relay.
+
+Invariants:
+- every call ends in exactly one outcome (cached, coalesced, upstream, error) and
+  telemetry records it once, in ``finally``;
+- fallback happens only inside ``router.attempt``, before the relay prepares the
+  response; after that a failure can only end the stream;
+- errors the proxy makes are rendered in the caller's dialect.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+from aiohttp import web
+
+from proxy.cache import NullCache
+from proxy.call import Call
+from proxy.config import Config
+from proxy.dialects import Dialect, Operation
+from proxy.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, ProxyError, UpstreamStatus
+from proxy.relay import relay
+from proxy.router import Router
+from proxy.telemetry import Telemetry
+
+
+class Pipeline:
+    def __init__(self, config: Config, router: Router, cache: NullCache, telemetry: Telemetry) -> None:
+        self.config = config
+        self.router = router
+        self.cache = cache
+        self.telemetry = telemetry
+
+    async def handle(self, request: web.Request, dialect: Dialect, operation: Operation) -> web.StreamResponse:
+        call = Call(request, dialect, operation, request.headers.get("x-request-id") or uuid.uuid4().hex)
+        try:
+            await self.read(call)
+            # Cache and coalescing come in front of the router here (cache issue).
+            async with self.router.attempt(call) as upstream:
+                response = await relay(call, upstream, self.cache.recorder(call))
+            call.outcome = "upstream" if call.error_type is None else "error"
+            return response
+        except ProxyError as error:
+            return self.error_response(call, error)
+        finally:
+            self.telemetry.finish(call)
+
+    async def read(self, call: Call) -> None:
+        """Parse the body once; name the model group; check it exists."""
+        request = call.request
+        try:
+            call.body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            limit = self.config.server.max_body_bytes
+            raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes") from None
+        try:
+            payload = orjson.loads(call.body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise BadRequest("request body must be a JSON object")
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("you must provide a model parameter", param="model")
+        if model not in self.config.model_groups:
+            raise NotFound(f"the model `{model}` does not exist or is not configured in this sidecar", param="model")
+        call.payload = payload
+        call.model_group = model
+        call.stream = payload.get("stream") is True
+        call.client_key = call.dialect.client_credential(request.headers)
+
+    @staticmethod
+    def error_response(call: Call, error: ProxyError) -> web.Response:
+        call.outcome = "error"
+        call.status = error.status
+        call.error_type = error.type
+        headers = {"x-request-id": call.request_id}
+        if isinstance(error, UpstreamStatus):
+            # The upstream's own error goes back as it came, so the SDK sees the real cause.
+            headers.update(error.headers)
+            return web.Response(status=error.status, body=error.body, headers=headers)
+        if isinstance(error, Overloaded):
+            headers["Retry-After"] = str(max(1, round(error.retry_after)))
+        headers["Content-Type"] = "application/json"
+        return web.Response(status=error.status, body=call.dialect.error_body(error), headers=headers)

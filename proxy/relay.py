@@ -1,0 +1,44 @@
+"""Relay: the upstream answer goes back to the client as it arrives, teed into the cache recorder.
+
+Once ``prepare()`` has sent the status line, nothing can fall back any more: an
+upstream failure after that ends the stream with one error event in the caller's
+dialect, so the SDK raises instead of hanging.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from proxy.cache.recorder import Recorder
+from proxy.call import Call
+from proxy.errors import UpstreamError
+from proxy.upstream import UpstreamResponse
+
+
+async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> web.StreamResponse:
+    headers = upstream.headers
+    headers["x-request-id"] = call.request_id
+    call.status = upstream.status
+    if not upstream.is_stream:
+        call.first_byte_at = time.perf_counter()
+        recorder.finish(upstream.status, headers, upstream.body)
+        return web.Response(status=upstream.status, body=upstream.body, headers=headers)
+
+    response = web.StreamResponse(status=upstream.status, headers=headers)
+    await response.prepare(call.request)
+    try:
+        async for chunk in upstream.chunks():
+            if call.first_byte_at is None:
+                call.first_byte_at = time.perf_counter()
+            await response.write(chunk)
+            recorder.feed(chunk)
+    except UpstreamError as error:
+        call.error_type = error.type
+        recorder.abort()
+        await response.write(call.dialect.stream_error_frame(error))
+    else:
+        recorder.finish(upstream.status, headers)
+    await response.write_eof()
+    return response

@@ -1,0 +1,164 @@
+"""The two aiohttp applications: the proxy (``:8080``) and the admin listener (``:9090``).
+
+Each long-lived resource has one ``cleanup_ctx`` generator, so its setup and
+teardown sit side by side; app state is typed with ``web.AppKey``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator
+from functools import partial
+
+import orjson
+from aiohttp import web
+
+from proxy.cache import NullCache
+from proxy.config import Config
+from proxy.dialects import ANTHROPIC, OPENAI, Dialect
+from proxy.errors import NotFound
+from proxy.pipeline import Pipeline
+from proxy.router import Router
+from proxy.telemetry import Telemetry
+from proxy.telemetry.logs import event
+from proxy.upstream import Upstream
+
+CONFIG = web.AppKey("config", Config)
+UPSTREAM = web.AppKey("upstream", Upstream)
+PIPELINE = web.AppKey("pipeline", Pipeline)
+PROXY_APP = web.AppKey("proxy_app", web.Application)
+DRAINING = web.AppKey("draining", asyncio.Event)
+
+
+async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    session = Upstream.new_session()
+    app[UPSTREAM] = Upstream(session)
+    yield
+    await session.close()
+
+
+async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    cache = NullCache()
+    app[PIPELINE] = Pipeline(config, Router(config, app[UPSTREAM]), cache, Telemetry(config.telemetry))
+    yield
+    await cache.close()
+
+
+def _dialect_handler(dialect: Dialect, operation_path: str):
+    operation = dialect.operations[operation_path]
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await request.app[PIPELINE].handle(request, dialect, operation)
+
+    return handle
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """``GET /v1/models``: the configured model groups, in OpenAI's list format."""
+    created = int(time.time())
+    data = [
+        {"id": name, "object": "model", "created": created, "owned_by": "llm-sidecar"}
+        for name in request.app[CONFIG].model_groups
+    ]
+    return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
+
+
+async def not_found(dialect: Dialect, request: web.Request) -> web.Response:
+    error = NotFound(f"no such API path: {request.method} {request.path}")
+    return web.Response(status=404, body=dialect.error_body(error), content_type="application/json")
+
+
+def build_app(config: Config) -> web.Application:
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    app[CONFIG] = config
+    app[DRAINING] = asyncio.Event()
+    app.cleanup_ctx.extend([upstream_ctx, pipeline_ctx])
+    for dialect in (OPENAI, ANTHROPIC):
+        for path in dialect.operations:
+            app.router.add_post(dialect.prefix + path, _dialect_handler(dialect, path))
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_route("*", "/v1/{tail:.*}", partial(not_found, OPENAI))
+    app.router.add_route("*", "/anthropic/{tail:.*}", partial(not_found, ANTHROPIC))
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    proxy_app = request.app[PROXY_APP]
+    upstream = proxy_app.get(UPSTREAM)
+    checks = {
+        "config": True,
+        "upstream_session": upstream is not None and not upstream.session.closed,
+        "not_draining": not proxy_app[DRAINING].is_set(),
+    }
+    ready = all(checks.values())
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text="", content_type="text/plain")
+
+
+def build_admin_app(proxy_app: web.Application) -> web.Application:
+    admin = web.Application()
+    admin[PROXY_APP] = proxy_app
+    admin.router.add_get("/healthz", healthz)
+    admin.router.add_get("/readyz", readyz)
+    admin.router.add_get("/metrics", metrics)
+    return admin
+
+
+class Servers:
+    """The proxy and admin listeners, started and drained together."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.app = build_app(config)
+        self.admin = build_admin_app(self.app)
+        # handler_cancellation: a client that disconnects cancels its call at once,
+        # which closes the upstream request and frees the endpoint's slot.
+        self._runner = web.AppRunner(
+            self.app, handler_cancellation=True, access_log=None,
+            shutdown_timeout=config.server.drain_timeout,
+        )
+        self._admin_runner = web.AppRunner(self.admin, access_log=None, shutdown_timeout=1.0)
+        self.port = config.server.port
+        self.admin_port = config.server.admin_port
+
+    async def start(self) -> None:
+        server = self.config.server
+        await self._runner.setup()
+        await self._admin_runner.setup()
+        site = web.TCPSite(self._runner, server.host, server.port, backlog=1024)
+        admin_site = web.TCPSite(self._admin_runner, server.admin_host, server.admin_port)
+        await site.start()
+        await admin_site.start()
+        # Port 0 in the config means "any free port" (tests); report the real ones.
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.admin_port = admin_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        event("listening", proxy=f"{server.host}:{self.port}", admin=f"{server.admin_host}:{self.admin_port}")
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight calls finish up to the drain timeout, then close."""
+        self.app[DRAINING].set()
+        await self._runner.cleanup()
+        await self._admin_runner.cleanup()
+        event("stopped")
+
+
+async def serve(config: Config) -> None:
+    servers = Servers(config)
+    await servers.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    event("draining", timeout_s=config.server.drain_timeout)
+    await servers.stop()

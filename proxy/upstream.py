@@ -1,0 +1,159 @@
+"""The one client session, and the only place aiohttp client errors become ``UpstreamError``.
+
+``Upstream.open`` makes one attempt at one endpoint and returns once the answer's
+first bytes are in hand (the whole body for a JSON answer), so the router can still
+fall back to another endpoint on any failure up to that point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.errors import (
+    UpstreamBroken,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
+from proxy.router.config import Timeouts
+
+# Response headers that describe this hop only, or that the relay sets itself.
+_DROP_RESPONSE_HEADERS = frozenset(
+    {
+        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+        "upgrade", "content-length", "content-encoding", "server", "date", "set-cookie",
+    }
+)
+
+
+def map_client_error(exc: BaseException, phase: str) -> UpstreamError:
+    """Translate an aiohttp/asyncio failure during ``phase`` into the proxy's own error."""
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return UpstreamTimeout(f"upstream timed out ({phase})")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamConnectError(f"cannot connect to upstream: {exc.os_error.strerror or exc.os_error}")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamBroken(f"upstream answer was cut ({phase})")
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)):
+        return UpstreamBroken(f"upstream closed the connection ({phase})")
+    if isinstance(exc, aiohttp.ClientError):
+        return UpstreamBroken(f"upstream failed ({phase}): {type(exc).__name__}")
+    raise TypeError(f"not an upstream failure: {exc!r}") from exc
+
+
+_CAUGHT = (aiohttp.ClientError, TimeoutError, ConnectionError)
+
+
+def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in _DROP_RESPONSE_HEADERS)
+
+
+class UpstreamResponse:
+    """A 2xx upstream answer with its first bytes in hand.
+
+    ``body`` holds a JSON answer whole; an event stream yields its chunks from
+    ``chunks()`` as they arrive, each read bounded by the idle and total timeouts.
+    """
+
+    __slots__ = ("status", "headers", "is_stream", "body", "_response", "_first", "_timeouts", "_deadline")
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        first: bytes,
+        timeouts: Timeouts,
+        deadline: float,
+        is_stream: bool,
+    ) -> None:
+        self.status = response.status
+        self.headers = response_headers(response.headers)
+        self.is_stream = is_stream
+        self.body = b"" if is_stream else first
+        self._response = response
+        self._first = first
+        self._timeouts = timeouts
+        self._deadline = deadline
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._first:
+            yield self._first
+        loop = asyncio.get_running_loop()
+        content = self._response.content
+        while True:
+            remaining = self._deadline - loop.time()
+            idle = self._timeouts.idle
+            phase = "idle between chunks" if idle < remaining else "total"
+            try:
+                async with asyncio.timeout(min(idle, max(remaining, 0.0))):
+                    chunk = await content.readany()
+            except _CAUGHT as exc:
+                raise map_client_error(exc, phase) from None
+            if not chunk:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        self._response.close()
+
+
+class Upstream:
+    """Owns the process's one ``ClientSession``."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    @classmethod
+    def new_session(cls) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            # No cookies between calls of different apps or tenants.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def open(
+        self, url: str, headers: CIMultiDict[str], body: bytes, timeouts: Timeouts
+    ) -> UpstreamResponse:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeouts.total
+        response: aiohttp.ClientResponse | None = None
+        phase = "connect"
+        try:
+            async with asyncio.timeout(min(timeouts.first_byte, timeouts.total)):
+                response = await self.session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect),
+                    allow_redirects=False,
+                )
+                phase = "first byte"
+                is_stream = response.content_type == "text/event-stream"
+                if response.status >= 300 or not is_stream:
+                    first = await response.read()
+                else:
+                    first = await response.content.readany()
+        except _CAUGHT as exc:
+            if response is not None:
+                response.close()
+            raise map_client_error(exc, phase) from None
+        except BaseException:
+            if response is not None:
+                response.close()
+            raise
+        if response.status >= 300:
+            response.release()
+            raise UpstreamStatus(
+                response.status, first, {k.lower(): v for k, v in response_headers(response.headers).items()}
+            )
+        return UpstreamResponse(response, first, timeouts, deadline, is_stream)
