@@ -1,0 +1,143 @@
+import asyncio
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from proxy.rag import AsyncRAGGenerator, Chunk, InvalidDocumentError, MixedTokenizer, Passage, RetrievalInputError
+
+DOCS = [
+    "Python's asyncio runs coroutines on an event loop.",
+    "Bread needs flour, water, salt and yeast.",
+    "Python异步编程依靠asyncio库和事件循环。",
+    "The event loop schedules callbacks and tasks.",
+]
+
+
+async def _collect(stream) -> list[Passage]:
+    return [passage async for passage in stream]
+
+
+async def test_streams_relevant_passages_with_ids_offsets_and_scores() -> None:
+    results = await _collect(AsyncRAGGenerator().stream_retrieval("asyncio event loop", DOCS))
+    assert {p.doc_id for p in results} == {0, 2, 3}
+    for passage in results:
+        assert DOCS[passage.doc_id][passage.start : passage.end] == passage.text
+        assert passage.score > 0
+
+
+async def test_mapping_documents_keep_their_ids() -> None:
+    results = await _collect(AsyncRAGGenerator().stream_retrieval("Python异步", {"zh": DOCS[2], "bread": DOCS[1]}))
+    assert [p.doc_id for p in results] == ["zh"]
+
+
+@pytest.mark.parametrize("documents", [[], {}])
+async def test_an_empty_corpus_yields_nothing(documents: object) -> None:
+    assert await _collect(AsyncRAGGenerator().stream_retrieval("anything", documents)) == []  # type: ignore[arg-type]
+    assert await _collect(AsyncRAGGenerator(exact=True).stream_retrieval("anything", documents)) == []  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("query", ["", "   ", None])
+def test_an_empty_query_is_refused_at_the_call(query: object) -> None:
+    with pytest.raises(RetrievalInputError, match="query") as caught:
+        AsyncRAGGenerator().stream_retrieval(query, DOCS)  # type: ignore[arg-type]
+    assert caught.value.param == "query"
+
+
+def test_non_string_documents_are_refused_at_the_call() -> None:
+    with pytest.raises(InvalidDocumentError, match="document 1"):
+        AsyncRAGGenerator().stream_retrieval("q", ["fine", 42])  # type: ignore[list-item]
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(RetrievalInputError, match="greater than overlap"):
+        AsyncRAGGenerator(chunk_size=100, overlap=100)
+    with pytest.raises(RetrievalInputError, match="top_k"):
+        AsyncRAGGenerator(top_k=0)
+    with pytest.raises(RetrievalInputError, match="top_k"):
+        AsyncRAGGenerator().stream_retrieval("q", DOCS, top_k=-1)
+
+
+async def test_exact_mode_matches_the_index_best_first() -> None:
+    generator = AsyncRAGGenerator(chunk_size=60, overlap=0, batch_size=1)
+    exact = await _collect(generator.stream_retrieval("asyncio event loop", DOCS, exact=True, top_k=2))
+    indexed = await _collect(generator.stream_retrieval("asyncio event loop", await generator.index(DOCS), top_k=2))
+    assert exact == indexed
+    assert len(exact) == 2 and exact[0].score >= exact[1].score
+
+
+async def test_streaming_top_k_and_min_score_bound_the_results() -> None:
+    generator = AsyncRAGGenerator(batch_size=1)
+    assert len(await _collect(generator.stream_retrieval("asyncio event loop", DOCS, top_k=1))) == 1
+    best = (await _collect(generator.stream_retrieval("asyncio event loop", DOCS, exact=True)))[0]
+    strict = await _collect(generator.stream_retrieval("asyncio event loop", DOCS, exact=True, min_score=best.score))
+    assert strict == [best]
+
+
+async def test_a_scorer_hook_gives_the_final_scores() -> None:
+    seen: list[tuple[str, int, int]] = []
+
+    async def prefer_bread(query: str, chunks: Sequence[Chunk], lexical: Sequence[float]) -> list[float]:
+        seen.append((query, len(chunks), len(lexical)))
+        await asyncio.sleep(0)
+        return [10.0 if "Bread" in c.text else s for c, s in zip(chunks, lexical)]
+
+    generator = AsyncRAGGenerator(scorer=prefer_bread, batch_size=2)
+    streamed = await _collect(generator.stream_retrieval("asyncio", DOCS))
+    assert 1 in {p.doc_id for p in streamed}  # the scorer sees every chunk, even lexically irrelevant ones
+    exact = await _collect(generator.stream_retrieval("asyncio", DOCS, exact=True, top_k=1))
+    assert [p.doc_id for p in exact] == [1] and exact[0].score == 10.0
+    indexed = await _collect(generator.stream_retrieval("asyncio", await generator.index(DOCS)))
+    assert indexed[0].doc_id in {0, 2}  # with an index, the scorer re-ranks lexical candidates only
+    assert all(query == "asyncio" and n == m for query, n, m in seen)
+
+
+async def test_a_scorer_returning_the_wrong_count_is_an_error() -> None:
+    async def broken(query: str, chunks: Sequence[Chunk], lexical: Sequence[float]) -> list[float]:
+        return []
+
+    with pytest.raises(RetrievalInputError, match="scores for"):
+        await _collect(AsyncRAGGenerator(scorer=broken).stream_retrieval("asyncio", DOCS))
+
+
+class _CountingTokenizer:
+    """Counts the chunks tokenised so far and the threads that did it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.threads: set[int] = set()
+        self._inner = MixedTokenizer()
+
+    def __call__(self, text: str) -> list[str]:
+        self.calls += 1
+        self.threads.add(threading.get_ident())
+        return self._inner(text)
+
+
+async def test_the_first_result_arrives_before_the_last_chunk_is_scored() -> None:
+    filler = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 3
+    documents = [f"{filler} Document {i} mentions the needle." if i % 50 == 0 else filler for i in range(4000)]
+    tokenizer = _CountingTokenizer()
+    generator = AsyncRAGGenerator(chunk_size=400, tokenizer=tokenizer, batch_size=100, offload_chars=10_000)
+    total_chunks = len(list(generator.chunker(0, documents[0]))) * len(documents)
+    stream = generator.stream_retrieval("needle", documents)
+    first = await anext(stream)
+    tokenised_before_first = tokenizer.calls - 1  # minus the query itself
+    rest = [p async for p in stream]
+    assert first.doc_id == 0
+    # The first batch plus at most the one prefetched after it, out of 40 batches.
+    assert tokenised_before_first <= 2 * 100 < total_chunks
+    assert len(rest) + 1 == 80
+    assert tokenizer.calls - 1 == total_chunks
+    # Large input is tokenised off the event loop's thread.
+    assert tokenizer.threads - {threading.get_ident()}
+
+
+async def test_breaking_out_early_stops_the_work() -> None:
+    documents = ["needle in text. " * 5] * 2000
+    tokenizer = _CountingTokenizer()
+    generator = AsyncRAGGenerator(chunk_size=100, tokenizer=tokenizer, batch_size=50, offload_chars=1000)
+    async for _ in generator.stream_retrieval("needle", documents, top_k=3):
+        pass
+    await asyncio.sleep(0.05)  # let a prefetched batch finish, if one was running
+    assert tokenizer.calls < 200
