@@ -346,7 +346,7 @@ def _handler(dialect: str, kind: str):
         except orjson.JSONDecodeError:
             return web.Response(status=400, body=_error(dialect, 400, "invalid JSON"), content_type="application/json")
         model = str(body.get("model", ""))
-        state.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        state.requests.append({"path": request.path, "headers": {k.lower(): v for k, v in request.headers.items()}, "body": body})
         state.calls[model] += 1
         state.in_flight[model] += 1
         state.max_in_flight[model] = max(state.max_in_flight[model], state.in_flight[model])

@@ -1,0 +1,39 @@
+# The README's commands. Each works on a fresh Debian machine with Python 3.11:
+# it makes the virtualenv, installs the project, and (for tests) a redis-server binary.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-quick bench redis-server clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+redis-server:
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
+
+## demo: the proxy on :8080 in front of the built-in mock provider (in-memory cache, no Redis)
+demo: setup
+	$(BIN)/llm-sidecar demo
+
+## test: the whole suite against real servers on loopback
+test: setup redis-server
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-quick: everything but the minute-long checks (image build and run)
+test-quick: setup redis-server
+	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+## bench: the benchmarks, written as Markdown tables under bench/results/
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,60 @@
+"""Fixtures that start real servers on free loopback ports (see ``tests/servers.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.servers import MockProvider, RedisServer, ServerLoop, Sidecar, default_config
+
+
+@pytest.fixture(scope="session")
+def server_loop() -> Iterator[ServerLoop]:
+    loop = ServerLoop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def mock_provider(server_loop: ServerLoop) -> Iterator[MockProvider]:
+    provider = MockProvider(server_loop)
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture
+def make_sidecar(server_loop: ServerLoop, mock_provider: MockProvider) -> Iterator[Callable[..., Sidecar]]:
+    """``make_sidecar(**overrides)`` or ``make_sidecar(config=dict)``: a sidecar in front of the mock."""
+    started: list[Sidecar] = []
+
+    def make(config: dict[str, Any] | None = None, **overrides: Any) -> Sidecar:
+        sidecar = Sidecar(server_loop, config or default_config(mock_provider.url, **overrides))
+        started.append(sidecar)
+        return sidecar
+
+    yield make
+    for sidecar in started:
+        sidecar.stop()
+
+
+@pytest.fixture
+def sidecar(make_sidecar: Callable[..., Sidecar]) -> Sidecar:
+    return make_sidecar()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> RedisServer:
+    """The session's redis-server, emptied and running (a previous test may have killed it)."""
+    if redis_server.process is None:
+        redis_server.start()
+    redis_server.flush()
+    return redis_server

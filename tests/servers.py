@@ -1,0 +1,199 @@
+"""Real servers on free loopback ports, for the tests: the mock provider, the sidecar, redis-server.
+
+aiohttp servers run on one private event loop in a daemon thread, so sync SDK
+clients and async tests alike talk to them over real TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from proxy.config import Config, parse_config
+from proxy.mock_provider import build_mock_app
+from proxy.server import Servers
+
+PROVIDER_KEY = "sk-test-provider-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerLoop:
+    """An event loop in a daemon thread that hosts the test servers."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-servers", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def _get_json(url: str, method: str = "GET", body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+class MockProvider:
+    """The project's mock provider on a free port; ``stop()`` makes the port refuse connections."""
+
+    def __init__(self, loop: ServerLoop, port: int | None = None) -> None:
+        self._loop = loop
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._runner: web.AppRunner | None = None
+        self.start()
+
+    def start(self) -> None:
+        async def start() -> web.AppRunner:
+            runner = web.AppRunner(build_mock_app(), access_log=None, shutdown_timeout=0.5)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True).start()
+            return runner
+
+        self._runner = self._loop.run(start())
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            self._loop.run(self._runner.cleanup())
+            self._runner = None
+
+    def stats(self) -> dict[str, Any]:
+        return _get_json(self.url + "/_mock/stats")
+
+    def calls(self, model: str | None = None) -> int:
+        stats = self.stats()
+        return stats["total_calls"] if model is None else stats["calls"].get(model, 0)
+
+    def requests(self) -> list[dict[str, Any]]:
+        return _get_json(self.url + "/_mock/requests")
+
+    def set_behaviour(self, model: str, **behaviour: Any) -> None:
+        _get_json(f"{self.url}/_mock/behaviour/{model}", "PUT", behaviour)
+
+
+def default_config(mock_url: str, **overrides: Any) -> dict[str, Any]:
+    """Two model groups in front of the mock: ``gpt-4o-mini`` (OpenAI) and ``claude-sonnet`` (Anthropic)."""
+    config: dict[str, Any] = {
+        "server": {"port": 0, "admin_port": 0, "admin_host": "127.0.0.1", "drain_timeout": 5},
+        "model_groups": {
+            "gpt-4o-mini": {"endpoints": [{"name": "mock-openai", "url": f"{mock_url}/v1", "dialect": "openai",
+                                           "model": "mock-gpt", "api_key": PROVIDER_KEY}]},
+            "claude-sonnet": {"endpoints": [{"name": "mock-anthropic", "url": mock_url, "dialect": "anthropic",
+                                             "model": "mock-claude", "api_key": PROVIDER_KEY}]},
+        },
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+class Sidecar:
+    """The proxy and admin listeners of one sidecar, on free ports."""
+
+    def __init__(self, loop: ServerLoop, config: Config | dict[str, Any]) -> None:
+        self._loop = loop
+        self.config = config if isinstance(config, Config) else parse_config(config)
+        self.servers = Servers(self.config)
+        loop.run(self.servers.start())
+        self.url = f"http://127.0.0.1:{self.servers.port}"
+        self.openai_base = self.url + "/v1"
+        self.anthropic_base = self.url + "/anthropic"
+        self.admin_url = f"http://127.0.0.1:{self.servers.admin_port}"
+        self._stopped = False
+
+    def openai(self, **kwargs: Any):
+        import openai
+
+        return openai.OpenAI(base_url=self.openai_base, api_key="sk-client-placeholder", max_retries=0, **kwargs)
+
+    def async_openai(self, **kwargs: Any):
+        import openai
+
+        return openai.AsyncOpenAI(base_url=self.openai_base, api_key="sk-client-placeholder", max_retries=0, **kwargs)
+
+    def anthropic(self, **kwargs: Any):
+        import anthropic
+
+        return anthropic.Anthropic(base_url=self.anthropic_base, api_key="sk-ant-client-placeholder",
+                                   max_retries=0, **kwargs)
+
+    def async_anthropic(self, **kwargs: Any):
+        import anthropic
+
+        return anthropic.AsyncAnthropic(base_url=self.anthropic_base, api_key="sk-ant-client-placeholder",
+                                        max_retries=0, **kwargs)
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self._loop.run(self.servers.stop(), timeout=60)
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port; ``kill()`` and ``start()`` test failures."""
+
+    def __init__(self, port: int | None = None, *extra_args: str) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: run `make test` (it installs it)")
+        self.binary = binary
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.extra_args = extra_args
+        self.dir = tempfile.mkdtemp(prefix="redis-test-")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.dir, *self.extra_args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(5)
+            self.process = None
+
+    def flush(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(b"FLUSHALL\r\n")
+            sock.recv(16)

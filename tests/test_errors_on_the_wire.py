@@ -1,0 +1,140 @@
+"""Every failure gets a defined answer in the caller's dialect, and the proxy keeps serving."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.servers import Sidecar, free_port
+
+
+def test_malformed_json_and_missing_model(sidecar: Sidecar) -> None:
+    response = httpx.post(sidecar.openai_base + "/chat/completions", content=b"{not json")
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    response = httpx.post(sidecar.anthropic_base + "/v1/messages", json={"messages": []})
+    assert response.status_code == 400
+    assert response.json() == {"type": "error", "error": {"type": "invalid_request_error",
+                                                          "message": "you must provide a model parameter"}}
+    with pytest.raises(openai.BadRequestError):
+        sidecar.openai().chat.completions.create(model="", messages=[])
+
+
+def test_unknown_model_group(sidecar: Sidecar) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        sidecar.openai().chat.completions.create(model="gpt-99", messages=[{"role": "user", "content": "x"}])
+    assert "gpt-99" in info.value.message
+    with pytest.raises(anthropic.NotFoundError):
+        sidecar.anthropic().messages.create(model="claude-99", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+
+
+def test_body_over_the_limit(make_sidecar) -> None:
+    sidecar = make_sidecar(server={"max_body_bytes": 2048})
+    big = "x" * 4096
+    with pytest.raises(openai.APIStatusError) as info:
+        sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": big}])
+    assert info.value.status_code == 413
+    with pytest.raises(anthropic.APIStatusError) as info2:
+        sidecar.anthropic().messages.create(model="claude-sonnet", max_tokens=5, messages=[{"role": "user", "content": big}])
+    assert info2.value.status_code == 413
+    assert info2.value.body["error"]["type"] == "request_too_large"
+
+
+def test_upstream_connect_error_is_502(make_sidecar) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    sidecar = make_sidecar(model_groups={"gpt-4o-mini": {"endpoints": [{"name": "dead", "url": dead + "/v1"}]},
+                                         "claude-sonnet": {"endpoints": [{"name": "dead-a", "url": dead,
+                                                                          "dialect": "anthropic"}]}})
+    with pytest.raises(openai.InternalServerError) as info:
+        sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 502
+    with pytest.raises(anthropic.APIStatusError) as info2:
+        sidecar.anthropic().messages.create(model="claude-sonnet", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert info2.value.status_code == 502
+
+
+@pytest.mark.parametrize(
+    ("timeouts", "behaviour", "stream"),
+    [
+        ({"first_byte": 0.3}, {"latency_ms": 2000}, False),  # no headers in time
+        ({"first_byte": 0.3}, {"ttft_ms": 2000}, True),  # headers, but no first token in time
+        ({"total": 0.5}, {"latency_ms": 2000}, False),
+    ],
+)
+def test_upstream_timeouts_are_504(make_sidecar, mock_provider, timeouts, behaviour, stream) -> None:
+    mock_provider.set_behaviour("mock-gpt", **behaviour)
+    groups = {"gpt-4o-mini": {"endpoints": [{"name": "slow", "url": mock_provider.url + "/v1", "model": "mock-gpt",
+                                             "timeouts": timeouts}]}}
+    sidecar = make_sidecar(model_groups=groups)
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
+                                                 stream=stream)
+    assert info.value.status_code == 504
+    assert time.monotonic() - started < 1.5
+
+
+def test_idle_timeout_mid_stream_ends_with_error_event(make_sidecar, mock_provider) -> None:
+    mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=1000)
+    groups = {"gpt-4o-mini": {"endpoints": [{"name": "idle", "url": mock_provider.url + "/v1", "model": "mock-gpt",
+                                             "timeouts": {"idle": 0.3}}]}}
+    sidecar = make_sidecar(model_groups=groups)
+    stream = sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
+                                                      stream=True)
+    with pytest.raises(openai.APIError, match="idle"):
+        list(stream)
+
+
+def test_upstream_error_status_passes_through(sidecar: Sidecar, mock_provider) -> None:
+    mock_provider.set_behaviour("mock-gpt", status=429, retry_after=7)
+    with pytest.raises(openai.RateLimitError) as info:
+        sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    assert info.value.response.headers["retry-after"] == "7"
+    assert info.value.message.endswith("mock error 429")
+    mock_provider.set_behaviour("mock-claude", status=529)
+    with pytest.raises(anthropic.APIStatusError) as info2:
+        sidecar.anthropic().messages.create(model="claude-sonnet", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert info2.value.status_code == 529
+
+
+def test_upstream_dies_mid_stream(sidecar: Sidecar, mock_provider) -> None:
+    mock_provider.set_behaviour("mock-gpt", cut_after=5)
+    stream = sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
+                                                      stream=True)
+    received = []
+    with pytest.raises(openai.APIError, match="cut|closed"):
+        for chunk in stream:
+            received.append(chunk)
+    assert len(received) == 5  # the role chunk and four words, then the error event
+    mock_provider.set_behaviour("mock-claude", cut_after=4)
+    with pytest.raises(anthropic.APIStatusError):
+        with sidecar.anthropic().messages.stream(model="claude-sonnet", max_tokens=50,
+                                                 messages=[{"role": "user", "content": "x"}]) as s:
+            list(s.text_stream)
+    # ... and the proxy keeps serving.
+    mock_provider.set_behaviour("mock-gpt")
+    assert sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+
+
+def test_client_disconnect_cancels_upstream(sidecar: Sidecar, mock_provider) -> None:
+    mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=200, chunks=50)
+    body = (b'{"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "x"}]}')
+    with socket.create_connection(("127.0.0.1", sidecar.servers.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and mock_provider.stats()["in_flight"].get("mock-gpt"):
+        time.sleep(0.05)
+    # The mock would stream for 10 s; the upstream request was cancelled at once.
+    assert mock_provider.stats()["in_flight"]["mock-gpt"] == 0
+
+
+def test_unknown_path_in_dialect_format(sidecar: Sidecar) -> None:
+    assert httpx.get(sidecar.openai_base + "/fine_tuning/jobs").json()["error"]["type"] == "not_found_error"
+    assert httpx.post(sidecar.anthropic_base + "/v1/complete", json={}).json()["type"] == "error"
