@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.dialects import Dialect, Operation
+from proxy.telemetry.observer import NOOP, Observer
 
 
 @dataclass(slots=True, eq=False)
@@ -38,5 +39,12 @@ class Call:
     first_byte_at: float | None = None
     #: seconds spent waiting on upstreams (attempts), so the sidecar's own overhead is the rest
     upstream_seconds: float = 0.0
+    #: one entry per upstream attempt: (endpoint name, status or 0, seconds, error type or None)
+    attempt_log: list[tuple[str, int, float, str | None]] = field(default_factory=list)
+    queue_wait: float = 0.0
+    fallbacks: int = 0
+    retries: int = 0
+    #: token counts read from the answer: input_tokens, output_tokens
     usage: dict[str, int] = field(default_factory=dict)
     error_type: str | None = None
+    observer: Observer = NOOP
