@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
-from proxy.call import Call
 from proxy.telemetry.config import TelemetryConfig
 from proxy.telemetry.logs import ACCESS
+
+if TYPE_CHECKING:
+    from proxy.call import Call
 
 
 class Telemetry:
