@@ -13,4 +13,21 @@ One call flows through named steps (``pipeline.Pipeline.handle``):
     telemetry/    metrics, traces and logs, recorded once per call
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# The library face: name -> module that defines it. Imported on first use, so the
+# sidecar process loads only what it runs.
+_EXPORTS = {
+    "AsyncRAGGenerator": "proxy.rag",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'proxy' has no attribute {name!r}")
