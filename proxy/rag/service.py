@@ -1,0 +1,427 @@
+"""Retrieval in the sidecar: configured corpora, ``POST /v1/retrieve``, and context injection.
+
+* ``RetrievalConfig`` is the ``retrieval`` section of the config: corpora
+  (name → directory of ``.txt``/``.md`` files, e.g. a mounted ConfigMap),
+  chunking, and how often to look for changes. ``ContextInjection`` is the
+  per-model-group switch that adds retrieved passages to a call.
+* ``Retriever`` owns the indexes: it loads every corpus at start-up in an
+  executor, polls the files' mtimes every ``reload_interval`` seconds and
+  re-indexes a corpus whose files changed. A reload builds the new index aside
+  and swaps it in one assignment, so calls in flight finish on the old one and
+  no call is dropped; a corpus that fails to reload keeps its last index.
+* ``handle_retrieve`` streams results as NDJSON, or SSE when the caller sends
+  ``Accept: text/event-stream``, best first; bad input gets an OpenAI-style
+  error (400, or 404 for an unknown corpus) before anything is streamed.
+* ``Retriever.inject_context`` adds the top passages for a chat call's last
+  user message as a system message (OpenAI) or in front of ``system``
+  (Anthropic) and says how many it added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from proxy.rag.bm25 import BM25Index
+from proxy.rag.errors import RetrievalInputError, UnknownCorpusError
+from proxy.rag.generator import AsyncRAGGenerator
+from proxy.rag.passage import Passage
+
+LOG = logging.getLogger("llm_sidecar.rag")
+
+#: Response header telling how many retrieved passages were added to a call.
+CONTEXT_PASSAGES_HEADER = "x-llm-sidecar-context-passages"
+
+Dialect = Literal["openai", "anthropic"]
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+class ContextInjection(BaseModel):
+    """Per model group: retrieve from ``corpus`` with the last user message and add ``top_k`` passages."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    corpus: str
+    top_k: int = Field(3, ge=1, le=50)
+    #: passages scoring below this are not added (None: any positive score)
+    min_score: float | None = None
+
+
+class RetrievalConfig(BaseModel):
+    """The ``retrieval`` config section. No corpora (the default) means retrieval is off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: corpus name → directory whose text files are indexed (hidden entries such as a
+    #: ConfigMap's ``..data`` are skipped; symlinks are followed)
+    corpora: dict[str, Path] = Field(default_factory=dict)
+    extensions: tuple[str, ...] = (".txt", ".md")
+    chunk_size: int = Field(1000, ge=16)
+    overlap: int = Field(100, ge=0)
+    chunking: Literal["sentence", "fixed"] = "sentence"
+    #: seconds between checks of the corpus files for changes; 0 turns reloading off
+    reload_interval: float = Field(10.0, ge=0)
+    default_top_k: int = Field(5, ge=1)
+    max_top_k: int = Field(50, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RetrievalConfig:
+        if self.overlap >= self.chunk_size:
+            raise ValueError(f"retrieval.overlap ({self.overlap}) must be less than chunk_size ({self.chunk_size})")
+        if self.default_top_k > self.max_top_k:
+            raise ValueError("retrieval.default_top_k must not exceed max_top_k")
+        for name in self.corpora:
+            if not name:
+                raise ValueError("retrieval.corpora: a corpus name must not be empty")
+        return self
+
+
+# -- observation seam -------------------------------------------------------------------------
+
+
+class RetrievalObserver(Protocol):
+    """Where retrieval reports to metrics; names and counts only, never queries or text."""
+
+    def retrieved(self, corpus: str, seconds: float, passages: int) -> None: ...
+
+    def indexed(self, corpus: str, seconds: float, files: int, chunks: int) -> None: ...
+
+
+class NoRetrievalObserver:
+    """Does nothing, so retrieval code never asks whether metrics are on."""
+
+    def retrieved(self, corpus: str, seconds: float, passages: int) -> None:
+        pass
+
+    def indexed(self, corpus: str, seconds: float, files: int, chunks: int) -> None:
+        pass
+
+
+# -- corpora ----------------------------------------------------------------------------------
+
+#: relative path → (mtime ns, size, inode): changes whenever a file is edited, added, removed or swapped
+Fingerprint = tuple[tuple[str, int, int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Corpus:
+    name: str
+    directory: Path
+    index: BM25Index
+    fingerprint: Fingerprint
+    files: int
+
+
+def scan(directory: Path, extensions: Sequence[str]) -> Fingerprint:
+    """The fingerprint of every matching file under ``directory``; empty if it does not exist."""
+    found: list[tuple[str, int, int, int]] = []
+    if not directory.is_dir():
+        return ()
+    for root, dirs, files in os.walk(directory, followlinks=True):
+        # Kubernetes keeps a ConfigMap's real files in hidden, timestamped directories
+        # behind "..data"; the visible names are symlinks into them. Skip the hidden ones.
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith(".") or not name.endswith(tuple(extensions)):
+                continue
+            path = os.path.join(root, name)
+            try:
+                info = os.stat(path)
+            except OSError:
+                continue  # removed between listing and stat; the next scan will agree
+            found.append((os.path.relpath(path, directory), info.st_mtime_ns, info.st_size, info.st_ino))
+    return tuple(found)
+
+
+def load_corpus(name: str, directory: Path, extensions: Sequence[str], generator: AsyncRAGGenerator) -> Corpus:
+    """Read and index a corpus (blocking; run it in an executor). Document ids are relative paths."""
+    fingerprint = scan(directory, extensions)
+    documents = {
+        relative: (directory / relative).read_text(encoding="utf-8", errors="replace")
+        for relative, *_ in fingerprint
+    }
+    return Corpus(name, directory, generator.build_index(documents), fingerprint, len(documents))
+
+
+class Retriever:
+    """The sidecar's corpora and the queries over them. Start with ``start()``, stop with ``close()``."""
+
+    def __init__(
+        self,
+        config: RetrievalConfig,
+        *,
+        observer: RetrievalObserver | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        self.config = config
+        self.observer: RetrievalObserver = observer or NoRetrievalObserver()
+        self.executor = executor
+        self.generator = AsyncRAGGenerator(
+            config.chunk_size, config.overlap, chunking=config.chunking, executor=executor
+        )
+        self._corpora: dict[str, Corpus] = {}
+        self._poller: asyncio.Task[None] | None = None
+
+    @property
+    def corpora(self) -> dict[str, Corpus]:
+        """The loaded corpora by name (a snapshot)."""
+        return dict(self._corpora)
+
+    async def start(self) -> None:
+        """Index every configured corpus, then start polling for changes if configured."""
+        for name, directory in self.config.corpora.items():
+            await self._load(name, directory)
+        if self.config.reload_interval > 0 and self.config.corpora:
+            self._poller = asyncio.create_task(self._poll(), name="retrieval-reload")
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            try:
+                await self._poller
+            except asyncio.CancelledError:
+                pass
+            self._poller = None
+
+    async def refresh(self) -> list[str]:
+        """Re-index each corpus whose files changed since it was loaded; return their names."""
+        loop = asyncio.get_running_loop()
+        changed: list[str] = []
+        for name, directory in self.config.corpora.items():
+            current = self._corpora.get(name)
+            fingerprint = await loop.run_in_executor(self.executor, scan, directory, self.config.extensions)
+            if current is None or fingerprint != current.fingerprint:
+                if await self._load(name, directory):
+                    changed.append(name)
+        return changed
+
+    async def _load(self, name: str, directory: Path) -> bool:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            corpus = await loop.run_in_executor(
+                self.executor, load_corpus, name, directory, self.config.extensions, self.generator
+            )
+        except Exception:  # a bad file must not take the sidecar down: keep serving the last index
+            LOG.exception("retrieval corpus failed to load", extra={"fields": {"corpus": name}})
+            return False
+        self._corpora[name] = corpus  # one assignment: calls in flight keep the index they started on
+        seconds = time.perf_counter() - started
+        self.observer.indexed(name, seconds, corpus.files, len(corpus.index))
+        LOG.info(
+            "retrieval corpus indexed",
+            extra={"fields": {"corpus": name, "files": corpus.files, "chunks": len(corpus.index), "seconds": seconds}},
+        )
+        return True
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reload_interval)
+            try:
+                await self.refresh()
+            except Exception:
+                LOG.exception("retrieval reload check failed")
+
+    def stream(
+        self, corpus: str, query: str, top_k: int | None = None, min_score: float | None = None
+    ) -> AsyncIterator[Passage]:
+        """Passages of ``corpus`` for ``query``, best first.
+
+        Raises at the call: ``UnknownCorpusError`` for a corpus that is not
+        configured, ``RetrievalInputError`` for an empty query or a ``top_k``
+        outside 1..``max_top_k``.
+        """
+        loaded = self._corpora.get(corpus) if isinstance(corpus, str) else None
+        if loaded is None:
+            raise UnknownCorpusError(f"no retrieval corpus named {corpus!r}", param="corpus")
+        k = self.config.default_top_k if top_k is None else top_k
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.config.max_top_k:
+            raise RetrievalInputError(
+                f"top_k must be an integer from 1 to {self.config.max_top_k}, got {top_k!r}", param="top_k"
+            )
+        passages = self.generator.stream_retrieval(query, loaded.index, top_k=k, min_score=min_score)
+        return self._observed(corpus, passages)
+
+    async def _observed(self, corpus: str, passages: AsyncIterator[Passage]) -> AsyncIterator[Passage]:
+        started = time.perf_counter()
+        count = 0
+        try:
+            async for passage in passages:
+                count += 1
+                yield passage
+        finally:
+            self.observer.retrieved(corpus, time.perf_counter() - started, count)
+
+    async def retrieve(
+        self, corpus: str, query: str, top_k: int | None = None, min_score: float | None = None
+    ) -> list[Passage]:
+        return [passage async for passage in self.stream(corpus, query, top_k, min_score)]
+
+    async def inject_context(
+        self, payload: dict[str, Any], dialect: Dialect, settings: ContextInjection
+    ) -> tuple[dict[str, Any], int]:
+        """``payload`` with the top passages for its last user message added, and how many were added.
+
+        The input is not modified. A call without user text, or whose text
+        finds nothing, comes back unchanged with a count of 0.
+        """
+        query = last_user_text(payload, dialect)
+        if not query or not query.strip():
+            return payload, 0
+        passages = await self.retrieve(settings.corpus, query, settings.top_k, settings.min_score)
+        if not passages:
+            return payload, 0
+        return with_context(payload, dialect, format_context(passages)), len(passages)
+
+
+# -- context injection (pure) -----------------------------------------------------------------
+
+
+def format_context(passages: Sequence[Passage]) -> str:
+    """The passages as numbered, sourced text for a system prompt."""
+    parts = ["Relevant passages retrieved for this conversation (use them if they help; cite by number):"]
+    for number, passage in enumerate(passages, 1):
+        parts.append(f"[{number}] (source: {passage.doc_id})\n{passage.text}")
+    return "\n\n".join(parts)
+
+
+def _text_of(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a list of parts/blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def last_user_text(payload: dict[str, Any], dialect: Dialect) -> str | None:
+    """The text of the last ``user`` message of an OpenAI chat or Anthropic messages payload."""
+    messages = payload.get("messages")
+    if not isinstance(messages, list):
+        return None
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            text = _text_of(message.get("content"))
+            if text:
+                return text
+    return None
+
+
+def with_context(payload: dict[str, Any], dialect: Dialect, context: str) -> dict[str, Any]:
+    """A copy of ``payload`` with ``context`` as a leading system message (OpenAI) or system prefix (Anthropic)."""
+    updated = dict(payload)
+    if dialect == "openai":
+        updated["messages"] = [{"role": "system", "content": context}, *payload.get("messages", [])]
+    elif dialect == "anthropic":
+        system = payload.get("system")
+        if isinstance(system, list):
+            updated["system"] = [{"type": "text", "text": context}, *system]
+        elif isinstance(system, str) and system:
+            updated["system"] = f"{context}\n\n{system}"
+        else:
+            updated["system"] = context
+    else:
+        raise ValueError(f"unknown dialect {dialect!r}")
+    return updated
+
+
+# -- HTTP -------------------------------------------------------------------------------------
+
+RETRIEVER = web.AppKey("retriever", Retriever)
+
+
+def retriever_ctx(
+    config: RetrievalConfig, observer: RetrievalObserver | None = None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` entry that starts a ``Retriever`` into ``app[RETRIEVER]`` and closes it."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        retriever = Retriever(config, observer=observer)
+        await retriever.start()
+        app[RETRIEVER] = retriever
+        yield
+        await retriever.close()
+
+    return context
+
+
+def _error(status: int, message: str, param: str | None, code: str | None = None) -> web.Response:
+    kind = "not_found_error" if status == 404 else "invalid_request_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def _passage_body(rank: int, passage: Passage) -> dict[str, Any]:
+    return {
+        "rank": rank,
+        "doc_id": passage.doc_id,
+        "text": passage.text,
+        "start": passage.start,
+        "end": passage.end,
+        "score": passage.score,
+    }
+
+
+async def handle_retrieve(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/retrieve`` with ``{"corpus", "query", "top_k"?}``: passages, streamed best first.
+
+    NDJSON by default (one JSON object per line); SSE (``data:`` frames ending
+    with ``data: [DONE]``) when ``Accept`` includes ``text/event-stream``.
+    """
+    retriever = request.app[RETRIEVER]
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        return _error(400, f"request body is not valid JSON: {exc}", None)
+    if not isinstance(body, dict):
+        return _error(400, "request body must be a JSON object", None)
+    corpus, query = body.get("corpus"), body.get("query")
+    if not isinstance(corpus, str) or not corpus:
+        return _error(400, "corpus must be a non-empty string", "corpus")
+    if not isinstance(query, str):
+        return _error(400, "query must be a non-empty string", "query")
+    try:
+        passages = retriever.stream(corpus, query, body.get("top_k"))
+    except UnknownCorpusError as exc:
+        return _error(404, exc.message, exc.param, "corpus_not_found")
+    except RetrievalInputError as exc:
+        return _error(400, exc.message, exc.param)
+
+    sse = "text/event-stream" in request.headers.get("Accept", "")
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream" if sse else "application/x-ndjson", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    rank = 0
+    try:
+        async for passage in passages:
+            rank += 1
+            data = orjson.dumps(_passage_body(rank, passage))
+            await response.write(b"data: " + data + b"\n\n" if sse else data + b"\n")
+    except ConnectionResetError:
+        raise  # the caller left; nothing more can be written
+    except Exception as exc:  # after the headers, an error can only end the stream, in its format
+        LOG.exception("retrieval failed mid-stream", extra={"fields": {"corpus": corpus}})
+        error = orjson.dumps({"error": {"message": str(exc), "type": "api_error", "param": None, "code": None}})
+        await response.write(b"data: " + error + b"\n\n" if sse else error + b"\n")
+    if sse:
+        await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
