@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from proxy.kube.sidecar import INJECT, Context, SettingsError, SidecarSettings, plan
+from proxy.kube.sidecar import INJECT, Context, SettingsError, SidecarSettings, parse_version, plan
 
 #: kind → path of keys from the document to its pod template
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
@@ -122,13 +122,6 @@ def inject_stream(text: str, settings: SidecarSettings, ctx_for: Any, log: list[
     return "---\n".join(p if p.endswith("\n") or not p else p + "\n" for p in out)
 
 
-def _version(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.\d+)?", text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a Kubernetes version like 1.30")
-    return int(m.group(1)), int(m.group(2))
-
-
 def load_settings(path: str | None) -> SidecarSettings:
     """Read the ``sidecar:`` map of an ``injector.yaml`` (as the chart renders it)."""
     if path is None:
@@ -145,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="sidecar image (overrides --settings)")
     p.add_argument(
         "--kube-version",
-        type=_version,
+        type=parse_version,
         default=(1, 29),
         help="target cluster version; >= 1.29 gets a native sidecar (default 1.29)",
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,6 +162,14 @@ class Decision:
     @property
     def injected(self) -> bool:
         return not self.reasons
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    """``1.30``, ``v1.30.2`` → ``(1, 30)``."""
+    m = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.\d+)?", text.strip())
+    if not m:
+        raise SettingsError(f"{text!r} is not a Kubernetes version like 1.30")
+    return int(m.group(1)), int(m.group(2))
 
 
 def _flag(value: str, name: str) -> bool:

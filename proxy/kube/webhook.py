@@ -1,0 +1,228 @@
+"""``llm-sidecar webhook``: the sidecar injector as an AdmissionReview v1 server over TLS.
+
+A thin edge around :func:`proxy.kube.sidecar.plan`:
+
+    POST /mutate   AdmissionReview in → AdmissionReview out (JSONPatch, base64)
+    GET  /healthz  liveness;  GET /readyz  readiness (namespace view loaded)
+
+It never blocks pod creation on its own failure: anything that goes wrong
+while deciding answers ``allowed: true`` without a patch, logs why, and adds an
+admission warning. (The MutatingWebhookConfiguration's ``failurePolicy:
+Ignore`` covers the cases where we cannot answer at all.)
+
+The TLS certificate is re-read when its files change, so cert-manager or a
+``helm upgrade`` can rotate it without a restart. The ``kubernetes`` client is
+imported only here (through :mod:`proxy.kube.namespaces`), never by the sidecar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from proxy.kube.sidecar import Context, SettingsError, SidecarSettings, plan
+
+log = logging.getLogger("llm_sidecar.webhook")
+
+
+class NamespaceView(Protocol):
+    """What the webhook needs to know about a namespace to decide for a pod in it."""
+
+    async def context(self, namespace: str) -> Context: ...
+
+    def ready(self) -> bool: ...
+
+
+@dataclass
+class StaticView:
+    """A fixed view: for tests and for ``--no-kube`` (no API access at all).
+
+    ``objects`` ``None`` means "assume the ConfigMap and Secret exist".
+    """
+
+    labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    objects: Mapping[str, frozenset[str]] | None = None
+    kube_version: tuple[int, int] | None = None
+
+    async def context(self, namespace: str) -> Context:
+        present = None if self.objects is None else frozenset(self.objects.get(namespace, ()))
+        return Context(
+            namespace=namespace,
+            namespace_labels=dict(self.labels.get(namespace, {})),
+            kube_version=self.kube_version,
+            objects_present=present,
+        )
+
+    def ready(self) -> bool:
+        return True
+
+
+def _response(uid: str, patch: list[dict[str, Any]] | None, warnings: list[str]) -> dict[str, Any]:
+    resp: dict[str, Any] = {"uid": uid, "allowed": True}
+    if patch:
+        resp["patchType"] = "JSONPatch"
+        resp["patch"] = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
+    if warnings:
+        resp["warnings"] = warnings
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": resp}
+
+
+async def review(body: Mapping[str, Any], settings: SidecarSettings, view: NamespaceView) -> dict[str, Any]:
+    """Answer one AdmissionReview; raises only on a body that is not an AdmissionReview."""
+    request = body.get("request")
+    if body.get("kind") != "AdmissionReview" or not isinstance(request, dict) or "uid" not in request:
+        raise ValueError("not an admission.k8s.io/v1 AdmissionReview with a request.uid")
+    uid = request["uid"]
+    kind = (request.get("kind") or {}).get("kind")
+    pod = request.get("object")
+    if kind != "Pod" or request.get("operation", "CREATE") != "CREATE" or not isinstance(pod, dict):
+        return _response(uid, None, [])
+    # On CREATE a pod from a controller has no name yet and may carry no namespace.
+    namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace") or "default"
+    name = (pod.get("metadata") or {}).get("name") or (pod.get("metadata") or {}).get("generateName", "?")
+    try:
+        decision = plan(pod, settings, await view.context(namespace))
+    except Exception:  # never block pod creation on our own bug
+        log.exception("injection failed for %s/%s; admitting unchanged", namespace, name)
+        return _response(uid, None, ["llm-sidecar: injection failed, pod admitted without the sidecar"])
+    if decision.injected:
+        log.info("injected %s/%s", namespace, name)
+        return _response(uid, decision.patch, [])
+    log.info("skipped %s/%s: %s", namespace, name, "; ".join(decision.reasons))
+    # Only tell the user when they asked for injection and did not get it.
+    asked = not any(r.startswith(("not opted in", "already injected", "namespace ")) for r in decision.reasons)
+    warnings = [f"llm-sidecar not injected: {r}" for r in decision.reasons] if asked else []
+    return _response(uid, None, warnings)
+
+
+SETTINGS = web.AppKey("settings", SidecarSettings)
+VIEW = web.AppKey("view", NamespaceView)  # type: ignore[type-abstract]
+
+
+async def _mutate(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+        answer = await review(body, request.app[SETTINGS], request.app[VIEW])
+    except (ValueError, json.JSONDecodeError) as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    return web.json_response(answer)
+
+
+async def _healthz(_: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    if request.app[VIEW].ready():
+        return web.Response(text="ok\n")
+    return web.Response(text="namespace view not loaded\n", status=503)
+
+
+def build_app(settings: SidecarSettings, view: NamespaceView) -> web.Application:
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app[SETTINGS] = settings
+    app[VIEW] = view
+    app.router.add_post("/mutate", _mutate)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    return app
+
+
+class ReloadingCert:
+    """An SSL context whose certificate is re-read when the files change (rotation)."""
+
+    def __init__(self, cert_file: str, key_file: str) -> None:
+        self.cert_file, self.key_file = cert_file, key_file
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._stamp: tuple[float, float] | None = None
+        self.reload()
+
+    def _mtimes(self) -> tuple[float, float]:
+        return os.stat(self.cert_file).st_mtime, os.stat(self.key_file).st_mtime
+
+    def reload(self) -> bool:
+        stamp = self._mtimes()
+        if stamp == self._stamp:
+            return False
+        # New handshakes use the new chain; open connections keep theirs.
+        self.context.load_cert_chain(self.cert_file, self.key_file)
+        self._stamp = stamp
+        return True
+
+    async def watch(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if self.reload():
+                    log.info("reloaded TLS certificate %s", self.cert_file)
+            except (OSError, ssl.SSLError) as exc:  # half-written during rotation: retry next tick
+                log.warning("could not reload TLS certificate: %s", exc)
+
+
+def _cert_watch(cert: ReloadingCert, interval: float):  # noqa: ANN202 - cleanup_ctx shape
+    async def ctx(_: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(cert.watch(interval))
+        yield
+        task.cancel()
+
+    return ctx
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llm-sidecar webhook", description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (the chart passes 0.0.0.0)")
+    p.add_argument("--port", type=int, default=8443)
+    p.add_argument("--tls-cert-file", required=True)
+    p.add_argument("--tls-key-file", required=True)
+    p.add_argument("--settings", help="injector.yaml rendered by the chart (default: chart defaults)")
+    p.add_argument("--cert-reload-interval", type=float, default=30.0, help="seconds between certificate checks")
+    p.add_argument(
+        "--no-kube",
+        action="store_true",
+        help="no API access: only pod annotations opt in, objects are assumed present, no namespace sync",
+    )
+    p.add_argument("--kube-version", help="with --no-kube: cluster version (e.g. 1.30) for native sidecars")
+    p.add_argument("--source-namespace", default=os.environ.get("POD_NAMESPACE", ""),
+                   help="namespace holding the ConfigMap and Secret to copy (default: $POD_NAMESPACE)")
+    p.add_argument("--resync-seconds", type=float, default=60.0)
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from proxy.kube.inject import load_settings
+    from proxy.kube.sidecar import parse_version
+
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = load_settings(args.settings)
+        cert = ReloadingCert(args.tls_cert_file, args.tls_key_file)
+    except (OSError, SettingsError, ssl.SSLError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    if args.no_kube:
+        version = parse_version(args.kube_version) if args.kube_version else None
+        view: Any = StaticView(kube_version=version)
+    else:
+        from proxy.kube.namespaces import KubeNamespaces  # imports the kubernetes client
+
+        view = KubeNamespaces(settings, source_namespace=args.source_namespace, resync_seconds=args.resync_seconds)
+    app = build_app(settings, view)
+    if hasattr(view, "cleanup_ctx"):
+        app.cleanup_ctx.append(view.cleanup_ctx)
+    app.cleanup_ctx.append(_cert_watch(cert, args.cert_reload_interval))
+    web.run_app(app, host=args.host, port=args.port, ssl_context=cert.context, print=None,
+                access_log=None, shutdown_timeout=5)
+    return 0

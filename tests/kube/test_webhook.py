@@ -1,0 +1,163 @@
+"""The webhook over real HTTPS on loopback, driven with AdmissionReview objects as the API server sends them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import jsonpatch
+import pytest
+import yaml
+from aiohttp import web
+
+from proxy.kube.webhook import StaticView, build_app
+from tests.kube import cases
+from tests.kube.conftest import GOLDEN, ROOT
+
+
+def review_for(pod: dict, namespace: str) -> dict:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod,
+            "oldObject": None,
+            "dryRun": False,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    }
+
+
+@pytest.fixture
+async def webhook_url(test_ca: dict[str, Path]):
+    view = StaticView(labels=cases.NAMESPACE_LABELS, objects=cases.OBJECTS, kube_version=cases.KUBE_VERSION)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(test_ca["cert"], test_ca["key"])
+    runner = web.AppRunner(build_app(cases.SETTINGS, view))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - the bound ephemeral port
+    yield f"https://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+@pytest.fixture
+def client_ssl(test_ca: dict[str, Path]) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(test_ca["ca"]))
+
+
+@pytest.mark.parametrize("pod_file", sorted(GOLDEN.glob("pod-*.yaml")), ids=lambda p: p.stem)
+async def test_admission_review_matches_golden(webhook_url: str, client_ssl: ssl.SSLContext, pod_file: Path) -> None:
+    pod = yaml.safe_load(pod_file.read_text())
+    namespace = pod["metadata"].pop("namespace")  # controllers' pods arrive without one
+    review = review_for(pod, namespace)
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{webhook_url}/mutate", json=review, ssl=client_ssl) as r:
+            assert r.status == 200
+            answer = await r.json()
+    resp = answer["response"]
+    assert answer["apiVersion"] == "admission.k8s.io/v1" and answer["kind"] == "AdmissionReview"
+    assert resp["uid"] == review["request"]["uid"]
+    assert resp["allowed"] is True
+    golden = json.loads(pod_file.with_name(pod_file.name[4:-5] + ".patch.json").read_text())
+    if "patch" in golden:
+        assert resp["patchType"] == "JSONPatch"
+        patch = json.loads(base64.b64decode(resp["patch"]))
+        assert patch == golden["patch"]
+        mutated = jsonpatch.apply_patch(pod, patch)
+        assert mutated["metadata"]["annotations"]["llm-sidecar.io/status"] == "injected"
+    else:
+        assert "patch" not in resp
+        if "opted" not in pod_file.name:  # the user asked and did not get it: say why
+            assert any("not injected" in w for w in resp.get("warnings", []))
+
+
+async def test_non_pod_and_bad_bodies(webhook_url: str, client_ssl: ssl.SSLContext) -> None:
+    review = review_for({"metadata": {}}, "demo-app")
+    review["request"]["kind"]["kind"] = "Deployment"
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{webhook_url}/mutate", json=review, ssl=client_ssl) as r:
+            assert (await r.json())["response"] == {"uid": review["request"]["uid"], "allowed": True}
+        async with s.post(f"{webhook_url}/mutate", data=b"{not json", ssl=client_ssl) as r:
+            assert r.status == 400
+        async with s.get(f"{webhook_url}/readyz", ssl=client_ssl) as r:
+            assert r.status == 200
+
+
+async def test_own_bug_never_blocks_pod_creation(webhook_url: str, client_ssl: ssl.SSLContext, monkeypatch) -> None:
+    def boom(*_a, **_k):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("proxy.kube.webhook.plan", boom)
+    review = review_for({"metadata": {}, "spec": {"containers": []}}, "demo-app")
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{webhook_url}/mutate", json=review, ssl=client_ssl) as r:
+            resp = (await r.json())["response"]
+    assert resp["allowed"] is True and "patch" not in resp and resp["warnings"]
+
+
+def test_webhook_command_serves_tls_and_reloads_certificate(test_ca: dict[str, Path], tmp_path: Path) -> None:
+    """`llm-sidecar webhook --no-kube` as a process: TLS on loopback, then a certificate rotation."""
+    import shutil
+    import socket
+    import urllib.request
+
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(test_ca["cert"], cert)
+    shutil.copy(test_ca["key"], key)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = "import sys; from proxy.kube.webhook import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "--port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+         "--no-kube", "--kube-version", "1.30", "--cert-reload-interval", "0.2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    ctx = ssl.create_default_context(cafile=str(test_ca["ca"]))
+    url = f"https://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                assert urllib.request.urlopen(f"{url}/healthz", context=ctx, timeout=2).status == 200
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("webhook did not come up")
+        pod = yaml.safe_load((GOLDEN / "pod-plain-container.yaml").read_text())
+        req = urllib.request.Request(f"{url}/mutate", json.dumps(review_for(pod, "other")).encode(),
+                                     {"content-type": "application/json"})
+        resp = json.load(urllib.request.urlopen(req, context=ctx, timeout=5))["response"]
+        assert resp["patchType"] == "JSONPatch"
+        # Rotation: a new self-signed cert replaces the files; new handshakes must present it.
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-days", "1", "-subj", "/CN=rotated", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+        new_ctx = ssl.create_default_context(cafile=str(cert))
+        for _ in range(50):
+            try:
+                urllib.request.urlopen(f"{url}/healthz", context=new_ctx, timeout=2)
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("rotated certificate was not picked up")
+    finally:
+        proc.terminate()
+        proc.wait(10)
