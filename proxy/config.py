@@ -2,7 +2,7 @@
 
 Each package owns its section (``router.config``, ``cache.config``,
 ``telemetry.config``); this module assembles them, expands ``${VAR}`` and
-``${VAR:-default}`` from the environment, and reports a bad field by its path
+``${VAR:-default}`` in string values from the environment, and reports a bad field by its path
 (``model_groups.gpt-4o.endpoints[1].max_concurrent: must be >= 1``).
 """
 
@@ -92,6 +92,17 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return path or "(top level)"
 
 
+def expand_tree(node: Any, env: dict[str, str] | None = None) -> Any:
+    """Expand variables in every string of parsed YAML (never in comments or keys' structure)."""
+    if isinstance(node, str):
+        return expand_env(node, env)
+    if isinstance(node, dict):
+        return {key: expand_tree(value, env) for key, value in node.items()}
+    if isinstance(node, list):
+        return [expand_tree(value, env) for value in node]
+    return node
+
+
 def parse_config(data: Any) -> Config:
     try:
         return Config.model_validate(data if data is not None else {})
@@ -109,7 +120,7 @@ def load_config(path: str | Path) -> Config:
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(expand_env(text))
+        data = expand_tree(yaml.safe_load(text))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     return parse_config(data)

@@ -38,7 +38,7 @@ def map_client_error(exc: BaseException, phase: str) -> UpstreamError:
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return UpstreamTimeout(f"upstream timed out ({phase})")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamConnectError(f"cannot connect to upstream: {exc.os_error.strerror or exc.os_error}")
+        return UpstreamConnectError(f"cannot connect to upstream ({type(exc).__name__})")
     if isinstance(exc, aiohttp.ClientPayloadError):
         return UpstreamBroken(f"upstream answer was cut ({phase})")
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)):

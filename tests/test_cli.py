@@ -1,0 +1,90 @@
+"""The command line: serve drains on SIGTERM; demo works out of the box and stops on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.servers import default_config, free_port
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read() if process.stderr else "exited"
+        try:
+            if httpx.get(url, timeout=0.5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def test_serve_drains_in_flight_streams_on_sigterm(tmp_path: Path, mock_provider) -> None:
+    port, admin_port = free_port(), free_port()
+    config = default_config(mock_provider.url, server={"port": port, "admin_port": admin_port,
+                                                       "admin_host": "127.0.0.1", "drain_timeout": 10})
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
+        mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=100, chunks=15)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        stream = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
+                                                stream=True)
+        first = next(iter(stream))
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        readiness = httpx.get(f"http://127.0.0.1:{admin_port}/readyz")
+        assert readiness.status_code == 503 and readiness.json()["checks"]["not_draining"] is False
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/v1/models")
+        rest = list(stream)
+        words = "".join(c.choices[0].delta.content or "" for c in [first, *rest])
+        assert len(words.split()) == 15  # the in-flight stream finished whole
+        assert process.wait(10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    logs = [json.loads(line) for line in process.stderr.read().splitlines() if line.startswith("{")]
+    assert [entry["msg"] for entry in logs if entry["logger"] == "llm_sidecar"] == ["listening", "draining", "stopped"]
+
+
+def test_demo_answers_curl_and_sdk_then_stops_on_ctrl_c() -> None:
+    port, admin_port = free_port(), free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "proxy", "demo", "--port", str(port),
+                                "--admin-port", str(admin_port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env)
+    try:
+        wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                           json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]})
+        assert reply.json()["choices"][0]["message"]["content"]
+        import anthropic
+
+        message = anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}/anthropic", api_key="x").messages.create(
+            model="claude-sonnet", max_tokens=20, messages=[{"role": "user", "content": "Hello"}])
+        assert message.content[0].text
+        process.send_signal(signal.SIGINT)
+        assert process.wait(10) == 0
+        output = process.stdout.read()
+        assert f"curl -s http://127.0.0.1:{port}/v1/chat/completions" in output
+        assert "demo stopped" in output
+    finally:
+        if process.poll() is None:
+            process.kill()

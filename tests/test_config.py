@@ -1,0 +1,93 @@
+"""Config: YAML + ${VAR}, secrets that never print, errors that name the field path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy.config import ConfigError, expand_env, load_config, parse_config
+from proxy.secret import Secret
+
+EXAMPLE = Path(__file__).parent.parent / "proxy" / "examples" / "sidecar.yaml"
+
+
+def minimal(**endpoint: object) -> dict:
+    return {"model_groups": {"g": {"endpoints": [{"name": "e", "url": "http://127.0.0.1:1/v1", **endpoint}]}}}
+
+
+def test_a_few_lines_are_enough() -> None:
+    config = parse_config(minimal())
+    assert config.server.port == 8080 and config.server.admin_port == 9090
+    endpoint = config.model_groups["g"].endpoints[0]
+    assert endpoint.dialect == "openai" and endpoint.max_concurrent == 64
+
+
+def test_errors_name_the_field_path() -> None:
+    bad = {"model_groups": {"gpt-4o": {"endpoints": [
+        {"name": "a", "url": "http://x/v1"}, {"name": "b", "url": "http://y/v1", "max_concurrent": 0}]}},
+        "server": {"prot": 1}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(bad)
+    text = str(info.value)
+    assert "model_groups.gpt-4o.endpoints[1].max_concurrent: Input should be greater than or equal to 1" in text
+    assert "server.prot: Extra inputs are not permitted" in text
+
+
+def test_unknown_fallback_group_is_rejected() -> None:
+    config = minimal()
+    config["model_groups"]["g"]["fallbacks"] = ["nope"]
+    with pytest.raises(ConfigError, match="unknown model group 'nope'"):
+        parse_config(config)
+
+
+def test_env_expansion() -> None:
+    assert expand_env("a ${X} ${Y:-dflt}", {"X": "1"}) == "a 1 dflt"
+    with pytest.raises(ConfigError, match="not set: MISSING"):
+        expand_env("${MISSING}", {})
+
+
+def test_secrets_from_env_and_file_never_print(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_KEY", "sk-from-env-123")
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-file-456\n")
+    from_env = parse_config(minimal(api_key_env="TEST_KEY")).model_groups["g"].endpoints[0]
+    from_file = parse_config(minimal(api_key_file=str(key_file))).model_groups["g"].endpoints[0]
+    assert from_env.api_key.reveal() == "sk-from-env-123"
+    assert from_file.api_key.reveal() == "sk-from-file-456"
+    config = parse_config(minimal(api_key="sk-literal-789"))
+    for text in (repr(config), str(config), config.model_dump_json(), repr(from_env), str(from_file.api_key)):
+        assert "sk-" not in text
+    assert str(Secret("x")) == "***"
+
+
+def test_missing_key_sources_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"api_key_env: environment variable NOT_THERE_XYZ is not set"):
+        parse_config(minimal(api_key_env="NOT_THERE_XYZ"))
+    with pytest.raises(ConfigError, match="api_key_file: cannot read"):
+        parse_config(minimal(api_key_file=str(tmp_path / "absent")))
+    with pytest.raises(ConfigError, match="only one of"):
+        parse_config(minimal(api_key="a", api_key_env="HOME"))
+
+
+def test_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-example")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-example")
+    config = load_config(EXAMPLE)
+    assert set(config.model_groups) == {"gpt-4o-mini", "claude-sonnet"}
+    assert config.model_groups["claude-sonnet"].endpoints[0].dialect == "anthropic"
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("model_groups:\n  g:\n    endpoints:\n      - {name: e, url: 'http://127.0.0.1:1/v1'}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model_groups:\n  g:\n    endpoints:\n      - {name: e, url: 'ftp://x', max_concurrent: -1}\n")
+    ok = subprocess.run([sys.executable, "-m", "proxy", "check-config", str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "ok" in ok.stdout
+    failed = subprocess.run([sys.executable, "-m", "proxy", "check-config", str(bad)], capture_output=True, text=True)
+    assert failed.returncode == 2
+    assert "model_groups.g.endpoints[0].url" in failed.stderr
+    assert "model_groups.g.endpoints[0].max_concurrent" in failed.stderr
