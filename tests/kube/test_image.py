@@ -1,0 +1,99 @@
+"""Build the image with buildah and run it with podman (slow; needs root, buildah, podman, debootstrap)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.kube.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+IMAGE = "localhost/llm-sidecar:test"
+VFS = ["--storage-driver", "vfs"]
+
+
+def _missing() -> str | None:
+    tools = [t for t in ("buildah", "podman", "debootstrap", "unshare") if not shutil.which(t)]
+    if tools:
+        return f"needs {', '.join(tools)} (apt-get install buildah podman debootstrap)"
+    if os.geteuid() != 0:
+        return "needs root (debootstrap, vfs storage, unshare -m)"
+    return None
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    if reason := _missing():
+        pytest.skip(reason)
+    subprocess.run([str(ROOT / "scripts" / "make-base-image.sh")], check=True, timeout=900)
+    # Build from a staged context: exactly what .dockerignore lets through.
+    ctx = tmp_path_factory.mktemp("context")
+    shutil.copy(ROOT / "Dockerfile", ctx)
+    shutil.copy(ROOT / "pyproject.toml", ctx)
+    shutil.copytree(ROOT / "proxy", ctx / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
+    readme = ROOT / "README.md"
+    (ctx / "README.md").write_text(readme.read_text() if readme.exists() else "llm-sidecar\n")
+    subprocess.run(["buildah", *VFS, "bud", "--isolation", "chroot", "--pull=never",
+                    "-v", "/etc/ssl/certs:/etc/ssl/certs:ro", "-t", IMAGE, str(ctx)],
+                   check=True, timeout=1200)
+    return IMAGE
+
+
+def test_image_metadata(image: str) -> None:
+    out = subprocess.run(["podman", *VFS, "image", "inspect", image], check=True, capture_output=True, text=True)
+    config = json.loads(out.stdout)[0]["Config"]
+    assert config["User"] == "10001:10001"
+    assert config["Entrypoint"] == ["llm-sidecar"]
+    assert config.get("StopSignal") in ("SIGTERM", "15")
+
+
+def test_image_serves_health_and_a_proxied_completion(image: str, tmp_path: Path) -> None:
+    """Run the mock provider and the sidecar from the image (host network, read-only root)."""
+    mock, proxy, admin = _port(), _port(), _port()
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(
+        f"server: {{host: 127.0.0.1, port: {proxy}, admin_host: 127.0.0.1, admin_port: {admin}}}\n"
+        "model_groups:\n  gpt-4o-mini:\n    endpoints:\n"
+        f"      - {{name: mock, url: 'http://127.0.0.1:{mock}/v1', dialect: openai, api_key_env: MOCK_KEY}}\n"
+        "cache: {backend: memory}\n"
+    )
+    run = ["podman", *VFS, "run", "-d", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp",
+           "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]
+    script = f"""
+set -e
+umount /sys/fs/cgroup/unified 2>/dev/null || true
+{' '.join(run)} --name llm-mock {image} mock-provider --host 127.0.0.1 --port {mock} >/dev/null
+{' '.join(run)} --name llm-sc -e MOCK_KEY=k -v {config}:/etc/llm-sidecar/sidecar.yaml:ro {image} >/dev/null
+ok=0
+for i in $(seq 100); do
+  if curl -fsS http://127.0.0.1:{admin}/healthz >/dev/null 2>&1; then ok=1; break; fi; sleep 0.2
+done
+if [ $ok = 1 ]; then
+  curl -fsS -H 'content-type: application/json' -H 'authorization: Bearer k' \
+    -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"hi"}}]}}' \
+    http://127.0.0.1:{proxy}/v1/chat/completions > {tmp_path}/completion.json || ok=0
+fi
+podman {' '.join(VFS)} logs llm-sc > {tmp_path}/sidecar.log 2>&1 || true
+podman {' '.join(VFS)} stop -t 3 llm-sc llm-mock >/dev/null 2>&1 || true
+[ $ok = 1 ]
+"""
+    res = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", script],
+                         capture_output=True, text=True, timeout=180)
+    log = (tmp_path / "sidecar.log").read_text() if (tmp_path / "sidecar.log").exists() else ""
+    assert res.returncode == 0, res.stdout + res.stderr + log
+    body = json.loads((tmp_path / "completion.json").read_text())
+    assert body["choices"][0]["message"]["content"]

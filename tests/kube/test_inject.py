@@ -1,0 +1,83 @@
+"""`llm-sidecar inject`: the same mutation applied offline to multi-document YAML."""
+
+from __future__ import annotations
+
+import io
+
+import jsonpatch
+import yaml
+
+from proxy.kube import inject
+from proxy.kube.sidecar import Context, plan
+from tests.kube.cases import SETTINGS
+from tests.kube.conftest import ROOT
+
+EXAMPLES = ROOT / "k8s" / "examples" / "app.yaml"
+
+
+def run(argv: list[str], text: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = inject.main(argv, stdin=io.StringIO(text), stdout=out)
+    return code, out.getvalue()
+
+
+def test_examples_are_injected_and_opt_outs_untouched() -> None:
+    code, out = run(["-f", "-"], EXAMPLES.read_text())
+    assert code == 0
+    docs = list(yaml.safe_load_all(out))
+    deploy, job, pod = docs
+    assert deploy["spec"]["template"]["spec"]["initContainers"][0]["name"] == "llm-sidecar"
+    assert job["spec"]["template"]["spec"]["initContainers"][0]["restartPolicy"] == "Always"
+    assert "initContainers" not in pod["spec"]
+    # The opted-out document keeps its bytes (comments included).
+    assert "name: debug-shell" in out.split("---")[-1] and "\n      command: [sleep, infinity]" in out
+
+
+def test_every_workload_kind_list_and_foreign_documents() -> None:
+    template = {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}
+    workloads = [
+        {"apiVersion": "apps/v1", "kind": k, "metadata": {"name": k.lower()}, "spec": {"template": template}}
+        for k in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet")
+    ] + [
+        {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "cj"},
+         "spec": {"jobTemplate": {"spec": {"template": template}}}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": template["spec"]},
+    ]
+    text = yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": workloads})
+    text += "---\n# a comment that must survive\nkind: Service\napiVersion: v1\nmetadata: {name: s}\n"
+    code, out = run(["-f", "-", "--kube-version", "1.28"], text)
+    assert code == 0
+    lst, svc = out.split("---\n")
+    assert svc == "# a comment that must survive\nkind: Service\napiVersion: v1\nmetadata: {name: s}\n"
+    for item in yaml.safe_load(lst)["items"]:
+        spec = item.get("spec", {})
+        pod_spec = (spec.get("jobTemplate", {}).get("spec", spec).get("template") or item)["spec"]
+        # 1.28: plain containers, and the CronJob (restartPolicy unset) still gets one.
+        assert pod_spec["containers"][-1]["name"] == "llm-sidecar", item["kind"]
+
+
+def test_own_applier_agrees_with_jsonpatch() -> None:
+    pod = yaml.safe_load((ROOT / "tests" / "kube" / "golden" / "pod-existing-env.yaml").read_text())
+    decision = plan(pod, SETTINGS, Context(namespace="demo-app", namespace_labels={"llm-sidecar.io/inject": "enabled"},
+                                           kube_version=(1, 30)))
+    expected = jsonpatch.apply_patch(pod, decision.patch)
+    inject.apply_patch(pod, decision.patch)
+    assert pod == expected
+
+
+def test_injected_output_is_stable() -> None:
+    _, once = run(["-f", "-"], EXAMPLES.read_text())
+    _, twice = run(["-f", "-"], once)
+    assert once == twice
+
+
+def test_settings_file_and_image_flag(tmp_path) -> None:
+    settings = tmp_path / "injector.yaml"
+    settings.write_text("sidecar: {image: reg.local/llm-sidecar:1.2.3, keysMode: files}\n")
+    code, out = run(["-f", "-", "--settings", str(settings), "--image", "reg.local/llm-sidecar:canary"],
+                    EXAMPLES.read_text())
+    side = next(yaml.safe_load_all(out))["spec"]["template"]["spec"]["initContainers"][0]
+    assert side["image"] == "reg.local/llm-sidecar:canary"
+    assert "envFrom" not in side
+    settings.write_text("sidecar: {imag: typo}\n")
+    assert run(["-f", "-", "--settings", str(settings)], "")[0] == 2
