@@ -33,7 +33,7 @@ from typing import Literal
 from proxy.rag.bm25 import BM25Index, BM25Parameters, CorpusStatistics, query_terms
 from proxy.rag.chunking import Chunker, Documents, chunk_documents, make_chunker, normalize_documents
 from proxy.rag.errors import RetrievalInputError
-from proxy.rag.passage import Chunk, Passage
+from proxy.rag.passage import Chunk, DocumentId, Passage
 from proxy.rag.tokenizer import MixedTokenizer, Tokenizer
 
 #: ``await scorer(query, chunks, lexical_scores)`` → one final score per chunk, same order.
@@ -160,14 +160,14 @@ class AsyncRAGGenerator:
     async def _from_documents(
         self,
         query: str,
-        pairs: list[tuple[object, str]],
+        pairs: list[tuple[DocumentId, str]],
         top_k: int | None,
         min_score: float | None,
         exact: bool,
     ) -> AsyncIterator[Passage]:
         statistics = CorpusStatistics(query_terms(query, self.tokenizer), self.parameters)
         keep_all = self.scorer is not None
-        chunks = chunk_documents(pairs, self.chunker)  # type: ignore[arg-type]
+        chunks = chunk_documents(pairs, self.chunker)
         offload = sum(len(text) for _, text in pairs) >= self.offload_chars
         loop = asyncio.get_running_loop()
 
