@@ -15,6 +15,7 @@ fi
 mirror=${DEBIAN_MIRROR:-$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v security | head -1)}
 [ -n "$mirror" ] || mirror=$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list)
 rootfs=$(mktemp -d); trap 'rm -rf "$rootfs"' EXIT
+chmod 0755 "$rootfs"   # mktemp makes it 0700, and it becomes the image's /
 debootstrap --variant=minbase \
   --include=python3,python3-venv,python3-pip,python-is-python3,ca-certificates \
   bookworm "$rootfs" "$mirror" >/dev/null
