@@ -1,0 +1,166 @@
+"""The load generator: closed-loop POSTs at a fixed concurrency for a fixed time.
+
+``run()`` uses ``wrk`` with a Lua script when the binary is there (``apt-get install
+wrk``), else a fast async Python client in a separate process (``python -m bench.load``).
+Either way it runs pinned to the load cores, every call goes to loopback, and it stops
+by itself after ``duration`` seconds. ``GENERATOR`` names the one in use, for reports.
+
+The generator must not be the bottleneck: the reports show the direct upstream's rate
+next to the proxies' (nginx direct is several times any Python proxy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from bench.procs import LOAD_CORES, PYTHON, ROOT, pinned
+
+WRK = shutil.which("wrk")
+GENERATOR = "wrk (1 thread, Lua script for the POST body)" if WRK else "async Python client (aiohttp + uvloop, own process)"
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of ``values`` (any order); NaN when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    calls: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds if self.seconds else 0.0
+
+
+def run(url: str, body: bytes, concurrency: int, duration: float,
+        headers: dict[str, str] | None = None, cores: list[int] = LOAD_CORES) -> LoadResult:
+    """POST ``body`` to ``url`` from ``concurrency`` connections for ``duration`` seconds."""
+    if not url.startswith(("http://127.0.0.1:", "http://localhost:")):
+        raise ValueError("the benchmark only loads loopback servers")
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench-client", **(headers or {})}
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+        if WRK:
+            return _wrk(Path(tmp), url, body, concurrency, duration, headers, cores)
+        return _python(Path(tmp), url, body, concurrency, duration, headers, cores)
+
+
+# ---------------------------------------------------------------- wrk
+
+_LUA = """
+wrk.method = "POST"
+wrk.body = [==[@BODY@]==]
+@HEADERS@
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH %d %d %d %.1f %.1f\\n", summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.status + e.timeout, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def _wrk(tmp: Path, url: str, body: bytes, concurrency: int, duration: float,
+         headers: dict[str, str], cores: list[int]) -> LoadResult:
+    if b"]==]" in body:
+        raise ValueError("body cannot be embedded in the Lua script")
+    lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+    script = tmp / "post.lua"
+    script.write_text(_LUA.replace("@BODY@", body.decode()).replace("@HEADERS@", lines))
+    argv = [WRK, "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
+            "-s", str(script), url]
+    out = subprocess.run(pinned(argv, cores), capture_output=True, text=True, timeout=duration + 30)
+    for line in out.stdout.splitlines():
+        if line.startswith("BENCH "):
+            calls, micros, errors, p50, p99 = line.split()[1:]
+            return LoadResult(int(calls), int(errors), int(micros) / 1e6, float(p50) / 1000, float(p99) / 1000)
+    raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
+
+
+# ---------------------------------------------------------------- Python client
+
+
+def _python(tmp: Path, url: str, body: bytes, concurrency: int, duration: float,
+            headers: dict[str, str], cores: list[int]) -> LoadResult:
+    (tmp / "body").write_bytes(body)
+    argv = [PYTHON, "-m", "bench.load", "--url", url, "--body-file", str(tmp / "body"),
+            "--concurrency", str(concurrency), "--duration", str(duration),
+            "--headers", orjson.dumps(headers).decode()]
+    out = subprocess.run(pinned(argv, cores), capture_output=True, text=True, timeout=duration + 30, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"load client failed: {out.stderr}")
+    data = orjson.loads(out.stdout.strip().splitlines()[-1])
+    return LoadResult(**data)
+
+
+async def _client(url: str, body: bytes, concurrency: int, duration: float, headers: dict[str, str]) -> LoadResult:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
+        start = time.perf_counter()
+        deadline = start + duration
+
+        async def worker() -> None:
+            nonlocal errors
+            clock = time.perf_counter
+            while clock() < deadline:
+                began = clock()
+                try:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        ok = response.status < 400
+                except (aiohttp.ClientError, TimeoutError):
+                    ok = False
+                if ok:
+                    latencies.append(clock() - began)
+                else:
+                    errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - start
+    return LoadResult(len(latencies), errors, seconds, percentile(latencies, 50) * 1000,
+                      percentile(latencies, 99) * 1000)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="closed-loop POST load (the fallback when wrk is missing)")
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--body-file", required=True)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--headers", default="{}")
+    args = parser.parse_args()
+    coro = _client(args.url, Path(args.body_file).read_bytes(), args.concurrency, args.duration,
+                   orjson.loads(args.headers))
+    try:
+        import uvloop
+    except ImportError:
+        result = asyncio.run(coro)
+    else:
+        result = uvloop.run(coro)
+    print(orjson.dumps(result.__dict__).decode())
+
+
+if __name__ == "__main__":
+    main()
