@@ -34,6 +34,7 @@ class Pipeline:
 
     async def handle(self, request: web.Request, dialect: Dialect, operation: Operation) -> web.StreamResponse:
         call = Call(request, dialect, operation, request.headers.get("x-request-id") or uuid.uuid4().hex)
+        call.observer = self.telemetry.observe(call)
         try:
             await self.read(call)
             # Cache and coalescing come in front of the router here (cache issue).

@@ -14,6 +14,7 @@ from aiohttp import web
 from proxy.cache.recorder import Recorder
 from proxy.call import Call
 from proxy.errors import UpstreamError
+from proxy.telemetry.usage import UsageTee, read_usage
 from proxy.upstream import UpstreamResponse
 
 
@@ -23,17 +24,20 @@ async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> w
     call.status = upstream.status
     if not upstream.is_stream:
         call.first_byte_at = time.perf_counter()
+        read_usage(upstream.body, call.usage)
         recorder.finish(upstream.status, headers, upstream.body)
         return web.Response(status=upstream.status, body=upstream.body, headers=headers)
 
     response = web.StreamResponse(status=upstream.status, headers=headers)
     await response.prepare(call.request)
+    usage = UsageTee(call.usage)
     try:
         async for chunk in upstream.chunks():
             if call.first_byte_at is None:
                 call.first_byte_at = time.perf_counter()
             await response.write(chunk)
             recorder.feed(chunk)
+            usage.feed(chunk)
     except UpstreamError as error:
         call.error_type = error.type
         recorder.abort()

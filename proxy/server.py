@@ -47,6 +47,16 @@ async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     await cache.close()
 
 
+async def telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Metrics read the router and cache live; the trace exporter starts and flushes here."""
+    pipeline = app[PIPELINE]
+    telemetry = pipeline.telemetry
+    telemetry.bind(app[CONFIG].model_groups, pipeline.router, pipeline.cache)
+    telemetry.start()
+    yield
+    telemetry.close()
+
+
 def _dialect_handler(dialect: Dialect, operation_path: str):
     operation = dialect.operations[operation_path]
 
@@ -75,7 +85,7 @@ def build_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[DRAINING] = asyncio.Event()
-    app.cleanup_ctx.extend([upstream_ctx, pipeline_ctx])
+    app.cleanup_ctx.extend([upstream_ctx, pipeline_ctx, telemetry_ctx])
     for dialect in (OPENAI, ANTHROPIC):
         for path in dialect.operations:
             app.router.add_post(dialect.prefix + path, _dialect_handler(dialect, path))
@@ -102,7 +112,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(text="", content_type="text/plain")
+    """Prometheus exposition of the proxy app's registry (the router and cache are read now)."""
+    body, content_type = request.app[PROXY_APP][PIPELINE].telemetry.exposition()
+    response = web.Response(body=body)
+    # Set whole: aiohttp's content_type argument would drop the format's version parameter.
+    response.headers["Content-Type"] = content_type
+    return response
 
 
 def build_admin_app(proxy_app: web.Application) -> web.Application:

@@ -1,40 +1,98 @@
-"""Telemetry: what each call did, recorded once when it ends."""
+"""Telemetry: what each call did, recorded once when it ends.
+
+``Telemetry`` is built once per app. ``observe(call)`` gives a starting call its
+observer (chosen once, at start: no "is tracing on?" per call); ``finish(call)``
+records the ended call: metrics, the span's last attributes, the access line.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Collection
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from proxy.telemetry.config import TelemetryConfig
-from proxy.telemetry.logs import ACCESS
+from proxy.telemetry.logs import ACCESS, access_fields, event
+from proxy.telemetry.metrics import LiveCollector, Metrics, NullMetrics
+from proxy.telemetry.observer import NOOP, MetricsObserver, Observer
 
 if TYPE_CHECKING:
     from proxy.call import Call
+    from proxy.telemetry.tracing import Tracing
+
+__all__ = ["Telemetry", "TelemetryConfig", "Observer", "NOOP"]
+
+#: what ``/metrics`` answers with when metrics are off
+EMPTY_EXPOSITION = b""
+
+
+def _version() -> str:
+    try:
+        return version("llm-sidecar")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 class Telemetry:
     def __init__(self, config: TelemetryConfig) -> None:
         self.config = config
+        self.metrics: Metrics | None = Metrics(config, _version()) if config.metrics else None
+        self._record: Metrics | NullMetrics = self.metrics or NullMetrics()
+        self.tracing: Tracing | None = None
+        self._observe: Callable[[Call], Observer]
+        if config.tracing.enabled:
+            from proxy.telemetry.tracing import Tracing, TracingObserver
+
+            tracing = self.tracing = Tracing(config.tracing)
+            tracer, metrics = tracing.tracer, self.metrics
+            self._observe = lambda call: TracingObserver(call, tracer, metrics)
+        elif self.metrics is not None:
+            shared = MetricsObserver(self.metrics)
+            self._observe = lambda call: shared
+        else:
+            self._observe = lambda call: NOOP
+        # What ``finish`` does, decided here once.
+        self._log_access = config.access_log
+        self._log_prompts = config.log_prompts
+
+    def bind(self, model_groups: Collection[str], router: Any, cache: Any) -> None:
+        """Name the configured model groups and the live objects ``/metrics`` reads."""
+        if self.metrics is not None:
+            self.metrics.bind(model_groups)
+            self.metrics.registry.register(LiveCollector(router, cache))
+
+    def start(self) -> None:
+        if self.tracing is not None:
+            self.tracing.start()
+
+    def close(self) -> None:
+        if self.tracing is not None:
+            self.tracing.shutdown()
+
+    def observe(self, call: Call) -> Observer:
+        """The observer of a call that starts now."""
+        self._record.start()
+        return self._observe(call)
 
     def finish(self, call: Call) -> None:
         """Record one ended call: exactly once per call, whatever its outcome."""
-        if not self.config.access_log or not ACCESS.isEnabledFor(logging.INFO):
-            return
         now = time.perf_counter()
-        fields = {
-            "request_id": call.request_id,
-            "dialect": call.dialect.name,
-            "model_group": call.model_group,
-            "endpoint": call.endpoint,
-            "outcome": call.outcome,
-            "status": call.status,
-            "cache": call.cache_status,
-            "attempts": call.attempts,
-            "stream": call.stream,
-            "latency_ms": round((now - call.started) * 1000, 2),
-            "ttfb_ms": round((call.first_byte_at - call.started) * 1000, 2) if call.first_byte_at else None,
-            "error_type": call.error_type,
-            **call.usage,
-        }
-        ACCESS.info("call", extra={"fields": fields})
+        self._record.record(call, now)
+        call.observer.end(call)
+        if self._log_access and ACCESS.isEnabledFor(logging.INFO):
+            ACCESS.info("call", extra={"fields": access_fields(call, now, self._log_prompts)})
+        if call.status >= 500:
+            event("call failed", logging.WARNING, request_id=call.request_id, model_group=call.model_group,
+                  endpoint=call.endpoint, status=call.status, error_type=call.error_type, attempts=call.attempts)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The ``/metrics`` body and its content type."""
+        # Every name here is a classic one, so the 0.0.4 text format says it all, and every
+        # Prometheus and agent version reads it.
+        from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
+        if self.metrics is None:
+            return EMPTY_EXPOSITION, CONTENT_TYPE_PLAIN_0_0_4
+        return generate_latest(self.metrics.registry), CONTENT_TYPE_PLAIN_0_0_4

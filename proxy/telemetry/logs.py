@@ -1,15 +1,26 @@
-"""Structured logs: one JSON object per line, on stderr."""
+"""Structured logs: one JSON object per line, on stderr.
+
+Two loggers: ``llm_sidecar.access`` (one line per call, at info) and
+``llm_sidecar`` (lifecycle and error events). Neither ever carries a provider
+key; prompt text appears only with ``telemetry.log_prompts: true``.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+if TYPE_CHECKING:
+    from proxy.call import Call
+
 ACCESS = logging.getLogger("llm_sidecar.access")
 EVENTS = logging.getLogger("llm_sidecar")
+
+#: the request fields that hold prompt text, in either dialect
+PROMPT_FIELDS = ("system", "messages", "prompt", "input", "instructions")
 
 
 class JSONFormatter(logging.Formatter):
@@ -41,3 +52,50 @@ def setup_logging(level: str) -> None:
 
 def event(message: str, level: int = logging.INFO, **fields: Any) -> None:
     EVENTS.log(level, message, extra={"fields": fields})
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+def access_fields(call: Call, now: float, log_prompts: bool) -> dict[str, Any]:
+    """The access line of one call."""
+    latency = now - call.started
+    fields: dict[str, Any] = {
+        "request_id": call.request_id,
+        "trace_id": call.observer.trace_id or _caller_trace_id(call),
+        "dialect": call.dialect.name,
+        "path": call.operation.path,
+        "model_group": call.model_group,
+        "endpoint": call.endpoint,
+        "outcome": call.outcome,
+        "status": call.status,
+        "cache": call.cache_status,
+        "stream": call.stream,
+        "attempts": call.attempts,
+        "fallbacks": call.fallbacks,
+        "retries": call.retries,
+        "latency_ms": _ms(latency),
+        "ttfb_ms": _ms(call.first_byte_at - call.started) if call.first_byte_at is not None else None,
+        "upstream_ms": _ms(call.upstream_seconds),
+        "overhead_ms": _ms(max(latency - call.upstream_seconds, 0.0)),
+        "queue_ms": _ms(call.queue_wait),
+        "input_tokens": call.usage.get("input_tokens"),
+        "output_tokens": call.usage.get("output_tokens"),
+        "error_type": call.error_type,
+    }
+    if log_prompts:
+        fields["prompt"] = {k: call.payload[k] for k in PROMPT_FIELDS if k in call.payload}
+    return fields
+
+
+def _caller_trace_id(call: Call) -> str | None:
+    """Untraced here, the caller's own trace id still ties the line to its trace."""
+    parts = call.request.headers.get("traceparent", "").split("-")
+    if len(parts) != 4 or len(parts[1]) != 32:
+        return None
+    try:
+        int(parts[1], 16)
+    except ValueError:
+        return None
+    return parts[1]

@@ -2,21 +2,37 @@
 
 Steps of the pipeline (cache, router, relay) report moments of a call to
 ``call.observer``; the no-op ``Observer`` here has every method and does nothing,
-so the hot path never asks "is tracing on?". The metrics and tracing observers
-implement the same methods.
+so the hot path never asks "is tracing on?". ``Telemetry`` picks, once at start,
+which observer every call gets:
+
+- tracing on: a ``TracingObserver`` per call (spans; step timings into metrics);
+- metrics only: the shared ``MetricsObserver`` (step timings and event counts);
+- both off: ``NOOP``.
 
 Most numbers need no call at all: they are read off the ``Call`` once, in
 ``Telemetry.finish`` (outcome, cache status, attempts, latency, tokens…).
+
+Names in use (bounded: metrics count anything else as ``other``):
+spans ``cache.lookup``, ``cache.store``, ``coalesce.wait``, ``router.queue``,
+``upstream.attempt``; events ``fallback``, ``retry``, ``cooldown``,
+``circuit_open``, ``circuit_close``, ``coalesce.join``, ``cache.error``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from proxy.call import Call
+    from proxy.telemetry.metrics import Metrics
 
 
 class Observer:
+    __slots__ = ()
+
     @contextmanager
     def span(self, name: str, **attributes: Any) -> Iterator[None]:
         """A timed step of the call: ``cache.lookup``, ``router.queue``, ``upstream.attempt``…"""
@@ -28,5 +44,33 @@ class Observer:
     def event(self, name: str, **attributes: Any) -> None:
         """A point-in-time moment: ``fallback``, ``retry``, ``cooldown``…"""
 
+    @property
+    def trace_id(self) -> str | None:
+        """The call's trace id (32 hex digits) when it is traced."""
+        return None
+
+    def end(self, call: Call) -> None:
+        """The call is over (``Telemetry.finish`` calls this once)."""
+
 
 NOOP = Observer()
+
+
+class MetricsObserver(Observer):
+    """Times steps and counts events; keeps no per-call state, so one instance serves every call."""
+
+    __slots__ = ("metrics",)
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    @contextmanager
+    def span(self, name: str, **attributes: Any) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.metrics.step(name, time.perf_counter() - started)
+
+    def event(self, name: str, **attributes: Any) -> None:
+        self.metrics.event(name)

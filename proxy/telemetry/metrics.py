@@ -1,0 +1,285 @@
+"""Prometheus metrics: one registry per app, labels from a fixed set only.
+
+Two kinds of numbers:
+
+- per call, recorded once in ``Metrics.record(call)`` from the ``Call``'s fields
+  (outcome, latency, attempts, tokens …): counters and histograms below;
+- live state, read at scrape time by ``LiveCollector`` from the router's endpoints
+  and the cache (in-flight, slots, health, circuit, cache size and counters), so
+  the hot path pays nothing for them.
+
+Label values come from the config (model group, endpoint name) or from closed sets
+(outcome, status class, cache status, token type, error type, step); anything else
+is counted as ``unknown`` / ``other``. Never a path, a prompt, a request id or a key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from proxy.telemetry.config import TelemetryConfig
+
+if TYPE_CHECKING:
+    from proxy.call import Call
+
+PREFIX = "llm_sidecar"
+
+#: seconds: LLM calls run from milliseconds (a cache hit) to minutes (a long stream)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+#: seconds: the sidecar's own work, queue waits and cache lookups
+SHORT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                 10, 30)
+
+OUTCOMES = frozenset({"cached", "coalesced", "upstream", "error"})
+CACHE_STATUSES = frozenset({"hit", "miss", "coalesced", "bypass", "stale", "off"})
+#: the timed steps of a call that ``observer.span`` reports
+STEPS = frozenset({"cache.lookup", "cache.store", "coalesce.wait", "router.queue", "upstream.attempt", "relay"})
+SAVED_OUTCOMES = frozenset({"cached", "coalesced"})
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else "none"
+
+
+def _error_types() -> frozenset[str]:
+    from proxy.errors import ProxyError
+
+    found = {ProxyError.type}
+    pending = list(ProxyError.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        found.add(cls.type)
+        pending.extend(cls.__subclasses__())
+    return frozenset(found)
+
+
+class _Family:
+    """A labelled metric with its children kept by label tuple: no lock, no validation per call."""
+
+    __slots__ = ("metric", "children")
+
+    def __init__(self, metric: Counter | Histogram | Gauge) -> None:
+        self.metric = metric
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = self.metric.labels(*values)
+        return child
+
+
+class Metrics:
+    """The per-call instruments; built once per app."""
+
+    def __init__(self, config: TelemetryConfig, version: str = "") -> None:
+        # ``*_created`` series would double the exposition for a number no panel uses.
+        disable_created_metrics()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.prices = {group: (p.input / 1e6, p.output / 1e6) for group, p in config.prices.items()}
+        self.model_groups: Collection[str] = ()
+        self.error_types = _error_types()
+        r = self.registry
+        p = PREFIX
+
+        def family(cls: type, name: str, doc: str, labels: Iterable[str], **kw: Any) -> _Family:
+            return _Family(cls(f"{p}_{name}", doc, list(labels), registry=r, **kw))
+
+        self.calls = family(Counter, "calls", "Calls by their one outcome (cached, coalesced, upstream, error).",
+                            ("dialect", "model_group", "outcome", "status_class"))
+        self.errors = family(Counter, "call_errors", "Calls that ended in an error, by error type.",
+                             ("model_group", "error_type"))
+        self.duration = family(Histogram, "call_duration_seconds", "Call duration, request read to last byte.",
+                               ("model_group", "outcome"), buckets=LATENCY_BUCKETS)
+        self.ttfb = family(Histogram, "time_to_first_byte_seconds",
+                           "Time from the request to the answer's first byte sent back (a stream's first token).",
+                           ("model_group", "stream"), buckets=LATENCY_BUCKETS)
+        self.overhead = family(Histogram, "overhead_seconds",
+                               "The sidecar's own time per call: duration minus time waiting on upstreams.",
+                               ("outcome",), buckets=SHORT_BUCKETS)
+        self.attempts = family(Histogram, "upstream_attempt_duration_seconds",
+                               "Upstream attempts by endpoint and status class (status_class none: no answer).",
+                               ("model_group", "endpoint", "status_class"), buckets=LATENCY_BUCKETS)
+        self.queue_wait = family(Histogram, "queue_wait_seconds",
+                                 "Time a call waited for an endpoint's concurrency slot.",
+                                 ("model_group",), buckets=SHORT_BUCKETS)
+        self.retries = family(Counter, "retries", "Retries of an upstream attempt.", ("model_group",))
+        self.fallbacks = family(Counter, "fallbacks", "Moves to the next endpoint after a failed attempt.",
+                                ("model_group",))
+        self.cache_calls = family(Counter, "cache_calls", "Calls by cache status (hit, miss, coalesced, "
+                                  "bypass, stale, off).", ("model_group", "cache_status"))
+        self.tokens = family(Counter, "tokens", "Tokens spent upstream, read from the answers.",
+                             ("model_group", "type"))
+        self.cost = family(Counter, "cost_usd", "Cost of the tokens spent upstream, from the configured prices.",
+                           ("model_group",))
+        self.saved_tokens = family(Counter, "cache_saved_tokens", "Tokens answered from the cache or a "
+                                   "coalesced call instead of upstream.", ("model_group", "type"))
+        self.saved_cost = family(Counter, "cache_saved_cost_usd", "Cost saved by cache hits and coalescing, "
+                                 "from the configured prices.", ("model_group",))
+        self.steps = family(Histogram, "step_duration_seconds",
+                            "Timed steps of a call: cache lookup, queue wait, upstream attempt …",
+                            ("step",), buckets=SHORT_BUCKETS + (60, 120, 300, 600))
+        self.events = family(Counter, "call_events", "Moments of calls reported by the router and the cache "
+                             "(fallback, retry, cooldown …).", ("event",))
+        self.in_flight = Gauge(f"{p}_calls_in_flight", "Calls being handled now.", registry=r)
+        Gauge(f"{p}_build_info", "The running version (always 1).", ["version"], registry=r).labels(version).set(1)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+
+    def bind(self, model_groups: Collection[str]) -> None:
+        self.model_groups = frozenset(model_groups)
+
+    def start(self) -> None:
+        """A call starts."""
+        self.in_flight.inc()
+
+    def record(self, call: Call, now: float) -> None:
+        """A call ended: everything it did, from its fields."""
+        self.in_flight.dec()
+        group = call.model_group if call.model_group in self.model_groups else "unknown"
+        outcome = call.outcome if call.outcome in OUTCOMES else "error"
+        latency = now - call.started
+        self.calls(call.dialect.name, group, outcome, status_class(call.status)).inc()
+        self.duration(group, outcome).observe(latency)
+        self.overhead(outcome).observe(max(latency - call.upstream_seconds, 0.0))
+        if call.first_byte_at is not None:
+            self.ttfb(group, "true" if call.stream else "false").observe(call.first_byte_at - call.started)
+        if call.error_type is not None:
+            error = call.error_type if call.error_type in self.error_types else "other"
+            self.errors(group, error).inc()
+        cache_status = call.cache_status if call.cache_status in CACHE_STATUSES else "off"
+        self.cache_calls(group, cache_status).inc()
+        for endpoint, status, seconds, _error in call.attempt_log:
+            self.attempts(group, endpoint, status_class(status)).observe(seconds)
+        if call.attempts:
+            self.queue_wait(group).observe(call.queue_wait)
+        if call.retries:
+            self.retries(group).inc(call.retries)
+        if call.fallbacks:
+            self.fallbacks(group).inc(call.fallbacks)
+        usage = call.usage
+        if usage:
+            spent_in = usage.get("input_tokens", 0)
+            spent_out = usage.get("output_tokens", 0)
+            price_in, price_out = self.prices.get(group, (0.0, 0.0))
+            if outcome in SAVED_OUTCOMES:
+                self.saved_tokens(group, "input").inc(spent_in)
+                self.saved_tokens(group, "output").inc(spent_out)
+                self.saved_cost(group).inc(spent_in * price_in + spent_out * price_out)
+            else:
+                self.tokens(group, "input").inc(spent_in)
+                self.tokens(group, "output").inc(spent_out)
+                self.cost(group).inc(spent_in * price_in + spent_out * price_out)
+
+    def step(self, name: str, seconds: float) -> None:
+        self.steps(name if name in STEPS else "other").observe(seconds)
+
+    def event(self, name: str) -> None:
+        self.events(name if name in EVENTS else "other").inc()
+
+
+class NullMetrics:
+    """Metrics off: the same calls, doing nothing."""
+
+    def start(self) -> None:
+        pass
+
+    def record(self, call: Call, now: float) -> None:
+        pass
+
+
+#: the point-in-time moments that ``observer.event`` reports
+EVENTS = frozenset({"fallback", "retry", "cooldown", "circuit_open", "circuit_close", "coalesce.join",
+                    "cache.error", "stream.error", "client.disconnect"})
+
+
+def _get(obj: Any, *names: str, default: Any = None) -> Any:
+    """The first attribute of ``names`` that ``obj`` has (router and cache objects, read defensively)."""
+    for name in names:
+        value = getattr(obj, name, None)
+        if value is not None:
+            return value() if callable(value) and not isinstance(value, (int, float)) else value
+    return default
+
+
+class LiveCollector(Collector):
+    """Reads the router's endpoints and the cache when Prometheus scrapes."""
+
+    def __init__(self, router: Any, cache: Any) -> None:
+        self.router = router
+        self.cache = cache
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._endpoints()
+        yield from self._cache()
+
+    def _endpoints(self) -> Iterator[Metric]:
+        p = PREFIX
+        labels = ["model_group", "endpoint"]
+        in_flight = GaugeMetricFamily(f"{p}_endpoint_in_flight", "Upstream attempts in flight.", labels=labels)
+        slots = GaugeMetricFamily(f"{p}_endpoint_slots", "Concurrency slots (max_concurrent).", labels=labels)
+        queued = GaugeMetricFamily(f"{p}_endpoint_queued", "Calls waiting for a slot.", labels=labels)
+        healthy = GaugeMetricFamily(f"{p}_endpoint_healthy", "1 when the endpoint is taking calls.", labels=labels)
+        circuit = GaugeMetricFamily(f"{p}_endpoint_circuit_state", "Circuit state: 1 for the current one.",
+                                    labels=[*labels, "state"])
+        cooldown = GaugeMetricFamily(f"{p}_endpoint_cooldown_seconds", "Seconds left of a cool-down (Retry-After).",
+                                     labels=labels)
+        cooldowns = CounterMetricFamily(f"{p}_endpoint_cooldowns", "Cool-downs started.", labels=labels)
+        now = time.monotonic()
+        groups = getattr(self.router, "groups", {}) or {}
+        for group, endpoints in groups.items():
+            for endpoint in _get(endpoints, "endpoints", default=endpoints):
+                config = endpoint.config
+                key = [group, config.name]
+                limit = config.max_concurrent
+                slots.add_metric(key, limit)
+                active = _get(endpoint, "in_flight", "active")
+                if active is None:
+                    semaphore = getattr(endpoint, "slots", None)
+                    active = limit - getattr(semaphore, "_value", limit)
+                in_flight.add_metric(key, active)
+                queued.add_metric(key, _get(endpoint, "queued", "waiting", default=0))
+                healthy.add_metric(key, 1.0 if _get(endpoint, "healthy", "available", default=True) else 0.0)
+                state = str(_get(endpoint, "circuit_state", "state", default="closed"))
+                for name in ("closed", "open", "half_open"):
+                    circuit.add_metric([*key, name], 1.0 if state == name else 0.0)
+                until = _get(endpoint, "cooldown_until", default=0.0)
+                cooldown.add_metric(key, max(until - now, 0.0))
+                cooldowns.add_metric(key, _get(endpoint, "cooldowns", default=0))
+        yield from (in_flight, slots, queued, healthy, circuit, cooldown, cooldowns)
+
+    def _cache(self) -> Iterator[Metric]:
+        p = PREFIX
+        stats = _get(self.cache, "stats", default=None)
+        if stats is None:
+            return
+        events = CounterMetricFamily(f"{p}_cache_events", "Cache outcomes counted by the cache.", labels=["event"])
+        for name in ("hits", "misses", "coalesced", "stale", "bypass", "errors"):
+            events.add_metric([name], _get(stats, name, default=0))
+        yield events
+        yield GaugeMetricFamily(f"{p}_cache_entries", "Entries in the memory cache.",
+                                value=_get(stats, "entries", default=0))
+        yield GaugeMetricFamily(f"{p}_cache_bytes", "Bytes held by the memory cache.",
+                                value=_get(stats, "bytes", default=0))
+        yield CounterMetricFamily(f"{p}_cache_redis_errors", "Redis operations that failed or timed out "
+                                  "(each one a miss, never a failed call).", value=_get(stats, "redis_errors",
+                                                                                     default=0))
