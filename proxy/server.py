@@ -54,7 +54,7 @@ async def telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
     telemetry.bind(app[CONFIG].model_groups, pipeline.router, pipeline.cache)
     telemetry.start()
     yield
-    telemetry.close()
+    await telemetry.close()
 
 
 def _dialect_handler(dialect: Dialect, operation_path: str):

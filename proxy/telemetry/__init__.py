@@ -7,6 +7,7 @@ records the ended call: metrics, the span's last attributes, the access line.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Collection
@@ -67,9 +68,10 @@ class Telemetry:
         if self.tracing is not None:
             self.tracing.start()
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Flush and stop the exporter, off the event loop: the export is blocking HTTP."""
         if self.tracing is not None:
-            self.tracing.shutdown()
+            await asyncio.to_thread(self.tracing.shutdown)
 
     def observe(self, call: Call) -> Observer:
         """The observer of a call that starts now."""

@@ -268,18 +268,35 @@ class LiveCollector(Collector):
         yield from (in_flight, slots, queued, healthy, circuit, cooldown, cooldowns)
 
     def _cache(self) -> Iterator[Metric]:
-        p = PREFIX
-        stats = _get(self.cache, "stats", default=None)
-        if stats is None:
+        """From ``ResponseCache.snapshot()``: the cache's own counters and its backend's size."""
+        snapshot = getattr(self.cache, "snapshot", None)
+        if snapshot is None:  # no cache configured
             return
-        events = CounterMetricFamily(f"{p}_cache_events", "Cache outcomes counted by the cache.", labels=["event"])
-        for name in ("hits", "misses", "coalesced", "stale", "bypass", "errors"):
-            events.add_metric([name], _get(stats, name, default=0))
+        stats = snapshot()
+        p = PREFIX
+        events = CounterMetricFamily(
+            f"{p}_cache_events", "What the cache did: hit, miss, coalesced, stale (served on upstream error), "
+            "bypass, store, not_stored, corrupt.", labels=["event"])
+        for event, key in _CACHE_EVENTS:
+            events.add_metric([event], stats.get(key, 0))
         yield events
-        yield GaugeMetricFamily(f"{p}_cache_entries", "Entries in the memory cache.",
-                                value=_get(stats, "entries", default=0))
-        yield GaugeMetricFamily(f"{p}_cache_bytes", "Bytes held by the memory cache.",
-                                value=_get(stats, "bytes", default=0))
-        yield CounterMetricFamily(f"{p}_cache_redis_errors", "Redis operations that failed or timed out "
-                                  "(each one a miss, never a failed call).", value=_get(stats, "redis_errors",
-                                                                                     default=0))
+        yield CounterMetricFamily(f"{p}_cache_errors", "Cache backend errors (each one a miss, never a failed "
+                                  "call) and unreadable entries.", value=stats.get("errors", 0))
+        yield CounterMetricFamily(f"{p}_cache_redis_errors", "Redis operations that failed or timed out.",
+                                  value=getattr(getattr(self.cache, "backend", None), "errors", 0))
+        yield CounterMetricFamily(f"{p}_cache_lookups", "Cache lookups (backend reads).",
+                                  value=stats.get("lookups", 0))
+        yield CounterMetricFamily(f"{p}_cache_lookup_seconds", "Time spent in cache lookups, summed.",
+                                  value=stats.get("lookup_seconds", 0.0))
+        yield GaugeMetricFamily(f"{p}_cache_available", "1 while the backend is usable (Redis breaker closed).",
+                                value=1.0 if stats.get("available", True) else 0.0)
+        yield GaugeMetricFamily(f"{p}_cache_flights", "Calls in flight that identical calls can join "
+                                "(coalescing).", value=stats.get("in_flight", 0))
+        if stats.get("entries") is not None:
+            yield GaugeMetricFamily(f"{p}_cache_entries", "Entries in the memory cache.", value=stats["entries"])
+        if stats.get("bytes") is not None:
+            yield GaugeMetricFamily(f"{p}_cache_bytes", "Bytes held by the memory cache.", value=stats["bytes"])
+
+
+_CACHE_EVENTS = (("hit", "hits"), ("miss", "misses"), ("coalesced", "coalesced"), ("stale", "stale"),
+                 ("bypass", "bypass"), ("store", "stores"), ("not_stored", "not_stored"), ("corrupt", "corrupt"))
