@@ -21,6 +21,7 @@ from typing import Any
 # The library face: name -> module that defines it. Imported on first use, so the
 # sidecar process loads only what it runs.
 _EXPORTS = {
+    "DistributedCacheDecorator": "proxy.cache.decorator",
     "AsyncRAGGenerator": "proxy.rag",
 }
 

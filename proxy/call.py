@@ -47,4 +47,8 @@ class Call:
     #: token counts read from the answer: input_tokens, output_tokens
     usage: dict[str, int] = field(default_factory=dict)
     error_type: str | None = None
+    #: headers the steps add to the client's response (e.g. how many passages were added)
+    response_headers: dict[str, str] = field(default_factory=dict)
     observer: Observer = NOOP
+    #: the cache's per-call state (``proxy.cache.response_cache.Ticket``) once the call is cacheable
+    cache_ticket: Any = None

@@ -1,4 +1,4 @@
-"""One call, from request to response: read → cache → route → relay.
+"""One call, from request to response: read → cache lookup → coalesce → route → relay.
 
 Invariants:
 - every call ends in exactly one outcome (cached, coalesced, upstream, error) and
@@ -15,7 +15,7 @@ import uuid
 import orjson
 from aiohttp import web
 
-from proxy.cache import NullCache
+from proxy.cache import Cache
 from proxy.call import Call
 from proxy.config import Config
 from proxy.dialects import Dialect, Operation
@@ -26,7 +26,7 @@ from proxy.telemetry import Telemetry
 
 
 class Pipeline:
-    def __init__(self, config: Config, router: Router, cache: NullCache, telemetry: Telemetry) -> None:
+    def __init__(self, config: Config, router: Router, cache: Cache, telemetry: Telemetry) -> None:
         self.config = config
         self.router = router
         self.cache = cache
@@ -37,14 +37,19 @@ class Pipeline:
         call.observer = self.telemetry.observe(call)
         try:
             await self.read(call)
-            # Cache and coalescing come in front of the router here (cache issue).
+            if (answer := await self.cache.lookup(call)) is not None:  # a stored answer, replayed
+                return answer
+            if (answer := await self.cache.coalesce(call)) is not None:  # an identical call in flight answered
+                return answer
             async with self.router.attempt(call) as upstream:
                 response = await relay(call, upstream, self.cache.recorder(call))
             call.outcome = "upstream" if call.error_type is None else "error"
             return response
         except ProxyError as error:
-            return self.error_response(call, error)
+            stale = await self.cache.rescue(call, error)  # an expired entry, if the policy allows one
+            return stale if stale is not None else self.error_response(call, error)
         finally:
+            self.cache.settle(call)
             self.telemetry.finish(call)
 
     async def read(self, call: Call) -> None:

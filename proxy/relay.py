@@ -21,6 +21,7 @@ from proxy.upstream import UpstreamResponse
 async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> web.StreamResponse:
     headers = upstream.headers
     headers["x-request-id"] = call.request_id
+    headers.update(call.response_headers)
     call.status = upstream.status
     if not upstream.is_stream:
         call.first_byte_at = time.perf_counter()

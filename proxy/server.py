@@ -15,7 +15,7 @@ from functools import partial
 import orjson
 from aiohttp import web
 
-from proxy.cache import NullCache
+from proxy.cache import build_cache
 from proxy.config import Config
 from proxy.dialects import ANTHROPIC, OPENAI, Dialect
 from proxy.errors import NotFound
@@ -41,7 +41,7 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    cache = NullCache()
+    cache = build_cache(config)
     app[PIPELINE] = Pipeline(config, Router(config, app[UPSTREAM]), cache, Telemetry(config.telemetry))
     yield
     await cache.close()

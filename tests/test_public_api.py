@@ -4,7 +4,7 @@ import proxy
 
 
 def test_public_names_are_pinned() -> None:
-    assert proxy.__all__ == sorted(["AsyncRAGGenerator"])
+    assert proxy.__all__ == sorted(["AsyncRAGGenerator", "DistributedCacheDecorator"])
 
 
 def test_every_public_name_imports() -> None:

@@ -1,0 +1,79 @@
+"""In-process coalescing: one ``Flight`` per cache key while its leader calls upstream.
+
+The leader's recorder publishes each SSE frame as it passes, so a streaming
+follower writes the leader's frames to its own client as they arrive (fan-out),
+not only at the end; a non-streaming follower waits for the finished ``Entry``.
+
+A flight ends once: ``finish(entry)`` or ``fail(error)``. ``error`` is kept only
+when it would be the same for every identical call (the upstream rejected the
+request itself); a follower then answers with it. Any other failure leaves
+``error`` empty and the followers elect a new leader among themselves instead of
+failing with the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from proxy.cache.entry import Entry
+from proxy.errors import ClientError, ProxyError, UpstreamStatus
+
+
+def shared_failure(error: BaseException | None) -> ProxyError | None:
+    """The error itself when every identical call would get it too, else ``None``."""
+    if isinstance(error, ClientError):
+        return error
+    if isinstance(error, UpstreamStatus) and not error.retryable:
+        return error
+    return None
+
+
+class Flight:
+    __slots__ = ("stream", "has_usage", "frames", "entry", "error", "done", "followers", "_changed")
+
+    def __init__(self, stream: bool, has_usage: bool) -> None:
+        #: the leader streams, so frames arrive one by one
+        self.stream = stream
+        #: the leader's stream carries OpenAI's usage chunk
+        self.has_usage = has_usage
+        self.frames: list[bytes] = []
+        self.entry: Entry | None = None
+        self.error: ProxyError | None = None
+        self.done = False
+        self.followers = 0
+        self._changed: asyncio.Event | None = None
+
+    def publish(self, frames: list[bytes]) -> None:
+        self.frames.extend(frames)
+        if self._changed is not None:
+            self._wake()
+
+    def finish(self, entry: Entry) -> None:
+        if not self.done:
+            self.entry = entry
+            self.done = True
+            self._wake()
+
+    def fail(self, error: BaseException | None) -> None:
+        if not self.done:
+            self.error = shared_failure(error)
+            self.done = True
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def changed(self, seen: int) -> None:
+        """Return once there are more than ``seen`` frames, or the flight is done."""
+        while len(self.frames) <= seen and not self.done:
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            await self._changed.wait()
+
+    async def ended(self) -> None:
+        while not self.done:
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            await self._changed.wait()

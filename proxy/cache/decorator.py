@@ -1,0 +1,355 @@
+"""``DistributedCacheDecorator``: cache a function's results in memory or in a shared Redis.
+
+    @DistributedCacheDecorator(ttl=60, cache_backend="redis")
+    def fetch_llm_response(prompt: str, model: str = "gpt-4") -> dict: ...
+
+Contract:
+
+- Works on sync and async functions and methods. The key is the function's
+  module-qualified name plus a hash of its arguments *as bound to its signature*
+  (defaults applied), so ``f("hi")``, ``f(prompt="hi")`` and ``f("hi", "gpt-4")``
+  share one entry. ``self``/``cls`` are left out of the key: a cached method must
+  not depend on instance state beyond its arguments.
+- Arguments are hashed as canonical JSON (sorted keys; tuples, sets, bytes,
+  dataclasses and pydantic models have stable spellings). An argument with no
+  stable spelling makes that call uncached (counted in ``stats.unhashable``),
+  never wrong.
+- Values are serialised with ``serializer`` (JSON by default; any object with
+  ``dumps(obj) -> bytes`` and ``loads(bytes) -> obj``), compressed above
+  ``compress_threshold``.
+- ``cache_backend``: ``"memory"`` (per process), ``"redis"`` (``redis_url`` or
+  ``REDIS_URL``), or a backend instance (``MemoryBackend``, ``SyncRedisBackend``,
+  ``RedisBackend`` for async functions only).
+- Thread-safe; identical concurrent calls run the function once (per process)
+  and all get its result, or its exception.
+- Fails open: with Redis slow or down the function simply runs (``stats.errors``).
+- The wrapper has ``invalidate(*args, **kwargs)`` (one entry), ``cache_clear()``
+  (every entry of this function) and ``stats``; for async functions the first
+  two return awaitables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import dataclasses
+import functools
+import hashlib
+import inspect
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import orjson
+
+from proxy.cache.compression import CorruptValue, pack, unpack
+from proxy.cache.config import CacheConfig
+from proxy.cache.memory import MemoryBackend
+
+_IGNORED = frozenset({"self", "cls"})
+
+
+class Serializer(Protocol):
+    def dumps(self, value: Any) -> bytes: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+class JSONSerializer:
+    """JSON via orjson: safe to share between processes (no code runs on load)."""
+
+    def dumps(self, value: Any) -> bytes:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
+    def loads(self, data: bytes) -> Any:
+        return orjson.loads(data)
+
+
+JSON = JSONSerializer()
+
+
+@dataclasses.dataclass
+class DecoratorStats:
+    hits: int = 0
+    misses: int = 0
+    #: calls that waited for an identical call in flight instead of computing
+    coalesced: int = 0
+    #: backend or serialisation failures (the call still ran)
+    errors: int = 0
+    #: calls with an argument that has no stable spelling (not cached)
+    unhashable: int = 0
+
+
+class _Unhashable(Exception):
+    pass
+
+
+def _canonical(value: Any) -> Any:
+    """``default`` for orjson: stable spellings for common non-JSON argument types."""
+    if isinstance(value, (tuple, frozenset, set)):
+        items = list(value)
+        return sorted(items, key=lambda v: orjson.dumps(v, default=_canonical, option=orjson.OPT_SORT_KEYS)) \
+            if isinstance(value, (set, frozenset)) else items
+    if isinstance(value, bytes):
+        return {"__bytes__": base64.b64encode(value).decode()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"__type__": type(value).__qualname__, **dataclasses.asdict(value)}
+    if hasattr(value, "model_dump"):
+        return {"__type__": type(value).__qualname__, **value.model_dump(mode="json")}
+    raise _Unhashable(type(value).__qualname__)
+
+
+class DistributedCacheDecorator:
+    def __init__(
+        self,
+        ttl: float = 300,
+        cache_backend: str | Any = "memory",
+        *,
+        redis_url: str | None = None,
+        namespace: str = "default",
+        serializer: Serializer = JSON,
+        max_bytes: int = 64 * 1024 * 1024,
+        compress_threshold: int = 4096,
+        operation_timeout: float = 0.1,
+    ) -> None:
+        if ttl <= 0:
+            raise ValueError("ttl must be > 0 seconds")
+        self.ttl = ttl
+        self.namespace = namespace
+        self.serializer = serializer
+        self.compress_threshold = compress_threshold
+        self._sync_backend: Any = None
+        self._async_backend: Any = None
+        self._async_factory: Callable[[], Any] | None = None
+        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        if cache_backend == "memory":
+            self._sync_backend = self._async_backend = MemoryBackend(max_bytes)
+        elif cache_backend == "redis":
+            url = redis_url or os.environ.get("REDIS_URL")
+            if not url:
+                raise ValueError('cache_backend="redis" needs redis_url= or the REDIS_URL environment variable')
+            config = CacheConfig(backend="redis", redis_url=url, operation_timeout=operation_timeout)
+            self._config = config
+            self._async_factory = self._redis_async
+        elif isinstance(cache_backend, str):
+            raise ValueError(f"cache_backend must be 'memory', 'redis' or a backend instance, not {cache_backend!r}")
+        else:
+            # An instance serves the kinds of functions it has methods for.
+            if hasattr(cache_backend, "get_now"):
+                self._sync_backend = cache_backend
+            if inspect.iscoroutinefunction(getattr(cache_backend, "get", None)):
+                self._async_backend = cache_backend
+            if self._sync_backend is None and self._async_backend is None:
+                raise TypeError(f"not a cache backend: {type(cache_backend).__qualname__}")
+
+    # ------------------------------------------------------------------ backends
+
+    def _redis_async(self) -> Any:
+        from proxy.cache.redis import RedisBackend
+
+        return RedisBackend.from_config(self._config)
+
+    def sync_backend(self) -> Any:
+        if self._sync_backend is None:
+            if self._async_factory is None:
+                raise TypeError("this cache backend is async-only: decorate an async function")
+            from proxy.cache.redis import SyncRedisBackend
+
+            with _CREATION:
+                if self._sync_backend is None:
+                    self._sync_backend = SyncRedisBackend.from_config(self._config)
+        return self._sync_backend
+
+    def async_backend(self) -> Any:
+        if self._async_backend is not None:
+            return self._async_backend
+        if self._async_factory is None:
+            raise TypeError("this backend is sync-only: decorate a sync function")
+        # An async Redis client belongs to the loop it was made on.
+        loop = asyncio.get_running_loop()
+        backend = self._per_loop.get(loop)
+        if backend is None:
+            backend = self._per_loop[loop] = self._async_factory()
+        return backend
+
+    # ------------------------------------------------------------------ decorating
+
+    def __call__(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        if getattr(function, "__wrapped__", None) is not None and hasattr(function, "invalidate"):
+            raise TypeError("this function is cached already")
+        return _Cached(self, function).wrapper()
+
+
+_CREATION = threading.Lock()
+
+
+class _Cached:
+    """The per-function state behind one decorated function."""
+
+    def __init__(self, owner: DistributedCacheDecorator, function: Callable[..., Any]) -> None:
+        self.owner = owner
+        self.function = function
+        self.signature = inspect.signature(function)
+        params = list(self.signature.parameters)
+        self.skip_first = bool(params) and params[0] in _IGNORED
+        self.prefix = f"llmsc-fn:{owner.namespace}:{function.__module__}.{function.__qualname__}:"
+        self.stats = DecoratorStats()
+        self.is_async = inspect.iscoroutinefunction(function)
+        self._lock = threading.Lock()
+        self._sync_flights: dict[str, concurrent.futures.Future[Any]] = {}
+        self._async_flights: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
+        if not self.is_async:
+            owner.sync_backend()  # fail at decoration time, not on the first call
+
+    def count(self, name: str) -> None:
+        with self._lock:
+            setattr(self.stats, name, getattr(self.stats, name) + 1)
+
+    def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError:
+            if not self.skip_first:
+                raise
+            bound = self.signature.bind(None, *args, **kwargs)  # invalidate() called without self
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        if self.skip_first:
+            arguments.pop(next(iter(self.signature.parameters)))
+        try:
+            canonical = orjson.dumps(arguments, default=_canonical,
+                                     option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+        except (_Unhashable, TypeError):
+            self.count("unhashable")
+            return None
+        return self.prefix + hashlib.sha256(canonical).hexdigest()
+
+    def decode(self, value: bytes | None) -> tuple[bool, Any]:
+        if value is None:
+            return False, None
+        try:
+            return True, self.owner.serializer.loads(unpack(value))
+        except (CorruptValue, ValueError, TypeError):
+            self.count("errors")
+            return False, None
+
+    def encode(self, value: Any) -> bytes | None:
+        try:
+            return pack(self.owner.serializer.dumps(value), self.owner.compress_threshold)
+        except (TypeError, ValueError):
+            self.count("errors")  # the result cannot be stored; the caller still gets it
+            return None
+
+    # ---------------------------------------------------------------- sync
+
+    def call_sync(self, *args: Any, **kwargs: Any) -> Any:
+        key = self.key(args, kwargs)
+        if key is None:
+            return self.function(*args, **kwargs)
+        backend = self.owner.sync_backend()
+        found, value = self.decode(backend.get_now(key))
+        if found:
+            self.count("hits")
+            return value
+        with self._lock:
+            flight = self._sync_flights.get(key)
+            leader = flight is None
+            if leader:
+                flight = self._sync_flights[key] = concurrent.futures.Future()
+        assert flight is not None
+        if not leader:
+            self.count("coalesced")
+            return flight.result()
+        self.count("misses")
+        try:
+            value = self.function(*args, **kwargs)
+        except BaseException as exc:
+            flight.set_exception(exc)
+            raise
+        else:
+            encoded = self.encode(value)
+            if encoded is not None:
+                backend.set_now(key, encoded, self.owner.ttl)
+            flight.set_result(value)
+            return value
+        finally:
+            with self._lock:
+                self._sync_flights.pop(key, None)
+
+    def invalidate_sync(self, *args: Any, **kwargs: Any) -> None:
+        key = self.key(args, kwargs)
+        if key is not None:
+            self.owner.sync_backend().delete_now(key)
+
+    def clear_sync(self) -> None:
+        self.owner.sync_backend().clear_now(self.prefix)
+
+    # ---------------------------------------------------------------- async
+
+    async def call_async(self, *args: Any, **kwargs: Any) -> Any:
+        key = self.key(args, kwargs)
+        if key is None:
+            return await self.function(*args, **kwargs)
+        backend = self.owner.async_backend()
+        found, value = self.decode(await backend.get(key))
+        if found:
+            self.count("hits")
+            return value
+        loop = asyncio.get_running_loop()
+        current = self._async_flights.get(key)
+        if current is not None and current[0] is loop:
+            self.count("coalesced")
+            return await asyncio.shield(current[1])
+        flight: asyncio.Future[Any] = loop.create_future()
+        self._async_flights[key] = (loop, flight)
+        self.count("misses")
+        try:
+            value = await self.function(*args, **kwargs)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                flight.cancel()
+            else:
+                flight.set_exception(exc)
+                flight.exception()  # retrieved: no "never retrieved" warning when nobody followed
+            raise
+        else:
+            encoded = self.encode(value)
+            if encoded is not None:
+                await backend.set(key, encoded, self.owner.ttl)
+            flight.set_result(value)
+            return value
+        finally:
+            if self._async_flights.get(key, (None, None))[1] is flight:
+                del self._async_flights[key]
+
+    async def invalidate_async(self, *args: Any, **kwargs: Any) -> None:
+        key = self.key(args, kwargs)
+        if key is not None:
+            await self.owner.async_backend().delete(key)
+
+    async def clear_async(self) -> None:
+        await self.owner.async_backend().clear(self.prefix)
+
+    # ---------------------------------------------------------------- the wrapper
+
+    def wrapper(self) -> Callable[..., Any]:
+        if self.is_async:
+            @functools.wraps(self.function)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                return await self.call_async(*args, **kwargs)
+
+            wrapper.invalidate = self.invalidate_async  # type: ignore[attr-defined]
+            wrapper.cache_clear = self.clear_async  # type: ignore[attr-defined]
+        else:
+            @functools.wraps(self.function)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+                return self.call_sync(*args, **kwargs)
+
+            wrapper.invalidate = self.invalidate_sync  # type: ignore[attr-defined]
+            wrapper.cache_clear = self.clear_sync  # type: ignore[attr-defined]
+        wrapper.stats = self.stats  # type: ignore[attr-defined]
+        wrapper.cache_key = self.key  # type: ignore[attr-defined]
+        return wrapper

@@ -1,0 +1,54 @@
+"""What one call asks of the cache: ``Cache-Control`` and the TTL header.
+
+``no-cache``  skip the lookup (and coalescing), still store the fresh answer
+``no-store``  do not store this answer (nor share it with coalesced calls)
+``max-age=N`` accept only an entry at most N seconds old
+``x-llm-sidecar-cache-ttl: N``  store this answer for N seconds instead of the policy's TTL
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from multidict import CIMultiDictProxy
+
+TTL_HEADER = "x-llm-sidecar-cache-ttl"
+STATUS_HEADER = "x-llm-sidecar-cache"
+
+
+@dataclass(frozen=True, slots=True)
+class Directives:
+    no_cache: bool = False
+    no_store: bool = False
+    max_age: float | None = None
+    ttl: float | None = None
+
+
+NONE = Directives()
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        value = float(text.strip().strip('"'))
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def parse_directives(headers: CIMultiDictProxy[str]) -> Directives:
+    control = headers.get("Cache-Control")
+    ttl_text = headers.get(TTL_HEADER)
+    if control is None and ttl_text is None:
+        return NONE
+    no_cache = no_store = False
+    max_age = None
+    for part in (control or "").lower().split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "no-cache":
+            no_cache = True
+        elif name == "no-store":
+            no_store = True
+        elif name == "max-age":
+            max_age = _seconds(value)
+    ttl = _seconds(ttl_text) if ttl_text is not None else None
+    return Directives(no_cache, no_store, max_age, ttl if ttl else None)

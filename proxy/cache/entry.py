@@ -1,0 +1,62 @@
+"""``Entry``: one stored answer, and its byte encoding.
+
+An entry keeps the answer in the form it passed through: the JSON body of a
+non-streaming call, or the SSE frames of a streamed one, byte for byte. The
+other form is derived on replay (``proxy/cache/replay.py``).
+
+Encoding: a 4-byte length, a small JSON header, then the body as it came; the
+whole is packed by ``compression.pack`` (compressed above the threshold).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from proxy.cache.compression import CorruptValue, pack, unpack
+
+_LENGTH = struct.Struct(">I")
+
+
+@dataclass(slots=True)
+class Entry:
+    status: int
+    content_type: str
+    #: the JSON body, or the SSE frames joined
+    body: bytes
+    stream: bool
+    #: wall-clock seconds when the answer was complete (shared across pods, so not monotonic)
+    created: float
+    #: seconds the entry is fresh
+    ttl: float
+    input_tokens: int = 0
+    output_tokens: int = 0
+    #: a streamed OpenAI answer that carries the usage chunk (``stream_options.include_usage``)
+    has_usage: bool = True
+
+    def age(self, now: float | None = None) -> float:
+        return max(0.0, (time.time() if now is None else now) - self.created)
+
+    def fresh(self, now: float, max_age: float | None = None) -> bool:
+        age = self.age(now)
+        return age < self.ttl and (max_age is None or age <= max_age)
+
+    def encode(self, compress_threshold: int) -> bytes:
+        header = orjson.dumps(
+            [self.status, self.content_type, self.stream, self.created, self.ttl,
+             self.input_tokens, self.output_tokens, self.has_usage]
+        )
+        return pack(_LENGTH.pack(len(header)) + header + self.body, compress_threshold)
+
+    @classmethod
+    def decode(cls, value: bytes) -> Entry:
+        data = unpack(value)
+        try:
+            (length,) = _LENGTH.unpack_from(data)
+            status, content_type, stream, created, ttl, tin, tout, has_usage = orjson.loads(data[4:4 + length])
+        except (struct.error, orjson.JSONDecodeError, ValueError, TypeError) as exc:
+            raise CorruptValue(f"bad entry header: {exc}") from None
+        return cls(status, content_type, data[4 + length:], stream, created, ttl, tin, tout, has_usage)

@@ -1,0 +1,377 @@
+"""``ResponseCache``: the pipeline's cache step, over any backend (memory or Redis).
+
+The pipeline calls, in order (each may be the last):
+
+``lookup(call)``    a fresh stored answer is replayed in the form the call asks
+                    for (hit); otherwise the call gets a ``Ticket`` and misses
+``coalesce(call)``  an identical call already in flight answers this one too;
+                    otherwise this call leads: identical calls that come now
+                    follow it, and across pods a short Redis lock makes the
+                    other pods wait (bounded) for this pod's entry
+``recorder(call)``  what the relay feeds; it publishes frames to followers and
+                    stores the entry in the background once it is complete
+``rescue(call, e)`` the call failed: its followers learn of it, and an expired
+                    entry within ``stale_if_error`` may answer instead
+``settle(call)``    always, at the end: a leader that ended without an answer
+                    (cancelled, say) releases its followers
+
+Every call passes through at most one of: hit, coalesced, miss (+ store) or
+bypass; ``call.cache_status`` and ``call.outcome`` say which, ``stats`` counts it.
+The cache fails open: a backend that fails answers "miss" (see ``cache/redis.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.cache.coalesce import Flight
+from proxy.cache.compression import CorruptValue
+from proxy.cache.config import CacheConfig, CachePolicy
+from proxy.cache.directives import STATUS_HEADER, Directives, parse_directives
+from proxy.cache.entry import Entry
+from proxy.cache.keys import is_deterministic, request_key, tenant
+from proxy.cache.recorder import NULL_RECORDER, EntryRecorder, Recorder
+from proxy.cache.replay import Form, form_of, wants_usage
+from proxy.cache.stats import CacheStats
+from proxy.call import Call
+from proxy.errors import ProxyError, UpstreamError
+
+#: call.cache_status -> the counter it adds to (exclusive: a coalesced call is not also a miss)
+_COUNTERS = {"hit": "hits", "miss": "misses", "coalesced": "coalesced", "stale": "stale", "bypass": "bypass"}
+#: a leader that fails makes its followers elect a new one; after this many, each goes alone
+_ELECTIONS = 2
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One cacheable call's dealings with the cache."""
+
+    key: str
+    policy: CachePolicy
+    directives: Directives
+    form: Form
+    #: an OpenAI stream that asked for the usage chunk
+    wants_usage: bool
+    #: an expired entry still inside the ``stale_if_error`` window
+    stale: Entry | None = None
+    #: the flight this call leads, if it leads one
+    flight: Flight | None = None
+    lock_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCaching:
+    policy: CachePolicy
+    #: credentials pass through to an endpoint, so each credential is its own tenant
+    per_credential: bool
+
+
+class ResponseCache:
+    def __init__(self, config: CacheConfig, groups: dict[str, GroupCaching], backend: Any) -> None:
+        self.config = config
+        self.groups = groups
+        self.backend = backend
+        self.stats = CacheStats()
+        self.flights: dict[str, Flight] = {}
+        # Strong references to background store tasks, so none is collected mid-way.
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ lookup
+
+    def ticket(self, call: Call) -> Ticket | None:
+        """The call's ticket, or ``None`` when its answer must not be cached at all."""
+        group = self.groups.get(call.model_group)
+        if group is None or group.policy.mode == "off" or not call.operation.cacheable:
+            return None
+        payload = call.payload
+        if group.policy.mode == "deterministic" and not is_deterministic(payload, call.operation.path):
+            return None
+        name = tenant(self.config.namespace, call.client_key, group.per_credential)
+        scope = f"{call.dialect.name}{call.operation.path}:{call.model_group}"
+        return Ticket(request_key(name, scope, payload), group.policy, parse_directives(call.request.headers),
+                      form_of(call.dialect.name, call.operation.path), call.stream and wants_usage(payload))
+
+    async def lookup(self, call: Call) -> web.StreamResponse | None:
+        """A stored answer, replayed; ``None`` on a miss or a bypass."""
+        ticket = self.ticket(call)
+        if ticket is None or ticket.directives.no_cache:
+            call.cache_status = "bypass"
+            call.response_headers[STATUS_HEADER] = "bypass"
+            if ticket is not None:
+                call.cache_ticket = ticket  # no-cache still stores the fresh answer
+            return None
+        call.cache_ticket = ticket
+        started = time.perf_counter()
+        with call.observer.span("cache.lookup"):
+            entry = self._decode(await self.backend.get(ticket.key))
+        self.stats.lookups += 1
+        self.stats.lookup_seconds += time.perf_counter() - started
+        if entry is not None:
+            now = time.time()
+            if entry.fresh(now, ticket.directives.max_age):
+                body = self.render(entry, ticket, call.stream)
+                if body is not None:
+                    return self.answer(call, entry, body, "hit", "cached")
+            elif ticket.policy.stale_if_error and entry.age(now) < entry.ttl + ticket.policy.stale_if_error:
+                ticket.stale = entry
+        call.cache_status = "miss"
+        call.response_headers[STATUS_HEADER] = "miss"
+        return None
+
+    def _decode(self, value: bytes | None) -> Entry | None:
+        if value is None:
+            return None
+        try:
+            return Entry.decode(value)
+        except CorruptValue:
+            self.stats.corrupt += 1
+            return None
+
+    def render(self, entry: Entry, ticket: Ticket, stream: bool) -> bytes | None:
+        """The entry's body in the form the call asks for; ``None`` when it cannot be made."""
+        form = ticket.form
+        if stream:
+            if entry.stream:
+                if not form.optional_usage or entry.has_usage == ticket.wants_usage:
+                    return entry.body
+                # A stored stream without the usage chunk cannot serve a call that wants it.
+                return form.strip_usage(entry.body) if entry.has_usage else None
+            document = _loads(entry.body)
+            return form.to_frames(document, ticket.wants_usage) if document is not None else None
+        if not entry.stream:
+            return entry.body
+        document = form.to_json(entry.body)
+        return orjson.dumps(document) if document is not None else None
+
+    def answer(self, call: Call, entry: Entry, body: bytes, status: str, outcome: str) -> web.Response:
+        call.cache_status = status
+        call.outcome = outcome
+        call.status = entry.status
+        call.first_byte_at = time.perf_counter()
+        self.stats.input_tokens_saved += entry.input_tokens
+        self.stats.output_tokens_saved += entry.output_tokens
+        content_type = "text/event-stream" if call.stream else (
+            "application/json" if entry.stream else entry.content_type)
+        headers = {**call.response_headers, "Content-Type": content_type, "x-request-id": call.request_id,
+                   STATUS_HEADER: status, "Age": str(int(entry.age()))}
+        if call.stream:
+            headers["Cache-Control"] = "no-cache"
+        return web.Response(status=entry.status, body=body, headers=headers)
+
+    # ------------------------------------------------------------------ coalescing
+
+    async def coalesce(self, call: Call) -> web.StreamResponse | None:
+        """The answer of an identical call in flight; ``None`` when this call must go upstream."""
+        ticket: Ticket | None = call.cache_ticket
+        if ticket is None or ticket.directives.no_cache or ticket.directives.no_store:
+            return None
+        for _ in range(_ELECTIONS):
+            flight = self.flights.get(ticket.key)
+            if flight is None:
+                return await self._lead(call, ticket)
+            if call.stream and flight.stream and ticket.wants_usage and not flight.has_usage:
+                return None  # the leader's stream lacks the usage chunk this call wants
+            answer = await self._follow(call, ticket, flight)
+            if answer is not None:
+                return answer
+        return None
+
+    async def _lead(self, call: Call, ticket: Ticket) -> web.StreamResponse | None:
+        flight = Flight(call.stream, not call.stream or ticket.wants_usage)
+        self.flights[ticket.key] = flight
+        ticket.flight = flight
+        if not self.backend.distributed:
+            return None
+        lock = ticket.key + ":lock"
+        token = await self.backend.acquire(lock, self.config.lock_ttl)
+        if token is not None:
+            # Another pod may have stored the answer between our lookup and the lock.
+            entry = self._decode(await self.backend.get(ticket.key))
+            if entry is None or not entry.fresh(time.time(), ticket.directives.max_age):
+                ticket.lock_token = token
+                return None
+            await self.backend.release(lock, token)
+        else:
+            entry = await self._wait_for_pod(ticket.key, lock)
+            if entry is None:
+                # The other pod gave up or died: lead (and lock) ourselves.
+                ticket.lock_token = await self.backend.acquire(lock, self.config.lock_ttl)
+                return None
+        body = self.render(entry, ticket, call.stream)
+        flight.finish(entry)
+        self._land(ticket)
+        if body is None:
+            return None
+        return self.answer(call, entry, body, "coalesced", "coalesced")
+
+    async def _wait_for_pod(self, key: str, lock: str) -> Entry | None:
+        """Poll for another pod's entry while it holds the lock, up to ``coalesce_wait``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.coalesce_wait
+        delay = 0.01
+        while loop.time() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.1)
+            entry = self._decode(await self.backend.get(key))
+            if entry is not None:
+                return entry
+            if not await self.backend.exists(lock):
+                return self._decode(await self.backend.get(key))
+        return None
+
+    async def _follow(self, call: Call, ticket: Ticket, flight: Flight) -> web.StreamResponse | None:
+        flight.followers += 1
+        try:
+            if call.stream and flight.stream:
+                await flight.changed(0)
+                if flight.frames:
+                    return await self._fan_out(call, ticket, flight)
+            await flight.ended()
+        finally:
+            flight.followers -= 1
+        if flight.entry is None:
+            if flight.error is not None:
+                raise flight.error  # the upstream rejected the request itself: same answer for all
+            return None
+        body = self.render(flight.entry, ticket, call.stream)
+        if body is None:
+            return None
+        return self.answer(call, flight.entry, body, "coalesced", "coalesced")
+
+    async def _fan_out(self, call: Call, ticket: Ticket, flight: Flight) -> web.StreamResponse:
+        """Write the leader's frames to this follower's client as they arrive."""
+        call.cache_status = "coalesced"
+        call.outcome = "coalesced"
+        call.status = 200
+        response = web.StreamResponse(status=200, headers={
+            **call.response_headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "x-request-id": call.request_id,
+            STATUS_HEADER: "coalesced", "Age": "0"})
+        await response.prepare(call.request)
+        skip_usage = ticket.form.optional_usage and flight.has_usage and not ticket.wants_usage
+        sent = 0
+        while True:
+            frames = flight.frames[sent:]
+            sent += len(frames)
+            if skip_usage:
+                frames = [f for f in frames if not ticket.form.is_usage_frame(f)]
+            if frames:
+                if call.first_byte_at is None:
+                    call.first_byte_at = time.perf_counter()
+                await response.write(b"".join(frames))
+            if flight.done and sent == len(flight.frames):
+                break
+            await flight.changed(sent)
+        if flight.entry is None:
+            # The leader's stream broke after it began; this copy of it ends the same way.
+            error = flight.error or UpstreamError("upstream answer was cut (coalesced call)")
+            call.error_type = error.type
+            await response.write(call.dialect.stream_error_frame(error))
+        await response.write_eof()
+        return response
+
+    # ------------------------------------------------------------------ recording
+
+    def recorder(self, call: Call) -> Recorder:
+        ticket: Ticket | None = call.cache_ticket
+        if ticket is None or (ticket.directives.no_store and ticket.flight is None):
+            return NULL_RECORDER
+        ttl = ticket.directives.ttl or ticket.policy.ttl
+        return EntryRecorder(lambda entry: self._recorded(ticket, entry), ticket.flight,
+                             ticket.policy.max_entry_bytes, ttl)
+
+    def _recorded(self, ticket: Ticket, entry: Entry | None) -> None:
+        if ticket.flight is not None:
+            if entry is None:
+                ticket.flight.fail(None)
+            else:
+                ticket.flight.finish(entry)
+        if entry is None or ticket.directives.no_store or len(entry.body) > ticket.policy.max_entry_bytes:
+            if not ticket.directives.no_store:
+                self.stats.not_stored += 1
+            self._land(ticket)
+            return
+        task = asyncio.get_running_loop().create_task(self._store(ticket, entry))  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _store(self, ticket: Ticket, entry: Entry) -> None:
+        try:
+            document = entry.body if not entry.stream else None
+            parsed = _loads(document) if document is not None else ticket.form.to_json(entry.body)
+            if parsed is not None:
+                entry.input_tokens, entry.output_tokens = ticket.form.usage(parsed)
+            window = ticket.policy.stale_if_error
+            await self.backend.set(ticket.key, entry.encode(self.config.compress_threshold), entry.ttl + window)
+            self.stats.stores += 1
+        finally:
+            self._land(ticket)
+
+    def _land(self, ticket: Ticket) -> None:
+        """The flight is over and its entry stored (or not): later calls look it up instead."""
+        flight = ticket.flight
+        if flight is not None and self.flights.get(ticket.key) is flight:
+            del self.flights[ticket.key]
+        ticket.flight = None
+        if ticket.lock_token is not None:
+            token, ticket.lock_token = ticket.lock_token, None
+            task = asyncio.get_running_loop().create_task(self.backend.release(ticket.key + ":lock", token))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ failure
+
+    async def rescue(self, call: Call, error: ProxyError) -> web.StreamResponse | None:
+        """Tell the followers; answer with a stale entry if the policy allows one."""
+        ticket: Ticket | None = call.cache_ticket
+        if ticket is None:
+            return None
+        if ticket.flight is not None:
+            ticket.flight.fail(error)
+            self._land(ticket)
+        if ticket.stale is None or not isinstance(error, UpstreamError):
+            return None
+        body = self.render(ticket.stale, ticket, call.stream)
+        if body is None:
+            return None
+        return self.answer(call, ticket.stale, body, "stale", "cached")
+
+    def settle(self, call: Call) -> None:
+        """Count the call's cache outcome once; end a flight whose leader ended without an answer."""
+        counter = _COUNTERS.get(call.cache_status)
+        if counter is not None:
+            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        ticket: Ticket | None = call.cache_ticket
+        if ticket is not None and ticket.flight is not None and not ticket.flight.done:
+            ticket.flight.fail(None)
+            self._land(ticket)
+
+    # ------------------------------------------------------------------ lifecycle and stats
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for a metrics collector, read at scrape time."""
+        stats = {name: getattr(self.stats, name) for name in self.stats.__slots__}  # type: ignore[attr-defined]
+        stats["errors"] = getattr(self.backend, "errors", 0) + self.stats.corrupt
+        stats["entries"] = getattr(self.backend, "entries", None)
+        stats["bytes"] = getattr(self.backend, "bytes", None)
+        stats["in_flight"] = len(self.flights)
+        stats["available"] = getattr(self.backend, "available", True)
+        return stats
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2)
+        await self.backend.close()
+
+
+def _loads(body: bytes) -> dict[str, Any] | None:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return document if isinstance(document, dict) else None
