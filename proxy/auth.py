@@ -54,3 +54,12 @@ def upstream_headers(call: Call, endpoint: EndpointConfig) -> CIMultiDict[str]:
     headers["x-request-id"] = call.request_id
     headers["Content-Type"] = "application/json"
     return headers
+
+
+def probe_headers(endpoint: EndpointConfig) -> dict[str, str]:
+    """Headers for an active health probe: the endpoint's own credential, if it has one."""
+    dialect = DIALECTS[endpoint.dialect]
+    headers = dict(dialect.default_headers())
+    if endpoint.api_key is not None:
+        headers.update(dialect.auth_headers(endpoint.api_key.reveal()))
+    return headers

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from proxy.cache.config import CacheConfig, CachePolicy
-from proxy.router.config import RouteConfig
+from proxy.router.config import RouteConfig, RouterConfig
 from proxy.telemetry.config import TelemetryConfig
 
 
@@ -46,6 +46,7 @@ class Config(BaseModel):
 
     server: ServerConfig = ServerConfig()
     model_groups: dict[str, ModelGroupConfig] = Field(min_length=1)
+    router: RouterConfig = RouterConfig()
     cache: CacheConfig = CacheConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
 

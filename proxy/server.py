@@ -21,6 +21,7 @@ from proxy.dialects import ANTHROPIC, OPENAI, Dialect
 from proxy.errors import NotFound
 from proxy.pipeline import Pipeline
 from proxy.router import Router
+from proxy.router.health import HealthProber
 from proxy.telemetry import Telemetry
 from proxy.telemetry.logs import event
 from proxy.upstream import Upstream
@@ -85,7 +86,7 @@ def build_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[DRAINING] = asyncio.Event()
-    app.cleanup_ctx.extend([upstream_ctx, pipeline_ctx, telemetry_ctx])
+    app.cleanup_ctx.extend([upstream_ctx, pipeline_ctx, telemetry_ctx, health_ctx])
     for dialect in (OPENAI, ANTHROPIC):
         for path in dialect.operations:
             app.router.add_post(dialect.prefix + path, _dialect_handler(dialect, path))
@@ -93,6 +94,15 @@ def build_app(config: Config) -> web.Application:
     app.router.add_route("*", "/v1/{tail:.*}", partial(not_found, OPENAI))
     app.router.add_route("*", "/anthropic/{tail:.*}", partial(not_found, ANTHROPIC))
     return app
+
+
+async def health_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Active health probes of every endpoint, for the app's lifetime."""
+    router = app[PIPELINE].router
+    prober = HealthProber(list(router.endpoints()), router.upstream, app[CONFIG].router.health)
+    prober.start()
+    yield
+    await prober.stop()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -107,8 +117,20 @@ async def readyz(request: web.Request) -> web.Response:
         "upstream_session": upstream is not None and not upstream.session.closed,
         "not_draining": not proxy_app[DRAINING].is_set(),
     }
+    pipeline = proxy_app.get(PIPELINE)
+    # Ready while every model group (with its fallbacks) has an endpoint that can take a call.
+    groups = pipeline.router.ready() if pipeline is not None else {}
+    checks["model_groups"] = pipeline is not None and all(groups.values())
     ready = all(checks.values())
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    return web.json_response({"ready": ready, "checks": checks, "model_groups": groups},
+                             status=200 if ready else 503)
+
+
+async def status(request: web.Request) -> web.Response:
+    """``GET /status``: every endpoint's health, in-flight calls, cool-down and circuit state."""
+    pipeline = request.app[PROXY_APP].get(PIPELINE)
+    body = pipeline.router.status() if pipeline is not None else {"groups": {}}
+    return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -125,6 +147,7 @@ def build_admin_app(proxy_app: web.Application) -> web.Application:
     admin[PROXY_APP] = proxy_app
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)
+    admin.router.add_get("/status", status)
     admin.router.add_get("/metrics", metrics)
     return admin
 

@@ -121,6 +121,16 @@ class Upstream:
             skip_auto_headers=("User-Agent",),
         )
 
+    async def probe(self, url: str, headers: dict[str, str], timeout: float) -> int:
+        """A health probe: GET ``url`` and return the status (the body is read and dropped)."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.session.get(url, headers=headers, allow_redirects=False) as response:
+                    await response.read()
+                    return response.status
+        except _CAUGHT as exc:
+            raise map_client_error(exc, "probe") from None
+
     async def open(
         self, url: str, headers: CIMultiDict[str], body: bytes, timeouts: Timeouts
     ) -> UpstreamResponse:

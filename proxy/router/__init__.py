@@ -1,63 +1,35 @@
-"""The router: a model group's endpoints, each limited by a semaphore.
+"""The router: a model group's endpoints, each limited by a semaphore, with fallback and health.
 
-Core version: the group's first endpoint takes every call. Selection, fallback,
-retries and health come with the router issue behind the same ``attempt`` seam.
+    config.py      the ``router`` section and the endpoint/model-group fields
+    endpoint.py    ``ModelEndpoint`` (the library's endpoint) and ``Endpoint`` (live state)
+    selection.py   the order in which a call tries endpoints (pure)
+    circuit.py     passive health: the circuit breaker per endpoint
+    cooldown.py    ``Retry-After`` and rate-limit reset headers → a rest time
+    health.py      active health: background probes of a cheap URL
+    translated.py  an answer read through a cross-dialect translation
+    router.py      ``Router.attempt(call)``: slots, fallback, retries (the pipeline's seam)
+    library.py     ``ConcurrentRouter``: the same router as a library, from a prompt
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+import importlib
+from typing import Any
 
-import orjson
+# Loaded on first use: ``proxy.upstream`` and ``proxy.auth`` import ``router.config``,
+# and an eager import here would run back into them half-initialised.
+_EXPORTS = {
+    "PREFER_HEADER": "proxy.router.router",
+    "Router": "proxy.router.router",
+    "Endpoint": "proxy.router.endpoint",
+    "ModelEndpoint": "proxy.router.endpoint",
+    "ConcurrentRouter": "proxy.router.library",
+}
 
-from proxy.auth import upstream_headers
-from proxy.call import Call
-from proxy.router.config import EndpointConfig
-from proxy.upstream import Upstream, UpstreamResponse
-
-if TYPE_CHECKING:
-    from proxy.config import Config
-
-
-class Endpoint:
-    """An endpoint's config plus its live state."""
-
-    __slots__ = ("config", "slots")
-
-    def __init__(self, config: EndpointConfig) -> None:
-        self.config = config
-        self.slots = asyncio.Semaphore(config.max_concurrent)
+__all__ = sorted(_EXPORTS)
 
 
-class Router:
-    def __init__(self, config: Config, upstream: Upstream) -> None:
-        self.upstream = upstream
-        self.groups = {
-            name: [Endpoint(e) for e in group.endpoints] for name, group in config.model_groups.items()
-        }
-
-    def request_body(self, call: Call, endpoint: EndpointConfig) -> bytes:
-        """The original bytes, unless the endpoint knows the model by another name."""
-        if endpoint.model is None or endpoint.model == call.model_group:
-            return call.body
-        return orjson.dumps({**call.payload, "model": endpoint.model})
-
-    @asynccontextmanager
-    async def attempt(self, call: Call) -> AsyncIterator[UpstreamResponse]:
-        """Yields an open upstream answer; the endpoint's slot is held until the block ends."""
-        endpoint = self.groups[call.model_group][0]
-        config = endpoint.config
-        async with endpoint.slots:
-            call.endpoint = config.name
-            call.attempts += 1
-            url = config.url + call.operation.path
-            response = await self.upstream.open(
-                url, upstream_headers(call, config), self.request_body(call, config), config.timeouts
-            )
-            try:
-                yield response
-            finally:
-                response.close()
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'proxy.router' has no attribute {name!r}")

@@ -1,16 +1,43 @@
-"""The router's config section: endpoints and model groups."""
+"""The router's config section: endpoints, model groups and the routing policy.
+
+```yaml
+router:                       # the policy every model group shares (defaults shown)
+  queue_timeout: 5.0          # seconds a call waits for a free slot before a 429
+  deadline: 120.0             # seconds for all attempts of one call, until the answer starts
+  max_attempts: 3             # attempts per call, fallbacks and retries together
+  backoff: {base: 0.1, max: 2.0}   # before re-trying an endpoint already tried (full jitter)
+  retry_on: [connect, timeout, broken, "429", 5xx]
+  cooldown: {default: 1.0, max: 300.0}   # a 429 without Retry-After cools for `default`
+  circuit: {failures: 5, error_rate: 0.5, min_calls: 20, window: 30.0, open_for: 10.0}
+  health: {enabled: true, interval: 10.0, timeout: 2.0, unhealthy_after: 2, healthy_after: 1}
+model_groups:
+  gpt-4o:
+    prefer: openai-primary     # default preference: an endpoint here or a fallback group
+    balance: least_in_flight   # or weighted
+    fallbacks: [claude-sonnet]
+    endpoints:
+      - {name: openai-primary, url: https://api.openai.com/v1, api_key_env: OPENAI_API_KEY,
+         max_concurrent: 32, priority: 0}
+```
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from proxy.secret import Secret
 
 Dialect = Literal["openai", "anthropic"]
+Balance = Literal["least_in_flight", "weighted"]
+RetryOn = Literal["connect", "timeout", "broken", "429", "5xx"]
+
+# A full operation URL (what the SDKs' docs show) names its dialect and its base URL.
+_OPERATION_SUFFIXES = (("/chat/completions", "openai"), ("/v1/messages", "anthropic"))
 
 
 class Strict(BaseModel):
@@ -44,13 +71,24 @@ class EndpointConfig(Strict):
     priority: int = 0
     weight: float = Field(1.0, gt=0)
     timeouts: Timeouts = Timeouts()
+    #: the URL active health checks GET; by default the models list (never a billed completion)
+    probe_url: str | None = Field(None, pattern=r"^https?://[^/]+")
 
     @model_validator(mode="after")
     def _resolve(self) -> EndpointConfig:
-        if self.dialect is None:
-            inferred = "anthropic" if "anthropic" in self.url else "openai"
-            object.__setattr__(self, "dialect", inferred)
-        object.__setattr__(self, "url", self.url.rstrip("/"))
+        url = self.url.rstrip("/")
+        dialect = self.dialect
+        for suffix, suffix_dialect in _OPERATION_SUFFIXES:
+            if url.endswith(suffix):
+                url = url.removesuffix(suffix)
+                dialect = dialect or suffix_dialect
+        if dialect is None:
+            dialect = "anthropic" if "anthropic" in url else "openai"
+        object.__setattr__(self, "dialect", dialect)
+        object.__setattr__(self, "url", url)
+        if self.probe_url is None:
+            models = "/models" if dialect == "openai" else "/v1/models"
+            object.__setattr__(self, "probe_url", url + models)
         sources = [s for s in (self.api_key, self.api_key_env, self.api_key_file) if s is not None]
         if len(sources) > 1:
             raise ValueError("set only one of api_key, api_key_env, api_key_file")
@@ -73,10 +111,80 @@ class RouteConfig(Strict):
 
     endpoints: list[EndpointConfig] = Field(min_length=1)
     fallbacks: list[str] = []
+    #: tried first unless the call's ``x-llm-sidecar-prefer`` header names another:
+    #: an endpoint of this group or one of its fallback groups
+    prefer: str | None = None
+    #: within a priority tier: fewest calls in flight (ties: lower EWMA of time to
+    #: first byte), or a random draw by ``weight``
+    balance: Balance = "least_in_flight"
 
     @model_validator(mode="after")
     def _unique_names(self) -> RouteConfig:
         names = [e.name for e in self.endpoints]
         if len(names) != len(set(names)):
             raise ValueError("endpoint names must be unique within a model group")
+        if self.prefer is not None and self.prefer not in names and self.prefer not in self.fallbacks:
+            raise ValueError(f"prefer: {self.prefer!r} is neither an endpoint of this group nor a fallback group")
         return self
+
+
+class Backoff(Strict):
+    """Seconds before re-trying an endpoint already tried: a random draw in [0, min(max, base·2ⁿ)]."""
+
+    base: float = Field(0.1, ge=0)
+    max: float = Field(2.0, ge=0)
+
+
+class Cooldown(Strict):
+    """How long a rate-limited endpoint rests when the upstream does not say (``Retry-After``)."""
+
+    default: float = Field(1.0, ge=0)
+    max: float = Field(300.0, gt=0)
+
+
+class CircuitConfig(Strict):
+    """Passive health: when to stop sending calls to an endpoint that keeps failing."""
+
+    #: consecutive failed attempts that open the circuit
+    failures: int = Field(5, ge=1)
+    #: or this share of failed attempts within ``window`` seconds, once ``min_calls`` were made
+    error_rate: float = Field(0.5, gt=0, le=1)
+    min_calls: int = Field(20, ge=1)
+    window: float = Field(30.0, gt=0)
+    #: seconds the circuit stays open before one trial call half-opens it
+    open_for: float = Field(10.0, gt=0)
+
+
+class HealthConfig(Strict):
+    """Active health: a background GET per endpoint (``probe_url``), at an interval."""
+
+    enabled: bool = True
+    interval: float = Field(10.0, gt=0)
+    timeout: float = Field(2.0, gt=0)
+    #: consecutive failed probes before the endpoint is skipped
+    unhealthy_after: int = Field(2, ge=1)
+    #: consecutive good probes before it takes calls again
+    healthy_after: int = Field(1, ge=1)
+
+
+class RouterConfig(Strict):
+    """The routing policy shared by every model group."""
+
+    queue_timeout: float = Field(5.0, ge=0)
+    deadline: float = Field(120.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    backoff: Backoff = Backoff()
+    retry_on: frozenset[RetryOn] = frozenset({"connect", "timeout", "broken", "429", "5xx"})
+    cooldown: Cooldown = Cooldown()
+    circuit: CircuitConfig = CircuitConfig()
+    health: HealthConfig = HealthConfig()
+
+
+class RoutingConfig(Protocol):
+    """What the router reads from a config: the sidecar's ``Config``, or the library's own."""
+
+    @property
+    def model_groups(self) -> Mapping[str, RouteConfig]: ...
+
+    @property
+    def router(self) -> RouterConfig: ...

@@ -1,0 +1,163 @@
+"""An endpoint: its config (``ModelEndpoint`` for the library) and its live state (``Endpoint``).
+
+The live state is plain attributes that a metrics collector or ``GET /status`` reads
+at scrape time; nothing on the hot path computes anything for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import model_validator
+
+from proxy.router.circuit import Circuit
+from proxy.router.config import CircuitConfig, EndpointConfig
+from proxy.secret import Secret
+
+#: the SDKs' usual variables, read when a ``ModelEndpoint`` is given no key
+KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+#: seconds over which an endpoint's TTFB estimate fades when it gets no calls, so a
+#: once-slow endpoint is tried again instead of being starved forever
+_TTFB_MEMORY = 30.0
+_TTFB_ALPHA = 0.3
+
+
+class ModelEndpoint(EndpointConfig):
+    """An endpoint for the library face (``ConcurrentRouter``); the same fields as the config's.
+
+    ``url`` may be the operation URL the provider documents
+    (``https://api.openai.com/v1/chat/completions``, ``https://api.anthropic.com/v1/messages``)
+    or the SDK base URL; the dialect is inferred from it unless given. ``model``
+    defaults to ``name``; the key to ``api_key`` or else ``OPENAI_API_KEY`` /
+    ``ANTHROPIC_API_KEY`` from the environment.
+    """
+
+    @model_validator(mode="after")
+    def _library_defaults(self) -> ModelEndpoint:
+        if self.model is None:
+            object.__setattr__(self, "model", self.name)
+        if self.api_key is None and not self.pass_through_key:
+            value = os.environ.get(KEY_ENV[self.dialect or "openai"])
+            if value:
+                object.__setattr__(self, "api_key", Secret(value))
+        return self
+
+
+class Endpoint:
+    """One endpoint of one model group, with its slots, health and history."""
+
+    __slots__ = (
+        "config", "group", "name", "upstream_model", "slots", "in_flight",
+        "ewma_ttfb", "ewma_at", "cooldown_until", "circuit", "healthy",
+        "probe_failures", "probe_successes", "last_probe_at", "last_error", "attempts", "failures",
+        "queued", "cooldowns",
+    )
+
+    def __init__(self, config: EndpointConfig, group: str, circuit: CircuitConfig) -> None:
+        self.config = config
+        self.group = group
+        self.name = config.name
+        #: the model name sent upstream
+        self.upstream_model = config.model or group
+        self.slots = asyncio.Semaphore(config.max_concurrent)
+        self.in_flight = 0
+        self.ewma_ttfb: float | None = None
+        self.ewma_at = 0.0
+        #: ``time.monotonic()`` until which the endpoint rests (a 429 asked for it)
+        self.cooldown_until = 0.0
+        self.circuit = Circuit(circuit)
+        #: the active probes' verdict; None until the first probe
+        self.healthy: bool | None = None
+        self.probe_failures = 0
+        self.probe_successes = 0
+        self.last_probe_at: float | None = None
+        #: the error type of the last failed attempt or probe (never a message: it may quote a body)
+        self.last_error: str | None = None
+        self.attempts = 0
+        self.failures = 0
+        #: calls waiting for one of its slots (a call queued on several endpoints counts on each)
+        self.queued = 0
+        #: cool-downs started (counter)
+        self.cooldowns = 0
+
+    # ----------------------------------------------------------- selection inputs
+
+    def usable(self, now: float) -> bool:
+        """Not cooling down, circuit allowing, and not marked unhealthy by the probes."""
+        return now >= self.cooldown_until and self.healthy is not False and self.circuit.allows(now)
+
+    def has_free_slot(self) -> bool:
+        return not self.slots.locked()
+
+    def ttfb_estimate(self, now: float) -> float:
+        """The EWMA of time to first byte, faded by how long ago it was last updated."""
+        if self.ewma_ttfb is None:
+            return 0.0
+        return self.ewma_ttfb * math.exp(-(now - self.ewma_at) / _TTFB_MEMORY)
+
+    # ----------------------------------------------------------- slots
+
+    async def acquire(self) -> None:
+        await self.slots.acquire()
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.slots.release()
+
+    # ----------------------------------------------------------- outcomes
+
+    def observe_ttfb(self, seconds: float, now: float) -> None:
+        previous = self.ttfb_estimate(now) if self.ewma_ttfb is not None else seconds
+        self.ewma_ttfb = previous + _TTFB_ALPHA * (seconds - previous)
+        self.ewma_at = now
+
+    def cool_down(self, seconds: float, now: float) -> None:
+        self.cooldown_until = max(self.cooldown_until, now + seconds)
+        self.cooldowns += 1
+
+    # ----------------------------------------------------------- reading
+
+    @property
+    def circuit_state(self) -> str:
+        """closed, open or half_open (an open circuit whose time is up is waiting for its trial)."""
+        circuit = self.circuit
+        if circuit.state == "open" and time.monotonic() >= circuit.open_until:
+            return "half_open"
+        return circuit.state
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        """The endpoint's state as JSON-able values (``GET /status``); never a credential."""
+        now = time.monotonic() if now is None else now
+        circuit = self.circuit
+        parts = urlsplit(self.config.url)
+        return {
+            "name": self.name,
+            "group": self.group,
+            # userinfo is dropped: a URL may carry a credential
+            "url": f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}{parts.path}",
+            "dialect": self.config.dialect,
+            "model": self.upstream_model,
+            "priority": self.config.priority,
+            "weight": self.config.weight,
+            "usable": self.usable(now),
+            "in_flight": self.in_flight,
+            "slots_used": self.in_flight,
+            "slots_limit": self.config.max_concurrent,
+            "queued": self.queued,
+            "health": {None: "unknown", True: "healthy", False: "unhealthy"}[self.healthy],
+            "circuit": self.circuit_state,
+            "circuit_open_for_s": round(max(0.0, circuit.open_until - now), 3) if circuit.state == "open" else 0.0,
+            "circuit_times_opened": circuit.times_opened,
+            "cooldown_for_s": round(max(0.0, self.cooldown_until - now), 3),
+            "cooldowns": self.cooldowns,
+            "ewma_ttfb_ms": None if self.ewma_ttfb is None else round(self.ewma_ttfb * 1000, 2),
+            "attempts": self.attempts,
+            "failures": self.failures,
+            "last_error": self.last_error,
+        }

@@ -1,0 +1,384 @@
+"""``Router``: picks an endpoint for a call, holds its slot, falls back and retries.
+
+``attempt(call)`` is the pipeline's seam. Everything that may move a call to
+another endpoint happens before it yields: once it yields, the relay may send
+the first byte to the client, and from then on a failure can only end the
+stream (the relay writes an error event). That is why fallback lives here and
+not around the relay.
+
+One attempt, in order:
+1. ``selection.order``: usable endpoints of the group and its fallback groups,
+   untried before tried (fallback before retry); re-trying one waits a backoff.
+2. A free slot (``max_concurrent``) on the best endpoint that has one; when all are
+   full, wait up to ``queue_timeout`` for the first to free, then 429 ``Overloaded``.
+3. ``Upstream.open``, translated when the endpoint speaks the other dialect.
+4. Failure: record it (circuit, cool-down), then fall back if ``retry_on`` allows,
+   within ``max_attempts`` and the ``deadline``. Other 4xx go back as they came.
+   An endpoint that timed out is not tried again in the same call: it already cost
+   a full timeout, and a second wait there would double the caller's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+
+from proxy.auth import upstream_headers
+from proxy.call import Call
+from proxy.dialects.translate import Translation, target_path
+from proxy.errors import (
+    BadRequest,
+    NoEndpointAvailable,
+    Overloaded,
+    ProxyError,
+    UpstreamBroken,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
+from proxy.router import selection
+from proxy.router.config import RetryOn, RouterConfig, RoutingConfig
+from proxy.router.cooldown import requested_rest
+from proxy.router.endpoint import Endpoint
+from proxy.router.translated import TranslatedResponse
+from proxy.telemetry.logs import event
+from proxy.upstream import Upstream, UpstreamResponse
+
+#: a call may name its preferred endpoint or model group; never forwarded upstream
+PREFER_HEADER = "x-llm-sidecar-prefer"
+
+Plan = tuple[list[Endpoint], dict[str, int]]
+
+
+def failure_kind(error: UpstreamError) -> RetryOn | None:
+    """The ``retry_on`` word for a failure; None for a 4xx other than 429 (the call is wrong)."""
+    if isinstance(error, UpstreamStatus):
+        if error.status == 429:
+            return "429"
+        return "5xx" if error.status >= 500 else None
+    if isinstance(error, UpstreamConnectError):
+        return "connect"
+    if isinstance(error, UpstreamTimeout):
+        return "timeout"
+    return "broken"
+
+
+class Router:
+    """The model groups' endpoints and the policy that routes calls among them."""
+
+    def __init__(self, config: RoutingConfig, upstream: Upstream, *, rng: random.Random | None = None) -> None:
+        self.upstream = upstream
+        self.settings: RouterConfig = config.router
+        self.routes = config.model_groups
+        self.groups: dict[str, list[Endpoint]] = {
+            name: [Endpoint(e, name, self.settings.circuit) for e in route.endpoints]
+            for name, route in self.routes.items()
+        }
+        self._rng = rng or random.Random()
+        # (group, caller dialect, operation path) -> plan; filled once per combination.
+        self._plans: dict[tuple[str, str, str], Plan] = {}
+
+    # ------------------------------------------------------------------ reading
+
+    def endpoints(self) -> Iterator[Endpoint]:
+        """Every endpoint's live state, for probes, ``/status`` and a metrics collector."""
+        for endpoints in self.groups.values():
+            yield from endpoints
+
+    def group_order(self, group: str) -> list[str]:
+        """The group, then its fallback groups, breadth first, each once."""
+        order = [group]
+        for name in order:
+            order.extend(f for f in self.routes[name].fallbacks if f not in order)
+        return order
+
+    def ready(self) -> dict[str, bool]:
+        """Per model group: whether some endpoint of it or of its fallbacks could take a call.
+
+        A cooling endpoint counts as usable here: a rate limit is seconds long, and
+        taking the pod out of service for it would hurt more than it helps.
+        """
+        now = time.monotonic()
+        ready = {}
+        for group in self.groups:
+            ready[group] = any(
+                e.healthy is not False and e.circuit.allows(now)
+                for name in self.group_order(group) for e in self.groups[name]
+            )
+        return ready
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        ready = self.ready()
+        return {
+            "groups": {
+                name: {
+                    "ready": ready[name],
+                    "fallbacks": list(self.routes[name].fallbacks),
+                    "prefer": self.routes[name].prefer,
+                    "endpoints": [e.snapshot(now) for e in endpoints],
+                }
+                for name, endpoints in self.groups.items()
+            }
+        }
+
+    # ------------------------------------------------------------------ the seam
+
+    @asynccontextmanager
+    async def attempt(self, call: Call) -> AsyncIterator[UpstreamResponse]:
+        """Yields an open upstream answer; its endpoint's slot is held until the block ends.
+
+        Raises ``UpstreamError`` (the last attempt's failure), ``Overloaded`` (every
+        candidate full past the queue timeout, or cooling down) or
+        ``NoEndpointAvailable`` (every candidate unhealthy or its circuit open).
+        """
+        endpoint, response, started = await self._open(call)
+        try:
+            yield response  # type: ignore[misc]  # a TranslatedResponse reads the same
+        finally:
+            response.close()
+            endpoint.release()
+            call.upstream_seconds += time.perf_counter() - started
+            if call.error_type is not None:
+                # The answer broke after it started (mid-stream); no fallback, but it counts.
+                self._record_failure(call, endpoint, UpstreamBroken("mid-stream"), time.monotonic())
+
+    # ------------------------------------------------------------------ internals
+
+    def _plan(self, call: Call) -> Plan:
+        key = (call.model_group, call.dialect.name, call.operation.path)
+        plan = self._plans.get(key)
+        if plan is None:
+            groups = self.group_order(call.model_group)
+            endpoints = [
+                e for g in groups for e in self.groups[g]
+                if target_path(call.dialect.name, call.operation.path, e.config.dialect or "openai") is not None
+            ]
+            plan = self._plans[key] = (endpoints, {g: i for i, g in enumerate(groups)})
+        return plan
+
+    async def _open(self, call: Call) -> tuple[Endpoint, UpstreamResponse | TranslatedResponse, float]:
+        settings = self.settings
+        endpoints, rank = self._plan(call)
+        if not endpoints:
+            raise BadRequest(
+                f"model group `{call.model_group}` has no endpoint that serves "
+                f"{call.dialect.name} {call.operation.path}"
+            )
+        route = self.routes[call.model_group]
+        prefer = call.request.headers.get(PREFER_HEADER) or route.prefer
+        deadline = time.monotonic() + settings.deadline
+        tried: list[Endpoint] = []
+        spent: set[Endpoint] = set()  # timed out in this call: never re-tried
+        last_error: UpstreamError | None = None
+        for number in range(1, settings.max_attempts + 1):
+            endpoint = await self._take_slot(call, endpoints, rank, prefer, tried, spent, deadline, last_error)
+            now = time.monotonic()
+            if tried:
+                if endpoint in tried:
+                    call.retries += 1
+                    call.observer.event("retry", endpoint=endpoint.name, attempt=number)
+                else:
+                    call.fallbacks += 1
+                    call.observer.event("fallback", endpoint=endpoint.name, previous=tried[-1].name,
+                                        reason=last_error.type if last_error else None)
+            trial = endpoint.circuit.begin(now)
+            endpoint.attempts += 1
+            call.attempts += 1
+            call.endpoint = endpoint.name
+            started = time.perf_counter()
+            try:
+                response = await self._try(call, endpoint, number, deadline - now)
+            except UpstreamError as error:
+                endpoint.release()
+                seconds = time.perf_counter() - started
+                call.upstream_seconds += seconds
+                status = error.status if isinstance(error, UpstreamStatus) else 0
+                call.attempt_log.append((endpoint.name, status, seconds, error.type))
+                self._record_failure(call, endpoint, error, time.monotonic())
+                kind = failure_kind(error)
+                if kind is None or kind not in settings.retry_on:
+                    raise
+                last_error = error
+                tried.append(endpoint)
+                if kind == "timeout":
+                    spent.add(endpoint)
+                continue
+            except BaseException:
+                # Cancelled (the client left) or a bug: free the slot, and the trial if it was one.
+                endpoint.release()
+                if trial:
+                    endpoint.circuit.abandon()
+                raise
+            seconds = time.perf_counter() - started
+            call.attempt_log.append((endpoint.name, response.status, seconds, None))
+            endpoint.observe_ttfb(seconds, time.monotonic())
+            if endpoint.circuit.success(time.monotonic()) is not None:
+                self._circuit_event(call, endpoint)
+            return endpoint, response, started
+        assert last_error is not None
+        raise last_error
+
+    async def _try(self, call: Call, endpoint: Endpoint, number: int, remaining: float) -> Any:
+        config = endpoint.config
+        timeouts = config.timeouts
+        if remaining <= 0:
+            raise UpstreamTimeout("the call's routing deadline passed")
+        if remaining < timeouts.first_byte:
+            timeouts = timeouts.model_copy(update={"first_byte": remaining})
+        translation: Translation | None = None
+        if config.dialect == call.dialect.name:
+            url = config.url + call.operation.path
+            same_model = endpoint.upstream_model == call.payload.get("model")
+            body = call.body if same_model else orjson.dumps({**call.payload, "model": endpoint.upstream_model})
+        else:
+            path = target_path(call.dialect.name, call.operation.path, config.dialect or "openai")
+            assert path is not None  # the plan holds only endpoints that translate
+            translation = Translation(call.dialect.name, config.dialect or "openai", path)
+            url = config.url + path
+            body = translation.request(call.payload, endpoint.upstream_model)
+        headers = upstream_headers(call, config)
+        with call.observer.span("upstream.attempt", endpoint=endpoint.name, model_group=endpoint.group,
+                                attempt=number, dialect=config.dialect):
+            call.observer.inject(headers)
+            try:
+                response = await self.upstream.open(url, headers, body, timeouts)
+            except UpstreamStatus as error:
+                if translation is None:
+                    raise
+                raise UpstreamStatus(error.status, translation.error(error.body), error.headers) from None
+            if translation is None:
+                return response
+            try:
+                return TranslatedResponse(response, translation, call.payload)
+            except UpstreamError:
+                response.close()
+                raise
+
+    async def _take_slot(
+        self,
+        call: Call,
+        endpoints: list[Endpoint],
+        rank: dict[str, int],
+        prefer: str | None,
+        tried: list[Endpoint],
+        spent: set[Endpoint],
+        deadline: float,
+        last_error: UpstreamError | None,
+    ) -> Endpoint:
+        """A usable endpoint with one of its slots taken; waits in the queue when all are full."""
+        settings = self.settings
+        while True:
+            now = time.monotonic()
+            ranked = selection.order(endpoints, prefer=prefer, balance=self.routes[call.model_group].balance,
+                                     group_rank=rank, now=now, tried=tried, rng=self._rng)
+            if spent:
+                ranked = [e for e in ranked if e not in spent]
+            if not ranked:
+                raise self._nothing_usable(call, endpoints, now, last_error)
+            if tried and ranked[0] in tried:
+                # Nothing new to fall back to: this is a retry, so back off first (full jitter).
+                cap = min(settings.backoff.max, settings.backoff.base * 2 ** (len(tried) - 1))
+                delay = min(self._rng.uniform(0, cap), max(0.0, deadline - now))
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    now = time.monotonic()
+                    ranked = [e for e in ranked if e.usable(now)]
+                    if not ranked:
+                        continue
+            for endpoint in ranked:
+                if endpoint.has_free_slot():
+                    await endpoint.acquire()  # returns at once: a free slot and nobody queued
+                    return endpoint
+            wait = min(settings.queue_timeout, deadline - now)
+            started = time.perf_counter()
+            with call.observer.span("router.queue", model_group=call.model_group):
+                endpoint = await _first_free(ranked, wait) if wait > 0 else None
+            call.queue_wait += time.perf_counter() - started
+            if endpoint is None:
+                if last_error is not None:
+                    raise last_error
+                raise Overloaded(
+                    f"every endpoint of model group `{call.model_group}` is at its concurrency limit",
+                    retry_after=max(1.0, settings.queue_timeout),
+                )
+            if endpoint.usable(time.monotonic()):
+                return endpoint
+            endpoint.release()  # it went unusable while we queued (another call's trial, a 429)
+
+    def _nothing_usable(
+        self, call: Call, endpoints: list[Endpoint], now: float, last_error: UpstreamError | None
+    ) -> ProxyError:
+        if last_error is not None:
+            return last_error
+        cooling = [e.cooldown_until - now for e in endpoints if e.cooldown_until > now]
+        if cooling:
+            return Overloaded(f"every endpoint of model group `{call.model_group}` is rate limited",
+                              retry_after=max(1.0, min(cooling)))
+        return NoEndpointAvailable(
+            f"every endpoint of model group `{call.model_group}` is unhealthy or its circuit is open"
+        )
+
+    def _record_failure(self, call: Call, endpoint: Endpoint, error: UpstreamError, now: float) -> None:
+        kind = failure_kind(error)
+        endpoint.last_error = f"status_{error.status}" if isinstance(error, UpstreamStatus) else type(error).__name__
+        if isinstance(error, UpstreamStatus) and error.status in (429, 503, 529):
+            rest = requested_rest(error.headers, time.time())
+            if rest is None and error.status == 429:
+                rest = self.settings.cooldown.default
+            if rest:
+                rest = min(rest, self.settings.cooldown.max)
+                endpoint.cool_down(rest, now)
+                call.observer.event("cooldown", endpoint=endpoint.name, seconds=rest)
+        if kind in (None, "429"):
+            # The endpoint answered sensibly: the call was wrong, or the endpoint is busy.
+            if endpoint.circuit.success(now) is not None:
+                self._circuit_event(call, endpoint)
+            return
+        endpoint.failures += 1
+        if endpoint.circuit.failure(now) is not None:
+            self._circuit_event(call, endpoint)
+
+    @staticmethod
+    def _circuit_event(call: Call, endpoint: Endpoint) -> None:
+        state = endpoint.circuit.state
+        call.observer.event("circuit_open" if state == "open" else "circuit_close", endpoint=endpoint.name)
+        event("circuit " + state, group=endpoint.group, endpoint=endpoint.name)
+
+
+async def _first_free(endpoints: list[Endpoint], timeout: float) -> Endpoint | None:
+    """Wait up to ``timeout`` for a slot on any of ``endpoints``; the first one freed wins.
+
+    Each semaphore queues its waiters in order, so calls are served first come, first
+    served. A slot taken by a waiter that lost the race is given back.
+    """
+    waiters = {asyncio.ensure_future(e.slots.acquire()): e for e in endpoints}
+    finished = False
+    winner: Endpoint | None = None
+    for endpoint in endpoints:
+        endpoint.queued += 1
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finished = True
+    finally:
+        for endpoint in endpoints:
+            endpoint.queued -= 1
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        for waiter, endpoint in waiters.items():
+            if waiter.cancelled() or waiter.exception() is not None:
+                continue
+            if finished and winner is None:
+                winner = endpoint
+                endpoint.in_flight += 1
+            else:
+                endpoint.slots.release()
+    return winner

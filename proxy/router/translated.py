@@ -1,0 +1,45 @@
+"""An upstream answer seen through a cross-dialect ``Translation``: the relay reads it like any other."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from proxy.dialects.translate import Translation, TranslationError
+from proxy.errors import UpstreamBroken
+from proxy.upstream import UpstreamResponse
+
+
+class TranslatedResponse:
+    """Has the relay's view of ``UpstreamResponse`` (status, headers, is_stream, body, chunks, close).
+
+    A JSON answer is translated here, before the relay starts, so an unreadable answer
+    is still a failed attempt the router can fall back from.
+    """
+
+    __slots__ = ("status", "headers", "is_stream", "body", "_inner", "_stream")
+
+    def __init__(self, inner: UpstreamResponse, translation: Translation, payload: dict[str, Any]) -> None:
+        self._inner = inner
+        self.status = inner.status
+        self.headers = inner.headers
+        self.is_stream = inner.is_stream
+        self._stream = translation.stream(payload) if inner.is_stream else None
+        try:
+            self.body = b"" if inner.is_stream else translation.response(inner.body)
+        except TranslationError as error:
+            raise UpstreamBroken(f"cannot translate the upstream answer: {error}") from None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        assert self._stream is not None
+        try:
+            async for chunk in self._inner.chunks():
+                if out := self._stream.feed(chunk):
+                    yield out
+        except TranslationError as error:
+            raise UpstreamBroken(f"cannot translate the upstream stream: {error}") from None
+        if tail := self._stream.finish():
+            yield tail
+
+    def close(self) -> None:
+        self._inner.close()

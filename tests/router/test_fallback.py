@@ -1,0 +1,162 @@
+"""Fallback, retries, cool-downs, balance and concurrency limits, against the mock provider."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.router.helpers import config, endpoint, gather
+from tests.servers import MockProvider, free_port
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+def status_of(sidecar, name: str, group: str = "chat") -> dict:
+    groups = httpx.get(sidecar.admin_url + "/status").json()["groups"]
+    return next(e for e in groups[group]["endpoints"] if e["name"] == name)
+
+
+def test_failing_endpoint_makes_no_failed_calls(make_sidecar, mock_provider: MockProvider) -> None:
+    mock_provider.set_behaviour("mock-a", status=500)
+    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
+        endpoint(mock_provider, "mock-a"), endpoint(mock_provider, "mock-b")]}}))
+    client = sidecar.async_openai()
+    results = gather(30, lambda i: client.chat.completions.create(model="chat", messages=HELLO), concurrency=8)
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert mock_provider.calls("mock-b") == 30
+    assert mock_provider.calls("mock-a") >= 1
+
+
+def test_dead_endpoint_falls_back(make_sidecar, mock_provider: MockProvider) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
+        endpoint(dead, "dead", priority=0), endpoint(mock_provider, "mock-b", priority=1)]}}))
+    reply = sidecar.openai().chat.completions.with_raw_response.create(model="chat", messages=HELLO)
+    assert reply.parse().choices[0].message.content
+    assert status_of(sidecar, "dead")["last_error"] == "UpstreamConnectError"
+
+
+def test_4xx_is_not_retried(make_sidecar, mock_provider: MockProvider) -> None:
+    mock_provider.set_behaviour("mock-a", status=400)
+    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
+        endpoint(mock_provider, "mock-a", priority=0), endpoint(mock_provider, "mock-b", priority=1)]}}))
+    with pytest.raises(openai.BadRequestError):
+        sidecar.openai().chat.completions.create(model="chat", messages=HELLO)
+    assert (mock_provider.calls("mock-a"), mock_provider.calls("mock-b")) == (1, 0)
+    assert status_of(sidecar, "mock-a")["circuit"] == "closed"
+
+
+def test_retry_after_cools_the_endpoint(make_sidecar, mock_provider: MockProvider) -> None:
+    mock_provider.set_behaviour("mock-a", status=429, retry_after=2)
+    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
+        endpoint(mock_provider, "mock-a", priority=0), endpoint(mock_provider, "mock-b", priority=1)]}}))
+    client = sidecar.openai()
+    client.chat.completions.create(model="chat", messages=HELLO)
+    cooled_at = time.monotonic()
+    assert 1.5 < status_of(sidecar, "mock-a")["cooldown_for_s"] <= 2.0
+    mock_provider.set_behaviour("mock-a")  # healthy again, but still resting
+    while time.monotonic() - cooled_at < 1.7:
+        client.chat.completions.create(model="chat", messages=HELLO)
+        time.sleep(0.1)
+    assert mock_provider.calls("mock-a") == 1
+    time.sleep(max(0.0, 2.05 - (time.monotonic() - cooled_at)))
+    client.chat.completions.create(model="chat", messages=HELLO)
+    assert mock_provider.calls("mock-a") == 2
+
+
+def test_slow_endpoint_loses_traffic(make_sidecar, mock_provider: MockProvider) -> None:
+    mock_provider.set_behaviour("mock-slow", latency_ms=300)
+    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
+        endpoint(mock_provider, "mock-slow"), endpoint(mock_provider, "mock-fast")]}}))
+    client = sidecar.async_openai()
+    results = gather(40, lambda i: client.chat.completions.create(model="chat", messages=HELLO), concurrency=4)
+    assert not [r for r in results if isinstance(r, BaseException)]
+    slow, fast = mock_provider.calls("mock-slow"), mock_provider.calls("mock-fast")
+    assert fast > 4 * slow, (slow, fast)
+
+
+def test_max_concurrent_is_never_exceeded(make_sidecar, mock_provider: MockProvider) -> None:
+    mock_provider.set_behaviour("mock-a", latency_ms=150)
+    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
+        endpoint(mock_provider, "mock-a", max_concurrent=3)]}}, queue_timeout=10))
+    client = sidecar.async_openai()
+
+    async def streamed(i: int) -> str:
+        # Streams too: the slot is held until the last chunk is relayed.
+        stream = await client.chat.completions.create(model="chat", messages=HELLO, stream=True)
+        return "".join([c.choices[0].delta.content or "" async for c in stream])
+
+    results = gather(12, lambda i: streamed(i) if i % 2 else client.chat.completions.create(
+        model="chat", messages=HELLO))
+    assert not [r for r in results if isinstance(r, BaseException)]
+    assert mock_provider.stats()["max_in_flight"]["mock-a"] == 3
+    assert mock_provider.calls("mock-a") == 12
+
+
+def test_queue_timeout_is_429_with_retry_after(make_sidecar, mock_provider: MockProvider) -> None:
+    mock_provider.set_behaviour("mock-a", latency_ms=1500)
+    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
+        endpoint(mock_provider, "mock-a", max_concurrent=1)]}}, queue_timeout=0.3))
+
+    async def post(i: int) -> httpx.Response:
+        async with httpx.AsyncClient(timeout=10) as http:
+            return await http.post(sidecar.openai_base + "/chat/completions",
+                                   json={"model": "chat", "messages": HELLO})
+
+    first, second = gather(2, post)
+    statuses = sorted([first.status_code, second.status_code])
+    assert statuses == [200, 429]
+    refused = first if first.status_code == 429 else second
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert mock_provider.calls("mock-a") == 1
+
+
+def test_stream_cut_midway_is_not_retried(make_sidecar, mock_provider: MockProvider) -> None:
+    mock_provider.set_behaviour("mock-a", cut_after=5, chunk_delay_ms=20)
+    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
+        endpoint(mock_provider, "mock-a", priority=0), endpoint(mock_provider, "mock-b", priority=1)]}}))
+    stream = sidecar.openai().chat.completions.create(model="chat", messages=HELLO, stream=True)
+    with pytest.raises(openai.APIError):
+        for _ in stream:
+            pass
+    assert (mock_provider.calls("mock-a"), mock_provider.calls("mock-b")) == (1, 0)
+    assert status_of(sidecar, "mock-a")["failures"] == 1
+
+
+def test_first_token_timeout_falls_back(make_sidecar, mock_provider: MockProvider) -> None:
+    mock_provider.set_behaviour("mock-a", ttft_ms=2000)
+    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
+        endpoint(mock_provider, "mock-a", priority=0, timeouts={"first_byte": 0.3}),
+        endpoint(mock_provider, "mock-b", priority=1)]}}))
+    started = time.monotonic()
+    stream = sidecar.openai().chat.completions.create(model="chat", messages=HELLO, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream)
+    assert time.monotonic() - started < 1.5
+    assert mock_provider.calls("mock-b") == 1
+
+
+def test_preference_header_and_default(make_sidecar, mock_provider: MockProvider) -> None:
+    sidecar = make_sidecar(config(mock_provider, {"chat": {"prefer": "mock-b", "endpoints": [
+        endpoint(mock_provider, "mock-a"), endpoint(mock_provider, "mock-b")]}}))
+    client = sidecar.openai()
+    for _ in range(3):
+        client.chat.completions.create(model="chat", messages=HELLO)
+    assert (mock_provider.calls("mock-a"), mock_provider.calls("mock-b")) == (0, 3)
+    client.chat.completions.create(model="chat", messages=HELLO, extra_headers={"x-llm-sidecar-prefer": "mock-a"})
+    assert mock_provider.calls("mock-a") == 1
+    # The control header is for the sidecar only.
+    assert "x-llm-sidecar-prefer" not in mock_provider.requests()[-1]["headers"]
+
+
+def test_bounded_attempts(make_sidecar, mock_provider: MockProvider) -> None:
+    mock_provider.set_behaviour("mock-a", status=503)
+    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [endpoint(mock_provider, "mock-a")]}},
+                                  max_attempts=3))
+    with pytest.raises(openai.InternalServerError) as info:
+        sidecar.openai().chat.completions.create(model="chat", messages=HELLO)
+    assert info.value.status_code == 503
+    assert mock_provider.calls("mock-a") == 3
