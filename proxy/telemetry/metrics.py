@@ -209,15 +209,6 @@ EVENTS = frozenset({"fallback", "retry", "cooldown", "circuit_open", "circuit_cl
                     "cache.error", "stream.error", "client.disconnect"})
 
 
-def _get(obj: Any, *names: str, default: Any = None) -> Any:
-    """The first attribute of ``names`` that ``obj`` has (router and cache objects, read defensively)."""
-    for name in names:
-        value = getattr(obj, name, None)
-        if value is not None:
-            return value() if callable(value) and not isinstance(value, (int, float)) else value
-    return default
-
-
 class LiveCollector(Collector):
     """Reads the router's endpoints and the cache when Prometheus scrapes."""
 
@@ -233,39 +224,39 @@ class LiveCollector(Collector):
         yield from self._cache()
 
     def _endpoints(self) -> Iterator[Metric]:
+        """From the router's ``Endpoint`` objects (``proxy/router/endpoint.py``)."""
         p = PREFIX
         labels = ["model_group", "endpoint"]
-        in_flight = GaugeMetricFamily(f"{p}_endpoint_in_flight", "Upstream attempts in flight.", labels=labels)
+        in_flight = GaugeMetricFamily(f"{p}_endpoint_in_flight", "Upstream attempts in flight (slots in use).",
+                                      labels=labels)
         slots = GaugeMetricFamily(f"{p}_endpoint_slots", "Concurrency slots (max_concurrent).", labels=labels)
-        queued = GaugeMetricFamily(f"{p}_endpoint_queued", "Calls waiting for a slot.", labels=labels)
-        healthy = GaugeMetricFamily(f"{p}_endpoint_healthy", "1 when the endpoint is taking calls.", labels=labels)
-        circuit = GaugeMetricFamily(f"{p}_endpoint_circuit_state", "Circuit state: 1 for the current one.",
+        healthy = GaugeMetricFamily(f"{p}_endpoint_healthy", "Active probes' verdict: 1 healthy, 0 unhealthy, "
+                                    "-1 not probed (yet).", labels=labels)
+        usable = GaugeMetricFamily(f"{p}_endpoint_usable", "1 when the endpoint may take a call now (not cooling "
+                                   "down, circuit allowing, not unhealthy).", labels=labels)
+        circuit = GaugeMetricFamily(f"{p}_endpoint_circuit_state", "Circuit breaker state: 1 for the current one.",
                                     labels=[*labels, "state"])
-        cooldown = GaugeMetricFamily(f"{p}_endpoint_cooldown_seconds", "Seconds left of a cool-down (Retry-After).",
-                                     labels=labels)
-        cooldowns = CounterMetricFamily(f"{p}_endpoint_cooldowns", "Cool-downs started.", labels=labels)
+        opened = CounterMetricFamily(f"{p}_endpoint_circuit_opened", "Times the circuit opened.", labels=labels)
+        cooldown = GaugeMetricFamily(f"{p}_endpoint_cooldown_seconds", "Seconds left of a cool-down (Retry-After "
+                                     "or rate-limit reset).", labels=labels)
+        ttfb = GaugeMetricFamily(f"{p}_endpoint_ttfb_estimate_seconds", "The router's moving estimate of time "
+                                 "to first byte, used to balance.", labels=labels)
         now = time.monotonic()
-        groups = getattr(self.router, "groups", {}) or {}
-        for group, endpoints in groups.items():
-            for endpoint in _get(endpoints, "endpoints", default=endpoints):
-                config = endpoint.config
-                key = [group, config.name]
-                limit = config.max_concurrent
-                slots.add_metric(key, limit)
-                active = _get(endpoint, "in_flight", "active")
-                if active is None:
-                    semaphore = getattr(endpoint, "slots", None)
-                    active = limit - getattr(semaphore, "_value", limit)
-                in_flight.add_metric(key, active)
-                queued.add_metric(key, _get(endpoint, "queued", "waiting", default=0))
-                healthy.add_metric(key, 1.0 if _get(endpoint, "healthy", "available", default=True) else 0.0)
-                state = str(_get(endpoint, "circuit_state", "state", default="closed"))
-                for name in ("closed", "open", "half_open"):
-                    circuit.add_metric([*key, name], 1.0 if state == name else 0.0)
-                until = _get(endpoint, "cooldown_until", default=0.0)
-                cooldown.add_metric(key, max(until - now, 0.0))
-                cooldowns.add_metric(key, _get(endpoint, "cooldowns", default=0))
-        yield from (in_flight, slots, queued, healthy, circuit, cooldown, cooldowns)
+        for endpoint in self.router.endpoints():
+            key = [endpoint.group, endpoint.name]
+            in_flight.add_metric(key, endpoint.in_flight)
+            slots.add_metric(key, endpoint.config.max_concurrent)
+            healthy.add_metric(key, _HEALTH[endpoint.healthy])
+            usable.add_metric(key, 1.0 if endpoint.usable(now) else 0.0)
+            state = endpoint.circuit.state
+            if state == "open" and now >= endpoint.circuit.open_until:
+                state = "half_open"  # the next call is the trial
+            for name in _CIRCUIT_STATES:
+                circuit.add_metric([*key, name], 1.0 if state == name else 0.0)
+            opened.add_metric(key, endpoint.circuit.times_opened)
+            cooldown.add_metric(key, max(endpoint.cooldown_until - now, 0.0))
+            ttfb.add_metric(key, endpoint.ttfb_estimate(now))
+        yield from (in_flight, slots, healthy, usable, circuit, opened, cooldown, ttfb)
 
     def _cache(self) -> Iterator[Metric]:
         """From ``ResponseCache.snapshot()``: the cache's own counters and its backend's size."""
@@ -298,5 +289,7 @@ class LiveCollector(Collector):
             yield GaugeMetricFamily(f"{p}_cache_bytes", "Bytes held by the memory cache.", value=stats["bytes"])
 
 
+_HEALTH = {True: 1.0, False: 0.0, None: -1.0}
+_CIRCUIT_STATES = ("closed", "open", "half_open")
 _CACHE_EVENTS = (("hit", "hits"), ("miss", "misses"), ("coalesced", "coalesced"), ("stale", "stale"),
                  ("bypass", "bypass"), ("store", "stores"), ("not_stored", "not_stored"), ("corrupt", "corrupt"))

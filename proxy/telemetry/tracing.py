@@ -33,6 +33,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from proxy.errors import ProxyError, UpstreamStatus
 from proxy.telemetry.config import TracingConfig
 from proxy.telemetry.logs import event
 from proxy.telemetry.metrics import Metrics
@@ -125,8 +126,13 @@ class TracingObserver(Observer):
         try:
             yield
         except BaseException as exc:
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            span.set_attribute("error.type", getattr(exc, "type", type(exc).__name__))
+            # The router logs an attempt after its span closes, so a failed attempt is read
+            # from its exception: the error type, and the upstream's own status if it sent one.
+            error_type = exc.type if isinstance(exc, ProxyError) else type(exc).__name__
+            span.set_status(Status(StatusCode.ERROR, error_type))
+            span.set_attribute("error.type", error_type)
+            if isinstance(exc, UpstreamStatus):
+                span.set_attribute("http.response.status_code", exc.status)
             raise
         finally:
             if len(self.call.attempt_log) > attempts_before:

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import threading
 import time
+from types import SimpleNamespace
 
 import httpx
 import openai
@@ -109,7 +110,9 @@ def test_live_state_during_a_stream(sidecar, mock_provider, scrape) -> None:
     assert during.value("llm_sidecar_calls_in_flight") == 1
     assert during.value("llm_sidecar_endpoint_in_flight", **key) == 1
     assert during.value("llm_sidecar_endpoint_slots", **key) == 64
-    assert during.value("llm_sidecar_endpoint_healthy", **key) == 1
+    assert during.value("llm_sidecar_endpoint_usable", **key) == 1
+    assert during.value("llm_sidecar_endpoint_healthy", **key) in (-1, 1)  # -1: not probed yet
+    assert during.value("llm_sidecar_endpoint_circuit_state", state="closed", **key) == 1
     assert after.value("llm_sidecar_endpoint_in_flight", **key) == 0
     assert after.value("llm_sidecar_calls_in_flight") == 0
 
@@ -142,7 +145,7 @@ def test_saved_tokens_attempts_and_fallbacks_from_the_call() -> None:
     """Outcomes the router and cache produce, recorded from the Call's fields alone."""
     config = parse_config(default_config("http://127.0.0.1:1", telemetry={"prices": PRICES}))
     telemetry = Telemetry(config.telemetry)
-    telemetry.bind(config.model_groups, router=None, cache=None)
+    telemetry.bind(config.model_groups, router=SimpleNamespace(endpoints=lambda: []), cache=None)
     for outcome in ("cached", "coalesced", "upstream"):
         call = _ended_call(outcome, {"input_tokens": 10, "output_tokens": 100})
         telemetry.observe(call)
@@ -189,3 +192,35 @@ def test_promtool_check_metrics(sidecar, mock_provider) -> None:
     result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_fallback_and_cache_hit_move_their_counters(make_sidecar, mock_provider, scrape) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    config = default_config(mock_provider.url)
+    config["model_groups"]["gpt-4o-mini"] = {"endpoints": [
+        {"name": "dead", "url": dead, "api_key": PROVIDER_KEY, "priority": 0},
+        {"name": "mock-openai", "url": f"{mock_provider.url}/v1", "model": "mock-gpt", "api_key": PROVIDER_KEY,
+         "priority": 1}]}
+    sidecar = make_sidecar(config=config)
+    first = chat(sidecar, "cache me", temperature=0)
+    again = chat(sidecar, "cache me", temperature=0)
+    assert again.choices[0].message.content == first.choices[0].message.content
+    m = scrape(sidecar)
+    group = {"model_group": "gpt-4o-mini"}
+    assert m.value("llm_sidecar_fallbacks_total", **group) == 1
+    assert m.value("llm_sidecar_upstream_attempt_duration_seconds_count", endpoint="dead", status_class="none") == 1
+    assert m.value("llm_sidecar_upstream_attempt_duration_seconds_count", endpoint="mock-openai",
+                   status_class="2xx") == 1
+    assert m.value("llm_sidecar_call_events_total", event="fallback") == 1
+    assert m.value("llm_sidecar_calls_total", outcome="upstream", **group) == 1
+    assert m.value("llm_sidecar_calls_total", outcome="cached", **group) == 1
+    assert m.value("llm_sidecar_cache_calls_total", cache_status="hit", **group) == 1
+    assert m.value("llm_sidecar_cache_calls_total", cache_status="miss", **group) == 1
+    assert m.value("llm_sidecar_cache_events_total", event="hit") == 1
+    assert m.value("llm_sidecar_cache_events_total", event="store") == 1
+    assert m.value("llm_sidecar_cache_entries") == 1
+    assert m.value("llm_sidecar_cache_bytes") > 0
+    assert m.value("llm_sidecar_step_duration_seconds_count", step="cache.lookup") == 2
+    assert m.value("llm_sidecar_step_duration_seconds_count", step="upstream.attempt") == 2
+    # Only the answered call spent tokens upstream.
+    assert m.value("llm_sidecar_tokens_total", type="output", **group) == 20

@@ -60,11 +60,11 @@ def test_call_span_continues_the_callers_trace(traced, mock_provider) -> None:
     sent = mock_provider.requests()[-1]["headers"]["traceparent"].split("-")
     assert sent[1] == CALLER_TRACE
     # Children of the call span: one per attempt (client kind) whose id went upstream.
-    attempts = [s for s in spans if s.name == "upstream.attempt"]
-    if attempts:
-        assert attempts[-1].kind is SpanKind.CLIENT
-        assert attempts[-1].parent.span_id == root.context.span_id
-        assert sent[2] == format(attempts[-1].context.span_id, "016x")
+    (attempt,) = [s for s in spans if s.name == "upstream.attempt"]
+    assert attempt.kind is SpanKind.CLIENT
+    assert attempt.parent.span_id == root.context.span_id
+    assert attempt.attributes["endpoint"] == "mock-openai"
+    assert sent[2] == format(attempt.context.span_id, "016x")
     for span in spans:
         assert "secret prompt" not in str(span.to_json())
         assert PROVIDER_KEY not in str(span.to_json())
@@ -75,10 +75,14 @@ def test_failed_call_span_is_an_error(traced) -> None:
     with pytest.raises(openai.InternalServerError):
         sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
                                                  extra_headers={"x-mock-status": "500"})
-    (root,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    spans = exporter.get_finished_spans()
+    (root,) = [s for s in spans if s.kind is SpanKind.SERVER]
     assert root.status.status_code is StatusCode.ERROR
     assert root.attributes["error.type"] == "api_error"
     assert root.attributes["http.response.status_code"] == 500
+    attempts = [s for s in spans if s.name == "upstream.attempt"]
+    assert attempts and all(s.attributes["http.response.status_code"] == 500 for s in attempts)
+    assert all(s.status.status_code is StatusCode.ERROR for s in attempts)
 
 
 def test_new_trace_without_a_caller_context(traced) -> None:
