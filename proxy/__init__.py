@@ -23,6 +23,8 @@ from typing import Any
 _EXPORTS = {
     "DistributedCacheDecorator": "proxy.cache.decorator",
     "AsyncRAGGenerator": "proxy.rag",
+    "ConcurrentRouter": "proxy.router.library",
+    "ModelEndpoint": "proxy.router.endpoint",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -4,7 +4,8 @@ import proxy
 
 
 def test_public_names_are_pinned() -> None:
-    assert proxy.__all__ == sorted(["AsyncRAGGenerator", "DistributedCacheDecorator"])
+    assert proxy.__all__ == sorted(["AsyncRAGGenerator", "ConcurrentRouter", "DistributedCacheDecorator",
+                                   "ModelEndpoint"])
 
 
 def test_every_public_name_imports() -> None:

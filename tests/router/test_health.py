@@ -1,0 +1,103 @@
+"""Passive health (the circuit), active probes, /readyz and /status."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from proxy.router.circuit import Circuit
+from proxy.router.config import CircuitConfig
+from proxy.router.cooldown import requested_rest
+from tests.router.helpers import config, endpoint
+from tests.servers import MockProvider, free_port
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+def endpoints(sidecar, group: str = "chat") -> dict[str, dict]:
+    status = httpx.get(sidecar.admin_url + "/status").json()
+    return {e["name"]: e for e in status["groups"][group]["endpoints"]}
+
+
+def test_circuit_opens_half_opens_and_closes(make_sidecar, mock_provider: MockProvider) -> None:
+    mock_provider.set_behaviour("mock-a", status=500)
+    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
+        endpoint(mock_provider, "mock-a", priority=0), endpoint(mock_provider, "mock-b", priority=1)]}},
+        circuit={"failures": 2, "open_for": 1.0}))
+    client = sidecar.openai()
+    for _ in range(2):
+        client.chat.completions.create(model="chat", messages=HELLO)
+    assert endpoints(sidecar)["mock-a"]["circuit"] == "open"
+    for _ in range(3):  # an open circuit takes no calls; every call is answered by mock-b
+        client.chat.completions.create(model="chat", messages=HELLO)
+    assert mock_provider.calls("mock-a") == 2
+    time.sleep(1.05)
+    assert endpoints(sidecar)["mock-a"]["circuit"] == "half_open"
+    # The trial fails: open again, for another open_for.
+    client.chat.completions.create(model="chat", messages=HELLO)
+    assert (mock_provider.calls("mock-a"), endpoints(sidecar)["mock-a"]["circuit"]) == (3, "open")
+    mock_provider.set_behaviour("mock-a")
+    time.sleep(1.05)
+    client.chat.completions.create(model="chat", messages=HELLO)
+    state = endpoints(sidecar)["mock-a"]
+    assert (mock_provider.calls("mock-a"), state["circuit"], state["circuit_times_opened"]) == (4, "closed", 2)
+
+
+def test_circuit_error_rate_and_single_trial() -> None:
+    circuit = Circuit(CircuitConfig(failures=100, error_rate=0.5, min_calls=4, window=10, open_for=5))
+    assert circuit.success(0.0) is None and circuit.failure(0.1) is None and circuit.success(0.2) is None
+    assert circuit.failure(0.3) == "open"  # 2 of 4 failed
+    assert not circuit.allows(4.9)
+    assert circuit.allows(5.3) and circuit.begin(5.3)
+    assert not circuit.allows(5.4)  # one trial at a time
+    circuit.abandon()
+    assert circuit.allows(5.5)
+
+
+def test_requested_rest_headers() -> None:
+    assert requested_rest({"retry-after": "2"}, 0) == 2
+    assert requested_rest({"retry-after-ms": "1500"}, 0) == 1.5
+    assert requested_rest({"x-ratelimit-reset-requests": "6m0s", "x-ratelimit-reset-tokens": "20ms"}, 0) == 360
+    assert requested_rest({"anthropic-ratelimit-requests-reset": "1970-01-01T00:00:30Z"}, 10) == 20
+    assert requested_rest({"retry-after": "soon"}, 0) is None
+
+
+def test_active_probes_mark_a_dead_endpoint_without_calls(make_sidecar, mock_provider: MockProvider,
+                                                          server_loop) -> None:
+    port = free_port()
+    dead = f"http://127.0.0.1:{port}"
+    sidecar = make_sidecar(config(mock_provider, {
+        "chat": {"endpoints": [endpoint(dead, "later", model="mock-a"), endpoint(mock_provider, "mock-b")]},
+        "solo": {"endpoints": [endpoint(dead, "later", model="mock-a")]},
+    }, health={"enabled": True, "interval": 0.1, "timeout": 0.5, "unhealthy_after": 2}))
+    deadline = time.monotonic() + 5
+    while endpoints(sidecar)["later"]["health"] != "unhealthy":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    ready = httpx.get(sidecar.admin_url + "/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["model_groups"] == {"chat": True, "solo": False}
+    # Calls skip it: the probes found it dead, not a call.
+    assert sidecar.openai().chat.completions.create(model="chat", messages=HELLO).choices[0].message.content
+    revived = MockProvider(server_loop, port)
+    try:
+        deadline = time.monotonic() + 5
+        while endpoints(sidecar)["later"]["health"] != "healthy":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert httpx.get(sidecar.admin_url + "/readyz").status_code == 200
+        assert revived.calls() == 0  # probes GET the models list; never a completion
+    finally:
+        revived.stop()
+
+
+def test_status_shows_slots_and_never_a_key(make_sidecar, mock_provider: MockProvider) -> None:
+    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
+        endpoint(mock_provider, "mock-a", max_concurrent=7)]}}))
+    sidecar.openai().chat.completions.create(model="chat", messages=HELLO)
+    text = httpx.get(sidecar.admin_url + "/status").text
+    state = endpoints(sidecar)["mock-a"]
+    assert (state["slots_limit"], state["in_flight"], state["attempts"], state["health"]) == (7, 0, 1, "unknown")
+    assert state["ewma_ttfb_ms"] is not None
+    assert "sk-test" not in text

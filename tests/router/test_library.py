@@ -1,0 +1,64 @@
+"""``ConcurrentRouter``: the router as a library, against the mock provider with one endpoint failing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy import ConcurrentRouter, ModelEndpoint
+from proxy.errors import UpstreamStatus
+from proxy.router.config import RouterConfig
+from tests.servers import PROVIDER_KEY, MockProvider
+
+
+def test_model_endpoint_infers_dialect_and_key(monkeypatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-from-env")
+    openai_endpoint = ModelEndpoint(name="gpt-4", url="https://api.openai.com/v1/chat/completions", max_concurrent=5)
+    claude = ModelEndpoint(name="claude-3", url="https://api.anthropic.com/v1/messages", max_concurrent=3)
+    assert (openai_endpoint.dialect, openai_endpoint.url, openai_endpoint.model) == ("openai", "https://api.openai.com/v1", "gpt-4")
+    assert (claude.dialect, claude.url, claude.max_concurrent) == ("anthropic", "https://api.anthropic.com", 3)
+    assert claude.api_key.reveal() == "sk-ant-from-env" and "sk-ant" not in repr(claude)
+
+
+def test_route_request_falls_back(mock_provider: MockProvider) -> None:
+    mock_provider.set_behaviour("gpt-4", status=500)
+    endpoints = [
+        ModelEndpoint(name="gpt-4", url=mock_provider.url + "/v1/chat/completions", api_key=PROVIDER_KEY, max_concurrent=5),
+        ModelEndpoint(name="claude-3", url=mock_provider.url + "/v1/messages", api_key=PROVIDER_KEY, max_concurrent=3),
+    ]
+
+    async def main() -> tuple[list[dict], list[str], dict]:
+        async with ConcurrentRouter(endpoints, settings=RouterConfig(backoff={"base": 0.01, "max": 0.02},
+                                                                      health={"enabled": False})) as router:
+            results = await asyncio.gather(*(router.route_request(f"Explain quantum computing {i}",
+                                                                  preferred_model="gpt-4", max_tokens=50)
+                                             for i in range(8)))
+            pieces = [p async for p in router.stream_request("Stream it", preferred_model="gpt-4")]
+            return list(results), pieces, router.status()
+
+    results, pieces, status = asyncio.run(main())
+    for result in results:
+        assert result["model"] == "claude-3" and result["upstream_model"] == "claude-3"
+        assert len(result["response"].split()) == 20 and result["usage"]["output_tokens"] == 20
+        assert result["finish_reason"] == "stop"
+    # The preferred endpoint was tried first while its circuit was closed (5 failures open it).
+    assert results[0]["attempts"][0]["endpoint"] == "gpt-4" and results[0]["attempts"][0]["status"] == 500
+    assert len("".join(pieces).split()) == 20
+    assert mock_provider.stats()["max_in_flight"]["claude-3"] <= 3
+    assert {e["name"]: e["circuit"] for e in status["endpoints"]}["gpt-4"] == "open"
+
+
+def test_route_request_raises_when_all_fail(mock_provider: MockProvider) -> None:
+    mock_provider.set_behaviour("only", status=400)
+
+    async def main() -> None:
+        router = ConcurrentRouter([ModelEndpoint(name="only", url=mock_provider.url + "/v1", api_key=PROVIDER_KEY)])
+        try:
+            await router.route_request("x")
+        finally:
+            await router.close()
+
+    with pytest.raises(UpstreamStatus) as info:
+        asyncio.run(main())
+    assert info.value.status == 400
