@@ -144,6 +144,14 @@ class Metrics:
 
     def bind(self, model_groups: Collection[str]) -> None:
         self.model_groups = frozenset(model_groups)
+        # Counters a dashboard sums start at 0 for every configured group, so a series
+        # exists (and ``rate``/``increase`` work) before the first event of its kind.
+        for group in self.model_groups:
+            for family in (self.retries, self.fallbacks, self.cost, self.saved_cost):
+                family(group)
+            for kind in ("input", "output"):
+                self.tokens(group, kind)
+                self.saved_tokens(group, kind)
 
     def start(self) -> None:
         """A call starts."""
