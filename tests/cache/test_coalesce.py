@@ -1,0 +1,94 @@
+"""Identical calls in flight are answered once; followers stream the leader's frames as they arrive."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "the same question"}]}
+
+
+async def _burst(url: str, count: int, body: dict, stream: bool = False, headers: dict | None = None):
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=count)) as client:
+        async def one() -> tuple[int, str, bytes, float]:
+            started = time.perf_counter()
+            async with client.stream("POST", url + "/chat/completions", json={**body, "stream": stream},
+                                     headers=headers) as response:
+                first = None
+                data = b""
+                async for chunk in response.aiter_bytes():
+                    first = first or time.perf_counter() - started
+                    data += chunk
+                return response.status_code, response.headers.get("x-llm-sidecar-cache", ""), data, first or 0.0
+
+        return await asyncio.gather(*(one() for _ in range(count)))
+
+
+async def test_fifty_identical_calls_make_one_upstream_call(cached_sidecar, mock_provider) -> None:
+    mock_provider.set_behaviour("mock-gpt", latency_ms=300)
+    sidecar = cached_sidecar()
+    results = await _burst(sidecar.openai_base, 50, BODY)
+    assert all(status == 200 for status, *_ in results)
+    assert mock_provider.calls() == 1
+    statuses = sorted(cache for _, cache, *_ in results)
+    assert statuses.count("miss") == 1 and statuses.count("coalesced") == 49
+    assert len({data for *_, data, _ in results}) == 1
+
+
+async def test_streaming_followers_get_frames_as_the_leader_does(cached_sidecar, mock_provider) -> None:
+    # 200 ms to the first token, then 10 chunks 50 ms apart: about 650 ms in all.
+    mock_provider.set_behaviour("mock-gpt", ttft_ms=200, chunk_delay_ms=50, chunks=10)
+    sidecar = cached_sidecar()
+    results = await _burst(sidecar.openai_base, 20, BODY, stream=True)
+    assert mock_provider.calls() == 1
+    followers = [r for r in results if r[1] == "coalesced"]
+    assert len(followers) == 19
+    # Fan-out: a follower's first byte comes with the leader's first token, long before the end.
+    assert max(first for *_, first in followers) < 0.5, [round(f, 3) for *_, f in followers]
+    assert len({data for *_, data, _ in results}) == 1
+    assert results[0][2].endswith(b"data: [DONE]\n\n")
+
+
+async def test_a_failed_leader_does_not_fail_its_followers(cached_sidecar, mock_provider) -> None:
+    sidecar = cached_sidecar()
+    # The leader (first in) fails by its own header; followers must still get answers.
+    async with httpx.AsyncClient(timeout=30) as client:
+        leader = asyncio.create_task(client.post(
+            sidecar.openai_base + "/chat/completions", json=BODY,
+            headers={"x-mock-latency-ms": "300", "x-mock-status": "500"}))
+        await asyncio.sleep(0.1)
+        followers = await asyncio.gather(*(client.post(sidecar.openai_base + "/chat/completions", json=BODY)
+                                           for _ in range(5)))
+        assert (await leader).status_code == 500
+    assert [r.status_code for r in followers] == [200] * 5
+    # One new leader among the followers, the rest follow it (the router may retry the failing leader).
+    assert sum("x-mock-status" not in r["headers"] for r in mock_provider.requests()) == 1
+    assert sorted(r.headers["x-llm-sidecar-cache"] for r in followers) == ["coalesced"] * 4 + ["miss"]
+
+
+async def test_a_rejected_request_is_shared_not_repeated(cached_sidecar, mock_provider) -> None:
+    mock_provider.set_behaviour("mock-gpt", latency_ms=300, status=400)
+    sidecar = cached_sidecar()
+    results = await _burst(sidecar.openai_base, 10, BODY)
+    assert {status for status, *_ in results} == {400}
+    assert mock_provider.calls() == 1
+
+
+async def test_leader_cut_mid_stream_ends_followers_streams_with_an_error(cached_sidecar, mock_provider) -> None:
+    mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=60, chunks=10, cut_after=4)
+    sidecar = cached_sidecar()
+    results = await _burst(sidecar.openai_base, 5, BODY, stream=True)
+    assert mock_provider.calls() == 1
+    for _, _, data, _ in results:
+        assert b'"error"' in data  # the OpenAI SDK raises on it, as for the leader
+
+
+@pytest.mark.parametrize("header", ["no-store", "no-cache"])
+async def test_no_store_and_no_cache_calls_do_not_coalesce(cached_sidecar, mock_provider, header) -> None:
+    mock_provider.set_behaviour("mock-gpt", latency_ms=200)
+    sidecar = cached_sidecar()
+    await _burst(sidecar.openai_base, 4, BODY, headers={"Cache-Control": header})
+    assert mock_provider.calls() == 4

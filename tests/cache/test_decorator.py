@@ -1,0 +1,172 @@
+"""DistributedCacheDecorator on its own: binding, sync/async, threads, coalescing, fail-open."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+
+import pytest
+
+from proxy import DistributedCacheDecorator
+from proxy.cache.config import CacheConfig
+from proxy.cache.memory import MemoryBackend
+from proxy.cache.redis import SyncRedisBackend
+from tests.servers import free_port
+
+
+def test_bound_arguments_share_one_key() -> None:
+    calls = []
+
+    @DistributedCacheDecorator(ttl=60)
+    def fetch(prompt: str, model: str = "gpt-4", **options) -> dict:
+        calls.append(prompt)
+        return {"prompt": prompt, "model": model, "options": options}
+
+    assert fetch("hi") == fetch(prompt="hi") == fetch("hi", "gpt-4") == fetch(model="gpt-4", prompt="hi")
+    assert calls == ["hi"]
+    fetch("hi", top=1, bottom=2)
+    fetch("hi", bottom=2, top=1)
+    assert calls == ["hi", "hi"]
+    assert (fetch.stats.hits, fetch.stats.misses) == (4, 2)
+
+
+def test_stable_spelling_of_common_types() -> None:
+    @dataclasses.dataclass
+    class Query:
+        text: str
+
+    seen = []
+
+    @DistributedCacheDecorator()
+    def run(query: Query, tags: set, blob: bytes, pair: tuple) -> int:
+        seen.append(1)
+        return len(seen)
+
+    assert run(Query("a"), {"x", "y"}, b"\x00", (1, 2)) == run(Query("a"), {"y", "x"}, b"\x00", (1, 2)) == 1
+
+    class Opaque:
+        pass
+
+    @DistributedCacheDecorator()
+    def opaque(thing: Opaque) -> int:
+        seen.append(1)
+        return 0
+
+    opaque(Opaque())
+    opaque(Opaque())
+    assert opaque.stats.unhashable == 2  # ran both times, never served a wrong value
+
+
+def test_threads_compute_once() -> None:
+    computed = []
+
+    @DistributedCacheDecorator(ttl=60)
+    def slow(x: int) -> int:
+        computed.append(x)
+        time.sleep(0.2)
+        return x * 2
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(slow(21))) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [42] * 32 and computed == [21]
+    assert slow.stats.coalesced == 31
+
+
+async def test_async_methods_coalesce_and_invalidate() -> None:
+    class Client:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        @DistributedCacheDecorator(ttl=60)
+        async def ask(self, prompt: str) -> list:
+            self.calls += 1
+            await asyncio.sleep(0.05)
+            return [prompt, self.calls]
+
+    client = Client()
+    answers = await asyncio.gather(*(client.ask("q") for _ in range(10)))
+    assert answers == [["q", 1]] * 10 and client.calls == 1
+    await client.ask.invalidate("q")
+    assert await client.ask("q") == ["q", 2]
+    await client.ask.cache_clear()
+    assert await client.ask(prompt="q") == ["q", 3]
+
+
+def test_exceptions_are_not_cached() -> None:
+    attempts = []
+
+    @DistributedCacheDecorator()
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("first time")
+        return "ok"
+
+    with pytest.raises(RuntimeError):
+        flaky()
+    assert flaky() == "ok" and flaky() == "ok" and len(attempts) == 2
+
+
+def test_ttl_expires_and_cache_clear() -> None:
+    backend = MemoryBackend()
+    count = []
+
+    @DistributedCacheDecorator(ttl=0.1, cache_backend=backend)
+    def value(x: int) -> int:
+        count.append(x)
+        return x
+
+    value(1), value(1)
+    time.sleep(0.15)
+    value(1)
+    assert len(count) == 2
+    value.cache_clear()
+    value(1)
+    assert len(count) == 3
+
+
+def test_dead_redis_fails_open_quickly() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    count = []
+
+    @DistributedCacheDecorator(ttl=60, cache_backend="redis", redis_url=url)
+    def work(x: int) -> int:
+        count.append(x)
+        return x + 1
+
+    started = time.perf_counter()
+    assert [work(1) for _ in range(20)] == [2] * 20
+    assert time.perf_counter() - started < 2
+    assert len(count) == 20
+
+
+def test_redis_backend_instance_and_pluggable_serializer(redis) -> None:
+    import pickle
+
+    class Pickle:
+        dumps = staticmethod(pickle.dumps)
+        loads = staticmethod(pickle.loads)
+
+    backend = SyncRedisBackend.from_config(CacheConfig(backend="redis", redis_url=redis.url))
+    count = []
+
+    @DistributedCacheDecorator(cache_backend=backend, serializer=Pickle())
+    def make(x: int) -> tuple:
+        count.append(x)
+        return (x, frozenset({x}))
+
+    assert make(3) == make(3) == (3, frozenset({3}))
+    assert len(count) == 1
+
+
+def test_rejects_unknown_backends() -> None:
+    with pytest.raises(ValueError):
+        DistributedCacheDecorator(cache_backend="memcached")
+    with pytest.raises(ValueError):
+        DistributedCacheDecorator(ttl=0)

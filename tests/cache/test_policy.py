@@ -1,0 +1,193 @@
+"""What is cached, for whom, and for how long: policy, Cache-Control, tenants, byte bound."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from proxy.cache.entry import Entry
+from proxy.cache.keys import request_key, tenant
+from proxy.cache.memory import MemoryBackend
+from proxy.server import PIPELINE
+from tests.servers import Sidecar
+
+
+def _post(sidecar: Sidecar, content: str = "policy", headers: dict | None = None, **body) -> httpx.Response:
+    payload = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], **body}
+    return httpx.post(sidecar.openai_base + "/chat/completions", json=payload, headers=headers or {}, timeout=10)
+
+
+def test_key_ignores_order_whitespace_and_non_answer_fields() -> None:
+    a = {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 0}
+    b = {"temperature": 0.0, "stream": True, "user": "u1", "metadata": {"a": 1}, "stream_options": {},
+         "messages": [{"content": "x", "role": "user"}], "model": "m"}
+    assert request_key("t", "s", a) == request_key("t", "s", b)
+    assert request_key("t", "s", a) != request_key("t", "s", {**a, "temperature": 0.5})
+    assert request_key("t", "s", a) != request_key("t", "s", {**a, "tools": [{"type": "function"}]})
+    assert request_key("t", "s", a) != request_key("t2", "s", a)
+
+
+def test_tenant_hashes_the_credential() -> None:
+    secret = "sk-live-very-secret-0123456789"
+    name = tenant("ns", secret, per_credential=True)
+    assert secret not in name and "very-secret" not in name
+    assert name != tenant("ns", "sk-other", per_credential=True)
+    assert tenant("ns", secret, per_credential=False) == "ns"
+
+
+def test_deterministic_policy_caches_only_temperature_zero_or_seed(cached_sidecar, mock_provider) -> None:
+    sidecar = cached_sidecar(mode="deterministic")
+    assert _post(sidecar).headers["x-llm-sidecar-cache"] == "bypass"
+    assert _post(sidecar).headers["x-llm-sidecar-cache"] == "bypass"
+    assert _post(sidecar, temperature=0).headers["x-llm-sidecar-cache"] == "miss"
+    assert _post(sidecar, temperature=0).headers["x-llm-sidecar-cache"] == "hit"
+    assert _post(sidecar, seed=7, temperature=1).headers["x-llm-sidecar-cache"] == "miss"
+    assert mock_provider.calls() == 4
+
+
+def test_policy_off(cached_sidecar, mock_provider) -> None:
+    sidecar = cached_sidecar(mode="off")
+    for _ in range(2):
+        assert _post(sidecar).headers["x-llm-sidecar-cache"] == "bypass"
+    assert mock_provider.calls() == 2
+
+
+def test_no_cache_skips_lookup_but_stores(cached_sidecar, mock_provider) -> None:
+    sidecar = cached_sidecar()
+    first = _post(sidecar)
+    fresh = _post(sidecar, headers={"Cache-Control": "no-cache"})
+    assert fresh.headers["x-llm-sidecar-cache"] == "bypass"
+    assert mock_provider.calls() == 2
+    hit = _post(sidecar)
+    assert hit.headers["x-llm-sidecar-cache"] == "hit"
+    assert hit.json()["id"] == fresh.json()["id"] != first.json()["id"]  # the no-cache answer replaced it
+
+
+def test_no_store_is_not_stored(cached_sidecar, mock_provider) -> None:
+    sidecar = cached_sidecar()
+    assert _post(sidecar, headers={"Cache-Control": "no-store"}).headers["x-llm-sidecar-cache"] == "miss"
+    time.sleep(0.05)
+    assert _post(sidecar).headers["x-llm-sidecar-cache"] == "miss"
+    assert mock_provider.calls() == 2
+
+
+def test_max_age_and_age_header(cached_sidecar, mock_provider) -> None:
+    sidecar = cached_sidecar()
+    _post(sidecar)
+    time.sleep(1.1)
+    hit = _post(sidecar, headers={"Cache-Control": "max-age=60"})
+    assert hit.headers["x-llm-sidecar-cache"] == "hit" and int(hit.headers["Age"]) >= 1
+    assert _post(sidecar, headers={"Cache-Control": "max-age=0"}).headers["x-llm-sidecar-cache"] == "miss"
+    assert mock_provider.calls() == 2
+
+
+def test_ttl_policy_and_ttl_header(cached_sidecar, mock_provider) -> None:
+    sidecar = cached_sidecar(ttl=0.5)
+    _post(sidecar, "short")
+    _post(sidecar, "long", headers={"x-llm-sidecar-cache-ttl": "60"})
+    time.sleep(0.7)
+    assert _post(sidecar, "short").headers["x-llm-sidecar-cache"] == "miss"
+    assert _post(sidecar, "long").headers["x-llm-sidecar-cache"] == "hit"
+    assert mock_provider.calls() == 3
+
+
+def test_tenants_never_share_an_entry(cached_sidecar, mock_provider) -> None:
+    sidecar = cached_sidecar(pass_through=True)
+
+    def ask(key: str) -> str:
+        return _post(sidecar, headers={"Authorization": f"Bearer {key}"}).headers["x-llm-sidecar-cache"]
+
+    assert [ask("sk-tenant-a"), ask("sk-tenant-b"), ask("sk-tenant-a"), ask("sk-tenant-b")] == \
+        ["miss", "miss", "hit", "hit"]
+    assert mock_provider.calls() == 2
+
+
+def test_only_complete_2xx_answers_are_stored(cached_sidecar, mock_provider) -> None:
+    sidecar = cached_sidecar()
+    assert _post(sidecar, headers={"x-mock-status": "400"}).status_code == 400
+    assert _post(sidecar).headers["x-llm-sidecar-cache"] == "miss"
+    cut = {"stream": True}
+    with httpx.stream("POST", sidecar.openai_base + "/chat/completions", timeout=10, headers={"x-mock-cut-after": "3"},
+                      json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "cut"}], **cut}) as r:
+        r.read()
+    time.sleep(0.05)
+    assert _post(sidecar, "cut", stream=True).headers["x-llm-sidecar-cache"] == "miss"
+
+
+def test_entries_larger_than_the_policy_limit_are_not_stored(cached_sidecar, mock_provider) -> None:
+    sidecar = cached_sidecar(max_entry_bytes=200)
+    _post(sidecar)
+    time.sleep(0.05)
+    assert _post(sidecar).headers["x-llm-sidecar-cache"] == "miss"
+
+
+def test_stale_if_error_serves_an_expired_entry(cached_sidecar, mock_provider) -> None:
+    sidecar = cached_sidecar(ttl=0.3, stale_if_error=60)
+    first = _post(sidecar)
+    time.sleep(0.5)
+    mock_provider.set_behaviour("mock-gpt", status=503)
+    stale = _post(sidecar)
+    assert stale.status_code == 200 and stale.headers["x-llm-sidecar-cache"] == "stale"
+    assert stale.json() == first.json()
+    # Without the window the error goes through.
+    other = cached_sidecar(ttl=0.3)
+    mock_provider.set_behaviour("mock-gpt", status=0)
+    _post(other, "no window")
+    time.sleep(0.5)
+    mock_provider.set_behaviour("mock-gpt", status=503)
+    assert _post(other, "no window").status_code == 503
+
+
+def test_memory_bound_counts_compressed_bytes_and_evicts_lru() -> None:
+    backend = MemoryBackend(max_bytes=20_000)
+    body = b'{"text": "' + b"compressible " * 2000 + b'"}'  # ~26 kB raw, far less compressed
+    entry = Entry(200, "application/json", body, False, time.time(), 60)
+    value = entry.encode(compress_threshold=1024)
+    assert len(value) < len(body) // 10
+    for index in range(200):
+        backend.set_now(f"k{index}", value, 60)
+        backend.get_now("k0")  # k0 stays recently used
+    assert backend.bytes <= 20_000
+    assert backend.get_now("k0") is not None and backend.get_now("k1") is None
+    assert backend.evictions > 0
+    assert Entry.decode(backend.get_now("k199")).body == body
+
+
+def test_memory_entries_expire() -> None:
+    backend = MemoryBackend()
+    backend.set_now("k", b"r1", 0.05)
+    assert backend.get_now("k") == b"r1"
+    time.sleep(0.08)
+    assert backend.get_now("k") is None and backend.bytes == 0
+
+
+def test_eviction_through_the_proxy(cached_sidecar, mock_provider) -> None:
+    sidecar = cached_sidecar(cache={"backend": "memory", "max_bytes": 2000})  # room for about 3 answers
+    for index in range(10):
+        _post(sidecar, f"question {index}")
+    time.sleep(0.05)
+    assert _post(sidecar, "question 9").headers["x-llm-sidecar-cache"] == "hit"
+    assert _post(sidecar, "question 0").headers["x-llm-sidecar-cache"] == "miss"
+    cache = sidecar.servers.app[PIPELINE].cache
+    snapshot = cache.snapshot()
+    assert snapshot["bytes"] <= 2000 and snapshot["hits"] >= 1 and snapshot["output_tokens_saved"] > 0
+
+
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+def test_no_secret_in_keys_or_values(cached_sidecar, mock_provider, dialect) -> None:
+    sidecar = cached_sidecar(pass_through=True)
+    secret = "sk-secret-tenant-key-9876543210"
+    if dialect == "openai":
+        httpx.post(sidecar.openai_base + "/chat/completions", headers={"Authorization": f"Bearer {secret}"},
+                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "s"}]})
+    else:
+        httpx.post(sidecar.anthropic_base + "/v1/messages", headers={"x-api-key": secret},
+                   json={"model": "claude-sonnet", "max_tokens": 5, "messages": [{"role": "user", "content": "s"}]})
+    time.sleep(0.05)
+    backend = sidecar.servers.app[PIPELINE].cache.backend
+    items = list(backend._items.items())
+    assert items
+    for key, (value, _) in items:
+        assert secret not in key and secret.encode() not in value

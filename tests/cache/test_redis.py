@@ -1,0 +1,201 @@
+"""The Redis backend against real servers: single, Cluster, failures, several sidecar processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import yaml
+
+from proxy.server import PIPELINE
+from tests.cache.conftest import cache_config, redis_cache
+from tests.servers import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _post(base: str, content: str = "redis", headers: dict | None = None, **body) -> httpx.Response:
+    payload = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], **body}
+    return httpx.post(base + "/chat/completions", json=payload, headers=headers or {}, timeout=10)
+
+
+def test_two_sidecars_share_entries_through_redis(cached_sidecar, mock_provider, redis) -> None:
+    one, two = cached_sidecar(cache=redis_cache(redis.url)), cached_sidecar(cache=redis_cache(redis.url))
+    first = _post(one.openai_base)
+    assert first.headers["x-llm-sidecar-cache"] == "miss"
+    time.sleep(0.1)
+    hit = _post(two.openai_base)
+    assert hit.headers["x-llm-sidecar-cache"] == "hit" and hit.json() == first.json()
+    # A streamed call on the other sidecar is served from the same JSON entry.
+    with httpx.stream("POST", one.openai_base + "/chat/completions", timeout=10,
+                      json={"model": "gpt-4o-mini", "stream": True,
+                            "messages": [{"role": "user", "content": "redis"}]}) as response:
+        assert response.headers["x-llm-sidecar-cache"] == "hit"
+        assert response.read().endswith(b"data: [DONE]\n\n")
+    assert mock_provider.calls() == 1
+
+
+def test_tenants_are_isolated_in_redis(cached_sidecar, mock_provider, redis) -> None:
+    sidecar = cached_sidecar(cache=redis_cache(redis.url), pass_through=True)
+    statuses = []
+    for key in ("sk-a", "sk-b", "sk-a", "sk-b"):
+        statuses.append(_post(sidecar.openai_base, headers={"Authorization": f"Bearer {key}"})
+                        .headers["x-llm-sidecar-cache"])
+        time.sleep(0.05)
+    assert statuses == ["miss", "miss", "hit", "hit"]
+    keys = subprocess.run(["redis-cli", "-p", str(redis.port), "--scan"], capture_output=True, text=True).stdout
+    assert "sk-a" not in keys and "sk-b" not in keys and len(keys.split()) == 2
+
+
+def test_streaming_hit_from_redis_matches_frame_by_frame(cached_sidecar, mock_provider, redis) -> None:
+    sidecar = cached_sidecar(cache=redis_cache(redis.url, compress_threshold=256))
+    body = {"model": "claude-sonnet", "max_tokens": 100, "stream": True,
+            "messages": [{"role": "user", "content": "frames from redis"}]}
+
+    def frames() -> list[bytes]:
+        with httpx.stream("POST", sidecar.anthropic_base + "/v1/messages", json=body, timeout=10) as response:
+            return [f for f in response.read().split(b"\n\n") if f]
+
+    original = frames()
+    time.sleep(0.1)
+    assert frames() == original
+    assert mock_provider.calls() == 1
+
+
+def test_redis_cluster(cached_sidecar, mock_provider, redis_cluster) -> None:
+    sidecar = cached_sidecar(cache=redis_cache(redis_cluster.url, redis_mode="cluster"))
+    for index in range(12):
+        assert _post(sidecar.openai_base, f"cluster {index}").headers["x-llm-sidecar-cache"] == "miss"
+    time.sleep(0.2)
+    for index in range(12):
+        assert _post(sidecar.openai_base, f"cluster {index}").headers["x-llm-sidecar-cache"] == "hit"
+    assert mock_provider.calls() == 12
+    per_node = redis_cluster.keys_per_node()
+    assert sum(per_node) >= 12 and sum(1 for n in per_node if n) >= 2  # spread over the masters
+
+
+def test_redis_killed_mid_load_and_restarted(cached_sidecar, mock_provider) -> None:
+    server = RedisServer()
+    try:
+        sidecar = cached_sidecar(cache=redis_cache(server.url))
+        failures: list[str] = []
+        statuses: list[str] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            with httpx.Client(timeout=10) as client:
+                index = 0
+                while not stop.is_set():
+                    index += 1
+                    response = client.post(sidecar.openai_base + "/chat/completions", json={
+                        "model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{index % 5}"}]})
+                    if response.status_code != 200:
+                        failures.append(response.text)
+                    statuses.append(response.headers.get("x-llm-sidecar-cache", "?"))
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        server.kill()
+        time.sleep(1.0)
+        during = len(statuses)
+        server.start()
+        time.sleep(1.5)  # breaker cooldown 0.3 s: the background probe closes the circuit
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        assert not failures
+        assert len(statuses) > during > 10
+        # The cache came back: the restarted (empty) Redis is filled again and answers hits.
+        assert statuses[-20:].count("hit") >= 10, statuses[-20:]
+        snapshot = sidecar.servers.app[PIPELINE].cache.snapshot()
+        assert snapshot["errors"] > 0 and snapshot["available"]
+    finally:
+        server.kill()
+
+
+def test_dead_redis_at_start_fails_open_fast(cached_sidecar, mock_provider) -> None:
+    sidecar = cached_sidecar(cache=redis_cache(f"redis://127.0.0.1:{free_port()}/0"))
+    started = time.perf_counter()
+    for _ in range(10):
+        assert _post(sidecar.openai_base).status_code == 200
+    assert time.perf_counter() - started < 3
+    assert mock_provider.calls() == 10
+
+
+def _serve(config: dict, directory: Path) -> tuple[subprocess.Popen, str]:
+    port, admin = free_port(), free_port()
+    config = {**config, "server": {**config["server"], "port": port, "admin_port": admin}}
+    path = directory / f"sidecar-{port}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(path)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def _wait_up(url: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "sidecar exited"
+        try:
+            httpx.get(url + "/v1/models", timeout=0.5)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError("sidecar did not start")
+
+
+async def test_three_sidecar_processes_make_one_upstream_call(mock_provider, redis, tmp_path) -> None:
+    mock_provider.set_behaviour("mock-gpt", latency_ms=500)
+    config = cache_config(mock_provider.url, redis_cache(redis.url))
+    started = [_serve(config, tmp_path) for _ in range(3)]
+    try:
+        for process, url in started:
+            _wait_up(url, process)
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "fleet-wide burst"}]}
+        async with httpx.AsyncClient(timeout=30) as client:
+            responses = await asyncio.gather(*(
+                client.post(started[i % 3][1] + "/v1/chat/completions", json=body) for i in range(30)))
+        assert [r.status_code for r in responses] == [200] * 30
+        assert mock_provider.calls() == 1
+        assert len({r.content for r in responses}) == 1
+        statuses = sorted(r.headers["x-llm-sidecar-cache"] for r in responses)
+        assert statuses.count("miss") == 1 and statuses.count("coalesced") == 29
+    finally:
+        for process, _ in started:
+            process.terminate()
+        for process, _ in started:
+            process.wait(10)
+
+
+def test_decorator_served_from_redis_by_another_process(redis) -> None:
+    env = {**os.environ, "REDIS_URL": redis.url, "PYTHONPATH": str(ROOT)}
+    os.environ["REDIS_URL"] = redis.url
+    try:
+        sys.modules.pop("tests.cache.decorated", None)
+        from tests.cache.decorated import fetch_llm_response
+
+        first = fetch_llm_response("What is a sidecar?")
+        assert first["computed_by"] == os.getpid() and fetch_llm_response.stats.misses == 1
+        assert fetch_llm_response(prompt="What is a sidecar?", model="gpt-4") == first  # same binding, same key
+        assert fetch_llm_response.stats.hits == 1
+        other = subprocess.run([sys.executable, "-m", "tests.cache.decorated", "What is a sidecar?"], cwd=ROOT,
+                               env=env, capture_output=True, text=True, timeout=30, check=True)
+        result = orjson.loads(other.stdout)
+        assert result["value"] == first  # computed here, served from Redis there
+        assert result["stats"]["hits"] == 1 and result["stats"]["misses"] == 0
+        fetch_llm_response.invalidate("What is a sidecar?")
+        again = subprocess.run([sys.executable, "-m", "tests.cache.decorated", "What is a sidecar?"], cwd=ROOT,
+                               env=env, capture_output=True, text=True, timeout=30, check=True)
+        assert orjson.loads(again.stdout)["value"]["computed_by"] != os.getpid()
+    finally:
+        os.environ.pop("REDIS_URL", None)
