@@ -44,6 +44,8 @@ class CacheConfig(BaseModel):
                 raise ValueError("redis_sentinels: at least one host:port is needed with redis_mode: sentinel")
             if self.redis_mode != "sentinel" and not self.redis_url:
                 raise ValueError("redis_url: required with backend: redis")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url: must start with redis://, rediss:// or unix://")
         return self
 
 
