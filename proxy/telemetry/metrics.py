@@ -16,21 +16,15 @@ is counted as ``unknown`` / ``other``. Never a path, a prompt, a request id or a
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
+from dataclasses import dataclass
 from collections.abc import Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    GCCollector,
-    PlatformCollector,
-    ProcessCollector,
-    disable_created_metrics,
-)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from proxy.telemetry.config import TelemetryConfig
 
@@ -45,6 +39,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 
 SHORT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
                  10, 30)
 
+COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 OUTCOMES = frozenset({"cached", "coalesced", "upstream", "error"})
 CACHE_STATUSES = frozenset({"hit", "miss", "coalesced", "bypass", "stale", "off"})
 #: the timed steps of a call that ``observer.span`` reports
@@ -68,76 +63,165 @@ def _error_types() -> frozenset[str]:
     return frozenset(found)
 
 
+class _Value:
+    """A counter's or a gauge's value for one label tuple."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+
+class _Buckets:
+    """A histogram for one label tuple: per-bucket counts (not cumulative) and the sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # ``le`` is inclusive: the first bound >= value
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
 class _Family:
-    """A labelled metric with its children kept by label tuple: no lock, no validation per call."""
+    """A labelled counter, gauge or histogram kept as plain numbers per label tuple.
 
-    __slots__ = ("metric", "children")
+    prometheus_client's own metrics take a lock and validate labels on every update;
+    the sidecar updates them from one event loop and scrapes from the same loop, so
+    plain numbers do, and the work moves to scrape time (``export``).
+    """
 
-    def __init__(self, metric: Counter | Histogram | Gauge) -> None:
-        self.metric = metric
+    __slots__ = ("name", "doc", "labels", "kind", "bounds", "children")
+
+    def __init__(self, name: str, doc: str, labels: Iterable[str], kind: str,
+                 bounds: tuple[float, ...] = ()) -> None:
+        self.name, self.doc, self.labels, self.kind, self.bounds = name, doc, list(labels), kind, bounds
         self.children: dict[tuple[str, ...], Any] = {}
 
     def __call__(self, *values: str) -> Any:
         child = self.children.get(values)
         if child is None:
-            child = self.children[values] = self.metric.labels(*values)
+            child = self.children[values] = _Buckets(self.bounds) if self.kind == HISTOGRAM else _Value()
         return child
+
+    def export(self) -> Metric:
+        if self.kind == HISTOGRAM:
+            family: Metric = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+            names = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+            for values, child in list(self.children.items()):
+                running = 0
+                buckets = []
+                for name, count in zip(names, child.counts):
+                    running += count
+                    buckets.append((name, running))
+                family.add_metric(list(values), buckets, child.sum)  # type: ignore[attr-defined]
+            return family
+        cls = CounterMetricFamily if self.kind == COUNTER else GaugeMetricFamily
+        family = cls(self.name, self.doc, labels=self.labels)
+        for values, child in list(self.children.items()):
+            family.add_metric(list(values), child.value)  # type: ignore[attr-defined]
+        return family
+
+
+class _Instruments(Collector):
+    def __init__(self, families: list[_Family]) -> None:
+        self.families = families
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.families:
+            yield family.export()
+
+
+_MAX_BUNDLES = 10_000
+
+
+@dataclass(slots=True)
+class _Bundle:
+    group: str
+    calls: _Value
+    duration: _Buckets
+    overhead: _Buckets
+    ttfb: _Buckets
+    cache_calls: _Value
+    queue_wait: _Buckets
+    #: spent upstream, or saved (cached and coalesced outcomes)
+    input_tokens: _Value
+    output_tokens: _Value
+    cost: _Value
+    prices: tuple[float, float]
 
 
 class Metrics:
     """The per-call instruments; built once per app."""
 
     def __init__(self, config: TelemetryConfig, version: str = "") -> None:
-        # ``*_created`` series would double the exposition for a number no panel uses.
-        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         self.prices = {group: (p.input / 1e6, p.output / 1e6) for group, p in config.prices.items()}
         self.model_groups: Collection[str] = ()
         self.error_types = _error_types()
-        r = self.registry
+        self._bundles: dict[tuple[str, str, str, int, bool, str], _Bundle] = {}
+        families: list[_Family] = []
         p = PREFIX
 
-        def family(cls: type, name: str, doc: str, labels: Iterable[str], **kw: Any) -> _Family:
-            return _Family(cls(f"{p}_{name}", doc, list(labels), registry=r, **kw))
+        def family(kind: str, name: str, doc: str, labels: Iterable[str], buckets: tuple[float, ...] = ()) -> _Family:
+            created = _Family(f"{p}_{name}", doc, labels, kind, buckets)
+            families.append(created)
+            return created
 
-        self.calls = family(Counter, "calls", "Calls by their one outcome (cached, coalesced, upstream, error).",
+        self.calls = family(COUNTER, "calls", "Calls by their one outcome (cached, coalesced, upstream, error).",
                             ("dialect", "model_group", "outcome", "status_class"))
-        self.errors = family(Counter, "call_errors", "Calls that ended in an error, by error type.",
+        self.errors = family(COUNTER, "call_errors", "Calls that ended in an error, by error type.",
                              ("model_group", "error_type"))
-        self.duration = family(Histogram, "call_duration_seconds", "Call duration, request read to last byte.",
+        self.duration = family(HISTOGRAM, "call_duration_seconds", "Call duration, request read to last byte.",
                                ("model_group", "outcome"), buckets=LATENCY_BUCKETS)
-        self.ttfb = family(Histogram, "time_to_first_byte_seconds",
+        self.ttfb = family(HISTOGRAM, "time_to_first_byte_seconds",
                            "Time from the request to the answer's first byte sent back (a stream's first token).",
                            ("model_group", "stream"), buckets=LATENCY_BUCKETS)
-        self.overhead = family(Histogram, "overhead_seconds",
+        self.overhead = family(HISTOGRAM, "overhead_seconds",
                                "The sidecar's own time per call: duration minus time waiting on upstreams.",
                                ("outcome",), buckets=SHORT_BUCKETS)
-        self.attempts = family(Histogram, "upstream_attempt_duration_seconds",
+        self.attempts = family(HISTOGRAM, "upstream_attempt_duration_seconds",
                                "Upstream attempts by endpoint and status class (status_class none: no answer).",
                                ("model_group", "endpoint", "status_class"), buckets=LATENCY_BUCKETS)
-        self.queue_wait = family(Histogram, "queue_wait_seconds",
+        self.queue_wait = family(HISTOGRAM, "queue_wait_seconds",
                                  "Time a call waited for an endpoint's concurrency slot.",
                                  ("model_group",), buckets=SHORT_BUCKETS)
-        self.retries = family(Counter, "retries", "Retries of an upstream attempt.", ("model_group",))
-        self.fallbacks = family(Counter, "fallbacks", "Moves to the next endpoint after a failed attempt.",
+        self.retries = family(COUNTER, "retries", "Retries of an upstream attempt.", ("model_group",))
+        self.fallbacks = family(COUNTER, "fallbacks", "Moves to the next endpoint after a failed attempt.",
                                 ("model_group",))
-        self.cache_calls = family(Counter, "cache_calls", "Calls by cache status (hit, miss, coalesced, "
+        self.cache_calls = family(COUNTER, "cache_calls", "Calls by cache status (hit, miss, coalesced, "
                                   "bypass, stale, off).", ("model_group", "cache_status"))
-        self.tokens = family(Counter, "tokens", "Tokens spent upstream, read from the answers.",
+        self.tokens = family(COUNTER, "tokens", "Tokens spent upstream, read from the answers.",
                              ("model_group", "type"))
-        self.cost = family(Counter, "cost_usd", "Cost of the tokens spent upstream, from the configured prices.",
+        self.cost = family(COUNTER, "cost_usd", "Cost of the tokens spent upstream, from the configured prices.",
                            ("model_group",))
-        self.saved_tokens = family(Counter, "cache_saved_tokens", "Tokens answered from the cache or a "
+        self.saved_tokens = family(COUNTER, "cache_saved_tokens", "Tokens answered from the cache or a "
                                    "coalesced call instead of upstream.", ("model_group", "type"))
-        self.saved_cost = family(Counter, "cache_saved_cost_usd", "Cost saved by cache hits and coalescing, "
+        self.saved_cost = family(COUNTER, "cache_saved_cost_usd", "Cost saved by cache hits and coalescing, "
                                  "from the configured prices.", ("model_group",))
-        self.steps = family(Histogram, "step_duration_seconds",
+        self.steps = family(HISTOGRAM, "step_duration_seconds",
                             "Timed steps of a call: cache lookup, queue wait, upstream attempt …",
                             ("step",), buckets=SHORT_BUCKETS + (60, 120, 300, 600))
-        self.events = family(Counter, "call_events", "Moments of calls reported by the router and the cache "
+        self.events = family(COUNTER, "call_events", "Moments of calls reported by the router and the cache "
                              "(fallback, retry, cooldown …).", ("event",))
-        self.in_flight = Gauge(f"{p}_calls_in_flight", "Calls being handled now.", registry=r)
-        Gauge(f"{p}_build_info", "The running version (always 1).", ["version"], registry=r).labels(version).set(1)
+        self.in_flight = family(GAUGE, "calls_in_flight", "Calls being handled now.", ())()
+        family(GAUGE, "build_info", "The running version (always 1).", ("version",))(version).inc()
+        r = self.registry
+        r.register(_Instruments(families))
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
@@ -157,43 +241,62 @@ class Metrics:
         """A call starts."""
         self.in_flight.inc()
 
+    def _bundle(self, key: tuple[str, str, str, int, bool, str]) -> _Bundle:
+        """The children one kind of call updates, found once; labels are made bounded here."""
+        dialect, group, outcome, status, stream, cache_status = key
+        group = group if group in self.model_groups else "unknown"
+        outcome = outcome if outcome in OUTCOMES else "error"
+        cache_status = cache_status if cache_status in CACHE_STATUSES else "off"
+        saved = outcome in SAVED_OUTCOMES
+        if len(self._bundles) > _MAX_BUNDLES:  # only reachable if a step stored unbounded values
+            self._bundles.clear()
+        bundle = self._bundles[key] = _Bundle(
+            group,
+            self.calls(dialect, group, outcome, status_class(status)),
+            self.duration(group, outcome),
+            self.overhead(outcome),
+            self.ttfb(group, "true" if stream else "false"),
+            self.cache_calls(group, cache_status),
+            self.queue_wait(group),
+            (self.saved_tokens if saved else self.tokens)(group, "input"),
+            (self.saved_tokens if saved else self.tokens)(group, "output"),
+            (self.saved_cost if saved else self.cost)(group),
+            self.prices.get(group, (0.0, 0.0)),
+        )
+        return bundle
+
     def record(self, call: Call, now: float) -> None:
         """A call ended: everything it did, from its fields."""
         self.in_flight.dec()
-        group = call.model_group if call.model_group in self.model_groups else "unknown"
-        outcome = call.outcome if call.outcome in OUTCOMES else "error"
+        key = (call.dialect.name, call.model_group, call.outcome, call.status, call.stream, call.cache_status)
+        bundle = self._bundles.get(key) or self._bundle(key)
         latency = now - call.started
-        self.calls(call.dialect.name, group, outcome, status_class(call.status)).inc()
-        self.duration(group, outcome).observe(latency)
-        self.overhead(outcome).observe(max(latency - call.upstream_seconds, 0.0))
+        bundle.calls.inc()
+        bundle.duration.observe(latency)
+        bundle.overhead.observe(latency - call.upstream_seconds if latency > call.upstream_seconds else 0.0)
+        bundle.cache_calls.inc()
         if call.first_byte_at is not None:
-            self.ttfb(group, "true" if call.stream else "false").observe(call.first_byte_at - call.started)
+            bundle.ttfb.observe(call.first_byte_at - call.started)
+        if call.attempts:
+            bundle.queue_wait.observe(call.queue_wait)
+            group = bundle.group
+            for endpoint, status, seconds, _error in call.attempt_log:
+                self.attempts(group, endpoint, status_class(status)).observe(seconds)
+            if call.retries:
+                self.retries(group).inc(call.retries)
+            if call.fallbacks:
+                self.fallbacks(group).inc(call.fallbacks)
         if call.error_type is not None:
             error = call.error_type if call.error_type in self.error_types else "other"
-            self.errors(group, error).inc()
-        cache_status = call.cache_status if call.cache_status in CACHE_STATUSES else "off"
-        self.cache_calls(group, cache_status).inc()
-        for endpoint, status, seconds, _error in call.attempt_log:
-            self.attempts(group, endpoint, status_class(status)).observe(seconds)
-        if call.attempts:
-            self.queue_wait(group).observe(call.queue_wait)
-        if call.retries:
-            self.retries(group).inc(call.retries)
-        if call.fallbacks:
-            self.fallbacks(group).inc(call.fallbacks)
+            self.errors(bundle.group, error).inc()
         usage = call.usage
         if usage:
             spent_in = usage.get("input_tokens", 0)
             spent_out = usage.get("output_tokens", 0)
-            price_in, price_out = self.prices.get(group, (0.0, 0.0))
-            if outcome in SAVED_OUTCOMES:
-                self.saved_tokens(group, "input").inc(spent_in)
-                self.saved_tokens(group, "output").inc(spent_out)
-                self.saved_cost(group).inc(spent_in * price_in + spent_out * price_out)
-            else:
-                self.tokens(group, "input").inc(spent_in)
-                self.tokens(group, "output").inc(spent_out)
-                self.cost(group).inc(spent_in * price_in + spent_out * price_out)
+            bundle.input_tokens.inc(spent_in)
+            bundle.output_tokens.inc(spent_out)
+            price_in, price_out = bundle.prices
+            bundle.cost.inc(spent_in * price_in + spent_out * price_out)
 
     def step(self, name: str, seconds: float) -> None:
         self.steps(name if name in STEPS else "other").observe(seconds)
