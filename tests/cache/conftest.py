@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -37,13 +39,27 @@ def cached_sidecar(make_sidecar: Callable[..., Sidecar], mock_provider: MockProv
     return make
 
 
+def cluster_port() -> int:
+    """A free port whose cluster-bus port (port + 10000) is free too (ephemeral ports are too high)."""
+    for _ in range(200):
+        port = random.randint(20000, 30000)
+        try:
+            with socket.socket() as client_port, socket.socket() as bus_port:
+                client_port.bind(("127.0.0.1", port))
+                bus_port.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
 class RedisCluster:
     """Three masters (no replicas) on free loopback ports, slots assigned by ``redis-cli --cluster create``."""
 
     def __init__(self, size: int = 3) -> None:
         self.nodes: list[RedisServer] = []
         for _ in range(size):
-            port = free_port()
+            port = cluster_port()
             self.nodes.append(RedisServer(port, "--cluster-enabled", "yes", "--cluster-config-file",
                                           f"nodes-{port}.conf", "--cluster-node-timeout", "2000"))
         addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
