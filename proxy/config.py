@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from proxy.cache.config import CacheConfig, CachePolicy
+from proxy.rag.service import ContextInjection, RetrievalConfig
 from proxy.router.config import RouteConfig, RouterConfig
 from proxy.telemetry.config import TelemetryConfig
 
@@ -39,6 +40,8 @@ class ServerConfig(BaseModel):
 
 class ModelGroupConfig(RouteConfig):
     cache: CachePolicy = CachePolicy()
+    #: add passages retrieved from a corpus to each call as a system message
+    context: ContextInjection | None = None
 
 
 class Config(BaseModel):
@@ -49,10 +52,13 @@ class Config(BaseModel):
     router: RouterConfig = RouterConfig()
     cache: CacheConfig = CacheConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
 
     @model_validator(mode="after")
-    def _fallbacks_exist(self) -> Config:
+    def _references_exist(self) -> Config:
         for name, group in self.model_groups.items():
+            if group.context is not None and group.context.corpus not in self.retrieval.corpora:
+                raise ValueError(f"model_groups.{name}.context.corpus: unknown corpus {group.context.corpus!r}")
             for fallback in group.fallbacks:
                 if fallback not in self.model_groups:
                     raise ValueError(f"model_groups.{name}.fallbacks: unknown model group {fallback!r}")

@@ -20,6 +20,7 @@ from proxy.call import Call
 from proxy.config import Config
 from proxy.dialects import Dialect, Operation
 from proxy.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, ProxyError, UpstreamStatus
+from proxy.rag.service import CONTEXT_PASSAGES_HEADER, RETRIEVER, ContextInjection
 from proxy.relay import relay
 from proxy.router import Router
 from proxy.telemetry import Telemetry
@@ -75,6 +76,19 @@ class Pipeline:
         call.model_group = model
         call.stream = payload.get("stream") is True
         call.client_key = call.dialect.client_credential(request.headers)
+        context = self.config.model_groups[model].context
+        if context is not None:
+            await self.add_context(call, context)
+
+    @staticmethod
+    async def add_context(call: Call, settings: ContextInjection) -> None:
+        """Retrieve passages for the last user message and add them as a system message."""
+        retriever = call.request.app[RETRIEVER]
+        payload, added = await retriever.inject_context(call.payload, call.dialect.name, settings)
+        if added:
+            call.payload = payload
+            call.body = orjson.dumps(payload)
+        call.response_headers[CONTEXT_PASSAGES_HEADER] = str(added)
 
     @staticmethod
     def error_response(call: Call, error: ProxyError) -> web.Response:
