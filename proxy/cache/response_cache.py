@@ -154,6 +154,8 @@ class ResponseCache:
         call.outcome = outcome
         call.status = entry.status
         call.first_byte_at = time.perf_counter()
+        # The tokens this answer would have cost upstream: telemetry counts them as saved.
+        call.usage = {"input_tokens": entry.input_tokens, "output_tokens": entry.output_tokens}
         self.stats.input_tokens_saved += entry.input_tokens
         self.stats.output_tokens_saved += entry.output_tokens
         content_type = "text/event-stream" if call.stream else (
