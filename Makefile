@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-quick bench redis-server clean
+.PHONY: setup demo test test-quick bench redis-server test-tools clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +19,19 @@ setup: $(BIN)/.installed
 redis-server:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
 
+# Real tools the full suite checks against: Prometheus/promtool (dashboard queries, exposition),
+# buildah, podman and debootstrap (the image is built and run). Installed only when missing.
+TEST_TOOLS = redis-server:redis-server promtool:prometheus buildah:buildah podman:podman debootstrap:debootstrap
+test-tools:
+	@missing=""; for pair in $(TEST_TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; fi
+
 ## demo: the proxy on :8080 in front of the built-in mock provider (in-memory cache, no Redis)
 demo: setup
 	$(BIN)/llm-sidecar demo
 
-## test: the whole suite against real servers on loopback
-test: setup redis-server
+## test: the whole suite against real servers on loopback (installs redis-server, prometheus, buildah, podman)
+test: setup test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## test-quick: everything but the minute-long checks (image build and run)
