@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from proxy.cache.config import CacheConfig, CachePolicy
-from proxy.rag.service import ContextInjection, RetrievalConfig
+from proxy.rag.config import ContextInjection, RetrievalConfig
 from proxy.router.config import RouteConfig, RouterConfig
 from proxy.telemetry.config import TelemetryConfig
 

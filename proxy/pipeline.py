@@ -20,7 +20,7 @@ from proxy.call import Call
 from proxy.config import Config
 from proxy.dialects import Dialect, Operation
 from proxy.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, ProxyError, UpstreamStatus
-from proxy.rag.service import CONTEXT_PASSAGES_HEADER, RETRIEVER, ContextInjection
+from proxy.rag.config import ContextInjection
 from proxy.relay import relay
 from proxy.router import Router
 from proxy.telemetry import Telemetry
@@ -83,6 +83,8 @@ class Pipeline:
     @staticmethod
     async def add_context(call: Call, settings: ContextInjection) -> None:
         """Retrieve passages for the last user message and add them as a system message."""
+        from proxy.rag.service import CONTEXT_PASSAGES_HEADER, RETRIEVER  # loaded only where corpora are
+
         retriever = call.request.app[RETRIEVER]
         payload, added = await retriever.inject_context(call.payload, call.dialect.name, settings)
         if added:

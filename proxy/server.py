@@ -20,7 +20,6 @@ from proxy.config import Config
 from proxy.dialects import ANTHROPIC, OPENAI, Dialect
 from proxy.errors import NotFound
 from proxy.pipeline import Pipeline
-from proxy.rag.service import handle_retrieve, retriever_ctx
 from proxy.router import Router
 from proxy.router.health import HealthProber
 from proxy.telemetry import Telemetry
@@ -93,6 +92,9 @@ def build_app(config: Config) -> web.Application:
             app.router.add_post(dialect.prefix + path, _dialect_handler(dialect, path))
     app.router.add_get("/v1/models", list_models)
     if config.retrieval.corpora:
+        # Only a sidecar with corpora loads the retrieval machinery.
+        from proxy.rag.service import handle_retrieve, retriever_ctx
+
         app.cleanup_ctx.append(retriever_ctx(config.retrieval))
         app.router.add_post("/v1/retrieve", handle_retrieve)
     app.router.add_route("*", "/v1/{tail:.*}", partial(not_found, OPENAI))

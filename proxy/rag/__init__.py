@@ -13,12 +13,37 @@ Quick use::
         print(passage.doc_id, passage.score, passage.text)
 """
 
-from proxy.rag.bm25 import BM25Index, BM25Parameters
-from proxy.rag.chunking import Chunker, Documents, FixedSizeChunker, SentenceChunker
-from proxy.rag.errors import InvalidDocumentError, RetrievalInputError, UnknownCorpusError
-from proxy.rag.generator import AsyncRAGGenerator, Scorer
-from proxy.rag.passage import Chunk, DocumentId, Passage
-from proxy.rag.tokenizer import MixedTokenizer, Tokenizer
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Loaded on first use, so a sidecar that only reads ``proxy.rag.config`` loads nothing else.
+_EXPORTS = {
+    "BM25Index": "proxy.rag.bm25",
+    "BM25Parameters": "proxy.rag.bm25",
+    "Chunk": "proxy.rag.passage",
+    "Chunker": "proxy.rag.chunking",
+    "DocumentId": "proxy.rag.passage",
+    "Documents": "proxy.rag.chunking",
+    "FixedSizeChunker": "proxy.rag.chunking",
+    "InvalidDocumentError": "proxy.rag.errors",
+    "MixedTokenizer": "proxy.rag.tokenizer",
+    "Passage": "proxy.rag.passage",
+    "RetrievalInputError": "proxy.rag.errors",
+    "Scorer": "proxy.rag.generator",
+    "SentenceChunker": "proxy.rag.chunking",
+    "Tokenizer": "proxy.rag.tokenizer",
+    "UnknownCorpusError": "proxy.rag.errors",
+    "AsyncRAGGenerator": "proxy.rag.generator",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'proxy.rag' has no attribute {name!r}")
+
 
 __all__ = [
     "AsyncRAGGenerator",
