@@ -7,6 +7,7 @@ key; prompt text appears only with ``telemetry.log_prompts: true``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from typing import TYPE_CHECKING, Any
@@ -39,13 +40,53 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class LoopBufferedHandler(logging.StreamHandler):
+    """Writes the lines of one event-loop turn together: one ``write`` per turn, not per call.
+
+    A line waits at most until the loop's next turn; outside a running loop (start-up,
+    shutdown) it is written at once. ``flush()`` (called by ``logging.shutdown``)
+    writes whatever is pending.
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        self._pending.append(line)
+        if loop is None:
+            self.flush()
+        elif len(self._pending) == 1:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        text = "\n".join(self._pending) + "\n"
+        self._pending.clear()
+        with self.lock:  # type: ignore[union-attr]
+            self.stream.write(text)
+            self.stream.flush()
+
+
 def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LoopBufferedHandler(sys.stderr)
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger("llm_sidecar")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    # The JSON lines carry none of these; skipping them makes every record cheaper.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # aiohttp's own access log repeats ours without the fields that matter.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
