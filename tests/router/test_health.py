@@ -72,7 +72,8 @@ def test_active_probes_mark_a_dead_endpoint_without_calls(make_sidecar, mock_pro
         "solo": {"endpoints": [endpoint(dead, "later", model="mock-a")]},
     }, health={"enabled": True, "interval": 0.1, "timeout": 0.5, "unhealthy_after": 2}))
     deadline = time.monotonic() + 5
-    while endpoints(sidecar)["later"]["health"] != "unhealthy":
+    # Each group's endpoint has its own probe: wait for both to have found the port dead.
+    while any(endpoints(sidecar, group)["later"]["health"] != "unhealthy" for group in ("chat", "solo")):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     ready = httpx.get(sidecar.admin_url + "/readyz")
@@ -83,7 +84,7 @@ def test_active_probes_mark_a_dead_endpoint_without_calls(make_sidecar, mock_pro
     revived = MockProvider(server_loop, port)
     try:
         deadline = time.monotonic() + 5
-        while endpoints(sidecar)["later"]["health"] != "healthy":
+        while any(endpoints(sidecar, group)["later"]["health"] != "healthy" for group in ("chat", "solo")):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert httpx.get(sidecar.admin_url + "/readyz").status_code == 200
