@@ -23,22 +23,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.server import serve
     from proxy.telemetry.logs import setup_logging
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"llm-sidecar: {exc}", file=sys.stderr)
-        return 2
+    config = load_config(args.config)
     setup_logging(config.telemetry.log_level)
     _run(serve(config))
     return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"llm-sidecar: {exc}", file=sys.stderr)
-        return 2
+    config = load_config(args.config)
     groups = ", ".join(f"{name} ({len(g.endpoints)} endpoint(s))" for name, g in config.model_groups.items())
     print(f"{args.config}: ok: model groups {groups}; cache {config.cache.backend}")
     return 0
@@ -164,4 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except ConfigError as exc:  # a config that cannot be used: say why, exit 2, no traceback
+        print(f"llm-sidecar: {exc}", file=sys.stderr)
+        return 2
