@@ -15,8 +15,7 @@ One call flows through named steps (``pipeline.Pipeline.handle``):
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from proxy.lazy import lazy_exports
 
 # The library face: name -> module that defines it. Imported on first use, so the
 # sidecar process loads only what it runs.
@@ -29,8 +28,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'proxy' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

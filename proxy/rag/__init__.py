@@ -15,8 +15,7 @@ Quick use::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from proxy.lazy import lazy_exports
 
 # Loaded on first use, so a sidecar that only reads ``proxy.rag.config`` loads nothing else.
 _EXPORTS = {
@@ -38,11 +37,7 @@ _EXPORTS = {
     "AsyncRAGGenerator": "proxy.rag.generator",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'proxy.rag' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [

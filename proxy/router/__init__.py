@@ -13,8 +13,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from proxy.lazy import lazy_exports
 
 # Loaded on first use: ``proxy.upstream`` and ``proxy.auth`` import ``router.config``,
 # and an eager import here would run back into them half-initialised.
@@ -28,8 +27,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'proxy.router' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
