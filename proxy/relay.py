@@ -30,20 +30,31 @@ async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> w
         return web.Response(status=upstream.status, body=upstream.body, headers=headers)
 
     response = web.StreamResponse(status=upstream.status, headers=headers)
+    if upstream.first_in_hand:
+        # Nothing waits between prepare() and the first write, so the status line and the
+        # headers go out with the first chunk in one send, not two (aiohttp's ``Response``
+        # buffers its headers the same way; older aiohttp ignores the attribute).
+        response._send_headers_immediately = False
     await response.prepare(call.request)
     usage = UsageTee(call.usage)
+    # The last chunk, held back only when the upstream's end is already read: it goes out
+    # in one write with the end marker (a short stream is then a single send, headers included).
+    tail = b""
     try:
         async for chunk in upstream.chunks():
             if call.first_byte_at is None:
                 call.first_byte_at = time.perf_counter()
-            await response.write(chunk)
+            if upstream.complete:
+                tail = chunk
+            else:
+                await response.write(chunk)
             recorder.feed(chunk)
             usage.feed(chunk)
     except UpstreamError as error:
         call.error_type = error.type
         recorder.abort()
-        await response.write(call.dialect.stream_error_frame(error))
+        tail += call.dialect.stream_error_frame(error)
     else:
         recorder.finish(upstream.status, headers)
-    await response.write_eof()
+    await response.write_eof(tail)
     return response

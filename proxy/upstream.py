@@ -110,6 +110,16 @@ class UpstreamResponse:
                 return
             yield chunk
 
+    @property
+    def first_in_hand(self) -> bool:
+        """The stream's first chunk is already read: ``chunks()`` yields it without waiting."""
+        return bool(self._first)
+
+    @property
+    def complete(self) -> bool:
+        """The whole answer is read: the chunk just yielded was the last."""
+        return self._response.content.at_eof()
+
     def close(self) -> None:
         self._response.close()
 

@@ -41,5 +41,11 @@ class TranslatedResponse:
         if tail := self._stream.finish():
             yield tail
 
+    # The translator may hold the first bytes until a frame is whole, and add closing
+    # frames after the last chunk: the relay must neither wait for a first chunk with the
+    # headers nor treat a chunk as the last.
+    first_in_hand = False
+    complete = False
+
     def close(self) -> None:
         self._inner.close()
