@@ -32,8 +32,9 @@ def pack(data: bytes, threshold: int) -> bytes:
     return ZLIB + zlib.compress(data, 6)
 
 
-def unpack(value: bytes) -> bytes:
-    kind, data = value[:1], value[1:]
+def unpack(value: bytes) -> bytes | memoryview:
+    """The packed data; a view into ``value`` when it was stored raw (no copy)."""
+    kind, data = value[:1], memoryview(value)[1:]
     try:
         if kind == RAW:
             return data

@@ -231,7 +231,7 @@ class _Cached:
         if value is None:
             return False, None
         try:
-            return True, self.owner.serializer.loads(unpack(value))
+            return True, self.owner.serializer.loads(bytes(unpack(value)))
         except (CorruptValue, ValueError, TypeError):
             self.count("errors")
             return False, None

@@ -59,4 +59,4 @@ class Entry:
             status, content_type, stream, created, ttl, tin, tout, has_usage = orjson.loads(data[4:4 + length])
         except (struct.error, orjson.JSONDecodeError, ValueError, TypeError) as exc:
             raise CorruptValue(f"bad entry header: {exc}") from None
-        return cls(status, content_type, data[4 + length:], stream, created, ttl, tin, tout, has_usage)
+        return cls(status, content_type, bytes(data[4 + length:]), stream, created, ttl, tin, tout, has_usage)
