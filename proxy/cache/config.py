@@ -27,6 +27,11 @@ class CacheConfig(BaseModel):
     max_bytes: int = Field(64 * 1024 * 1024, ge=0)
     #: entries larger than this are compressed (zstd)
     compress_threshold: int = Field(4096, ge=0)
+    #: Redis backend: seconds an entry read from or written to Redis is also kept in this process
+    #: (never past the entry's own expiry), so repeated hits skip the round trip; 0 turns the tier off
+    local_ttl: float = Field(5.0, ge=0)
+    #: bound of that in-process tier, counted like ``max_bytes``
+    local_max_bytes: int = Field(16 * 1024 * 1024, ge=0)
     #: seconds one cache operation may take before it counts as a miss (fail open)
     operation_timeout: float = Field(0.1, gt=0)
     #: consecutive Redis failures that open the circuit, and seconds before it is probed again

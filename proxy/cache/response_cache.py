@@ -18,6 +18,15 @@ The pipeline calls, in order (each may be the last):
 Every call passes through at most one of: hit, coalesced, miss (+ store) or
 bypass; ``call.cache_status`` and ``call.outcome`` say which, ``stats`` counts it.
 The cache fails open: a backend that fails answers "miss" (see ``cache/redis.py``).
+
+With Redis, a small in-process tier (a ``MemoryBackend`` bounded by
+``local_max_bytes``) sits in front of it: entries read from or written to Redis
+are kept here for ``local_ttl`` seconds, never past their own expiry, so a key
+that is hit again and again costs no round trip. Keys hash everything that
+changes an answer, so a local copy can only lag Redis in two ways, both bounded
+by ``local_ttl``: an entry another pod refreshed (``no-cache``) or deleted. A
+local copy that is too old for the call (``max-age``) sends the lookup on to
+Redis, which may hold a younger one.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from proxy.cache.config import CacheConfig, CachePolicy
 from proxy.cache.directives import STATUS_HEADER, Directives, parse_directives
 from proxy.cache.entry import Entry
 from proxy.cache.keys import is_deterministic, request_key, tenant
+from proxy.cache.memory import MemoryBackend
 from proxy.cache.recorder import NULL_RECORDER, EntryRecorder, Recorder
 from proxy.cache.replay import Form, form_of, wants_usage
 from proxy.cache.stats import CacheStats
@@ -79,6 +89,10 @@ class ResponseCache:
         self.backend = backend
         self.stats = CacheStats()
         self.flights: dict[str, Flight] = {}
+        #: the in-process tier in front of a shared backend (Redis), or None
+        self.local: MemoryBackend | None = None
+        if backend.distributed and config.local_ttl > 0 and config.local_max_bytes > 0:
+            self.local = MemoryBackend(config.local_max_bytes)
         # Strong references to background store tasks, so none is collected mid-way.
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -108,8 +122,20 @@ class ResponseCache:
             return None
         call.cache_ticket = ticket
         started = time.perf_counter()
+        now = time.time()
         with call.observer.span("cache.lookup"):
-            entry = self._decode(await self.backend.get(ticket.key))
+            entry = self._local_entry(ticket, now)
+            if entry is not None:
+                body = self.render(entry, ticket, call.stream)
+                if body is not None:
+                    self.stats.lookups += 1
+                    self.stats.local_hits += 1
+                    self.stats.lookup_seconds += time.perf_counter() - started
+                    return self.answer(call, entry, body, "hit", "cached")
+            value = await self.backend.get(ticket.key)
+            entry = self._decode(value)
+            if entry is not None and self.local is not None:
+                self._keep_local(ticket.key, value, entry)  # type: ignore[arg-type]
         self.stats.lookups += 1
         self.stats.lookup_seconds += time.perf_counter() - started
         if entry is not None:
@@ -123,6 +149,21 @@ class ResponseCache:
         call.cache_status = "miss"
         call.response_headers[STATUS_HEADER] = "miss"
         return None
+
+    def _local_entry(self, ticket: Ticket, now: float) -> Entry | None:
+        """A fresh entry of the in-process tier; ``None`` sends the lookup on to the backend."""
+        if self.local is None:
+            return None
+        entry = self._decode(self.local.get_now(ticket.key))
+        if entry is None or not entry.fresh(now, ticket.directives.max_age):
+            return None  # expired, or too old for this call: Redis may hold a younger one
+        return entry
+
+    def _keep_local(self, key: str, value: bytes, entry: Entry) -> None:
+        """Keep a copy for ``local_ttl`` seconds, never past the entry's own expiry."""
+        ttl = min(self.config.local_ttl, entry.created + entry.ttl - time.time())
+        if ttl > 0:
+            self.local.set_now(key, value, ttl)  # type: ignore[union-attr]
 
     def _decode(self, value: bytes | None) -> Entry | None:
         if value is None:
@@ -309,7 +350,10 @@ class ResponseCache:
             if parsed is not None:
                 entry.input_tokens, entry.output_tokens = ticket.form.usage(parsed)
             window = ticket.policy.stale_if_error
-            await self.backend.set(ticket.key, entry.encode(self.config.compress_threshold), entry.ttl + window)
+            value = entry.encode(self.config.compress_threshold)
+            if self.local is not None:
+                self._keep_local(ticket.key, value, entry)
+            await self.backend.set(ticket.key, value, entry.ttl + window)
             self.stats.stores += 1
         finally:
             self._land(ticket)
@@ -359,8 +403,10 @@ class ResponseCache:
         """Counters for a metrics collector, read at scrape time."""
         stats = {name: getattr(self.stats, name) for name in self.stats.__slots__}  # type: ignore[attr-defined]
         stats["errors"] = getattr(self.backend, "errors", 0) + self.stats.corrupt
-        stats["entries"] = getattr(self.backend, "entries", None)
-        stats["bytes"] = getattr(self.backend, "bytes", None)
+        # The memory backend's size; with Redis, the in-process tier's (Redis's own is Redis's to tell).
+        sized = self.local if self.local is not None else self.backend
+        stats["entries"] = getattr(sized, "entries", None)
+        stats["bytes"] = getattr(sized, "bytes", None)
         stats["in_flight"] = len(self.flights)
         stats["available"] = getattr(self.backend, "available", True)
         return stats

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 @dataclass(slots=True)
 class CacheStats:
     hits: int = 0
+    #: the part of ``hits`` answered by the in-process tier in front of Redis (``local_ttl``)
+    local_hits: int = 0
     misses: int = 0
     #: calls answered by an identical call in flight (in this process or another pod)
     coalesced: int = 0

@@ -388,6 +388,8 @@ class LiveCollector(Collector):
                                   value=getattr(getattr(self.cache, "backend", None), "errors", 0))
         yield CounterMetricFamily(f"{p}_cache_lookups", "Cache lookups (backend reads).",
                                   value=stats.get("lookups", 0))
+        yield CounterMetricFamily(f"{p}_cache_local_hits", "Hits answered by the in-process tier in front of "
+                                  "Redis without a round trip (also counted as hit).", value=stats.get("local_hits", 0))
         yield CounterMetricFamily(f"{p}_cache_lookup_seconds", "Time spent in cache lookups, summed.",
                                   value=stats.get("lookup_seconds", 0.0))
         yield GaugeMetricFamily(f"{p}_cache_available", "1 while the backend is usable (Redis breaker closed).",

@@ -85,7 +85,8 @@ def test_redis_cluster(cached_sidecar, mock_provider, redis_cluster) -> None:
 def test_redis_killed_mid_load_and_restarted(cached_sidecar, mock_provider) -> None:
     server = RedisServer()
     try:
-        sidecar = cached_sidecar(cache=redis_cache(server.url))
+        # The in-process tier off: every lookup goes to Redis (test_local_tier.py covers it with Redis dead).
+        sidecar = cached_sidecar(cache=redis_cache(server.url, local_ttl=0))
         failures: list[str] = []
         statuses: list[str] = []
         stop = threading.Event()
@@ -124,7 +125,7 @@ def test_redis_killed_mid_load_and_restarted(cached_sidecar, mock_provider) -> N
 
 
 def test_dead_redis_at_start_fails_open_fast(cached_sidecar, mock_provider) -> None:
-    sidecar = cached_sidecar(cache=redis_cache(f"redis://127.0.0.1:{free_port()}/0"))
+    sidecar = cached_sidecar(cache=redis_cache(f"redis://127.0.0.1:{free_port()}/0", local_ttl=0))
     started = time.perf_counter()
     for _ in range(10):
         assert _post(sidecar.openai_base).status_code == 200
@@ -199,3 +200,37 @@ def test_decorator_served_from_redis_by_another_process(redis) -> None:
         assert orjson.loads(again.stdout)["value"]["computed_by"] != os.getpid()
     finally:
         os.environ.pop("REDIS_URL", None)
+
+
+async def test_pipelined_lookups_with_password_and_db() -> None:
+    from proxy.cache.redis import PipelinedGets, RedisBackend
+
+    server = RedisServer()
+
+    def require_password() -> None:  # after start: the fixture's readiness check pings without one
+        subprocess.run(["redis-cli", "-p", str(server.port), "config", "set", "requirepass", "s3cret"],
+                       check=True, capture_output=True, timeout=5)
+
+    require_password()
+    try:
+        backend = RedisBackend.from_url(f"redis://:s3cret@127.0.0.1:{server.port}/2")
+        assert isinstance(backend.gets, PipelinedGets)
+        await backend.set("k", b"value", 60)
+        values = await asyncio.gather(*(backend.get(k) for k in ("k", "absent", "k")))
+        assert values == [b"value", None, b"value"] and backend.errors == 0
+        # db 2 it is: the default db does not have it.
+        other = RedisBackend.from_url(f"redis://:s3cret@127.0.0.1:{server.port}/0")
+        assert await other.get("k") is None and other.errors == 0
+        # A restarted server: the lost connection is a miss, the next lookup reconnects.
+        server.kill()
+        assert await backend.get("k") is None and backend.errors == 1
+        server.start()
+        require_password()
+        await backend.set("k", b"again", 60)
+        assert await backend.get("k") == b"again"
+        wrong = RedisBackend.from_url(f"redis://:wrong@127.0.0.1:{server.port}/0")
+        assert await wrong.get("k") is None and wrong.errors == 1  # fails open
+        for each in (backend, other, wrong):
+            await each.close()
+    finally:
+        server.kill()
