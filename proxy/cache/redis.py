@@ -147,6 +147,8 @@ class _Replies(asyncio.Protocol):
         self.reader = hiredis.Reader()
         self.waiters: deque[asyncio.Future[Any]] = deque()
         self.transport: asyncio.Transport | None = None
+        #: commands of this event-loop turn, written together at its end (one send for many lookups)
+        self.pending: list[bytes] = []
 
     @property
     def open(self) -> bool:
@@ -184,10 +186,18 @@ class _Replies(asyncio.Protocol):
     def send(self, command: bytes) -> asyncio.Future[Any]:
         if self.transport is None:
             raise ConnectionError("Redis connection closed")
-        waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(command)
+        loop = asyncio.get_running_loop()
+        if not self.pending:
+            loop.call_soon(self._flush)
+        self.pending.append(command)
+        waiter = loop.create_future()
         self.waiters.append(waiter)
         return waiter
+
+    def _flush(self) -> None:
+        commands, self.pending = self.pending, []
+        if self.transport is not None:  # else connection_lost has failed their waiters already
+            self.transport.write(b"".join(commands) if len(commands) > 1 else commands[0])
 
     def close(self) -> None:
         if self.transport is not None:
