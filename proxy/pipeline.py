@@ -10,13 +10,11 @@ Invariants:
 
 from __future__ import annotations
 
-import uuid
-
 import orjson
 from aiohttp import web
 
 from proxy.cache import Cache
-from proxy.call import Call
+from proxy.call import Call, new_request_id
 from proxy.config import Config
 from proxy.dialects import Dialect, Operation
 from proxy.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, ProxyError, UpstreamStatus
@@ -34,7 +32,7 @@ class Pipeline:
         self.telemetry = telemetry
 
     async def handle(self, request: web.Request, dialect: Dialect, operation: Operation) -> web.StreamResponse:
-        call = Call(request, dialect, operation, request.headers.get("x-request-id") or uuid.uuid4().hex)
+        call = Call(request, dialect, operation, request.headers.get("x-request-id") or new_request_id())
         call.observer = self.telemetry.observe(call)
         try:
             await self.read(call)
