@@ -8,6 +8,7 @@ fall back to another endpoint on any failure up to that point.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -49,6 +50,12 @@ def map_client_error(exc: BaseException, phase: str) -> UpstreamError:
 
 
 _CAUGHT = (aiohttp.ClientError, TimeoutError, ConnectionError)
+
+
+@functools.lru_cache(maxsize=64)
+def _connect_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    # One per configured value (the object is immutable), not one per attempt.
+    return aiohttp.ClientTimeout(total=None, sock_connect=seconds)
 
 
 def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
@@ -165,7 +172,7 @@ class Upstream:
                     url,
                     data=body,
                     headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect),
+                    timeout=_connect_timeout(timeouts.connect),
                     allow_redirects=False,
                 )
                 phase = "first byte"
