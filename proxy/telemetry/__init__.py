@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from proxy.telemetry.config import TelemetryConfig
-from proxy.telemetry.logs import ACCESS, access_fields, event
+from proxy.telemetry.logs import ACCESS, access_fields, event, log_access
 from proxy.telemetry.metrics import LiveCollector, Metrics, NullMetrics
 from proxy.telemetry.observer import NOOP, MetricsObserver, Observer
 
@@ -84,7 +84,7 @@ class Telemetry:
         self._record.record(call, now)
         call.observer.end(call)
         if self._log_access and ACCESS.isEnabledFor(logging.INFO):
-            ACCESS.info("call", extra={"fields": access_fields(call, now, self._log_prompts)})
+            log_access(access_fields(call, now, self._log_prompts))
         if call.status >= 500:
             event("call failed", logging.WARNING, request_id=call.request_id, model_group=call.model_group,
                   endpoint=call.endpoint, status=call.status, error_type=call.error_type, attempts=call.attempts)

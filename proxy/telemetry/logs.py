@@ -91,6 +91,15 @@ def setup_logging(level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+def log_access(fields: dict[str, Any]) -> None:
+    """Write one access line (the caller checked that the access logger is enabled for info).
+
+    The record is made and handled directly: ``Logger.info`` would first search the stack
+    for the caller's file and line (about half its cost), which the JSON line never shows.
+    """
+    ACCESS.handle(ACCESS.makeRecord(ACCESS.name, logging.INFO, "", 0, "call", (), None, extra={"fields": fields}))
+
+
 def event(message: str, level: int = logging.INFO, **fields: Any) -> None:
     EVENTS.log(level, message, extra={"fields": fields})
 
