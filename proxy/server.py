@@ -7,6 +7,7 @@ teardown sit side by side; app state is typed with ``web.AppKey``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -199,6 +200,13 @@ class Servers:
 async def serve(config: Config) -> None:
     servers = Servers(config)
     await servers.start()
+    # Start-up built what lives as long as the process (modules, config, apps: ~50k
+    # objects). Frozen, it is no longer walked by the full collections, which otherwise
+    # paused the loop ~50 ms every few thousand calls. Calls leave almost no cyclic
+    # garbage, so the young generation waits for 10,000 net allocations instead of 700:
+    # under load that took ~10-30 µs of collections per call.
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
