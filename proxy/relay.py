@@ -37,8 +37,8 @@ async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> w
         response._send_headers_immediately = False
     await response.prepare(call.request)
     usage = UsageTee(call.usage)
-    # The last chunk, held back only when the upstream's end is already read: it goes out
-    # in one write with the end marker (a short stream is then a single send, headers included).
+    # A chunk read together with the upstream's end is the last: it goes out in one write
+    # with the end marker, at once (a short stream is then a single send, headers included).
     tail = b""
     try:
         async for chunk in upstream.chunks():
