@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import MockProvider, RedisServer, ServerLoop, Sidecar, default_config
+from tests.servers import MockProvider, RedisServer, RefusedPort, ServerLoop, Sidecar, default_config
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +22,14 @@ def mock_provider(server_loop: ServerLoop) -> Iterator[MockProvider]:
     provider = MockProvider(server_loop)
     yield provider
     provider.stop()
+
+
+@pytest.fixture
+def refused_port() -> Iterator[RefusedPort]:
+    """A port nothing listens on, held for the test (see ``RefusedPort``)."""
+    port = RefusedPort()
+    yield port
+    port.release()
 
 
 @pytest.fixture

@@ -33,6 +33,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class RefusedPort:
+    """A loopback port that refuses connections until ``release()``: bound, never listening.
+
+    A port from ``free_port()`` is only unused for now: another server (or another test run)
+    may take it, and the kernel may pick it as the local port of an outgoing connection to
+    it, which then connects to itself. While it stays bound, neither can happen.
+    """
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def release(self) -> None:
+        self._sock.close()
+
+
 class ServerLoop:
     """An event loop in a daemon thread that hosts the test servers."""
 

@@ -19,7 +19,7 @@ import yaml
 from tests.servers import default_config, free_port
 
 
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = 15) -> None:
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stderr.read() if process.stderr else "exited"
@@ -42,14 +42,18 @@ def test_serve_drains_in_flight_streams_on_sigterm(tmp_path: Path, mock_provider
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
-        mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=100, chunks=15)
+        # 15 chunks 200 ms apart: the stream is still running while the test looks at the draining process.
+        mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=200, chunks=15)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         stream = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
                                                 stream=True)
         first = next(iter(stream))
         process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        readiness = httpx.get(f"http://127.0.0.1:{admin_port}/readyz")
+        # The process drains once its loop handles the signal: later on a loaded machine.
+        deadline = time.monotonic() + 10
+        while (readiness := httpx.get(f"http://127.0.0.1:{admin_port}/readyz")).status_code == 200:
+            assert time.monotonic() < deadline, "SIGTERM did not start the drain"
+            time.sleep(0.02)
         assert readiness.status_code == 503 and readiness.json()["checks"]["not_draining"] is False
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/v1/models")

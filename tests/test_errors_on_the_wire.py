@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.servers import Sidecar, free_port
+from tests.servers import Sidecar
 
 
 def test_malformed_json_and_missing_model(sidecar: Sidecar) -> None:
@@ -45,8 +45,8 @@ def test_body_over_the_limit(make_sidecar) -> None:
     assert info2.value.body["error"]["type"] == "request_too_large"
 
 
-def test_upstream_connect_error_is_502(make_sidecar) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
+def test_upstream_connect_error_is_502(make_sidecar, refused_port) -> None:
+    dead = refused_port.url
     sidecar = make_sidecar(model_groups={"gpt-4o-mini": {"endpoints": [{"name": "dead", "url": dead + "/v1"}]},
                                          "claude-sonnet": {"endpoints": [{"name": "dead-a", "url": dead,
                                                                           "dialect": "anthropic"}]}})

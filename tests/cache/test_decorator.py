@@ -13,7 +13,6 @@ from proxy import DistributedCacheDecorator
 from proxy.cache.config import CacheConfig
 from proxy.cache.memory import MemoryBackend
 from proxy.cache.redis import SyncRedisBackend
-from tests.servers import free_port
 
 
 def test_bound_arguments_share_one_key() -> None:
@@ -131,8 +130,8 @@ def test_ttl_expires_and_cache_clear() -> None:
     assert len(count) == 3
 
 
-def test_dead_redis_fails_open_quickly() -> None:
-    url = f"redis://127.0.0.1:{free_port()}/0"
+def test_dead_redis_fails_open_quickly(refused_port) -> None:
+    url = f"redis://127.0.0.1:{refused_port.port}/0"
     count = []
 
     @DistributedCacheDecorator(ttl=60, cache_backend="redis", redis_url=url)

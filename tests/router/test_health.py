@@ -10,7 +10,7 @@ from proxy.router.circuit import Circuit
 from proxy.router.config import CircuitConfig
 from proxy.router.cooldown import requested_rest
 from tests.router.helpers import config, endpoint
-from tests.servers import MockProvider, free_port
+from tests.servers import MockProvider, RefusedPort
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -64,9 +64,8 @@ def test_requested_rest_headers() -> None:
 
 
 def test_active_probes_mark_a_dead_endpoint_without_calls(make_sidecar, mock_provider: MockProvider,
-                                                          server_loop) -> None:
-    port = free_port()
-    dead = f"http://127.0.0.1:{port}"
+                                                          server_loop, refused_port: RefusedPort) -> None:
+    dead = refused_port.url
     sidecar = make_sidecar(config(mock_provider, {
         "chat": {"endpoints": [endpoint(dead, "later", model="mock-a"), endpoint(mock_provider, "mock-b")]},
         "solo": {"endpoints": [endpoint(dead, "later", model="mock-a")]},
@@ -81,7 +80,8 @@ def test_active_probes_mark_a_dead_endpoint_without_calls(make_sidecar, mock_pro
     assert ready.json()["model_groups"] == {"chat": True, "solo": False}
     # Calls skip it: the probes found it dead, not a call.
     assert sidecar.openai().chat.completions.create(model="chat", messages=HELLO).choices[0].message.content
-    revived = MockProvider(server_loop, port)
+    refused_port.release()
+    revived = MockProvider(server_loop, refused_port.port)
     try:
         deadline = time.monotonic() + 5
         while any(endpoints(sidecar, group)["later"]["health"] != "healthy" for group in ("chat", "solo")):

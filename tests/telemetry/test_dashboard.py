@@ -49,12 +49,13 @@ def expressions(dashboard: dict[str, Any]) -> list[str]:
 @pytest.fixture(scope="module")
 def live(server_loop) -> Any:
     """A sidecar that has seen every kind of call, and one scrape of it."""
-    from tests.servers import MockProvider, Sidecar
+    from tests.servers import MockProvider, RefusedPort, Sidecar
 
     provider = MockProvider(server_loop)
+    dead = RefusedPort()
     config = default_config(provider.url, telemetry={"prices": {"gpt-4o-mini": {"input": 1, "output": 2}}})
     config["model_groups"]["gpt-4o-mini"]["endpoints"].insert(0, {
-        "name": "dead", "url": f"http://127.0.0.1:{free_port()}/v1", "api_key": PROVIDER_KEY, "priority": -1})
+        "name": "dead", "url": dead.url + "/v1", "api_key": PROVIDER_KEY, "priority": -1})
     sidecar = Sidecar(server_loop, config)
     client = sidecar.openai()
     for _ in range(2):  # a miss, then a hit
@@ -71,6 +72,7 @@ def live(server_loop) -> Any:
     yield sidecar, scrape, client
     sidecar.stop()
     provider.stop()
+    dead.release()
 
 
 def test_panels_have_titles_units_and_rows() -> None:

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from proxy.server import PIPELINE
 from proxy.telemetry.logs import JSONFormatter
-from tests.servers import PROVIDER_KEY, default_config, free_port
+from tests.servers import PROVIDER_KEY, default_config
 from tests.telemetry.conftest import exposition
 
 PROMPT = "purple-elephant-7 confidential prompt"
@@ -97,12 +97,12 @@ def test_prompts_only_when_asked(make_sidecar, logs) -> None:
     assert line["prompt"]["messages"][0]["content"] == PROMPT
 
 
-def test_no_key_or_prompt_anywhere(make_sidecar, mock_provider, logs) -> None:
+def test_no_key_or_prompt_anywhere(make_sidecar, mock_provider, logs, refused_port) -> None:
     """Every outcome at debug level, tracing on: logs, /metrics, error bodies and spans stay clean."""
     config = default_config(mock_provider.url, telemetry={"log_level": "debug",
                                                           "tracing": {"enabled": True, "exporter": "none"}})
     config["model_groups"]["dead"] = {"endpoints": [
-        {"name": "nowhere", "url": f"http://127.0.0.1:{free_port()}/v1", "api_key": PROVIDER_KEY}]}
+        {"name": "nowhere", "url": refused_port.url + "/v1", "api_key": PROVIDER_KEY}]}
     sidecar = make_sidecar(config=config)
     spans = InMemorySpanExporter()
     sidecar.servers.app[PIPELINE].telemetry.tracing.provider.add_span_processor(SimpleSpanProcessor(spans))

@@ -16,7 +16,7 @@ from proxy.call import Call
 from proxy.config import parse_config
 from proxy.dialects import ANTHROPIC, OPENAI
 from proxy.telemetry import Telemetry
-from tests.servers import PROVIDER_KEY, default_config, free_port
+from tests.servers import PROVIDER_KEY, default_config
 from tests.telemetry.conftest import Scrape, exposition
 
 PRICES = {"gpt-4o-mini": {"input": 1.0, "output": 2.0}}
@@ -38,8 +38,8 @@ def test_exposition_is_prometheus_text(sidecar, scrape) -> None:
     assert "_created" not in text
 
 
-def test_counters_follow_every_outcome(make_sidecar, mock_provider, scrape) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
+def test_counters_follow_every_outcome(make_sidecar, mock_provider, scrape, refused_port) -> None:
+    dead = refused_port.url
     config = default_config(mock_provider.url, telemetry={"prices": PRICES})
     config["model_groups"]["dead"] = {"endpoints": [{"name": "nowhere", "url": dead + "/v1", "api_key": PROVIDER_KEY}]}
     sidecar = make_sidecar(config=config)
@@ -101,9 +101,9 @@ def test_live_state_during_a_stream(sidecar, mock_provider, scrape) -> None:
     thread = threading.Thread(target=slow_stream)
     thread.start()
     deadline = time.monotonic() + 5
-    while scrape(sidecar).value("llm_sidecar_calls_in_flight") < 1 and time.monotonic() < deadline:
+    # The first scrape that sees the stream in flight is the one checked: a later one might miss it.
+    while (during := scrape(sidecar)).value("llm_sidecar_calls_in_flight") < 1 and time.monotonic() < deadline:
         time.sleep(0.02)
-    during = scrape(sidecar)
     thread.join(10)
     after = scrape(sidecar)
     key = {"model_group": "gpt-4o-mini", "endpoint": "mock-openai"}
@@ -194,8 +194,8 @@ def test_promtool_check_metrics(sidecar, mock_provider) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_fallback_and_cache_hit_move_their_counters(make_sidecar, mock_provider, scrape) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/v1"
+def test_fallback_and_cache_hit_move_their_counters(make_sidecar, mock_provider, scrape, refused_port) -> None:
+    dead = refused_port.url + "/v1"
     config = default_config(mock_provider.url)
     config["model_groups"]["gpt-4o-mini"] = {"endpoints": [
         {"name": "dead", "url": dead, "api_key": PROVIDER_KEY, "priority": 0},
