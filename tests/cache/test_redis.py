@@ -124,8 +124,8 @@ def test_redis_killed_mid_load_and_restarted(cached_sidecar, mock_provider) -> N
         server.kill()
 
 
-def test_dead_redis_at_start_fails_open_fast(cached_sidecar, mock_provider) -> None:
-    sidecar = cached_sidecar(cache=redis_cache(f"redis://127.0.0.1:{free_port()}/0", local_ttl=0))
+def test_dead_redis_at_start_fails_open_fast(cached_sidecar, mock_provider, refused_port) -> None:
+    sidecar = cached_sidecar(cache=redis_cache(f"redis://127.0.0.1:{refused_port.port}/0", local_ttl=0))
     started = time.perf_counter()
     for _ in range(10):
         assert _post(sidecar.openai_base).status_code == 200
