@@ -48,14 +48,18 @@ def cmd_mock_provider(args: argparse.Namespace) -> int:
 
 
 def demo_config(mock_url: str, port: int, admin_port: int) -> Config:
-    """Two model groups in front of the mock provider; in-memory defaults for the rest."""
+    """Two model groups in front of the mock provider, caching every call in memory."""
+    # "always", not the default "deterministic": a repeated demo call shows a cache hit.
+    cache = {"mode": "always", "ttl": 600}
     return parse_config({
         "server": {"port": port, "admin_port": admin_port, "admin_host": "127.0.0.1"},
         "model_groups": {
-            "gpt-4o-mini": {"endpoints": [{"name": "mock-openai", "url": f"{mock_url}/v1", "dialect": "openai",
-                                           "model": "mock-gpt", "api_key": "demo-key"}]},
-            "claude-sonnet": {"endpoints": [{"name": "mock-anthropic", "url": mock_url, "dialect": "anthropic",
-                                             "model": "mock-claude", "api_key": "demo-key"}]},
+            "gpt-4o-mini": {"cache": cache, "endpoints": [{"name": "mock-openai", "url": f"{mock_url}/v1",
+                                                           "dialect": "openai", "model": "mock-gpt",
+                                                           "api_key": "demo-key"}]},
+            "claude-sonnet": {"cache": cache, "endpoints": [{"name": "mock-anthropic", "url": mock_url,
+                                                             "dialect": "anthropic", "model": "mock-claude",
+                                                             "api_key": "demo-key"}]},
         },
     })
 
@@ -66,8 +70,8 @@ llm-sidecar demo is running (Ctrl-C stops it).
   admin    http://127.0.0.1:{admin_port}/healthz  /readyz  /metrics
   provider http://127.0.0.1:{mock_port}   (the built-in mock provider)
 
-Try it:
-  curl -s http://127.0.0.1:{port}/v1/chat/completions -H 'Content-Type: application/json' \\
+Try it (twice: the second answer says x-llm-sidecar-cache: hit):
+  curl -si http://127.0.0.1:{port}/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello"}}]}}'
 
   OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 OPENAI_API_KEY=unused python -c '

@@ -76,9 +76,13 @@ def test_demo_answers_curl_and_sdk_then_stops_on_ctrl_c() -> None:
                                text=True, env=env)
     try:
         wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
-        reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                           json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]})
-        assert reply.json()["choices"][0]["message"]["content"]
+        ask = lambda: httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                 json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]})
+        first, second = ask(), ask()
+        assert first.json()["choices"][0]["message"]["content"]
+        # The demo caches every call, so the help text's "run it twice" shows a hit.
+        assert (first.headers["x-llm-sidecar-cache"], second.headers["x-llm-sidecar-cache"]) == ("miss", "hit")
+        assert second.json()["choices"] == first.json()["choices"]
         import anthropic
 
         message = anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}/anthropic", api_key="x").messages.create(
@@ -87,7 +91,7 @@ def test_demo_answers_curl_and_sdk_then_stops_on_ctrl_c() -> None:
         process.send_signal(signal.SIGINT)
         assert process.wait(10) == 0
         output = process.stdout.read()
-        assert f"curl -s http://127.0.0.1:{port}/v1/chat/completions" in output
+        assert f"curl -si http://127.0.0.1:{port}/v1/chat/completions" in output
         assert "demo stopped" in output
     finally:
         if process.poll() is None:
