@@ -1,4 +1,4 @@
-"""Cache fixtures: sidecars with a cache policy, and a Redis Cluster of three masters."""
+"""Cache fixtures: sidecars with a cache policy, a Redis Cluster of three masters, a Sentinel deployment."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tests.servers import PROVIDER_KEY, MockProvider, RedisServer, Sidecar, default_config, free_port
 
@@ -102,3 +104,162 @@ def redis_cluster() -> Iterator[RedisCluster]:
 
 def redis_cache(url: str, **extra: Any) -> dict[str, Any]:
     return {"backend": "redis", "redis_url": url, "operation_timeout": 0.2, "breaker_cooldown": 0.3, **extra}
+
+
+class SentinelServer(RedisServer):
+    """``redis-server sentinel.conf --sentinel`` on a free loopback port, monitoring ``master_port``.
+
+    The conf is written once, in the server's own directory: Sentinel rewrites it (known
+    replicas, other Sentinels, the current master), and a restart picks that up.
+    """
+
+    def __init__(self, master_port: int, service_name: str, quorum: int) -> None:
+        self.master_port = master_port
+        self.service_name = service_name
+        self.quorum = quorum
+        super().__init__()
+
+    def start(self) -> None:
+        conf = Path(self.dir) / "sentinel.conf"
+        if not conf.exists():
+            conf.write_text(
+                f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                "sentinel resolve-hostnames no\n"
+                f"sentinel monitor {self.service_name} 127.0.0.1 {self.master_port} {self.quorum}\n"
+                f"sentinel down-after-milliseconds {self.service_name} 400\n"
+                f"sentinel failover-timeout {self.service_name} 2000\n"
+                f"sentinel parallel-syncs {self.service_name} 1\n")
+        self.process = subprocess.Popen([self.binary, str(conf), "--sentinel"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server --sentinel did not start on port {self.port}")
+
+    def master(self) -> dict[str, Any]:
+        """``SENTINEL MASTER <name>`` as this Sentinel sees it."""
+        with redis.Redis(port=self.port, socket_timeout=2, decode_responses=True) as client:
+            return client.sentinel_master(self.service_name)
+
+    def replicas(self) -> list[dict[str, Any]]:
+        with redis.Redis(port=self.port, socket_timeout=2, decode_responses=True) as client:
+            return client.sentinel_slaves(self.service_name)
+
+
+class NotSettled(RuntimeError):
+    """The Sentinels do not agree on one master (a failover is under way)."""
+
+
+class RedisSentinel:
+    """A master, one replica (``--replicaof``) and three Sentinels (quorum 2), all on loopback.
+
+    Sentinel may promote the replica (a test kills the master): ``master()`` is whichever
+    server the Sentinels name now, ``restore()`` restarts a killed server and waits until
+    the Sentinels count it as a healthy replica again.
+    """
+
+    service_name = "sidecar-test"
+    #: a replica's full sync starts at once (Redis 7 waits 5 s for more replicas by default)
+    server_args = ("--repl-diskless-sync-delay", "0")
+
+    def __init__(self, sentinels: int = 3) -> None:
+        self.servers: dict[int, RedisServer] = {}
+        self.sentinels: list[SentinelServer] = []
+        try:
+            master = RedisServer(None, *self.server_args)
+            self.servers[master.port] = master
+            replica = RedisServer(None, *self.server_args, "--replicaof", "127.0.0.1", str(master.port))
+            self.servers[replica.port] = replica
+            for _ in range(sentinels):
+                self.sentinels.append(SentinelServer(master.port, self.service_name, sentinels // 2 + 1))
+            self.wait(lambda: all(self._healthy(s, master.port, replicas=1) for s in self.sentinels),
+                      "the Sentinels did not see the master, its replica and each other")
+        except BaseException:
+            self.stop()
+            raise
+        self.addresses = [f"127.0.0.1:{s.port}" for s in self.sentinels]
+
+    def _healthy(self, sentinel: SentinelServer, master_port: int, replicas: int) -> bool:
+        state = sentinel.master()
+        if int(state["port"]) != master_port or state["flags"] != "master":
+            return False
+        if int(state["num-other-sentinels"]) != len(self.sentinels) - 1:
+            return False
+        known = {int(r["port"]) for r in sentinel.replicas() if r["flags"] == "slave"}
+        return len(known) >= replicas and all(self._replicating(port, master_port) for port in known)
+
+    @staticmethod
+    def _replicating(port: int, master_port: int) -> bool:
+        with redis.Redis(port=port, socket_timeout=2) as client:
+            info = client.info("replication")
+        return info.get("master_port") == master_port and info.get("master_link_status") == "up"
+
+    @staticmethod
+    def wait(condition: Callable[[], bool], message: str, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if condition():
+                    return
+            except (redis.RedisError, OSError, NotSettled):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(message)
+
+    def master_port(self) -> int:
+        """The master's port as the Sentinels agree on it now."""
+        states = [s.master() for s in self.sentinels]
+        ports = {int(state["port"]) for state in states}
+        if len(ports) != 1 or any(state["flags"] != "master" for state in states):
+            raise NotSettled(f"no master all Sentinels agree on (yet): {states}")
+        return ports.pop()
+
+    def master(self) -> RedisServer:
+        return self.servers[self.master_port()]
+
+    def cache(self, **extra: Any) -> dict[str, Any]:
+        """A sidecar's ``cache:`` section for this deployment."""
+        return {"backend": "redis", "redis_mode": "sentinel", "redis_sentinels": self.addresses,
+                "redis_service_name": self.service_name, "operation_timeout": 0.2, "breaker_cooldown": 0.3,
+                **extra}
+
+    def restore(self) -> None:
+        """Restart any killed server as a replica of the current master; wait until all is healthy.
+
+        (Left to itself, Sentinel turns a returning old master into a replica only after
+        it has reported itself master for a while: seconds this suite does not need to spend.)
+        """
+        master_port = self.master_port()
+        for server in self.servers.values():
+            if server.process is None:
+                server.extra_args = (*self.server_args, "--replicaof", "127.0.0.1", str(master_port))
+                server.start()
+        self.wait(lambda: all(self._healthy(s, master_port, replicas=len(self.servers) - 1)
+                              for s in self.sentinels), "the Sentinel deployment did not recover")
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.kill()
+        for server in self.servers.values():
+            server.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_deployment() -> Iterator[RedisSentinel]:
+    deployment = RedisSentinel()
+    yield deployment
+    deployment.stop()
+
+
+@pytest.fixture
+def redis_sentinel(redis_sentinel_deployment: RedisSentinel) -> RedisSentinel:
+    """The session's Sentinel deployment, healthy (a previous test may have failed over) and emptied."""
+    redis_sentinel_deployment.restore()
+    redis_sentinel_deployment.master().flush()
+    return redis_sentinel_deployment
