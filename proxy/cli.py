@@ -25,7 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     setup_logging(config.telemetry.log_level)
-    _run(serve(config))
+    _run(serve(config, args.config))
     return 0
 
 

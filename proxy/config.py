@@ -36,6 +36,8 @@ class ServerConfig(BaseModel):
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
     #: seconds that in-flight calls (streams too) get to finish on SIGTERM
     drain_timeout: float = Field(30.0, ge=0)
+    #: seconds between checks of the config file for changes (``serve`` reloads it); 0 turns that off
+    reload_interval: float = Field(5.0, ge=0)
 
 
 class ModelGroupConfig(RouteConfig):
@@ -126,8 +128,17 @@ def load_config(path: str | Path) -> Config:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    return config_from_text(text, str(path))
+
+
+def config_from_text(text: str, source: str) -> Config:
+    """The config in ``text`` (read from ``source``, named in errors)."""
     try:
         data = expand_tree(yaml.safe_load(text))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        # Not str(exc): it quotes the offending line, which may hold a literal key.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{source} is not valid YAML{where}: {problem}") from None
     return parse_config(data)

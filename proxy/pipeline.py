@@ -30,10 +30,13 @@ class Pipeline:
         self.router = router
         self.cache = cache
         self.telemetry = telemetry
+        #: calls on this pipeline now: a config reload closes what it replaced once they end
+        self.in_flight = 0
 
     async def handle(self, request: web.Request, dialect: Dialect, operation: Operation) -> web.StreamResponse:
         call = Call(request, dialect, operation, request.headers.get("x-request-id") or new_request_id())
         call.observer = self.telemetry.observe(call)
+        self.in_flight += 1
         try:
             await self.read(call)
             if (answer := await self.cache.lookup(call)) is not None:  # a stored answer, replayed
@@ -48,6 +51,7 @@ class Pipeline:
             stale = await self.cache.rescue(call, error)  # an expired entry, if the policy allows one
             return stale if stale is not None else self.error_response(call, error)
         finally:
+            self.in_flight -= 1
             self.cache.settle(call)
             self.telemetry.finish(call)
 

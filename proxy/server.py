@@ -1,7 +1,9 @@
 """The two aiohttp applications: the proxy (``:8080``) and the admin listener (``:9090``).
 
 Each long-lived resource has one ``cleanup_ctx`` generator, so its setup and
-teardown sit side by side; app state is typed with ``web.AppKey``.
+teardown sit side by side; app state is typed with ``web.AppKey``. What a config
+reload replaces (config, pipeline, probes) lives in one ``Current`` holder, set at
+build time, so a started app's state is never changed (see ``proxy/reload.py``).
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import asyncio
 import gc
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
+from pathlib import Path
 
 import orjson
 from aiohttp import web
@@ -21,15 +24,21 @@ from proxy.config import Config
 from proxy.dialects import ANTHROPIC, OPENAI, Dialect
 from proxy.errors import NotFound
 from proxy.pipeline import Pipeline
+from proxy.reload import Current, Reloader
 from proxy.router import Router
 from proxy.router.health import HealthProber
 from proxy.telemetry import Telemetry
 from proxy.telemetry.logs import event
 from proxy.upstream import Upstream
 
+#: the config the app started with (its listeners); ``CURRENT`` holds the one calls use
 CONFIG = web.AppKey("config", Config)
+CURRENT = web.AppKey("current", Current)
 UPSTREAM = web.AppKey("upstream", Upstream)
+#: the pipeline built at start-up, for tests of a sidecar that never reloads;
+#: serving code reads ``app[CURRENT].pipeline``, which a reload replaces
 PIPELINE = web.AppKey("pipeline", Pipeline)
+RELOADER = web.AppKey("reloader", Reloader)
 PROXY_APP = web.AppKey("proxy_app", web.Application)
 DRAINING = web.AppKey("draining", asyncio.Event)
 
@@ -42,18 +51,19 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    cache = build_cache(config)
-    app[PIPELINE] = Pipeline(config, Router(config, app[UPSTREAM]), cache, Telemetry(config.telemetry))
+    current = app[CURRENT]
+    config = current.config
+    pipeline = Pipeline(config, Router(config, app[UPSTREAM]), build_cache(config), Telemetry(config.telemetry))
+    current.pipeline = app[PIPELINE] = pipeline
     yield
-    await cache.close()
+    await current.pipeline.cache.close()  # a reload closes the caches it replaced
 
 
 async def telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
     """Metrics read the router and cache live; the trace exporter starts and flushes here."""
-    pipeline = app[PIPELINE]
+    pipeline = app[PIPELINE]  # the start-up one; a reload re-binds the same Telemetry
     telemetry = pipeline.telemetry
-    telemetry.bind(app[CONFIG].model_groups, pipeline.router, pipeline.cache)
+    telemetry.bind(pipeline.config.model_groups, pipeline.router, pipeline.cache)
     telemetry.start()
     yield
     await telemetry.close()
@@ -63,7 +73,8 @@ def _dialect_handler(dialect: Dialect, operation_path: str):
     operation = dialect.operations[operation_path]
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        return await request.app[PIPELINE].handle(request, dialect, operation)
+        # Read once: the call finishes on this pipeline even if a reload swaps in another.
+        return await request.app[CURRENT].pipeline.handle(request, dialect, operation)  # type: ignore[union-attr]
 
     return handle
 
@@ -73,7 +84,7 @@ async def list_models(request: web.Request) -> web.Response:
     created = int(time.time())
     data = [
         {"id": name, "object": "model", "created": created, "owned_by": "llm-sidecar"}
-        for name in request.app[CONFIG].model_groups
+        for name in request.app[CURRENT].config.model_groups
     ]
     return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
 
@@ -83,9 +94,11 @@ async def not_found(dialect: Dialect, request: web.Request) -> web.Response:
     return web.Response(status=404, body=dialect.error_body(error), content_type="application/json")
 
 
-def build_app(config: Config) -> web.Application:
+def build_app(config: Config, config_path: str | Path | None = None) -> web.Application:
+    """The proxy app; with ``config_path``, it reloads that file when it changes (``proxy/reload.py``)."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
+    app[CURRENT] = Current(config)
     app[DRAINING] = asyncio.Event()
     app.cleanup_ctx.extend([upstream_ctx, pipeline_ctx, telemetry_ctx, health_ctx])
     for dialect in (OPENAI, ANTHROPIC):
@@ -100,16 +113,31 @@ def build_app(config: Config) -> web.Application:
         app.router.add_post("/v1/retrieve", handle_retrieve)
     app.router.add_route("*", "/v1/{tail:.*}", partial(not_found, OPENAI))
     app.router.add_route("*", "/anthropic/{tail:.*}", partial(not_found, ANTHROPIC))
+    if config_path is not None:
+        app.cleanup_ctx.append(reload_ctx(config_path))  # last: stops first, before what it swaps
     return app
+
+
+def reload_ctx(path: str | Path) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Watches the config file for the app's lifetime; ``app[RELOADER].request()`` reloads now."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        reloader = app[RELOADER] = Reloader(path, app[CURRENT], app[UPSTREAM])
+        await reloader.start()
+        yield
+        await reloader.stop()
+
+    return context
 
 
 async def health_ctx(app: web.Application) -> AsyncIterator[None]:
     """Active health probes of every endpoint, for the app's lifetime."""
-    router = app[PIPELINE].router
-    prober = HealthProber(list(router.endpoints()), router.upstream, app[CONFIG].router.health)
-    prober.start()
+    current = app[CURRENT]
+    router = current.pipeline.router  # type: ignore[union-attr]
+    current.prober = HealthProber(list(router.endpoints()), router.upstream, current.config.router.health)
+    current.prober.start()
     yield
-    await prober.stop()
+    await current.prober.stop()  # a reload stops the probes it replaced
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -124,7 +152,7 @@ async def readyz(request: web.Request) -> web.Response:
         "upstream_session": upstream is not None and not upstream.session.closed,
         "not_draining": not proxy_app[DRAINING].is_set(),
     }
-    pipeline = proxy_app.get(PIPELINE)
+    pipeline = proxy_app[CURRENT].pipeline
     # Ready while every model group (with its fallbacks) has an endpoint that can take a call.
     groups = pipeline.router.ready() if pipeline is not None else {}
     checks["model_groups"] = pipeline is not None and all(groups.values())
@@ -135,14 +163,15 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     """``GET /status``: every endpoint's health, in-flight calls, cool-down and circuit state."""
-    pipeline = request.app[PROXY_APP].get(PIPELINE)
+    pipeline = request.app[PROXY_APP][CURRENT].pipeline
     body = pipeline.router.status() if pipeline is not None else {"groups": {}}
     return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
 
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus exposition of the proxy app's registry (the router and cache are read now)."""
-    body, content_type = request.app[PROXY_APP][PIPELINE].telemetry.exposition()
+    pipeline = request.app[PROXY_APP][CURRENT].pipeline  # reloads keep its one Telemetry
+    body, content_type = pipeline.telemetry.exposition()  # type: ignore[union-attr]
     response = web.Response(body=body)
     # Set whole: aiohttp's content_type argument would drop the format's version parameter.
     response.headers["Content-Type"] = content_type
@@ -162,9 +191,9 @@ def build_admin_app(proxy_app: web.Application) -> web.Application:
 class Servers:
     """The proxy and admin listeners, started and drained together."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: str | Path | None = None) -> None:
         self.config = config
-        self.app = build_app(config)
+        self.app = build_app(config, config_path)
         self.admin = build_admin_app(self.app)
         # handler_cancellation: a client that disconnects cancels its call at once,
         # which closes the upstream request and frees the endpoint's slot.
@@ -189,6 +218,11 @@ class Servers:
         self.admin_port = admin_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         event("listening", proxy=f"{server.host}:{self.port}", admin=f"{server.admin_host}:{self.admin_port}")
 
+    def request_reload(self) -> None:
+        """Reload soon (SIGHUP): the watcher runs it, one reload at a time."""
+        if RELOADER in self.app:
+            self.app[RELOADER].request()
+
     async def stop(self) -> None:
         """Stop accepting, let in-flight calls finish up to the drain timeout, then close."""
         self.app[DRAINING].set()
@@ -197,8 +231,9 @@ class Servers:
         event("stopped")
 
 
-async def serve(config: Config) -> None:
-    servers = Servers(config)
+async def serve(config: Config, config_path: str | Path | None = None) -> None:
+    """Run until SIGTERM or SIGINT; with ``config_path``, reload it on change and on SIGHUP."""
+    servers = Servers(config, config_path)
     await servers.start()
     # Start-up built what lives as long as the process (modules, config, apps: ~50k
     # objects). Frozen, it is no longer walked by the full collections, which otherwise
@@ -211,6 +246,8 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, servers.request_reload)
     await stop.wait()
     event("draining", timeout_s=config.server.drain_timeout)
     await servers.stop()

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from proxy.call import Call
     from proxy.config import Config
+    from proxy.cache.response_cache import GroupCaching
     from proxy.errors import ProxyError
 
 
@@ -69,7 +70,7 @@ class NullCache:
 
 def build_cache(config: Config) -> Cache:
     """The cache the config asks for; a Redis client connects lazily, on its first command."""
-    from proxy.cache.response_cache import GroupCaching, ResponseCache
+    from proxy.cache.response_cache import ResponseCache
 
     settings = config.cache
     if settings.backend == "none":
@@ -82,11 +83,17 @@ def build_cache(config: Config) -> Cache:
         from proxy.cache.memory import MemoryBackend
 
         backend = MemoryBackend(settings.max_bytes)
-    groups = {
+    return ResponseCache(settings, group_caching(config), backend)
+
+
+def group_caching(config: Config) -> dict[str, GroupCaching]:
+    """Per model group: its cache policy and whether its credentials pass through."""
+    from proxy.cache.response_cache import GroupCaching
+
+    return {
         name: GroupCaching(group.cache, any(e.pass_through_key for e in group.endpoints))
         for name, group in config.model_groups.items()
     }
-    return ResponseCache(settings, groups, backend)
 
 
-__all__ = ["NULL_RECORDER", "Cache", "NullCache", "Recorder", "build_cache"]
+__all__ = ["NULL_RECORDER", "Cache", "NullCache", "Recorder", "build_cache", "group_caching"]

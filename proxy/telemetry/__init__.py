@@ -41,6 +41,7 @@ class Telemetry:
         self.config = config
         self.metrics: Metrics | None = Metrics(config, _version()) if config.metrics else None
         self._record: Metrics | NullMetrics = self.metrics or NullMetrics()
+        self._live: LiveCollector | None = None
         self.tracing: Tracing | None = None
         self._observe: Callable[[Call], Observer]
         if config.tracing.enabled:
@@ -59,10 +60,23 @@ class Telemetry:
         self._log_prompts = config.log_prompts
 
     def bind(self, model_groups: Collection[str], router: Any, cache: Any) -> None:
-        """Name the configured model groups and the live objects ``/metrics`` reads."""
+        """Name the configured model groups and the live objects ``/metrics`` reads.
+
+        Called again by a config reload: the one collector then reads the new router and cache.
+        """
+        if self.metrics is None:
+            return
+        self.metrics.bind(model_groups)
+        if self._live is None:
+            self._live = LiveCollector(router, cache)
+            self.metrics.registry.register(self._live)
+        else:
+            self._live.router, self._live.cache = router, cache
+
+    def reloaded(self, ok: bool) -> None:
+        """A config reload was applied (``ok``) or rejected."""
         if self.metrics is not None:
-            self.metrics.bind(model_groups)
-            self.metrics.registry.register(LiveCollector(router, cache))
+            self.metrics.reloads("ok" if ok else "error").inc()
 
     def start(self) -> None:
         if self.tracing is not None:

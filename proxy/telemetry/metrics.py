@@ -219,6 +219,10 @@ class Metrics:
         self.events = family(COUNTER, "call_events", "Moments of calls reported by the router and the cache "
                              "(fallback, retry, cooldown …).", ("event",))
         self.in_flight = family(GAUGE, "calls_in_flight", "Calls being handled now.", ())()
+        self.reloads = family(COUNTER, "config_reloads", "Config reloads: applied (ok) or rejected (error: "
+                              "the running config kept).", ("result",))
+        for result in ("ok", "error"):
+            self.reloads(result)
         family(GAUGE, "build_info", "The running version (always 1).", ("version",))(version).inc()
         r = self.registry
         r.register(_Instruments(families))
@@ -228,6 +232,7 @@ class Metrics:
 
     def bind(self, model_groups: Collection[str]) -> None:
         self.model_groups = frozenset(model_groups)
+        self._bundles.clear()  # a reload may add or drop groups: label them afresh
         # Counters a dashboard sums start at 0 for every configured group, so a series
         # exists (and ``rate``/``increase`` work) before the first event of its kind.
         for group in self.model_groups:
