@@ -35,9 +35,6 @@ from proxy.upstream import Upstream
 CONFIG = web.AppKey("config", Config)
 CURRENT = web.AppKey("current", Current)
 UPSTREAM = web.AppKey("upstream", Upstream)
-#: the pipeline built at start-up, for tests of a sidecar that never reloads;
-#: serving code reads ``app[CURRENT].pipeline``, which a reload replaces
-PIPELINE = web.AppKey("pipeline", Pipeline)
 RELOADER = web.AppKey("reloader", Reloader)
 PROXY_APP = web.AppKey("proxy_app", web.Application)
 DRAINING = web.AppKey("draining", asyncio.Event)
@@ -54,14 +51,14 @@ async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     current = app[CURRENT]
     config = current.config
     pipeline = Pipeline(config, Router(config, app[UPSTREAM]), build_cache(config), Telemetry(config.telemetry))
-    current.pipeline = app[PIPELINE] = pipeline
+    current.pipeline = pipeline
     yield
     await current.pipeline.cache.close()  # a reload closes the caches it replaced
 
 
 async def telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
     """Metrics read the router and cache live; the trace exporter starts and flushes here."""
-    pipeline = app[PIPELINE]  # the start-up one; a reload re-binds the same Telemetry
+    pipeline = app[CURRENT].pipeline  # a reload re-binds this same Telemetry to its successors
     telemetry = pipeline.telemetry
     telemetry.bind(pipeline.config.model_groups, pipeline.router, pipeline.cache)
     telemetry.start()

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from proxy.config import Config, parse_config
 from proxy.mock_provider import build_mock_app
-from proxy.server import Servers
+from proxy.server import CURRENT, Servers
 
 PROVIDER_KEY = "sk-test-provider-key-0123456789"
 
@@ -144,6 +144,11 @@ class Sidecar:
         self.anthropic_base = self.url + "/anthropic"
         self.admin_url = f"http://127.0.0.1:{self.servers.admin_port}"
         self._stopped = False
+
+    @property
+    def pipeline(self) -> Any:
+        """The pipeline calls are using now (a reload replaces it)."""
+        return self.servers.app[CURRENT].pipeline
 
     def openai(self, **kwargs: Any):
         import openai

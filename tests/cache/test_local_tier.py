@@ -7,7 +7,6 @@ import time
 
 import httpx
 
-from proxy.server import PIPELINE
 from tests.cache.conftest import redis_cache
 from tests.servers import RedisServer
 
@@ -23,7 +22,7 @@ def _status(response: httpx.Response) -> str:
 
 
 def _snapshot(sidecar) -> dict:
-    return sidecar.servers.app[PIPELINE].cache.snapshot()
+    return sidecar.pipeline.cache.snapshot()
 
 
 def _redis_gets(port: int) -> int:

@@ -10,7 +10,6 @@ import pytest
 from proxy.cache.entry import Entry
 from proxy.cache.keys import request_key, tenant
 from proxy.cache.memory import MemoryBackend
-from proxy.server import PIPELINE
 from tests.servers import Sidecar
 
 
@@ -170,7 +169,7 @@ def test_eviction_through_the_proxy(cached_sidecar, mock_provider) -> None:
     time.sleep(0.05)
     assert _post(sidecar, "question 9").headers["x-llm-sidecar-cache"] == "hit"
     assert _post(sidecar, "question 0").headers["x-llm-sidecar-cache"] == "miss"
-    cache = sidecar.servers.app[PIPELINE].cache
+    cache = sidecar.pipeline.cache
     snapshot = cache.snapshot()
     assert snapshot["bytes"] <= 2000 and snapshot["hits"] >= 1 and snapshot["output_tokens_saved"] > 0
 
@@ -186,7 +185,7 @@ def test_no_secret_in_keys_or_values(cached_sidecar, mock_provider, dialect) -> 
         httpx.post(sidecar.anthropic_base + "/v1/messages", headers={"x-api-key": secret},
                    json={"model": "claude-sonnet", "max_tokens": 5, "messages": [{"role": "user", "content": "s"}]})
     time.sleep(0.05)
-    backend = sidecar.servers.app[PIPELINE].cache.backend
+    backend = sidecar.pipeline.cache.backend
     items = list(backend._items.items())
     assert items
     for key, (value, _) in items:

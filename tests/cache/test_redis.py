@@ -12,10 +12,8 @@ from pathlib import Path
 
 import httpx
 import orjson
-import pytest
 import yaml
 
-from proxy.server import PIPELINE
 from tests.cache.conftest import cache_config, redis_cache
 from tests.servers import RedisServer, free_port
 
@@ -118,7 +116,7 @@ def test_redis_killed_mid_load_and_restarted(cached_sidecar, mock_provider) -> N
         assert len(statuses) > during > 10
         # The cache came back: the restarted (empty) Redis is filled again and answers hits.
         assert statuses[-20:].count("hit") >= 10, statuses[-20:]
-        snapshot = sidecar.servers.app[PIPELINE].cache.snapshot()
+        snapshot = sidecar.pipeline.cache.snapshot()
         assert snapshot["errors"] > 0 and snapshot["available"]
     finally:
         server.kill()

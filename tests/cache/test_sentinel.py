@@ -15,7 +15,6 @@ import redis
 from proxy import DistributedCacheDecorator
 from proxy.cache.config import CacheConfig
 from proxy.cache.redis import RedisBackend, SyncRedisBackend
-from proxy.server import PIPELINE
 from tests.cache.conftest import NotSettled, RedisSentinel
 
 
@@ -47,7 +46,7 @@ def test_sentinel_stores_and_serves_hits(cached_sidecar, mock_provider, redis_se
     hit = _post(sidecar.openai_base, "sentinel")
     assert hit.headers["x-llm-sidecar-cache"] == "hit" and hit.json() == first.json()
     assert mock_provider.calls() == 1
-    snapshot = sidecar.servers.app[PIPELINE].cache.snapshot()
+    snapshot = sidecar.pipeline.cache.snapshot()
     assert snapshot["local_hits"] == 0 and snapshot["errors"] == 0 and snapshot["available"]
     # Written to the master, replicated to the replica.
     replica = next(port for port in redis_sentinel.servers if port != redis_sentinel.master_port())
@@ -85,7 +84,7 @@ def test_sentinel_failover_fails_open_then_hits_come_back(cached_sidecar, mock_p
     assert _keys(new.port) >= 2
     # ...and the entry stored before the failover survived on the promoted replica.
     assert _post(sidecar.openai_base, "before").headers["x-llm-sidecar-cache"] == "hit"
-    snapshot = sidecar.servers.app[PIPELINE].cache.snapshot()
+    snapshot = sidecar.pipeline.cache.snapshot()
     assert snapshot["errors"] > 0 and snapshot["available"]
 
 

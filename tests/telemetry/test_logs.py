@@ -13,7 +13,6 @@ import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from proxy.server import PIPELINE
 from proxy.telemetry.logs import JSONFormatter
 from tests.servers import PROVIDER_KEY, default_config
 from tests.telemetry.conftest import exposition
@@ -105,7 +104,7 @@ def test_no_key_or_prompt_anywhere(make_sidecar, mock_provider, logs, refused_po
         {"name": "nowhere", "url": refused_port.url + "/v1", "api_key": PROVIDER_KEY}]}
     sidecar = make_sidecar(config=config)
     spans = InMemorySpanExporter()
-    sidecar.servers.app[PIPELINE].telemetry.tracing.provider.add_span_processor(SimpleSpanProcessor(spans))
+    sidecar.pipeline.telemetry.tracing.provider.add_span_processor(SimpleSpanProcessor(spans))
     client, messages = sidecar.openai(), [{"role": "user", "content": PROMPT}]
     bodies: list[str] = []
 

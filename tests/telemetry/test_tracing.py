@@ -17,7 +17,6 @@ from opentelemetry.trace import SpanKind, StatusCode
 from proxy.call import Call
 from proxy.config import parse_config
 from proxy.dialects import OPENAI
-from proxy.server import PIPELINE
 from proxy.telemetry import Telemetry
 from proxy.telemetry.observer import NOOP
 from tests.servers import PROVIDER_KEY, default_config, free_port
@@ -32,7 +31,7 @@ def traced(make_sidecar):
     """A sidecar that traces every call into an in-memory exporter."""
     sidecar = make_sidecar(telemetry={"tracing": {"enabled": True, "exporter": "none"}})
     exporter = InMemorySpanExporter()
-    sidecar.servers.app[PIPELINE].telemetry.tracing.provider.add_span_processor(SimpleSpanProcessor(exporter))
+    sidecar.pipeline.telemetry.tracing.provider.add_span_processor(SimpleSpanProcessor(exporter))
     return sidecar, exporter
 
 
