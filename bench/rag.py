@@ -131,8 +131,8 @@ async def measure(megabytes: float, query_count: int) -> dict[str, float]:
 
 def table(rows: list[dict[str, float]], query_count: int) -> str:
     lines = [
-        f"| text (MB) | documents | chunks | terms | index build (s) | build MB/s | query p50 (ms) | "
-        f"query p99 (ms) | first streamed result (ms) | RSS growth (MB) |",
+        "| text (MB) | documents | chunks | terms | index build (s) | build MB/s | query p50 (ms) | "
+        "query p99 (ms) | first streamed result (ms) | RSS growth (MB) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import anthropic
-import openai
 import pytest
 
 from tests.servers import PROVIDER_KEY, Sidecar

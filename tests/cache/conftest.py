@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.servers import PROVIDER_KEY, MockProvider, RedisServer, Sidecar, default_config, free_port
+from tests.servers import PROVIDER_KEY, MockProvider, RedisServer, Sidecar, default_config
 
 
 def cache_config(mock_url: str, cache: dict[str, Any] | None = None, pass_through: bool = False,
