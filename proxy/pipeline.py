@@ -22,6 +22,7 @@ from proxy.rag.config import ContextInjection
 from proxy.relay import relay
 from proxy.router import Router
 from proxy.telemetry import Telemetry
+from proxy.telemetry.logs import EVENTS
 
 
 class Pipeline:
@@ -50,6 +51,14 @@ class Pipeline:
         except ProxyError as error:
             stale = await self.cache.rescue(call, error)  # an expired entry, if the policy allows one
             return stale if stale is not None else self.error_response(call, error)
+        except Exception:
+            # A bug, not a defined failure. Before a response is under way, the caller still gets
+            # an error in its dialect (not aiohttp's bare text 500) and the proxy keeps serving.
+            if call.status:
+                raise
+            EVENTS.error("unexpected error", exc_info=True,
+                         extra={"fields": {"request_id": call.request_id, "model_group": call.model_group}})
+            return self.error_response(call, ProxyError("the sidecar failed to handle this call"))
         finally:
             self.in_flight -= 1
             self.cache.settle(call)
@@ -99,11 +108,12 @@ class Pipeline:
         call.outcome = "error"
         call.status = error.status
         call.error_type = error.type
-        headers = {"x-request-id": call.request_id}
         if isinstance(error, UpstreamStatus):
-            # The upstream's own error goes back as it came, so the SDK sees the real cause.
-            headers.update(error.headers)
+            # The upstream's own error goes back as it came, so the SDK sees the real cause;
+            # the request id stays ours, the one the access line carries.
+            headers = {**error.headers, **call.response_headers, "x-request-id": call.request_id}
             return web.Response(status=error.status, body=error.body, headers=headers)
+        headers = {**call.response_headers, "x-request-id": call.request_id}
         if isinstance(error, Overloaded):
             headers["Retry-After"] = str(max(1, round(error.retry_after)))
         headers["Content-Type"] = "application/json"

@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from proxy.dialects.sse import FrameSplitter, format_frame, parse_frame
+from proxy.errors import BadRequest
 
 #: (caller dialect, caller path, endpoint dialect) -> endpoint path
 _PATHS = {
@@ -74,9 +75,15 @@ class Translation:
         self.path = path
 
     def request(self, payload: dict[str, Any], model: str) -> bytes:
-        if self.caller == "openai":
-            return orjson.dumps(openai_to_anthropic_request(payload, model))
-        return orjson.dumps(anthropic_to_openai_request(payload, model))
+        """The call restated for the endpoint; a malformed call is the caller's error (400)."""
+        try:
+            if self.caller == "openai":
+                return orjson.dumps(openai_to_anthropic_request(payload, model))
+            return orjson.dumps(anthropic_to_openai_request(payload, model))
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            # The translators read well-formed calls; anything else cannot be restated.
+            raise BadRequest(f"the request cannot be translated for a {self.target} endpoint: "
+                             f"a field has an unexpected shape ({type(exc).__name__})") from None
 
     def response(self, body: bytes) -> bytes:
         document = _loads(body)
