@@ -355,7 +355,10 @@ def _handler(dialect: str, kind: str):
             if behaviour.latency_ms:
                 await asyncio.sleep(behaviour.latency_ms / 1000)
             if behaviour.status:
-                headers = {"Retry-After": f"{behaviour.retry_after:g}"} if behaviour.retry_after is not None else {}
+                # Like the real providers, errors carry the provider's own request id.
+                headers = {"x-request-id": _id("req_")}
+                if behaviour.retry_after is not None:
+                    headers["Retry-After"] = f"{behaviour.retry_after:g}"
                 return web.Response(status=behaviour.status, headers=headers, content_type="application/json",
                                     body=_error(dialect, behaviour.status, f"mock error {behaviour.status}"))
             return await _answer(request, kind, body, behaviour)

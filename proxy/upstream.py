@@ -191,6 +191,9 @@ class Upstream:
             raise
         if response.status >= 300:
             response.release()
+            if response.status < 400:
+                # Never hand a redirect to the client: its SDK would follow it past the sidecar.
+                raise UpstreamBroken(f"upstream answered a redirect ({response.status}); check the endpoint url")
             raise UpstreamStatus(
                 response.status, first, {k.lower(): v for k, v in response_headers(response.headers).items()}
             )

@@ -138,3 +138,46 @@ def test_client_disconnect_cancels_upstream(sidecar: Sidecar, mock_provider) -> 
 def test_unknown_path_in_dialect_format(sidecar: Sidecar) -> None:
     assert httpx.get(sidecar.openai_base + "/fine_tuning/jobs").json()["error"]["type"] == "not_found_error"
     assert httpx.post(sidecar.anthropic_base + "/v1/complete", json={}).json()["type"] == "error"
+
+
+def test_upstream_error_keeps_the_sidecars_request_id(sidecar: Sidecar, mock_provider) -> None:
+    mock_provider.set_behaviour("mock-gpt", status=500)
+    response = httpx.post(sidecar.openai_base + "/chat/completions", headers={"x-request-id": "ours-1"},
+                          json={"model": "gpt-4o-mini", "messages": []})
+    assert response.status_code == 500 and response.headers["x-request-id"] == "ours-1"
+
+
+def test_upstream_redirect_is_502_and_never_reaches_the_client(sidecar: Sidecar, mock_provider) -> None:
+    mock_provider.set_behaviour("mock-gpt", status=307)
+    with pytest.raises(openai.InternalServerError) as info:
+        sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 502 and "redirect" in info.value.message
+    assert "location" not in info.value.response.headers
+
+
+def test_malformed_call_to_a_translated_endpoint_is_400(make_sidecar, mock_provider) -> None:
+    groups = {"gpt-4o-mini": {"endpoints": [{"name": "claude", "url": mock_provider.url, "dialect": "anthropic",
+                                             "model": "mock-claude", "api_key": "k"}]}}
+    sidecar = make_sidecar(model_groups=groups)
+    for body in ({"messages": ["hi"]}, {"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}):
+        response = httpx.post(sidecar.openai_base + "/chat/completions", json={"model": "gpt-4o-mini", **body})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["type"] == "invalid_request_error"
+    assert mock_provider.calls() == 0
+
+
+def test_an_unexpected_failure_still_answers_in_the_dialect(sidecar: Sidecar, monkeypatch) -> None:
+    import proxy.pipeline
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(proxy.pipeline, "relay", broken)
+    response = httpx.post(sidecar.anthropic_base + "/v1/messages",
+                          json={"model": "claude-sonnet", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 500
+    assert response.json() == {"type": "error", "error": {"type": "api_error",
+                                                          "message": "the sidecar failed to handle this call"}}
+    monkeypatch.undo()
+    assert sidecar.anthropic().messages.create(model="claude-sonnet", max_tokens=5,
+                                               messages=[{"role": "user", "content": "x"}]).content
