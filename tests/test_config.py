@@ -91,3 +91,22 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert failed.returncode == 2
     assert "model_groups.g.endpoints[0].url" in failed.stderr
     assert "model_groups.g.endpoints[0].max_concurrent" in failed.stderr
+
+
+def test_urls_that_would_swallow_the_operation_path_are_rejected() -> None:
+    for url in ("http://x/openai/deployments/d?api-version=2024-06-01", "http://user:pw@x/v1", "http://x/v1#frag"):
+        with pytest.raises(ConfigError, match=r"endpoints\[0\].*no query string, fragment or user:password@"):
+            parse_config(minimal(url=url))
+
+
+def test_an_empty_key_file_is_an_error(tmp_path: Path) -> None:
+    empty = tmp_path / "key"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="key is empty"):
+        parse_config(minimal(api_key_file=str(empty)))
+
+
+def test_passwords_in_other_sections_stay_out_of_repr() -> None:
+    config = parse_config({**minimal(), "cache": {"backend": "redis", "redis_url": "redis://:hunter2@h:6379/0"},
+                           "telemetry": {"tracing": {"enabled": True, "headers": {"Authorization": "Bearer t0k"}}}})
+    assert "hunter2" not in repr(config) and "t0k" not in repr(config)

@@ -16,7 +16,8 @@ class CacheConfig(BaseModel):
 
     backend: Literal["none", "memory", "redis"] = "memory"
     #: ``redis://`` / ``rediss://`` URL of the server, or of any node of a cluster
-    redis_url: str | None = None
+    #: may carry a password: kept out of ``repr`` so a logged config never shows it
+    redis_url: str | None = Field(None, repr=False)
     redis_mode: Literal["single", "sentinel", "cluster"] = "single"
     #: ``host:port`` of each Sentinel (``redis_mode: sentinel``); ``redis_url`` then only carries password and db
     redis_sentinels: list[str] = []

@@ -27,6 +27,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, Protocol
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -76,6 +77,13 @@ class EndpointConfig(Strict):
 
     @model_validator(mode="after")
     def _resolve(self) -> EndpointConfig:
+        for field in ("url", "probe_url"):
+            value = getattr(self, field)
+            parts = urlsplit(value) if value else None
+            # Operation paths are appended to the url: a query or fragment would swallow them,
+            # and credentials belong in api_key*, not in a URL that /status and logs may show.
+            if parts is not None and (parts.query or parts.fragment or parts.username or parts.password):
+                raise ValueError(f"{field}: no query string, fragment or user:password@ allowed")
         url = self.url.rstrip("/")
         dialect = self.dialect
         for suffix, suffix_dialect in _OPERATION_SUFFIXES:
@@ -103,6 +111,8 @@ class EndpointConfig(Strict):
             except OSError as exc:
                 raise ValueError(f"api_key_file: cannot read {self.api_key_file}: {exc.strerror}") from None
             object.__setattr__(self, "api_key", Secret(value))
+        if self.api_key is not None and not self.api_key.reveal().strip():
+            raise ValueError("the endpoint's key is empty")
         return self
 
 

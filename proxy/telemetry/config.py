@@ -41,7 +41,8 @@ class TracingConfig(_Strict):
     #: the full traces URL; unset, the exporter reads ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``
     endpoint: str | None = Field(None, pattern=r"^https?://")
     #: extra headers for the collector (e.g. a tenant); values are not logged
-    headers: dict[str, str] = {}
+    #: often an auth header: kept out of ``repr`` so a logged config never shows it
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
     timeout: float = Field(10.0, gt=0)
     service_name: str = "llm-sidecar"
     #: the share of calls without a sampled parent that are traced (parent-based sampling)
