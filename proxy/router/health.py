@@ -11,7 +11,6 @@ one ``cleanup_ctx`` in ``proxy/server.py`` (or by ``ConcurrentRouter``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 
@@ -39,9 +38,7 @@ class HealthProber:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
     async def probe(self, endpoint: Endpoint) -> bool:
@@ -53,6 +50,8 @@ class HealthProber:
             ok = status < 500
             error = None if ok else f"status_{status}"
         except UpstreamError as exc:
+            ok, error = False, type(exc).__name__
+        except Exception as exc:  # a probe that cannot even be sent is a failed probe, not a dead task
             ok, error = False, type(exc).__name__
         self.record(endpoint, ok, error)
         return ok
