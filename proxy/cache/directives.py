@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from multidict import CIMultiDictProxy
 
 TTL_HEADER = "x-llm-sidecar-cache-ttl"
+MAX_SECONDS = 365 * 24 * 3600.0
 STATUS_HEADER = "x-llm-sidecar-cache"
 
 
@@ -32,7 +34,10 @@ def _seconds(text: str) -> float | None:
         value = float(text.strip().strip('"'))
     except ValueError:
         return None
-    return value if value >= 0 else None
+    if not math.isfinite(value) or value < 0:
+        return None
+    # Past a year an entry is as good as permanent; beyond that Redis refuses the expiry.
+    return min(value, MAX_SECONDS)
 
 
 def parse_directives(headers: CIMultiDictProxy[str]) -> Directives:

@@ -190,3 +190,16 @@ def test_no_secret_in_keys_or_values(cached_sidecar, mock_provider, dialect) -> 
     assert items
     for key, (value, _) in items:
         assert secret not in key and secret.encode() not in value
+
+
+def test_ttl_header_must_be_a_finite_number() -> None:
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from proxy.cache.directives import MAX_SECONDS, parse_directives
+
+    def ttl(value: str) -> float | None:
+        return parse_directives(CIMultiDictProxy(CIMultiDict({"x-llm-sidecar-cache-ttl": value}))).ttl
+
+    assert ttl("30") == 30
+    assert ttl("inf") is None and ttl("nan") is None and ttl("-5") is None and ttl("soon") is None
+    assert ttl("1e20") == MAX_SECONDS
