@@ -31,6 +31,12 @@ ANSWER_FIELDS = frozenset(
         "response_format", "text", "modalities", "audio", "prediction", "reasoning", "reasoning_effort",
         "thinking", "include", "truncation", "web_search_options", "verbosity",
         "dimensions", "encoding_format",
+        # in-cluster servers' own knobs (vLLM, Ollama) and Anthropic's server-side tools
+        "min_p", "typical_p", "repetition_penalty", "length_penalty", "min_tokens", "ignore_eos",
+        "use_beam_search", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
+        "guided_decoding_backend", "structured_outputs", "chat_template", "chat_template_kwargs",
+        "add_generation_prompt", "continue_final_message", "options", "format", "raw", "template",
+        "mcp_servers", "container",
     }
 )
 

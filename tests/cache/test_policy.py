@@ -203,3 +203,13 @@ def test_ttl_header_must_be_a_finite_number() -> None:
     assert ttl("30") == 30
     assert ttl("inf") is None and ttl("nan") is None and ttl("-5") is None and ttl("soon") is None
     assert ttl("1e20") == MAX_SECONDS
+
+
+def test_in_cluster_server_knobs_split_the_key() -> None:
+    from proxy.cache.keys import request_key
+
+    base = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    keys = {request_key("t", "s", {**base, **extra}) for extra in (
+        {}, {"guided_json": {"type": "object"}}, {"min_p": 0.1}, {"options": {"num_ctx": 4096}})}
+    assert len(keys) == 4
+    assert request_key("t", "s", {**base, "user": "u1", "stream": True}) == request_key("t", "s", base)
