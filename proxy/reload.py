@@ -155,6 +155,7 @@ class Reloader:
         elif hasattr(cache, "groups"):
             cache.groups = group_caching(config)  # one assignment; a call reads it once, in lookup
         router = Router(config, self.upstream)
+        router.adopt(old.router)
         pipeline = Pipeline(config, router, cache, old.telemetry)
         prober = HealthProber(list(router.endpoints()), self.upstream, config.router.health)
         # The swap: no await from here to the assignment, so no call sees half of it.

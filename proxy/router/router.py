@@ -84,6 +84,20 @@ class Router:
         # (group, caller dialect, operation path) -> plan; filled once per combination.
         self._plans: dict[tuple[str, str, str], Plan] = {}
 
+    def adopt(self, previous: Router) -> None:
+        """Keep the live state of endpoints a config reload did not change.
+
+        Their slots in use, cool-downs, circuits and health carry over, so a reload neither
+        doubles an upstream's concurrency nor forgets that it asked for rest.
+        """
+        if previous.settings != self.settings:
+            return
+        for group, endpoints in self.groups.items():
+            kept = {e.name: e for e in previous.groups.get(group, ())}
+            self.groups[group] = [
+                kept[e.name] if e.name in kept and kept[e.name].config == e.config else e for e in endpoints
+            ]
+
     # ------------------------------------------------------------------ reading
 
     def endpoints(self) -> Iterator[Endpoint]:
