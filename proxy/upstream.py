@@ -127,6 +127,11 @@ class UpstreamResponse:
         """The whole answer is read: the chunk just yielded was the last."""
         return self._response.content.at_eof()
 
+    @property
+    def deadline(self) -> float:
+        """When the attempt's ``total`` timeout ends, in event-loop time."""
+        return self._deadline
+
     def close(self) -> None:
         self._response.close()
 

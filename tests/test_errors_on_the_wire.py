@@ -181,3 +181,29 @@ def test_an_unexpected_failure_still_answers_in_the_dialect(sidecar: Sidecar, mo
     monkeypatch.undo()
     assert sidecar.anthropic().messages.create(model="claude-sonnet", max_tokens=5,
                                                messages=[{"role": "user", "content": "x"}]).content
+
+
+def test_a_client_that_stops_reading_frees_the_slot_after_the_total_timeout(make_sidecar, mock_provider) -> None:
+    groups = {"gpt-4o-mini": {"endpoints": [{"name": "m", "url": mock_provider.url + "/v1", "model": "mock-gpt",
+                                             "max_concurrent": 1, "timeouts": {"total": 1.0}}]}}
+    sidecar = make_sidecar(model_groups=groups)
+    mock_provider.set_behaviour("mock-gpt", chunks=60000)  # ~14 MB of frames: more than the socket buffers hold
+    body = b'{"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "x"}]}'
+    with socket.socket() as stalled:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", sidecar.servers.port))
+        stalled.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert stalled.recv(64).startswith(b"HTTP/1.1 200")
+        # ...and reads no more. The endpoint's one slot must come free once the total timeout
+        # (1 s) and the grace for last words (5 s) have passed, while this socket stays open.
+        mock_provider.set_behaviour("mock-gpt")
+        deadline = time.monotonic() + 15
+        while True:
+            status = httpx.get(sidecar.admin_url + "/status").json()
+            if status["groups"]["gpt-4o-mini"]["endpoints"][0]["in_flight"] == 0:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+        reply = sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "y"}])
+        assert reply.choices[0].message.content

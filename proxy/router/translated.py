@@ -47,5 +47,9 @@ class TranslatedResponse:
     first_in_hand = False
     complete = False
 
+    @property
+    def deadline(self) -> float:
+        return self._inner.deadline
+
     def close(self) -> None:
         self._inner.close()
