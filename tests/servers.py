@@ -193,12 +193,14 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
+    def command(self) -> list[str]:
+        """How the server is started; a subclass (a Sentinel) starts it another way."""
+        return [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", self.dir, *self.extra_args]
+
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, *self.extra_args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        """Start the server and wait until it answers PING."""
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -208,7 +210,7 @@ class RedisServer:
                         return
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+        raise RuntimeError(f"redis-server did not start on port {self.port}: {' '.join(self.command()[1:])}")
 
     def kill(self) -> None:
         if self.process is not None:

@@ -119,7 +119,7 @@ class SentinelServer(RedisServer):
         self.quorum = quorum
         super().__init__()
 
-    def start(self) -> None:
+    def command(self) -> list[str]:
         conf = Path(self.dir) / "sentinel.conf"
         if not conf.exists():
             conf.write_text(
@@ -129,18 +129,7 @@ class SentinelServer(RedisServer):
                 f"sentinel down-after-milliseconds {self.service_name} 400\n"
                 f"sentinel failover-timeout {self.service_name} 2000\n"
                 f"sentinel parallel-syncs {self.service_name} 1\n")
-        self.process = subprocess.Popen([self.binary, str(conf), "--sentinel"],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server --sentinel did not start on port {self.port}")
+        return [self.binary, str(conf), "--sentinel"]
 
     def master(self) -> dict[str, Any]:
         """``SENTINEL MASTER <name>`` as this Sentinel sees it."""
