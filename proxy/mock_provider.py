@@ -13,6 +13,9 @@ Behaviour is programmable per model name (``PUT /_mock/behaviour/{model}``, or
 ``x-mock-status``      answer with this error status instead
 ``x-mock-retry-after`` with a 429 (or any status): the ``Retry-After`` header
 ``x-mock-cut-after``   drop the connection after this many streamed chunks
+``x-mock-echo-key``    1: echo the caller's key, as some gateways do: in an error's
+                       message and ``x-echo-key`` header, else as the answer's first
+                       word (streamed: cut across two writes)
 =====================  =========================================================
 
 ``GET /_mock/stats`` counts calls and concurrency per model, ``GET /_mock/requests``
@@ -52,6 +55,7 @@ class Behaviour:
     status: int = 0
     retry_after: float | None = None
     cut_after: int = -1
+    echo_key: int = 0
 
     @classmethod
     def parse(cls, spec: str) -> tuple[str, Behaviour]:
@@ -320,11 +324,17 @@ def _error(dialect: str, status: int, message: str) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}})
 
 
+def _caller_key(request: web.Request) -> str:
+    value = request.headers.get("x-api-key") or request.headers.get("Authorization", "")
+    return value.removeprefix("Bearer ")
+
+
 async def _stream(request: web.Request, frames: list[bytes], behaviour: Behaviour) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     if behaviour.ttft_ms:
         await asyncio.sleep(behaviour.ttft_ms / 1000)
+    key = _caller_key(request).encode() if behaviour.echo_key else b""
     for index, frame in enumerate(frames):
         if index == behaviour.cut_after:
             assert request.transport is not None
@@ -332,6 +342,11 @@ async def _stream(request: web.Request, frames: list[bytes], behaviour: Behaviou
             return response
         if index and behaviour.chunk_delay_ms:
             await asyncio.sleep(behaviour.chunk_delay_ms / 1000)
+        if key and key in frame:  # the echoed key, cut in two: the reader sees it across two chunks
+            middle = frame.index(key) + len(key) // 2
+            await response.write(frame[:middle])
+            await asyncio.sleep(0.05)
+            frame = frame[middle:]
         await response.write(frame)
     await response.write_eof()
     return response
@@ -359,8 +374,12 @@ def _handler(dialect: str, kind: str):
                 headers = {"x-request-id": _id("req_")}
                 if behaviour.retry_after is not None:
                     headers["Retry-After"] = f"{behaviour.retry_after:g}"
+                message = f"mock error {behaviour.status}"
+                if behaviour.echo_key:
+                    headers["x-echo-key"] = _caller_key(request)
+                    message += f": invalid key {_caller_key(request)}"
                 return web.Response(status=behaviour.status, headers=headers, content_type="application/json",
-                                    body=_error(dialect, behaviour.status, f"mock error {behaviour.status}"))
+                                    body=_error(dialect, behaviour.status, message))
             return await _answer(request, kind, body, behaviour)
         finally:
             state.in_flight[model] -= 1
@@ -374,6 +393,8 @@ async def _answer(request: web.Request, kind: str, body: dict[str, Any], behavio
     if kind == "count_tokens":
         return web.json_response({"input_tokens": count_tokens(prompt_text(body))}, dumps=_dumps)
     answer = decide(body, behaviour)
+    if behaviour.echo_key:
+        answer.words.insert(0, _caller_key(request))
     if body.get("stream") is True:
         frames = {
             "chat": lambda: openai_chat_chunks(answer, bool((body.get("stream_options") or {}).get("include_usage"))),

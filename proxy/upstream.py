@@ -3,6 +3,10 @@
 ``Upstream.open`` makes one attempt at one endpoint and returns once the answer's
 first bytes are in hand (the whole body for a JSON answer), so the router can still
 fall back to another endpoint on any failure up to that point.
+
+It is also the only place upstream answers are read, so it is where a credential the
+upstream echoes back (some gateways quote the ``Authorization`` header in a 401) is
+redacted: from bodies, streams and headers, before the relay, cache, logs or traces see it.
 """
 
 from __future__ import annotations
@@ -58,13 +62,78 @@ def _connect_timeout(seconds: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, sock_connect=seconds)
 
 
-def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def response_headers(headers: CIMultiDictProxy[str], redactor: Redactor | None = None) -> CIMultiDict[str]:
     # Copy whole, then delete: the C copy and a dozen lookups are 4× faster than a filtered rebuild.
     out = CIMultiDict(headers)
     for name in _DROP_RESPONSE_HEADERS:
         if name in out:
             del out[name]
+    if redactor is not None and redactor.keys:
+        echoed = [(name, value) for name, value in out.items() if redactor.found_in(value)]
+        for name, _ in echoed:
+            del out[name]
+        for name, value in echoed:
+            out.add(name, redactor.text(value))
     return out
+
+
+REDACTED = "[redacted]"
+#: shorter "credentials" (a local server's "none", "x") are no secret; replacing them would garble answers
+_MIN_SECRET = 8
+_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
+
+
+class Redactor:
+    """Replaces the credentials one attempt sent wherever the upstream's answer echoes them.
+
+    A stream is redacted chunk by chunk; a chunk's tail that could be the start of a key
+    cut by the chunk boundary is held back until the next chunk shows whether it is one.
+    """
+
+    __slots__ = ("keys", "_text_keys", "_held")
+
+    def __init__(self, sent: CIMultiDict[str]) -> None:
+        keys: set[str] = set()
+        for name in _CREDENTIAL_HEADERS:
+            for value in sent.getall(name, ()):
+                keys.add(value.split(" ", 1)[1] if value[:7].lower() == "bearer " else value)
+        # Longest first: a key that contains another is replaced whole.
+        self._text_keys = tuple(sorted((k for k in keys if len(k) >= _MIN_SECRET), key=len, reverse=True))
+        self.keys = tuple(k.encode() for k in self._text_keys)
+        self._held = b""
+
+    def found_in(self, value: str) -> bool:
+        return any(key in value for key in self._text_keys)
+
+    def text(self, value: str) -> str:
+        for key in self._text_keys:
+            value = value.replace(key, REDACTED)
+        return value
+
+    def whole(self, data: bytes) -> bytes:
+        for key in self.keys:
+            if key in data:
+                data = data.replace(key, REDACTED.encode())
+        return data
+
+    def feed(self, chunk: bytes, last: bool) -> bytes:
+        """The redacted bytes of ``chunk`` that can go out now (all of them when ``last``)."""
+        if not self.keys:
+            return chunk
+        data = self.whole(self._held + chunk if self._held else chunk)
+        cut = len(data)
+        if not last:
+            for key in self.keys:
+                # Only the last len(key) - 1 bytes can start a key that the next chunk completes.
+                start = max(0, len(data) - len(key) + 1)
+                at = data.rfind(key[:1], start)
+                while at >= 0:
+                    if key.startswith(data[at:]):
+                        cut = min(cut, at)
+                        break
+                    at = data.rfind(key[:1], start, at)
+        self._held = data[cut:]
+        return data[:cut]
 
 
 class UpstreamResponse:
@@ -74,7 +143,8 @@ class UpstreamResponse:
     ``chunks()`` as they arrive, each read bounded by the idle and total timeouts.
     """
 
-    __slots__ = ("status", "headers", "is_stream", "body", "_response", "_first", "_timeouts", "_deadline")
+    __slots__ = ("status", "headers", "is_stream", "body", "_response", "_first", "_timeouts", "_deadline",
+                 "_redactor")
 
     def __init__(
         self,
@@ -83,13 +153,18 @@ class UpstreamResponse:
         timeouts: Timeouts,
         deadline: float,
         is_stream: bool,
+        redactor: Redactor,
     ) -> None:
         self.status = response.status
-        self.headers = response_headers(response.headers)
+        self.headers = response_headers(response.headers, redactor)
         self.is_stream = is_stream
-        self.body = b"" if is_stream else first
+        self._redactor = redactor
+        if is_stream:
+            self.body = b""
+            self._first = redactor.feed(first, response.content.at_eof())
+        else:
+            self.body = self._first = redactor.whole(first)
         self._response = response
-        self._first = first
         self._timeouts = timeouts
         self._deadline = deadline
 
@@ -98,6 +173,7 @@ class UpstreamResponse:
             yield self._first
         loop = asyncio.get_running_loop()
         content = self._response.content
+        redactor = self._redactor
         while True:
             remaining = self._deadline - loop.time()
             idle = self._timeouts.idle
@@ -114,8 +190,11 @@ class UpstreamResponse:
             except _CAUGHT as exc:
                 raise map_client_error(exc, phase) from None
             if not chunk:
+                if tail := redactor.feed(b"", True):
+                    yield tail
                 return
-            yield chunk
+            if chunk := redactor.feed(chunk, content.at_eof()):
+                yield chunk
 
     @property
     def first_in_hand(self) -> bool:
@@ -170,6 +249,7 @@ class Upstream:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeouts.total
         response: aiohttp.ClientResponse | None = None
+        redactor = Redactor(headers)
         phase = "connect"
         try:
             async with asyncio.timeout(min(timeouts.first_byte, timeouts.total)):
@@ -200,6 +280,7 @@ class Upstream:
                 # Never hand a redirect to the client: its SDK would follow it past the sidecar.
                 raise UpstreamBroken(f"upstream answered a redirect ({response.status}); check the endpoint url")
             raise UpstreamStatus(
-                response.status, first, {k.lower(): v for k, v in response_headers(response.headers).items()}
+                response.status, redactor.whole(first),
+                {k.lower(): v for k, v in response_headers(response.headers, redactor).items()},
             )
-        return UpstreamResponse(response, first, timeouts, deadline, is_stream)
+        return UpstreamResponse(response, first, timeouts, deadline, is_stream, redactor)
