@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -74,7 +75,7 @@ Try it (twice: the second answer says x-llm-sidecar-cache: hit):
   curl -si http://127.0.0.1:{port}/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello"}}]}}'
 
-  OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 OPENAI_API_KEY=unused python -c '
+  OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 OPENAI_API_KEY=unused {python} -c '
 from openai import OpenAI
 r = OpenAI().chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "Hello"}}])
 print(r.choices[0].message.content)'
@@ -96,7 +97,9 @@ async def _demo(port: int, admin_port: int) -> None:
     mock_port = mock_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     servers = Servers(demo_config(f"http://127.0.0.1:{mock_port}", port, admin_port))
     await servers.start()
-    print(DEMO_HELP.format(port=servers.port, admin_port=servers.admin_port, mock_port=mock_port), flush=True)
+    # The interpreter running the demo has the SDKs: the snippet works without activating the venv.
+    print(DEMO_HELP.format(port=servers.port, admin_port=servers.admin_port, mock_port=mock_port,
+                           python=shlex.quote(sys.executable)), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -39,7 +39,7 @@ KEYS_DIR = "/var/run/secrets/llm-sidecar/keys"
 PROTECTED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 NATIVE_SIDECAR_MIN = (1, 29)
 
-#: Per-pod annotations (without the prefix) and what they override; the README
+#: Per-pod annotations (without the prefix) and what they override; docs/kubernetes.md
 #: table lists the same keys (a test keeps the two in step).
 ANNOTATIONS: dict[str, str] = {
     "inject": "`enabled` or `disabled`: opt this pod in or out, whatever the namespace says",

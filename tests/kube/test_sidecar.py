@@ -160,7 +160,7 @@ def test_plan_does_not_mutate_its_input() -> None:
     assert pod == POD
 
 
-def test_readme_documents_every_annotation() -> None:
-    text = (ROOT / "README.md").read_text()  # its Kubernetes section
+def test_kubernetes_docs_document_every_annotation() -> None:
+    text = (ROOT / "docs" / "kubernetes.md").read_text()
     for name in sidecar.ANNOTATIONS:
         assert f"`{sidecar.PREFIX}{name}`" in text, name
