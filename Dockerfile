@@ -27,7 +27,7 @@ RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent \
 COPY --from=build /opt/llm-sidecar /opt/llm-sidecar
 # Runs with a read-only root filesystem; the pod gives it an emptyDir at /tmp.
 USER 10001:10001
-EXPOSE 8080 9090 8443
+EXPOSE 15180 15190 8443
 # aiohttp drains in-flight calls on SIGTERM (server.drain_timeout).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["llm-sidecar"]

@@ -8,7 +8,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from proxy.config import Config, ConfigError, load_config, parse_config
+from proxy.config import ADMIN_PORT, PROXY_PORT, Config, ConfigError, load_config, parse_config, with_server
 
 
 def _run(main: object) -> None:
@@ -24,9 +24,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.server import serve
     from proxy.telemetry.logs import setup_logging
 
-    config = load_config(args.config)
+    # The listeners' ports from the command line beat the file's: the injector sets them per
+    # pod, while one ConfigMap serves every pod of a namespace. Reloads keep them too.
+    overrides = {k: v for k, v in (("port", args.port), ("admin_port", args.admin_port)) if v is not None}
+    config = with_server(load_config(args.config), overrides)
     setup_logging(config.telemetry.log_level)
-    _run(serve(config, args.config))
+    _run(serve(config, args.config, overrides))
     return 0
 
 
@@ -118,13 +121,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delegate(module: str) -> object:
-    def run(args: argparse.Namespace) -> int:
-        import importlib
-
-        return importlib.import_module(module).main(args.rest)
-
-    return run
+#: subcommands whose module parses the rest of the command line itself
+DELEGATED = {"inject": "proxy.kube.inject", "webhook": "proxy.kube.webhook"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the proxy and the admin listener")
     serve.add_argument("--config", "-c", required=True, help="the YAML config file")
+    serve.add_argument("--port", type=int, help="proxy port (overrides server.port)")
+    serve.add_argument("--admin-port", type=int, help="admin port (overrides server.admin_port)")
     serve.set_defaults(run=cmd_serve)
 
     check = commands.add_parser("check-config", help="validate a config file without starting")
@@ -151,17 +151,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="per-model behaviour, e.g. slow:ttft_ms=200,chunk_delay_ms=10")
     mock.set_defaults(run=cmd_mock_provider)
 
-    for name, module, text in (
-        ("inject", "proxy.kube.inject", "add the sidecar to Kubernetes YAML offline"),
-        ("webhook", "proxy.kube.webhook", "serve the sidecar-injecting admission webhook"),
-    ):
-        sub = commands.add_parser(name, help=text, add_help=False)
-        sub.add_argument("rest", nargs=argparse.REMAINDER)
-        sub.set_defaults(run=_delegate(module))
+    # Listed for --help only: main() hands their arguments to their modules (DELEGATED).
+    commands.add_parser("inject", help="add the sidecar to Kubernetes YAML offline")
+    commands.add_parser("webhook", help="serve the sidecar-injecting admission webhook")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # inject and webhook parse their own arguments: argparse's REMAINDER would refuse
+    # the options that come first (``inject -f x.yaml`` → "unrecognized arguments").
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

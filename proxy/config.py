@@ -26,13 +26,22 @@ class ConfigError(Exception):
     """The config cannot be used; the message names every bad field by its path."""
 
 
+#: The default ports. A sidecar shares its pod's network namespace, so it must not take a
+#: port the app may listen on without declaring it (8080, 9090 and their like). These sit in
+#: the 15000 range that service meshes reserve for the same reason, clear of the ports
+#: Istio (15000-15021, 15053, 15080, 15090), Open Service Mesh (15000-15010, 15901-15904),
+#: Kuma (15001, 15006, 9901, 9902), Linkerd (4140-4191) and Consul (19000, 20000, 21000+) take.
+PROXY_PORT = 15180
+ADMIN_PORT = 15190
+
+
 class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
+    port: int = Field(PROXY_PORT, ge=0, le=65535)
     admin_host: str = "0.0.0.0"
-    admin_port: int = Field(9090, ge=0, le=65535)
+    admin_port: int = Field(ADMIN_PORT, ge=0, le=65535)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
     #: seconds that in-flight calls (streams too) get to finish on SIGTERM
     drain_timeout: float = Field(30.0, ge=0)
@@ -121,6 +130,17 @@ def parse_config(data: Any) -> Config:
             message = error["msg"].removeprefix("Value error, ")
             lines.append(f"{field_path(error['loc'])}: {message}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def with_server(config: Config, overrides: dict[str, Any]) -> Config:
+    """``config`` with some ``server`` fields replaced (``serve --port``), validated again."""
+    if not overrides:
+        return config
+    try:
+        server = ServerConfig.model_validate({**config.server.model_dump(), **overrides})
+    except ValidationError as exc:
+        raise ConfigError("; ".join(f"server.{field_path(e['loc'])}: {e['msg']}" for e in exc.errors())) from None
+    return config.model_copy(update={"server": server})
 
 
 def load_config(path: str | Path) -> Config:

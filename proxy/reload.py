@@ -27,9 +27,10 @@ import contextlib
 import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
 from proxy.cache import build_cache, group_caching
-from proxy.config import Config, ConfigError, ServerConfig, config_from_text
+from proxy.config import Config, ConfigError, ServerConfig, config_from_text, with_server
 from proxy.pipeline import Pipeline
 from proxy.router import Router
 from proxy.router.health import HealthProber
@@ -73,8 +74,12 @@ def _unknown_corpora(config: Config) -> list[str]:
 class Reloader:
     """Watches one config file and swaps ``Current`` when it changes; started by ``reload_ctx``."""
 
-    def __init__(self, path: str | Path, current: Current, upstream: Upstream) -> None:
+    def __init__(
+        self, path: str | Path, current: Current, upstream: Upstream, server_overrides: dict[str, Any] | None = None
+    ) -> None:
         self.path = Path(path)
+        #: ``server`` fields the command line set; they beat every version of the file
+        self.server_overrides = dict(server_overrides or {})
         self.current = current
         self.upstream = upstream
         self.digest: str | None = None
@@ -130,6 +135,7 @@ class Reloader:
         self.digest = digest
         try:
             config = await asyncio.to_thread(config_from_text, text.decode(), str(self.path))
+            config = with_server(config, self.server_overrides)
         except (ConfigError, UnicodeDecodeError) as exc:
             # ConfigError messages name field paths and never a value (see proxy/config.py).
             message = str(exc) if isinstance(exc, ConfigError) else "the config is not UTF-8 text"

@@ -1,4 +1,4 @@
-"""The two aiohttp applications: the proxy (``:8080``) and the admin listener (``:9090``).
+"""The two aiohttp applications: the proxy (``127.0.0.1:15180``) and the admin listener (``:15190``).
 
 Each long-lived resource has one ``cleanup_ctx`` generator, so its setup and
 teardown sit side by side; app state is typed with ``web.AppKey``. What a config
@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -91,8 +92,11 @@ async def not_found(dialect: Dialect, request: web.Request) -> web.Response:
     return web.Response(status=404, body=dialect.error_body(error), content_type="application/json")
 
 
-def build_app(config: Config, config_path: str | Path | None = None) -> web.Application:
-    """The proxy app; with ``config_path``, it reloads that file when it changes (``proxy/reload.py``)."""
+def build_app(
+    config: Config, config_path: str | Path | None = None, server_overrides: dict[str, Any] | None = None
+) -> web.Application:
+    """The proxy app; with ``config_path``, it reloads that file when it changes (``proxy/reload.py``),
+    applying ``server_overrides`` (``serve --port``) to each version of it."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[CURRENT] = Current(config)
@@ -111,15 +115,15 @@ def build_app(config: Config, config_path: str | Path | None = None) -> web.Appl
     app.router.add_route("*", "/v1/{tail:.*}", partial(not_found, OPENAI))
     app.router.add_route("*", "/anthropic/{tail:.*}", partial(not_found, ANTHROPIC))
     if config_path is not None:
-        app.cleanup_ctx.append(reload_ctx(config_path))  # last: stops first, before what it swaps
+        app.cleanup_ctx.append(reload_ctx(config_path, server_overrides or {}))  # last: stops first, before what it swaps
     return app
 
 
-def reload_ctx(path: str | Path) -> Callable[[web.Application], AsyncIterator[None]]:
+def reload_ctx(path: str | Path, server_overrides: dict[str, Any]) -> Callable[[web.Application], AsyncIterator[None]]:
     """Watches the config file for the app's lifetime; ``app[RELOADER].request()`` reloads now."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        reloader = app[RELOADER] = Reloader(path, app[CURRENT], app[UPSTREAM])
+        reloader = app[RELOADER] = Reloader(path, app[CURRENT], app[UPSTREAM], server_overrides)
         await reloader.start()
         yield
         await reloader.stop()
@@ -188,9 +192,11 @@ def build_admin_app(proxy_app: web.Application) -> web.Application:
 class Servers:
     """The proxy and admin listeners, started and drained together."""
 
-    def __init__(self, config: Config, config_path: str | Path | None = None) -> None:
+    def __init__(
+        self, config: Config, config_path: str | Path | None = None, server_overrides: dict[str, Any] | None = None
+    ) -> None:
         self.config = config
-        self.app = build_app(config, config_path)
+        self.app = build_app(config, config_path, server_overrides)
         self.admin = build_admin_app(self.app)
         # handler_cancellation: a client that disconnects cancels its call at once,
         # which closes the upstream request and frees the endpoint's slot.
@@ -228,9 +234,11 @@ class Servers:
         event("stopped")
 
 
-async def serve(config: Config, config_path: str | Path | None = None) -> None:
+async def serve(
+    config: Config, config_path: str | Path | None = None, server_overrides: dict[str, Any] | None = None
+) -> None:
     """Run until SIGTERM or SIGINT; with ``config_path``, reload it on change and on SIGHUP."""
-    servers = Servers(config, config_path)
+    servers = Servers(config, config_path, server_overrides)
     await servers.start()
     # Start-up built what lives as long as the process (modules, config, apps: ~50k
     # objects). Frozen, it is no longer walked by the full collections, which otherwise

@@ -20,7 +20,7 @@ def minimal(**endpoint: object) -> dict:
 
 def test_a_few_lines_are_enough() -> None:
     config = parse_config(minimal())
-    assert config.server.port == 8080 and config.server.admin_port == 9090
+    assert config.server.port == 15180 and config.server.admin_port == 15190
     endpoint = config.model_groups["g"].endpoints[0]
     assert endpoint.dialect == "openai" and endpoint.max_concurrent == 64
 

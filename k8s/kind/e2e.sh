@@ -48,7 +48,7 @@ test -z "$(kubectl -n demo-app get pod debug-shell -o jsonpath='{.metadata.annot
 
 step "calls went through the sidecar: a cache hit after the first call, metrics scraped"
 sleep 25   # the app calls every 10 s: at least one miss and one hit by now
-kubectl -n demo-app port-forward "pod/$pod" 19090:9090 >/dev/null 2>&1 & pf=$!
+kubectl -n demo-app port-forward "pod/$pod" 19090:15190 >/dev/null 2>&1 & pf=$!
 sleep 2
 metrics=$(curl -fsS http://127.0.0.1:19090/metrics); kill "$pf"
 echo "$metrics" | grep -E '^llm_sidecar_' | head -20

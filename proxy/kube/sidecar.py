@@ -44,6 +44,8 @@ NATIVE_SIDECAR_MIN = (1, 29)
 ANNOTATIONS: dict[str, str] = {
     "inject": "`enabled` or `disabled`: opt this pod in or out, whatever the namespace says",
     "image": "sidecar image (e.g. a canary tag)",
+    "proxy-port": "port of the proxy on 127.0.0.1 (when the app needs the default)",
+    "admin-port": "port of the admin listener: probes, `/metrics` (when the app needs the default)",
     "native-sidecar": "`true` / `false`: init container with `restartPolicy: Always`, or a plain container",
     "cpu-request": "sidecar CPU request",
     "cpu-limit": "sidecar CPU limit",
@@ -78,8 +80,9 @@ class SidecarSettings:
     #: provider keys: ``env`` (envFrom the Secret), ``files`` (mounted), ``passthrough`` (none)
     keys_mode: str = "env"
     keys_secret: str = "llm-sidecar-keys"
-    proxy_port: int = 8080
-    admin_port: int = 9090
+    #: the 15000 range, not 8080/9090: the app shares these ports' namespace (``proxy/config.py``)
+    proxy_port: int = 15180
+    admin_port: int = 15190
     #: ``auto`` (native when the cluster is >= 1.29), ``always`` or ``never``
     native_sidecar: str = "auto"
     resources: Mapping[str, Any] = field(
@@ -132,6 +135,9 @@ class SidecarSettings:
             raise SettingsError(f"sidecar.nativeSidecar: {self.native_sidecar!r} is not auto, always or never")
         if not self.image:
             raise SettingsError("sidecar.image: must not be empty")
+        for name, port in (("proxyPort", self.proxy_port), ("adminPort", self.admin_port)):
+            if not isinstance(port, int) or not 1 <= port <= 65535:
+                raise SettingsError(f"sidecar.{name}: {port!r} is not a port (1-65535)")
         if self.proxy_port == self.admin_port:
             raise SettingsError("sidecar.proxyPort and sidecar.adminPort must differ")
 
@@ -209,6 +215,11 @@ def effective(settings: SidecarSettings, pod: Mapping[str, Any]) -> SidecarSetti
     changes: dict[str, Any] = {}
     if (v := get("image")) is not None:
         changes["image"] = v
+    for name, attr in (("proxy-port", "proxy_port"), ("admin-port", "admin_port")):
+        if (v := get(name)) is not None:
+            if not v.strip().isdigit() or not 1 <= int(v) <= 65535:
+                raise SettingsError(f"annotation {PREFIX}{name}: {v!r} is not a port (1-65535)")
+            changes[attr] = int(v)
     if (v := get("native-sidecar")) is not None:
         changes["native_sidecar"] = "always" if _flag(v, "native-sidecar") else "never"
     if (v := get("config-map")) is not None:
@@ -271,7 +282,10 @@ def skip_reasons(pod: Mapping[str, Any], settings: SidecarSettings, ctx: Context
         reasons.append("hostNetwork: the proxy's ports would be bound on the node")
     clash = _ports(all_containers) & {settings.proxy_port, settings.admin_port}
     if clash:
-        reasons.append(f"a container already uses port(s) {sorted(clash)} that the sidecar needs")
+        reasons.append(
+            f"a container already uses port(s) {sorted(clash)} that the sidecar needs: choose others "
+            f"with the annotations {PREFIX}proxy-port and {PREFIX}admin-port"
+        )
     if ctx.objects_present is not None:
         missing = [o for o in required_objects(settings) if o not in ctx.objects_present]
         if missing:
@@ -307,7 +321,9 @@ def sidecar_container(settings: SidecarSettings, native: bool) -> dict[str, Any]
         "name": CONTAINER_NAME,
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
-        "args": ["serve", "--config", f"{CONFIG_DIR}/sidecar.yaml"],
+        # The ports are arguments, not ConfigMap keys: they are set per pod (annotations).
+        "args": ["serve", "--config", f"{CONFIG_DIR}/sidecar.yaml",
+                 "--port", str(settings.proxy_port), "--admin-port", str(admin)],
         "ports": [
             {"name": "llm-proxy", "containerPort": settings.proxy_port, "protocol": "TCP"},
             {"name": "llm-admin", "containerPort": admin, "protocol": "TCP"},

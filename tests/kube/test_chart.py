@@ -77,7 +77,7 @@ def test_sidecar_config_file(helm: str) -> None:
         return yaml.safe_load(cm["data"][key])
 
     default = config()
-    assert default["server"]["host"] == "127.0.0.1" and default["server"]["admin_port"] == 9090
+    assert default["server"]["host"] == "127.0.0.1" and default["server"]["admin_port"] == 15190
     assert default["cache"] == {"backend": "memory"}
     assert default["model_groups"]["gpt-4o-mini"]["endpoints"][0]["api_key_env"] == "OPENAI_API_KEY"
     assert config(*SCENARIOS["redis-in-chart"])["cache"]["redis_url"] == "redis://llm-llm-sidecar-redis.llm-sidecar.svc:6379/0"
@@ -112,7 +112,7 @@ def test_chart_and_code_agree_on_sidecar_defaults(helm: str) -> None:
         (["--set", "keys.mode=passthrough", "--set", "keys.existingSecret=a"], "passthrough"),
         (["--set", "injector.enabled=false"], "nothing would route"),
         (["--set", "webhook.failurePolicy=Fail", "--set", "injector.replicas=1"], "replicas >= 2"),
-        (["--set", "sidecar.adminPort=8080"], "must differ"),
+        (["--set", "sidecar.adminPort=15180"], "must differ"),
         (["--set", "sidecar.nativeSidecar=sometimes"], "value must be one of"),
         (["--set", "webhook.timeoutSeconds=60"], "maximum"),
     ],

@@ -81,3 +81,18 @@ def test_settings_file_and_image_flag(tmp_path) -> None:
     assert "envFrom" not in side
     settings.write_text("sidecar: {imag: typo}\n")
     assert run(["-f", "-", "--settings", str(settings)], "")[0] == 2
+
+
+def test_installed_commands_take_their_options(tmp_path) -> None:
+    """`llm-sidecar inject -f FILE` and `llm-sidecar webhook --host=...` as the README and the chart run them."""
+    import subprocess
+    import sys
+
+    exe = str(__import__("pathlib").Path(sys.executable).with_name("llm-sidecar"))
+    done = subprocess.run([exe, "inject", "-f", str(EXAMPLES)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert next(yaml.safe_load_all(done.stdout))["spec"]["template"]["spec"]["initContainers"][0]["name"] == "llm-sidecar"
+    # The injector Deployment's args; without certificate files it must fail on those, not on its options.
+    done = subprocess.run([exe, "webhook", "--host=0.0.0.0", "--port=8443", "--tls-cert-file", str(tmp_path / "no.crt"),
+                           "--tls-key-file", str(tmp_path / "no.key"), "--no-kube"], capture_output=True, text=True)
+    assert done.returncode == 2 and "unrecognized arguments" not in done.stderr and "cannot start" in done.stderr

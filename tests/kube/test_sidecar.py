@@ -85,7 +85,7 @@ def test_existing_env_and_scrape_port_are_kept() -> None:
     pod = _mutated(GOLDEN / "pod-existing-env.yaml")
     web, worker = pod["spec"]["containers"][:2]
     assert {e["name"]: e["value"] for e in web["env"]}["OPENAI_BASE_URL"] == "http://my-gateway/v1"
-    assert {e["name"]: e["value"] for e in worker["env"]}["OPENAI_BASE_URL"] == "http://127.0.0.1:8080/v1"
+    assert {e["name"]: e["value"] for e in worker["env"]}["OPENAI_BASE_URL"] == "http://127.0.0.1:15180/v1"
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8000"
     side = pod["spec"]["initContainers"][0]
     assert side["resources"]["limits"]["memory"] == "512Mi"
@@ -97,8 +97,8 @@ def test_plain_container_with_override_and_container_filter() -> None:
     assert names == ["app", "metrics", "llm-sidecar"]
     assert "restartPolicy" not in pod["spec"]["containers"][2]
     app, metrics = pod["spec"]["containers"][:2]
-    assert app["env"] == [{"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:8080/v1"},
-                          {"name": "ANTHROPIC_BASE_URL", "value": "http://127.0.0.1:8080/anthropic"}]
+    assert app["env"] == [{"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:15180/v1"},
+                          {"name": "ANTHROPIC_BASE_URL", "value": "http://127.0.0.1:15180/anthropic"}]
     assert "env" not in metrics
 
 
@@ -118,8 +118,12 @@ def _skip(pod: dict, settings: SidecarSettings = SETTINGS, **ctx) -> list[str]:
         ({}, {"namespace": "kube-system"}, "never injected"),
         ({"spec": {"hostNetwork": True}}, {}, "hostNetwork"),
         ({"spec": {"restartPolicy": "Never"}}, {"kube_version": (1, 28)}, "native sidecar"),
-        ({"spec": {"containers": [{"name": "app", "image": "x", "ports": [{"containerPort": 8080}]}]}}, {}, "port"),
+        ({"spec": {"containers": [{"name": "app", "image": "x", "ports": [{"containerPort": 15180}]}]}}, {}, "port"),
         ({"metadata": {"annotations": {"llm-sidecar.io/native-sidecar": "perhaps"}}}, {}, "is not true/false"),
+        ({"metadata": {"annotations": {"llm-sidecar.io/proxy-port": "http"}}}, {}, "llm-sidecar.io/proxy-port: 'http' is not a port"),
+        ({"metadata": {"annotations": {"llm-sidecar.io/admin-port": "70000"}}}, {}, "llm-sidecar.io/admin-port: '70000' is not a port"),
+        ({"metadata": {"annotations": {"llm-sidecar.io/proxy-port": "9000"}},
+          "spec": {"containers": [{"name": "app", "image": "x", "ports": [{"containerPort": 9000}]}]}}, {}, "[9000]"),
         ({"metadata": {"annotations": {sidecar.STATUS: "injected"}}}, {}, "already injected"),
         ({}, {"objects_present": frozenset({"configmap/llm-sidecar-config"})}, "secret/llm-sidecar-keys missing"),
     ],
