@@ -14,6 +14,8 @@ HOP_BY_HOP = frozenset(
         "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
         "upgrade", "proxy-authorization", "proxy-authenticate",
         "host", "content-length", "accept-encoding",
+        # the body goes upstream decoded (``proxy/request_body.py``), whatever the client sent
+        "content-encoding",
     }
 )
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})

@@ -8,7 +8,8 @@ exception types.
     ├── ClientError                 the call itself is wrong; never retried
     │   ├── BadRequest              400 invalid_request_error (malformed JSON, missing model)
     │   ├── NotFound                404 not_found_error (unknown model group or path)
-    │   └── PayloadTooLarge         413 request_too_large
+    │   ├── PayloadTooLarge         413 request_too_large
+    │   └── UnsupportedMediaType    415 invalid_request_error (a Content-Encoding the sidecar cannot decode)
     ├── Overloaded                  429 rate_limit_error (every endpoint full or cooling down)
     ├── NoEndpointAvailable         503 overloaded_error (every endpoint's circuit is open)
     └── UpstreamError               a try at one endpoint failed
@@ -51,6 +52,10 @@ class NotFound(ClientError):
 class PayloadTooLarge(ClientError):
     status = 413
     type = "request_too_large"
+
+
+class UnsupportedMediaType(ClientError):
+    status = 415
 
 
 class Overloaded(ProxyError):

@@ -20,6 +20,7 @@ from proxy.dialects import Dialect, Operation
 from proxy.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, ProxyError, UpstreamStatus
 from proxy.rag.config import ContextInjection
 from proxy.relay import relay
+from proxy.request_body import decode
 from proxy.router import Router
 from proxy.telemetry import Telemetry
 from proxy.telemetry.logs import EVENTS
@@ -67,11 +68,12 @@ class Pipeline:
     async def read(self, call: Call) -> None:
         """Parse the body once; name the model group; check it exists."""
         request = call.request
+        limit = self.config.server.max_body_bytes
         try:
-            call.body = await request.read()
+            body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            limit = self.config.server.max_body_bytes
             raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes") from None
+        call.body = decode(body, request.headers.get("Content-Encoding"), limit)
         try:
             payload = orjson.loads(call.body)
         except orjson.JSONDecodeError as exc:

@@ -199,9 +199,10 @@ class Servers:
         self.app = build_app(config, config_path, server_overrides)
         self.admin = build_admin_app(self.app)
         # handler_cancellation: a client that disconnects cancels its call at once,
-        # which closes the upstream request and frees the endpoint's slot.
+        # which closes the upstream request and frees the endpoint's slot. Bodies are
+        # read raw and decoded by the pipeline (``proxy/request_body.py``).
         self._runner = web.AppRunner(
-            self.app, handler_cancellation=True, access_log=None,
+            self.app, handler_cancellation=True, access_log=None, auto_decompress=False,
             shutdown_timeout=config.server.drain_timeout,
         )
         self._admin_runner = web.AppRunner(self.admin, access_log=None, shutdown_timeout=1.0)

@@ -32,11 +32,13 @@ from typing import Any, Literal, Protocol
 import orjson
 from aiohttp import web
 
+from proxy.errors import ProxyError
 from proxy.rag.bm25 import BM25Index
 from proxy.rag.config import ContextInjection, RetrievalConfig
 from proxy.rag.errors import RetrievalInputError, UnknownCorpusError
 from proxy.rag.generator import AsyncRAGGenerator
 from proxy.rag.passage import Passage
+from proxy.request_body import decode
 
 LOG = logging.getLogger("llm_sidecar.rag")
 
@@ -344,9 +346,12 @@ async def handle_retrieve(request: web.Request) -> web.StreamResponse:
     """
     retriever = request.app[RETRIEVER]
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(decode(await request.read(), request.headers.get("Content-Encoding"),
+                                   request.client_max_size))
     except orjson.JSONDecodeError as exc:
         return _error(400, f"request body is not valid JSON: {exc}", None)
+    except ProxyError as exc:  # an undecodable or oversized body
+        return _error(exc.status, exc.message, None)
     if not isinstance(body, dict):
         return _error(400, "request body must be a JSON object", None)
     corpus, query = body.get("corpus"), body.get("query")
