@@ -39,6 +39,8 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 RELOADER = web.AppKey("reloader", Reloader)
 PROXY_APP = web.AppKey("proxy_app", web.Application)
 DRAINING = web.AppKey("draining", asyncio.Event)
+#: set once both listeners are bound
+LISTENING = web.AppKey("listening", asyncio.Event)
 
 
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -101,6 +103,7 @@ def build_app(
     app[CONFIG] = config
     app[CURRENT] = Current(config)
     app[DRAINING] = asyncio.Event()
+    app[LISTENING] = asyncio.Event()
     app.cleanup_ctx.extend([upstream_ctx, pipeline_ctx, telemetry_ctx, health_ctx])
     for dialect in (OPENAI, ANTHROPIC):
         for path in dialect.operations:
@@ -146,20 +149,22 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready: the sidecar's own state only (config loaded, listeners up, not draining).
+
+    Never the upstreams' health: one model group's failing endpoints would take the pod
+    out of its Service (and keep a native sidecar's app from starting) while the app and
+    its other calls work. Upstream health is in ``/status``, the metrics and the dashboard.
+    """
     proxy_app = request.app[PROXY_APP]
     upstream = proxy_app.get(UPSTREAM)
     checks = {
-        "config": True,
+        "config": proxy_app[CURRENT].pipeline is not None,
+        "listeners": proxy_app[LISTENING].is_set(),
         "upstream_session": upstream is not None and not upstream.session.closed,
         "not_draining": not proxy_app[DRAINING].is_set(),
     }
-    pipeline = proxy_app[CURRENT].pipeline
-    # Ready while every model group (with its fallbacks) has an endpoint that can take a call.
-    groups = pipeline.router.ready() if pipeline is not None else {}
-    checks["model_groups"] = pipeline is not None and all(groups.values())
     ready = all(checks.values())
-    return web.json_response({"ready": ready, "checks": checks, "model_groups": groups},
-                             status=200 if ready else 503)
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
 
 async def status(request: web.Request) -> web.Response:
@@ -217,6 +222,7 @@ class Servers:
         admin_site = web.TCPSite(self._admin_runner, server.admin_host, server.admin_port)
         await site.start()
         await admin_site.start()
+        self.app[LISTENING].set()
         # Port 0 in the config means "any free port" (tests); report the real ones.
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.admin_port = admin_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

@@ -75,9 +75,9 @@ def test_active_probes_mark_a_dead_endpoint_without_calls(make_sidecar, mock_pro
     while any(endpoints(sidecar, group)["later"]["health"] != "unhealthy" for group in ("chat", "solo")):
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    ready = httpx.get(sidecar.admin_url + "/readyz")
-    assert ready.status_code == 503
-    assert ready.json()["model_groups"] == {"chat": True, "solo": False}
+    # Upstream health is in /status (readiness is the sidecar's own: tests/test_readiness.py).
+    groups = httpx.get(sidecar.admin_url + "/status").json()["groups"]
+    assert {name: group["ready"] for name, group in groups.items()} == {"chat": True, "solo": False}
     # Calls skip it: the probes found it dead, not a call.
     assert sidecar.openai().chat.completions.create(model="chat", messages=HELLO).choices[0].message.content
     refused_port.release()
@@ -87,7 +87,7 @@ def test_active_probes_mark_a_dead_endpoint_without_calls(make_sidecar, mock_pro
         while any(endpoints(sidecar, group)["later"]["health"] != "healthy" for group in ("chat", "solo")):
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        assert httpx.get(sidecar.admin_url + "/readyz").status_code == 200
+        assert httpx.get(sidecar.admin_url + "/status").json()["groups"]["solo"]["ready"] is True
         assert revived.calls() == 0  # probes GET the models list; never a completion
     finally:
         revived.stop()
