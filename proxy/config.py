@@ -2,24 +2,28 @@
 
 Each package owns its section (``router.config``, ``cache.config``,
 ``telemetry.config``); this module assembles them, expands ``${VAR}`` and
-``${VAR:-default}`` in string values from the environment, and reports a bad field by its path
-(``model_groups.gpt-4o.endpoints[1].max_concurrent: must be >= 1``).
+``${VAR:-default}`` in string values from the environment, and reports every bad field of a file
+at once, each by its path (``model_groups.gpt-4o.endpoints[1].max_concurrent: must be >= 1``):
+fields are checked on their own where they can be, and references between sections on the input.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, ValidationError, model_validator
+from pydantic_core import InitErrorDetails
 
 from proxy.cache.config import CacheConfig, CachePolicy
 from proxy.rag.config import ContextInjection, RetrievalConfig
 from proxy.router.config import RouteConfig, RouterConfig
 from proxy.telemetry.config import TelemetryConfig
+from proxy.validation import Loc, carried, invalid, problem
 
 
 class ConfigError(Exception):
@@ -65,24 +69,60 @@ class Config(BaseModel):
     telemetry: TelemetryConfig = TelemetryConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
 
-    @model_validator(mode="after")
-    def _references_exist(self) -> Config:
-        for name, group in self.model_groups.items():
-            if group.context is not None and group.context.corpus not in self.retrieval.corpora:
-                raise ValueError(f"model_groups.{name}.context.corpus: unknown corpus {group.context.corpus!r}")
-            for fallback in group.fallbacks:
-                if fallback not in self.model_groups:
-                    raise ValueError(f"model_groups.{name}.fallbacks: unknown model group {fallback!r}")
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _references_exist(cls, data: Any, handler: ModelWrapValidatorHandler[Config]) -> Config:
+        # Checked on the input, not the validated config, so that a dangling reference is
+        # reported together with every other error of the file rather than after they are fixed.
+        problems = _dangling_references(data)
+        try:
+            config = handler(data)
+        except ValidationError as exc:
+            if problems:
+                raise invalid(exc.title, carried(exc) + problems) from None
+            raise
+        if problems:
+            raise invalid(cls.__name__, problems)
+        return config
+
+
+def _get(node: Any, key: str) -> Any:
+    return node.get(key) if isinstance(node, Mapping) else getattr(node, key, None)
+
+
+def _dangling_references(data: Any) -> list[InitErrorDetails]:
+    """Fallback groups and context corpora that the config does not define."""
+    groups = _get(data, "model_groups")
+    if not isinstance(groups, Mapping):
+        return []
+    corpora = _get(_get(data, "retrieval"), "corpora")
+    corpora = corpora if isinstance(corpora, Mapping) else {}
+    problems = []
+    for name, group in groups.items():
+        fallbacks = _get(group, "fallbacks")
+        for i, fallback in enumerate(fallbacks if isinstance(fallbacks, list) else []):
+            if isinstance(fallback, str) and fallback not in groups:
+                problems.append(problem(("model_groups", name, "fallbacks", i), f"unknown model group {fallback!r}"))
+        corpus = _get(_get(group, "context"), "corpus")
+        if isinstance(corpus, str) and corpus not in corpora:
+            problems.append(problem(("model_groups", name, "context", "corpus"), f"unknown corpus {corpus!r}"))
+    return problems
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def expand_env(text: str, env: dict[str, str] | None = None) -> str:
+def expand_env(text: str, env: Mapping[str, str] | None = None) -> str:
     """Replace ``${VAR}`` and ``${VAR:-default}``; an unset VAR without default is an error."""
-    env = os.environ if env is None else env
     missing: list[str] = []
+    expanded = _expand(text, os.environ if env is None else env, missing)
+    if missing:
+        raise ConfigError(f"environment variables not set: {', '.join(sorted(set(missing)))}")
+    return expanded
+
+
+def _expand(text: str, env: Mapping[str, str], missing: list[str]) -> str:
+    """``text`` with its variables replaced; the unset ones (no default) become "" and go to ``missing``."""
 
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
@@ -94,10 +134,7 @@ def expand_env(text: str, env: dict[str, str] | None = None) -> str:
             return default
         return value
 
-    expanded = _VAR.sub(replace, text)
-    if missing:
-        raise ConfigError(f"environment variables not set: {', '.join(sorted(set(missing)))}")
-    return expanded
+    return _VAR.sub(replace, text)
 
 
 def field_path(loc: tuple[Any, ...]) -> str:
@@ -110,26 +147,55 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return path or "(top level)"
 
 
-def expand_tree(node: Any, env: dict[str, str] | None = None) -> Any:
-    """Expand variables in every string of parsed YAML (never in comments or keys' structure)."""
-    if isinstance(node, str):
-        return expand_env(node, env)
-    if isinstance(node, dict):
-        return {key: expand_tree(value, env) for key, value in node.items()}
-    if isinstance(node, list):
-        return [expand_tree(value, env) for value in node]
-    return node
+def expand_tree(node: Any, env: Mapping[str, str] | None = None) -> tuple[Any, dict[Loc, list[str]]]:
+    """Expand variables in every string of parsed YAML; also the unset variables, by field path."""
+    missing: dict[Loc, list[str]] = {}
+    environ = os.environ if env is None else env
+
+    def walk(node: Any, loc: Loc) -> Any:
+        if isinstance(node, str):
+            names: list[str] = []
+            value = _expand(node, environ, names)
+            if names:
+                missing[loc] = names
+            return value
+        if isinstance(node, dict):
+            return {key: walk(value, (*loc, key)) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value, (*loc, i)) for i, value in enumerate(node)]
+        return node
+
+    return walk(node, ()), missing
 
 
-def parse_config(data: Any) -> Config:
+# A message of our own validators that names a field below the one it was raised for
+# ("redis_url: required with backend: redis" at "cache") is reported at that field.
+_SUBFIELD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*): (.+)$", re.S)
+
+
+def parse_config(data: Any, unset: Mapping[Loc, list[str]] | None = None) -> Config:
+    """The validated config, or a ``ConfigError`` naming every bad field by its path.
+
+    ``unset`` holds the environment variables that were not set, by the field that used them;
+    those fields are reported as such, not by what their empty value fails.
+    """
+    lines = [f"{field_path(loc)}: environment variable{'s' if len(names) > 1 else ''} not set: "
+             f"{', '.join(sorted(set(names)))}" for loc, names in (unset or {}).items()]
+    unset_paths = [field_path(loc) for loc in unset or {}]
     try:
-        return Config.model_validate(data if data is not None else {})
+        config = Config.model_validate(data if data is not None else {})
     except ValidationError as exc:
-        lines = []
         for error in exc.errors(include_url=False, include_input=False):
-            message = error["msg"].removeprefix("Value error, ")
-            lines.append(f"{field_path(error['loc'])}: {message}")
-        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+            path, message = field_path(error["loc"]), error["msg"].removeprefix("Value error, ")
+            if error["type"] == "value_error" and (sub := _SUBFIELD.match(message)):
+                path = f"{path}.{sub.group(1)}" if error["loc"] else sub.group(1)
+                message = sub.group(2)
+            if not any(path == used or path.startswith((f"{used}.", f"{used}[")) for used in unset_paths):
+                lines.append(f"{path}: {message}")
+    else:
+        if not lines:
+            return config
+    raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
 
 
 def with_server(config: Config, overrides: dict[str, Any]) -> Config:
@@ -154,11 +220,11 @@ def load_config(path: str | Path) -> Config:
 def config_from_text(text: str, source: str) -> Config:
     """The config in ``text`` (read from ``source``, named in errors)."""
     try:
-        data = expand_tree(yaml.safe_load(text))
+        parsed = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         # Not str(exc): it quotes the offending line, which may hold a literal key.
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError(f"{source} is not valid YAML{where}: {problem}") from None
-    return parse_config(data)
+        reason = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{source} is not valid YAML{where}: {reason}") from None
+    return parse_config(*expand_tree(parsed))

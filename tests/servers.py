@@ -11,11 +11,13 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +27,8 @@ from proxy.mock_provider import build_mock_app
 from proxy.server import CURRENT, Servers
 
 PROVIDER_KEY = "sk-test-provider-key-0123456789"
+#: the installed console script, as users run it
+LLM_SIDECAR = str(Path(sys.executable).with_name("llm-sidecar"))
 
 
 def free_port() -> int:

@@ -10,6 +10,7 @@ import pytest
 
 from proxy.config import ConfigError, expand_env, load_config, parse_config
 from proxy.secret import Secret
+from tests.servers import LLM_SIDECAR
 
 EXAMPLE = Path(__file__).parent.parent / "proxy" / "examples" / "sidecar.yaml"
 
@@ -110,3 +111,37 @@ def test_passwords_in_other_sections_stay_out_of_repr() -> None:
     config = parse_config({**minimal(), "cache": {"backend": "redis", "redis_url": "redis://:hunter2@h:6379/0"},
                            "telemetry": {"tracing": {"enabled": True, "headers": {"Authorization": "Bearer t0k"}}}})
     assert "hunter2" not in repr(config) and "t0k" not in repr(config)
+
+
+def test_check_config_reports_every_error_at_once_by_its_path(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(f"""
+server: {{port: 99999, prot: 1}}
+model_groups:
+  a:
+    endpoints:
+      - {{name: x, url: "http://h/v1", api_key_env: NOT_SET_XYZ, max_concurrent: 0}}
+      - {{name: y, url: "${{UNSET_URL_XYZ}}", api_key: "sk-secret-in-file-123"}}
+    fallbacks: [zzz]
+    context: {{corpus: nope}}
+cache: {{backend: redis}}
+retrieval:
+  corpora: {{typo: {tmp_path / "absent"}, empty: {tmp_path / "empty"}}}
+""")
+    result = subprocess.run([LLM_SIDECAR, "check-config", str(config)], capture_output=True, text=True)
+    assert result.returncode == 2
+    reported = [line.strip() for line in result.stderr.splitlines()[1:]]
+    assert sorted(reported) == sorted([
+        "model_groups.a.endpoints[1].url: environment variable not set: UNSET_URL_XYZ",
+        "server.port: Input should be less than or equal to 65535",
+        "server.prot: Extra inputs are not permitted",
+        "model_groups.a.endpoints[0].api_key_env: environment variable NOT_SET_XYZ is not set",
+        "model_groups.a.endpoints[0].max_concurrent: Input should be greater than or equal to 1",
+        "model_groups.a.fallbacks[0]: unknown model group 'zzz'",
+        "model_groups.a.context.corpus: unknown corpus 'nope'",
+        "cache.redis_url: required with backend: redis",
+        f"retrieval.corpora.typo: {tmp_path / 'absent'} is not a directory",
+        f"retrieval.corpora.empty: no .txt or .md files in {tmp_path / 'empty'}",
+    ])
+    assert "sk-secret-in-file-123" not in result.stderr + result.stdout

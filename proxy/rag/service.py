@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
@@ -34,7 +33,7 @@ from aiohttp import web
 
 from proxy.errors import ProxyError
 from proxy.rag.bm25 import BM25Index
-from proxy.rag.config import ContextInjection, RetrievalConfig
+from proxy.rag.config import ContextInjection, Fingerprint, RetrievalConfig, scan
 from proxy.rag.errors import RetrievalInputError, UnknownCorpusError
 from proxy.rag.generator import AsyncRAGGenerator
 from proxy.rag.passage import Passage
@@ -72,7 +71,6 @@ class NoRetrievalObserver:
 # -- corpora ----------------------------------------------------------------------------------
 
 #: relative path → (mtime ns, size, inode): changes whenever a file is edited, added, removed or swapped
-Fingerprint = tuple[tuple[str, int, int, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,27 +80,6 @@ class Corpus:
     index: BM25Index
     fingerprint: Fingerprint
     files: int
-
-
-def scan(directory: Path, extensions: Sequence[str]) -> Fingerprint:
-    """The fingerprint of every matching file under ``directory``; empty if it does not exist."""
-    found: list[tuple[str, int, int, int]] = []
-    if not directory.is_dir():
-        return ()
-    for root, dirs, files in os.walk(directory, followlinks=True):
-        # Kubernetes keeps a ConfigMap's real files in hidden, timestamped directories
-        # behind "..data"; the visible names are symlinks into them. Skip the hidden ones.
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith(".") or not name.endswith(tuple(extensions)):
-                continue
-            path = os.path.join(root, name)
-            try:
-                info = os.stat(path)
-            except OSError:
-                continue  # removed between listing and stat; the next scan will agree
-            found.append((os.path.relpath(path, directory), info.st_mtime_ns, info.st_size, info.st_ino))
-    return tuple(found)
 
 
 def load_corpus(name: str, directory: Path, extensions: Sequence[str], generator: AsyncRAGGenerator) -> Corpus:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from proxy.secret import Secret
 
@@ -75,15 +75,45 @@ class EndpointConfig(Strict):
     #: the URL active health checks GET; by default the models list (never a billed completion)
     probe_url: str | None = Field(None, pattern=r"^https?://[^/]+")
 
+    # Each field is checked on its own, so that every bad field of a file is reported at once.
+    @field_validator("url", "probe_url")
+    @classmethod
+    def _base_url_only(cls, value: str | None) -> str | None:
+        parts = urlsplit(value) if value else None
+        # Operation paths are appended to the url: a query or fragment would swallow them,
+        # and credentials belong in api_key*, not in a URL that /status and logs may show.
+        if parts is not None and (parts.query or parts.fragment or parts.username or parts.password):
+            raise ValueError("no query string, fragment or user:password@ allowed")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, key: Secret | None) -> Secret | None:
+        if key is not None and not key.reveal().strip():
+            raise ValueError("the endpoint's key is empty")
+        return key
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_is_set(cls, name: str | None) -> str | None:
+        if name is not None and not os.environ.get(name, "").strip():
+            raise ValueError(f"environment variable {name} is not set")
+        return name
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _file_has_a_key(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+            if not text.strip():
+                raise ValueError("the endpoint's key is empty")
+        return path
+
     @model_validator(mode="after")
     def _resolve(self) -> EndpointConfig:
-        for field in ("url", "probe_url"):
-            value = getattr(self, field)
-            parts = urlsplit(value) if value else None
-            # Operation paths are appended to the url: a query or fragment would swallow them,
-            # and credentials belong in api_key*, not in a URL that /status and logs may show.
-            if parts is not None and (parts.query or parts.fragment or parts.username or parts.password):
-                raise ValueError(f"{field}: no query string, fragment or user:password@ allowed")
         url = self.url.rstrip("/")
         dialect = self.dialect
         for suffix, suffix_dialect in _OPERATION_SUFFIXES:
@@ -100,19 +130,11 @@ class EndpointConfig(Strict):
         sources = [s for s in (self.api_key, self.api_key_env, self.api_key_file) if s is not None]
         if len(sources) > 1:
             raise ValueError("set only one of api_key, api_key_env, api_key_file")
+        # The sources were checked above; read them into the one place the key is revealed from.
         if self.api_key_env is not None:
-            value = os.environ.get(self.api_key_env)
-            if not value:
-                raise ValueError(f"api_key_env: environment variable {self.api_key_env} is not set")
-            object.__setattr__(self, "api_key", Secret(value))
+            object.__setattr__(self, "api_key", Secret(os.environ[self.api_key_env]))
         elif self.api_key_file is not None:
-            try:
-                value = self.api_key_file.read_text().strip()
-            except OSError as exc:
-                raise ValueError(f"api_key_file: cannot read {self.api_key_file}: {exc.strerror}") from None
-            object.__setattr__(self, "api_key", Secret(value))
-        if self.api_key is not None and not self.api_key.reveal().strip():
-            raise ValueError("the endpoint's key is empty")
+            object.__setattr__(self, "api_key", Secret(self.api_key_file.read_text().strip()))
         return self
 
 

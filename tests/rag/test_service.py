@@ -137,10 +137,30 @@ async def test_hidden_configmap_directories_are_skipped(tmp_path: Path) -> None:
     assert [p.doc_id for p in await retriever.retrieve("faq", "sidecar port")] == ["faq.md"]
 
 
-async def test_a_missing_directory_is_an_empty_corpus(tmp_path: Path) -> None:
-    retriever = Retriever(RetrievalConfig(corpora={"later": tmp_path / "absent"}, reload_interval=0))
+async def test_a_directory_that_goes_away_is_an_empty_corpus_until_it_returns(tmp_path: Path) -> None:
+    directory = tmp_path / "kb"
+    directory.mkdir()
+    (directory / "faq.md").write_text("The sidecar listens on port 8080.", encoding="utf-8")
+    retriever = Retriever(RetrievalConfig(corpora={"kb": directory}, reload_interval=0))
     await retriever.start()
-    assert await retriever.retrieve("later", "anything") == []
+    moved = directory.rename(tmp_path / "elsewhere")
+    assert await retriever.refresh() == ["kb"]
+    assert await retriever.retrieve("kb", "sidecar port") == []
+    moved.rename(directory)
+    assert await retriever.refresh() == ["kb"]
+    assert [p.doc_id for p in await retriever.retrieve("kb", "sidecar port")] == ["faq.md"]
+    await retriever.close()
+
+
+def test_a_configured_corpus_directory_must_exist_and_hold_files(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".hidden.md").write_text("not indexed", encoding="utf-8")
+    with pytest.raises(ValidationError) as info:
+        RetrievalConfig(corpora={"typo": tmp_path / "absent", "empty": tmp_path / "empty"})
+    assert [(e["loc"], e["msg"]) for e in info.value.errors()] == [
+        (("corpora", "typo"), f"{tmp_path / 'absent'} is not a directory"),
+        (("corpora", "empty"), f"no .txt or .md files in {tmp_path / 'empty'}"),
+    ]
 
 
 def test_config_rejects_contradictions() -> None:
