@@ -6,7 +6,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.call import Call
 from proxy.dialects import DIALECTS
-from proxy.router.config import EndpointConfig
+from proxy.endpoint_config import EndpointConfig
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus what the proxy sets itself.
 HOP_BY_HOP = frozenset(

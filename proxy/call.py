@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from proxy.dialects import Dialect, Operation
-from proxy.telemetry.observer import NOOP, Observer
 
 
 def new_request_id() -> str:
@@ -32,6 +33,38 @@ _ID_PREFIX = ""
 _ID_COUNTER = itertools.count()
 _new_id_prefix()
 os.register_at_fork(after_in_child=_new_id_prefix)  # a forked worker must not repeat its parent's ids
+
+
+class Observer:
+    """What the steps of a call report to: this no-op, or what ``proxy/telemetry`` picks.
+
+    Every method exists and does nothing here, so the hot path never asks "is tracing
+    on?"; ``proxy/telemetry/observer.py`` lists the span and event names in use.
+    """
+
+    __slots__ = ()
+
+    @contextmanager
+    def span(self, name: str, **attributes: Any) -> Iterator[None]:
+        """A timed step of the call: ``cache.lookup``, ``router.queue``, ``upstream.attempt``…"""
+        yield
+
+    def inject(self, headers: MutableMapping[str, str]) -> None:
+        """Add trace context (``traceparent``) for the upstream attempt in progress."""
+
+    def event(self, name: str, **attributes: Any) -> None:
+        """A point-in-time moment: ``fallback``, ``retry``, ``cooldown``…"""
+
+    @property
+    def trace_id(self) -> str | None:
+        """The call's trace id (32 hex digits) when it is traced."""
+        return None
+
+    def end(self, call: Call) -> None:
+        """The call is over (``Telemetry.finish`` calls this once)."""
+
+
+NOOP = Observer()
 
 
 @dataclass(slots=True, eq=False)

@@ -1,8 +1,9 @@
 """Package exports loaded on first use.
 
-A package lists ``name -> module`` and gets a module ``__getattr__``: the sidecar
-process loads only what it runs, and packages whose modules import each other
-do not run into one another half-initialised.
+A package lists ``name -> module`` and gets a module ``__getattr__``, so the
+library's names (``from proxy import ConcurrentRouter``) cost nothing to a process
+that does not use them. Not a way around an import cycle: the import-graph test
+(``tests/test_imports.py``) counts these names as imports.
 """
 
 from __future__ import annotations

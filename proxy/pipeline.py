@@ -21,7 +21,7 @@ from proxy.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, Prox
 from proxy.rag.config import ContextInjection
 from proxy.relay import relay
 from proxy.request_body import decode
-from proxy.router import Router
+from proxy.router.router import Router
 from proxy.telemetry import Telemetry
 from proxy.telemetry.logs import EVENTS
 

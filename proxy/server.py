@@ -26,7 +26,7 @@ from proxy.dialects import ANTHROPIC, OPENAI, Dialect
 from proxy.errors import NotFound
 from proxy.pipeline import Pipeline
 from proxy.reload import Current, Reloader
-from proxy.router import Router
+from proxy.router.router import Router
 from proxy.router.health import HealthProber
 from proxy.telemetry import Telemetry
 from proxy.telemetry.logs import event

@@ -25,7 +25,7 @@ from proxy.errors import (
     UpstreamStatus,
     UpstreamTimeout,
 )
-from proxy.router.config import Timeouts
+from proxy.endpoint_config import Timeouts
 
 # Response headers that describe this hop only, or that the relay sets itself.
 _DROP_RESPONSE_HEADERS = frozenset(

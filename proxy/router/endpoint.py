@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 from pydantic import model_validator
 
 from proxy.router.circuit import Circuit
-from proxy.router.config import CircuitConfig, EndpointConfig
+from proxy.endpoint_config import EndpointConfig
+from proxy.router.config import CircuitConfig
 from proxy.secret import Secret
 
 #: the SDKs' usual variables, read when a ``ModelEndpoint`` is given no key

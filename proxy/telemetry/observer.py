@@ -1,9 +1,10 @@
-"""The per-call telemetry seam.
+"""The observers ``Telemetry`` gives calls.
 
 Steps of the pipeline (cache, router, relay) report moments of a call to
-``call.observer``; the no-op ``Observer`` here has every method and does nothing,
-so the hot path never asks "is tracing on?". ``Telemetry`` picks, once at start,
-which observer every call gets:
+``call.observer``. The seam itself, ``Observer`` (every method, doing nothing) and
+``NOOP``, is defined with the call (``proxy/call.py``), which thus does not need to
+know this module; here are the observers that do something. ``Telemetry`` picks, once
+at start, which observer every call gets:
 
 - tracing on: a ``TracingObserver`` per call (spans; step timings into metrics);
 - metrics only: the shared ``MetricsObserver`` (step timings and event counts);
@@ -21,39 +22,14 @@ spans ``cache.lookup``, ``cache.store``, ``coalesce.wait``, ``router.queue``,
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from proxy.call import NOOP, Observer
+
 if TYPE_CHECKING:
-    from proxy.call import Call
     from proxy.telemetry.metrics import Metrics
 
-
-class Observer:
-    __slots__ = ()
-
-    @contextmanager
-    def span(self, name: str, **attributes: Any) -> Iterator[None]:
-        """A timed step of the call: ``cache.lookup``, ``router.queue``, ``upstream.attempt``…"""
-        yield
-
-    def inject(self, headers: MutableMapping[str, str]) -> None:
-        """Add trace context (``traceparent``) for the upstream attempt in progress."""
-
-    def event(self, name: str, **attributes: Any) -> None:
-        """A point-in-time moment: ``fallback``, ``retry``, ``cooldown``…"""
-
-    @property
-    def trace_id(self) -> str | None:
-        """The call's trace id (32 hex digits) when it is traced."""
-        return None
-
-    def end(self, call: Call) -> None:
-        """The call is over (``Telemetry.finish`` calls this once)."""
-
-
-NOOP = Observer()
+__all__ = ["NOOP", "MetricsObserver", "Observer"]
 
 
 class _Timed:

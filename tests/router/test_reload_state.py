@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from proxy.config import parse_config
-from proxy.router import Router
+from proxy.router.router import Router
 from proxy.upstream import Upstream
 
 

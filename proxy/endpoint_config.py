@@ -1,0 +1,120 @@
+"""One upstream endpoint's config: its URL, dialect, credential, concurrency and timeouts.
+
+Outside the ``router`` package because both sides of an attempt read it: the router
+picks an endpoint, and the upstream client (``proxy/upstream.py``) and the header
+rules (``proxy/auth.py``) use its timeouts and credential. The router imports those
+two, so they must not import the router package back.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from proxy.secret import Secret
+
+Dialect = Literal["openai", "anthropic"]
+
+# A full operation URL (what the SDKs' docs show) names its dialect and its base URL.
+_OPERATION_SUFFIXES = (("/chat/completions", "openai"), ("/v1/messages", "anthropic"))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(Strict):
+    """Seconds. ``first_byte`` runs until the first body byte (a stream's first token)."""
+
+    connect: float = Field(5.0, gt=0)
+    first_byte: float = Field(60.0, gt=0)
+    idle: float = Field(60.0, gt=0)
+    total: float = Field(600.0, gt=0)
+
+
+class EndpointConfig(Strict):
+    """One upstream URL with its credential and its concurrency limit."""
+
+    name: str = Field(min_length=1)
+    #: the SDK-style base URL: ``https://api.openai.com/v1`` or ``https://api.anthropic.com``
+    url: str = Field(pattern=r"^https?://[^/]+")
+    dialect: Dialect | None = None
+    #: the model name sent upstream; defaults to the model group's name
+    model: str | None = None
+    api_key: Secret | None = None
+    api_key_env: str | None = None
+    api_key_file: Path | None = None
+    #: forward the client's own credential instead of the endpoint's
+    pass_through_key: bool = False
+    max_concurrent: int = Field(64, ge=1)
+    priority: int = 0
+    weight: float = Field(1.0, gt=0)
+    timeouts: Timeouts = Timeouts()
+    #: the URL active health checks GET; by default the models list (never a billed completion)
+    probe_url: str | None = Field(None, pattern=r"^https?://[^/]+")
+
+    # Each field is checked on its own, so that every bad field of a file is reported at once.
+    @field_validator("url", "probe_url")
+    @classmethod
+    def _base_url_only(cls, value: str | None) -> str | None:
+        parts = urlsplit(value) if value else None
+        # Operation paths are appended to the url: a query or fragment would swallow them,
+        # and credentials belong in api_key*, not in a URL that /status and logs may show.
+        if parts is not None and (parts.query or parts.fragment or parts.username or parts.password):
+            raise ValueError("no query string, fragment or user:password@ allowed")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, key: Secret | None) -> Secret | None:
+        if key is not None and not key.reveal().strip():
+            raise ValueError("the endpoint's key is empty")
+        return key
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_is_set(cls, name: str | None) -> str | None:
+        if name is not None and not os.environ.get(name, "").strip():
+            raise ValueError(f"environment variable {name} is not set")
+        return name
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _file_has_a_key(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+            if not text.strip():
+                raise ValueError("the endpoint's key is empty")
+        return path
+
+    @model_validator(mode="after")
+    def _resolve(self) -> EndpointConfig:
+        url = self.url.rstrip("/")
+        dialect = self.dialect
+        for suffix, suffix_dialect in _OPERATION_SUFFIXES:
+            if url.endswith(suffix):
+                url = url.removesuffix(suffix)
+                dialect = dialect or suffix_dialect
+        if dialect is None:
+            dialect = "anthropic" if "anthropic" in url else "openai"
+        object.__setattr__(self, "dialect", dialect)
+        object.__setattr__(self, "url", url)
+        if self.probe_url is None:
+            models = "/models" if dialect == "openai" else "/v1/models"
+            object.__setattr__(self, "probe_url", url + models)
+        sources = [s for s in (self.api_key, self.api_key_env, self.api_key_file) if s is not None]
+        if len(sources) > 1:
+            raise ValueError("set only one of api_key, api_key_env, api_key_file")
+        # The sources were checked above; read them into the one place the key is revealed from.
+        if self.api_key_env is not None:
+            object.__setattr__(self, "api_key", Secret(os.environ[self.api_key_env]))
+        elif self.api_key_file is not None:
+            object.__setattr__(self, "api_key", Secret(self.api_key_file.read_text().strip()))
+        return self
