@@ -40,12 +40,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _behaviour(spec: str) -> tuple[str, object]:
+    """``--behaviour`` parsed up front: a bad value is a usage error, not a traceback."""
+    from proxy.mock_provider import Behaviour
+
+    try:
+        return Behaviour.parse(spec)
+    except (ValueError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(f"{spec!r}: {exc} (expected MODEL:KEY=VALUE,...)") from None
+
+
 def cmd_mock_provider(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from proxy.mock_provider import Behaviour, build_mock_app
+    from proxy.mock_provider import build_mock_app
 
-    behaviours = dict(Behaviour.parse(spec) for spec in args.behaviour)
+    behaviours = dict(args.behaviour)
     web.run_app(build_mock_app(behaviours), host=args.host, port=args.port, access_log=None,
                 print=lambda _: print(f"mock provider on http://{args.host}:{args.port}", flush=True))
     return 0
@@ -147,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     mock = commands.add_parser("mock-provider", help="run the mock OpenAI/Anthropic provider")
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=8000)
-    mock.add_argument("--behaviour", action="append", default=[], metavar="MODEL:KEY=VALUE,...",
+    mock.add_argument("--behaviour", action="append", default=[], metavar="MODEL:KEY=VALUE,...", type=_behaviour,
                       help="per-model behaviour, e.g. slow:ttft_ms=200,chunk_delay_ms=10")
     mock.set_defaults(run=cmd_mock_provider)
 

@@ -140,6 +140,24 @@ def test_unknown_path_in_dialect_format(sidecar: Sidecar) -> None:
     assert httpx.post(sidecar.anthropic_base + "/v1/complete", json={}).json()["type"] == "error"
 
 
+def test_an_unknown_path_is_not_an_unknown_model(sidecar: Sidecar) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        sidecar.openai().fine_tuning.jobs.list()
+    assert info.value.code is None and "no such API path" in info.value.message
+    with pytest.raises(openai.NotFoundError) as model:
+        sidecar.openai().chat.completions.create(model="no-such-group", messages=[{"role": "user", "content": "x"}])
+    assert model.value.code == "model_not_found"
+
+
+def test_an_upstream_that_closes_mid_stream_is_reported_as_such(sidecar: Sidecar, mock_provider) -> None:
+    mock_provider.set_behaviour("mock-gpt", cut_after=3)
+    stream = sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
+                                                      stream=True)
+    with pytest.raises(openai.APIError) as info:
+        list(stream)
+    assert "mid-stream" in info.value.message and "idle" not in info.value.message
+
+
 def test_upstream_error_keeps_the_sidecars_request_id(sidecar: Sidecar, mock_provider) -> None:
     mock_provider.set_behaviour("mock-gpt", status=500)
     response = httpx.post(sidecar.openai_base + "/chat/completions", headers={"x-request-id": "ours-1"},

@@ -9,7 +9,7 @@ from proxy.dialects.base import Operation
 from proxy.dialects.sse import format_frame
 from proxy.errors import ProxyError
 
-_CODES = {404: "model_not_found", 413: "request_too_large", 429: "rate_limit_exceeded"}
+_CODES = {413: "request_too_large", 429: "rate_limit_exceeded"}
 
 
 class OpenAIDialect:
@@ -31,7 +31,9 @@ class OpenAIDialect:
                 "message": error.message,
                 "type": error.type,
                 "param": error.param,
-                "code": _CODES.get(error.status),
+                # A 404 about the model is OpenAI's model_not_found; an unknown path has no code.
+                "code": "model_not_found" if error.status == 404 and error.param == "model"
+                else _CODES.get(error.status),
             }
         }
 
