@@ -47,8 +47,14 @@ class ServerConfig(BaseModel):
     admin_host: str = "0.0.0.0"
     admin_port: int = Field(ADMIN_PORT, ge=0, le=65535)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
-    #: seconds that in-flight calls (streams too) get to finish on SIGTERM
+    #: seconds the whole drain on SIGTERM may take; streams still open then end with an error event
     drain_timeout: float = Field(30.0, ge=0)
+    #: open client connections the proxy listener holds at most (lowered to fit the file descriptor limit)
+    max_connections: int = Field(4096, ge=1)
+    #: open connections the admin listener holds at most (probes and scrapes need few)
+    admin_max_connections: int = Field(64, ge=1)
+    #: seconds an idle client connection stays open; also how long a new one may take to send its request head
+    keepalive_timeout: float = Field(60.0, gt=0)
     #: seconds between checks of the config file for changes (``serve`` reloads it); 0 turns that off
     reload_interval: float = Field(5.0, ge=0)
 

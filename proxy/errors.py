@@ -16,6 +16,7 @@ exception types.
         ├── UpstreamConnectError    502 api_error (connect refused, DNS, TLS)
         ├── UpstreamTimeout         504 timeout_error (connect, first byte, idle, total)
         ├── UpstreamBroken          502 api_error (the connection died mid-answer)
+        ├── SidecarStopping         503 api_error (the drain's time ended mid-answer)
         └── UpstreamStatus          the upstream's own non-2xx status, body passed through
 
 aiohttp client errors become ``UpstreamError`` in ``proxy/upstream.py`` only;
@@ -90,6 +91,13 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamBroken(UpstreamError):
     pass
+
+
+class SidecarStopping(UpstreamError):
+    """The sidecar's drain timeout ended before the answer: the stream is cut with this error."""
+
+    status = 503
+    retryable = False
 
 
 class UpstreamStatus(UpstreamError):

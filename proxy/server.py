@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,9 +23,10 @@ import orjson
 from aiohttp import web
 
 from proxy.cache import build_cache
-from proxy.config import Config
+from proxy.config import Config, ConfigError
 from proxy.dialects import ANTHROPIC, OPENAI, Dialect
-from proxy.errors import NotFound
+from proxy.errors import NotFound, SidecarStopping
+from proxy.listeners import Listener, in_request, proxy_connection_budget, raise_fd_limit
 from proxy.pipeline import Pipeline
 from proxy.reload import Current, Reloader
 from proxy.router.router import Router
@@ -194,6 +197,17 @@ def build_admin_app(proxy_app: web.Application) -> web.Application:
     return admin
 
 
+#: seconds an admin connection may stay idle: the kubelet and Prometheus reconnect at will
+ADMIN_KEEPALIVE = 10.0
+#: the end of a drain kept for the last words: error events to cut streams, then closing
+LAST_WORDS = 1.0
+#: ``container`` (set by the injector where the sidecar is a plain container, not a native
+#: sidecar): the app is stopped at the same moment, so a drain keeps serving it until idle
+MODE_ENV = "LLM_SIDECAR_MODE"
+#: seconds without any app connection after which a plain-container drain stops serving
+IDLE_WINDOW = 5.0
+
+
 class Servers:
     """The proxy and admin listeners, started and drained together."""
 
@@ -203,30 +217,47 @@ class Servers:
         self.config = config
         self.app = build_app(config, config_path, server_overrides)
         self.admin = build_admin_app(self.app)
+        server = config.server
+        self.fd_limit = raise_fd_limit()
+        budget = proxy_connection_budget(self.fd_limit, server.admin_max_connections)
+        self.max_connections = min(server.max_connections, budget)
         # handler_cancellation: a client that disconnects cancels its call at once,
         # which closes the upstream request and frees the endpoint's slot. Bodies are
-        # read raw and decoded by the pipeline (``proxy/request_body.py``).
-        self._runner = web.AppRunner(
-            self.app, handler_cancellation=True, access_log=None, auto_decompress=False,
-            shutdown_timeout=config.server.drain_timeout,
+        # read raw and decoded by the pipeline (``proxy/request_body.py``). The drain
+        # keeps its own clock (``stop``); aiohttp's shutdown only gets the last words.
+        self._runner = Listener(
+            self.app, max_connections=self.max_connections, keepalive_timeout=server.keepalive_timeout,
+            handler_cancellation=True, access_log=None, auto_decompress=False, shutdown_timeout=LAST_WORDS / 2,
         )
-        self._admin_runner = web.AppRunner(self.admin, access_log=None, shutdown_timeout=1.0)
-        self.port = config.server.port
-        self.admin_port = config.server.admin_port
+        self._admin_runner = Listener(
+            self.admin, max_connections=server.admin_max_connections, keepalive_timeout=ADMIN_KEEPALIVE,
+            access_log=None, shutdown_timeout=LAST_WORDS / 2,
+        )
+        self.port = server.port
+        self.admin_port = server.admin_port
 
     async def start(self) -> None:
         server = self.config.server
         await self._runner.setup()
         await self._admin_runner.setup()
-        site = web.TCPSite(self._runner, server.host, server.port, backlog=1024)
-        admin_site = web.TCPSite(self._admin_runner, server.admin_host, server.admin_port)
-        await site.start()
-        await admin_site.start()
+        try:
+            site = await _listen(self._runner, server.host, server.port, "server.port", backlog=1024)
+            admin_site = await _listen(self._admin_runner, server.admin_host, server.admin_port, "server.admin_port")
+        except ConfigError:
+            await self._runner.cleanup()
+            await self._admin_runner.cleanup()
+            raise
         self.app[LISTENING].set()
         # Port 0 in the config means "any free port" (tests); report the real ones.
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.admin_port = admin_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        event("listening", proxy=f"{server.host}:{self.port}", admin=f"{server.admin_host}:{self.admin_port}")
+        # The descriptor budget: the limit in force and the caps that fit in it.
+        event("listening", proxy=f"{server.host}:{self.port}", admin=f"{server.admin_host}:{self.admin_port}",
+              fd_limit=self.fd_limit, proxy_max_connections=self.max_connections,
+              admin_max_connections=server.admin_max_connections)
+        if self.max_connections < server.max_connections:
+            event("server.max_connections lowered to fit the file descriptor limit", logging.WARNING,
+                  configured=server.max_connections, fd_limit=self.fd_limit)
 
     def request_reload(self) -> None:
         """Reload soon (SIGHUP): the watcher runs it, one reload at a time."""
@@ -234,11 +265,57 @@ class Servers:
             self.app[RELOADER].request()
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight calls finish up to the drain timeout, then close."""
+        """Drain, all of it within ``server.drain_timeout``.
+
+        Readiness turns 503 at once. A plain container (``LLM_SIDECAR_MODE=container``)
+        keeps serving until the app has had no connection open for ``IDLE_WINDOW`` (its own
+        shutdown calls still work); a native sidecar is stopped only after the app, so it
+        stops accepting at once. In-flight calls then finish; a stream still open when the
+        drain's time is up ends with an error event in its dialect.
+        """
+        loop = asyncio.get_running_loop()
+        timeout = self.config.server.drain_timeout
+        deadline = loop.time() + timeout
+        cut_at = deadline - min(LAST_WORDS, timeout / 4)
         self.app[DRAINING].set()
+        server = self._runner.server
+        if server is not None:
+            if os.environ.get(MODE_ENV) == "container":
+                await _until_idle(server, cut_at)
+            for site in list(self._runner.sites):
+                await site.stop()
+            server.pre_shutdown()  # idle keep-alive connections close now, busy ones after their call
+            while any(map(in_request, server.connections)) and loop.time() < cut_at:
+                await asyncio.sleep(0.05)
+            if UPSTREAM in self.app:
+                self.app[UPSTREAM].cut_streams(SidecarStopping(
+                    f"the sidecar is shutting down: its drain timeout ({timeout:g} s) ended before the answer"))
         await self._runner.cleanup()
         await self._admin_runner.cleanup()
         event("stopped")
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int, setting: str, **kwargs: object) -> web.TCPSite:
+    site = web.TCPSite(runner, host, port, **kwargs)  # type: ignore[arg-type]
+    try:
+        await site.start()
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason}; "
+                          f"change {setting} or stop what holds the port") from None
+    return site
+
+
+async def _until_idle(server: web.Server, deadline: float) -> None:
+    """Until no client connection has been open for ``IDLE_WINDOW`` seconds, or ``deadline``."""
+    loop = asyncio.get_running_loop()
+    idle_since = loop.time()
+    while (now := loop.time()) < deadline:
+        if server.connections:
+            idle_since = now
+        elif now - idle_since >= IDLE_WINDOW:
+            return
+        await asyncio.sleep(0.05)
 
 
 async def serve(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import weakref
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -188,7 +189,8 @@ class UpstreamResponse:
                     async with asyncio.timeout(min(idle, remaining)):
                         chunk = await content.readany()
             except _CAUGHT as exc:
-                raise map_client_error(exc, phase) from None
+                # A timeout is named by the clock that ran out; anything else happened mid-stream.
+                raise map_client_error(exc, phase if isinstance(exc, TimeoutError) else "mid-stream") from None
             if not chunk:
                 if tail := redactor.feed(b"", True):
                     yield tail
@@ -220,6 +222,14 @@ class Upstream:
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
+        #: streamed answers being read now, so a drain can end them (a closed one drops out by itself)
+        self._streams: weakref.WeakSet[aiohttp.ClientResponse] = weakref.WeakSet()
+
+    def cut_streams(self, error: UpstreamError) -> None:
+        """End every stream still being read with ``error``: its reader raises it at once."""
+        for response in list(self._streams):
+            if not response.closed and not response.content.at_eof():
+                response.content.set_exception(error)
 
     @classmethod
     def new_session(cls) -> aiohttp.ClientSession:
@@ -283,4 +293,6 @@ class Upstream:
                 response.status, redactor.whole(first),
                 {k.lower(): v for k, v in response_headers(response.headers, redactor).items()},
             )
+        if is_stream:
+            self._streams.add(response)
         return UpstreamResponse(response, first, timeouts, deadline, is_stream, redactor)

@@ -95,3 +95,34 @@ def test_demo_answers_curl_and_sdk_then_stops_on_ctrl_c() -> None:
     finally:
         if process.poll() is None:
             process.kill()
+
+
+SCRIPT = str(Path(sys.executable).with_name("llm-sidecar"))
+
+
+@pytest.mark.parametrize("which", ["port", "admin_port"])
+def test_a_busy_port_is_one_line_naming_the_setting(tmp_path: Path, mock_provider, which: str) -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        ports = {"port": free_port(), "admin_port": free_port(), which: busy}
+        config = default_config(mock_provider.url, server={**ports, "admin_host": "127.0.0.1"})
+        path = tmp_path / "sidecar.yaml"
+        path.write_text(yaml.safe_dump(config))
+        result = subprocess.run([SCRIPT, "serve", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"llm-sidecar: cannot listen on 127.0.0.1:{busy}: address already in use; "
+        f"change server.{which} or stop what holds the port"]
+
+
+@pytest.mark.parametrize("spec", ["m:latency_ms=abc", "m:no_such=1", "m:latency"])
+def test_a_bad_mock_behaviour_is_a_usage_error(spec: str) -> None:
+    result = subprocess.run([SCRIPT, "mock-provider", "--port", str(free_port()), "--behaviour", spec],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"argument --behaviour: {spec!r}" in result.stderr and "MODEL:KEY=VALUE" in result.stderr

@@ -313,6 +313,9 @@ def sidecar_container(settings: SidecarSettings, native: bool) -> dict[str, Any]
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         *[dict(e) for e in settings.extra_env],
     ]
+    if not native:
+        # Stopped together with the app: keep serving its shutdown calls until it is idle.
+        env.append({"name": "LLM_SIDECAR_MODE", "value": "container"})
     mounts = [
         {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": TMP_VOLUME, "mountPath": "/tmp"},

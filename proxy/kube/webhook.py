@@ -204,8 +204,11 @@ def main(argv: list[str]) -> int:
     from proxy.kube.inject import load_settings
     from proxy.kube.sidecar import parse_version
 
+    from proxy.listeners import run_app
+    from proxy.telemetry.logs import setup_logging
+
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(args.log_level)
     try:
         settings = load_settings(args.settings)
         cert = ReloadingCert(args.tls_cert_file, args.tls_key_file)
@@ -223,6 +226,7 @@ def main(argv: list[str]) -> int:
     if hasattr(view, "cleanup_ctx"):
         app.cleanup_ctx.append(view.cleanup_ctx)
     app.cleanup_ctx.append(_cert_watch(cert, args.cert_reload_interval))
-    web.run_app(app, host=args.host, port=args.port, ssl_context=cert.context, print=None,
-                access_log=None, shutdown_timeout=5)
+    # Only the API server calls it: a small cap, and a short idle/header timeout.
+    run_app(app, host=args.host, port=args.port, ssl_context=cert.context, max_connections=256,
+            keepalive_timeout=15.0, shutdown_timeout=5)
     return 0

@@ -2,7 +2,9 @@
 
 Two loggers: ``llm_sidecar.access`` (one line per call, at info) and
 ``llm_sidecar`` (lifecycle and error events). Neither ever carries a provider
-key; prompt text appears only with ``telemetry.log_prompts: true``.
+key; prompt text appears only with ``telemetry.log_prompts: true``. Every other
+library's records (aiohttp, asyncio, warnings) go through the same handler, as one
+JSON line each, without the request bytes a parser error would quote.
 """
 
 from __future__ import annotations
@@ -78,13 +80,36 @@ class LoopBufferedHandler(logging.StreamHandler):
             self.stream.flush()
 
 
+class WithoutRequestData(logging.Filter):
+    """Another library's exception keeps only its type and HTTP status.
+
+    aiohttp logs a malformed request (from any client of a listener) with a traceback
+    whose message quotes the offending request line or header, which may hold a key.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not record.name.startswith("llm_sidecar"):
+            exc = record.exc_info[1]
+            fields = {"error": type(exc).__name__}
+            if isinstance(getattr(exc, "code", None), int):
+                fields["status"] = exc.code  # type: ignore[union-attr]
+            record.fields = {**(getattr(record, "fields", None) or {}), **fields}
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def setup_logging(level: str) -> None:
     handler = LoopBufferedHandler(sys.stderr)
     handler.setFormatter(JSONFormatter())
-    root = logging.getLogger("llm_sidecar")
+    handler.addFilter(WithoutRequestData())
+    ours = logging.getLogger("llm_sidecar")
+    ours.handlers[:] = [handler]
+    ours.setLevel(level.upper())
+    ours.propagate = False
+    root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
     # The JSON lines carry none of these; skipping them makes every record cheaper.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # aiohttp's own access log repeats ours without the fields that matter.

@@ -1,0 +1,121 @@
+"""SIGTERM drain of the installed ``llm-sidecar serve``: one clock, cut streams told so, plain-container mode."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.servers import default_config, free_port
+from tests.test_cli import wait_ready
+
+SCRIPT = str(Path(sys.executable).with_name("llm-sidecar"))
+
+
+def _serve(tmp_path: Path, mock_url: str, drain_timeout: float, **env: str) -> tuple[subprocess.Popen, int, int]:
+    port, admin_port = free_port(), free_port()
+    config = default_config(mock_url, server={"port": port, "admin_port": admin_port, "admin_host": "127.0.0.1",
+                                              "drain_timeout": drain_timeout})
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([SCRIPT, "serve", "--config", str(path)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
+    return process, port, admin_port
+
+
+def _wait_not_ready(admin_port: int) -> None:
+    deadline = time.monotonic() + 10
+    while httpx.get(f"http://127.0.0.1:{admin_port}/readyz").status_code == 200:
+        assert time.monotonic() < deadline, "SIGTERM did not start the drain"
+        time.sleep(0.02)
+
+
+def test_drain_ends_by_its_timeout_and_cut_streams_get_an_error_event(tmp_path: Path, mock_provider) -> None:
+    drain_timeout = 3.0
+    process, port, admin_port = _serve(tmp_path, mock_provider.url, drain_timeout)
+    # 100 chunks 200 ms apart: 20 s of answer, far past the drain timeout.
+    for model in ("mock-gpt", "mock-claude"):
+        mock_provider.set_behaviour(model, chunk_delay_ms=200, chunks=100)
+    outcomes: dict[str, Any] = {}
+
+    def read_openai(stream: Any) -> None:
+        try:
+            for _ in stream:
+                pass
+            outcomes["openai"] = "clean end"
+        except openai.APIError as error:
+            outcomes["openai"] = error
+
+    def read_anthropic(stream: Any) -> None:
+        try:
+            for _ in stream:
+                pass
+            outcomes["anthropic"] = "clean end"
+        except anthropic.APIError as error:
+            outcomes["anthropic"] = error
+
+    try:
+        oa = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        an = anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}/anthropic", api_key="x", max_retries=0)
+        s1 = oa.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True)
+        s2 = an.messages.create(model="claude-sonnet", max_tokens=500, messages=[{"role": "user", "content": "x"}],
+                                stream=True)
+        readers = [threading.Thread(target=read_openai, args=(s1,)), threading.Thread(target=read_anthropic, args=(s2,))]
+        for reader in readers:
+            reader.start()
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(drain_timeout + 10)
+        took = time.monotonic() - started
+        for reader in readers:
+            reader.join(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert took < drain_timeout + 1.0, f"the drain took {took:.1f} s for a timeout of {drain_timeout} s"
+    for dialect in ("openai", "anthropic"):
+        assert isinstance(outcomes.get(dialect), Exception), f"{dialect}: {outcomes.get(dialect)}"
+        assert "shutting down" in str(outcomes[dialect])
+
+
+def test_plain_container_mode_keeps_serving_the_app_until_it_is_idle(tmp_path: Path, mock_provider) -> None:
+    process, port, admin_port = _serve(tmp_path, mock_provider.url, 30, LLM_SIDECAR_MODE="container")
+    try:
+        process.send_signal(signal.SIGTERM)
+        _wait_not_ready(admin_port)  # readiness turns 503 at once...
+        sigterm_seen = time.monotonic()
+        # ... while the app's own shutdown calls, on new connections, are still served.
+        for _ in range(3):
+            with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0) as client:
+                assert client.chat.completions.create(model="gpt-4o-mini",
+                                                      messages=[{"role": "user", "content": "bye"}])
+            time.sleep(1)
+        # With no app connection left, the drain ends after its idle window, long before 30 s.
+        process.wait(20)
+        assert time.monotonic() - sigterm_seen < 15
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_native_sidecar_mode_stops_accepting_at_once(tmp_path: Path, mock_provider) -> None:
+    """Without the plain-container mode, the app has already exited: no one is left to serve."""
+    process, port, admin_port = _serve(tmp_path, mock_provider.url, 30)
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    process.wait(20)
+    assert time.monotonic() - started < 5
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/v1/models")

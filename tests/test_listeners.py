@@ -1,0 +1,143 @@
+"""Every listener is bounded: a connection flood or a slow-loris never takes the pod's calls down.
+
+The sidecar runs as ``llm-sidecar serve`` with the 1,024 file descriptors many nodes
+give a container; 1,100 connections held open against one of its ports must not
+starve the app's calls, nor the kubelet's probes.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.servers import default_config, free_port
+from tests.test_cli import wait_ready
+
+SCRIPT = str(Path(sys.executable).with_name("llm-sidecar"))
+FLOOD = 1100
+
+
+def _nofile_1024() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+
+@pytest.fixture
+def served(tmp_path: Path, mock_provider) -> Iterator[tuple[int, int, subprocess.Popen]]:
+    port, admin_port = free_port(), free_port()
+    config = default_config(mock_provider.url, server={"port": port, "admin_port": admin_port,
+                                                       "admin_host": "127.0.0.1", "drain_timeout": 2})
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([SCRIPT, "serve", "--config", str(path)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, preexec_fn=_nofile_1024)
+    try:
+        wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
+        yield port, admin_port, process
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+def _flood(port: int, head: bytes = b"") -> list[socket.socket]:
+    """``FLOOD`` connections to ``port``, each having sent ``head`` (a slow-loris sends part of one)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * FLOOD)), hard))
+    sockets = []
+    for _ in range(FLOOD):
+        sock = socket.socket()
+        sock.settimeout(5)
+        try:
+            sock.connect(("127.0.0.1", port))
+            if head:
+                sock.sendall(head)
+        except OSError:
+            sock.close()  # the listener's backlog is full: the flood is as big as it gets
+            continue
+        sockets.append(sock)
+    return sockets
+
+
+def _calls_go_through(port: int, admin_port: int) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=10)
+    for _ in range(10):
+        answer = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+        assert answer.choices[0].message.content
+    assert httpx.get(f"http://127.0.0.1:{admin_port}/healthz", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("target", ["admin", "proxy"])
+@pytest.mark.parametrize("head", [b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "], ids=["idle", "slow-loris"])
+def test_a_connection_flood_does_not_starve_the_calls(served, target: str, head: bytes) -> None:
+    port, admin_port, process = served
+    flood = _flood(admin_port if target == "admin" else port, head)
+    try:
+        assert len(flood) >= 1000
+        _calls_go_through(port, admin_port)
+    finally:
+        for sock in flood:
+            sock.close()
+    assert process.poll() is None
+
+
+def test_the_descriptor_budget_is_logged_and_the_soft_limit_raised(tmp_path: Path, mock_provider) -> None:
+    port, admin_port = free_port(), free_port()
+    config = default_config(mock_provider.url, server={"port": port, "admin_port": admin_port,
+                                                       "admin_host": "127.0.0.1", "drain_timeout": 1})
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    def soft_512_hard_2048() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, 2048))
+
+    process = subprocess.Popen([SCRIPT, "serve", "--config", str(path)], stderr=subprocess.PIPE, text=True,
+                               preexec_fn=soft_512_hard_2048)
+    try:
+        wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
+        limits = Path(f"/proc/{process.pid}/limits").read_text()
+        assert any(line.startswith("Max open files") and line.split()[3:5] == ["2048", "2048"]
+                   for line in limits.splitlines())
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=15)
+    budget = next(json.loads(line) for line in err.splitlines() if '"listening"' in line)
+    # (2048 - 64 admin - 64 reserved) / 2: each call may hold an upstream connection too.
+    assert budget["fd_limit"] == 2048 and budget["proxy_max_connections"] == 960
+    assert budget["admin_max_connections"] == 64
+
+
+def test_request_heads_are_bounded_and_parser_errors_are_one_json_line(served) -> None:
+    port, admin_port, process = served
+    secret = "sk-leaked-in-a-bad-header-0123"
+    heads = [
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+        b"GET /v1/models?" + b"q" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(100)) + b"\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + secret.encode() + b"\x01\r\n\r\n",
+    ]
+    for listener in (port, admin_port):
+        for head in heads:
+            with socket.create_connection(("127.0.0.1", listener), timeout=5) as sock:
+                sock.sendall(head)
+                assert sock.recv(64).startswith((b"HTTP/1.0 400", b"HTTP/1.1 400"))
+    process.terminate()
+    _, err = process.communicate(timeout=15)
+    lines = err.splitlines()
+    assert lines, "nothing was logged"
+    for line in lines:
+        json.loads(line)  # every line is one JSON object
+    errors = [json.loads(line) for line in lines if "Error handling request" in line]
+    assert len(errors) == 2 * len(heads)
+    assert {e["error"] for e in errors} >= {"LineTooLong", "BadHttpMessage"}
+    assert secret not in err and "aaaa" not in err
