@@ -241,8 +241,9 @@ class Servers:
         await self._runner.setup()
         await self._admin_runner.setup()
         try:
-            site = await _listen(self._runner, server.host, server.port, "server.port", backlog=1024)
-            admin_site = await _listen(self._admin_runner, server.admin_host, server.admin_port, "server.admin_port")
+            site = await _listen(self._runner, server.host, server.port, "server.port (or serve --port)", backlog=1024)
+            admin_site = await _listen(self._admin_runner, server.admin_host, server.admin_port,
+                                       "server.admin_port (or serve --admin-port)")
         except ConfigError:
             await self._runner.cleanup()
             await self._admin_runner.cleanup()

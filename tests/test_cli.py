@@ -100,8 +100,8 @@ def test_demo_answers_curl_and_sdk_then_stops_on_ctrl_c() -> None:
 SCRIPT = str(Path(sys.executable).with_name("llm-sidecar"))
 
 
-@pytest.mark.parametrize("which", ["port", "admin_port"])
-def test_a_busy_port_is_one_line_naming_the_setting(tmp_path: Path, mock_provider, which: str) -> None:
+@pytest.mark.parametrize("which, flag", [("port", "--port"), ("admin_port", "--admin-port")])
+def test_a_busy_port_is_one_line_naming_the_setting(tmp_path: Path, mock_provider, which: str, flag: str) -> None:
     import socket
 
     with socket.socket() as holder:
@@ -116,7 +116,7 @@ def test_a_busy_port_is_one_line_naming_the_setting(tmp_path: Path, mock_provide
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"llm-sidecar: cannot listen on 127.0.0.1:{busy}: address already in use; "
-        f"change server.{which} or stop what holds the port"]
+        f"change server.{which} (or serve {flag}) or stop what holds the port"]
 
 
 @pytest.mark.parametrize("spec", ["m:latency_ms=abc", "m:no_such=1", "m:latency"])
