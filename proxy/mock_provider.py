@@ -237,8 +237,10 @@ def openai_embeddings(body: dict[str, Any]) -> dict[str, Any]:
     items = inputs if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) else [inputs]
     dimensions = int(body.get("dimensions") or 8)
     data = []
+    # Like real embedding models that take one, ``input_type`` changes the vectors.
+    kind = f"{body['input_type']}:" if body.get("input_type") else ""
     for index, item in enumerate(items):
-        digest = hashlib.sha256(str(item).encode()).digest()
+        digest = hashlib.sha256(f"{kind}{item}".encode()).digest()
         vector = [(digest[i % 32] - 128) / 128 for i in range(dimensions)]
         encoded: Any = vector
         if body.get("encoding_format") == "base64":

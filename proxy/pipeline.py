@@ -20,7 +20,7 @@ from proxy.dialects import Dialect, Operation
 from proxy.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, ProxyError, UpstreamStatus
 from proxy.rag.config import ContextInjection
 from proxy.relay import relay
-from proxy.request_body import decode
+from proxy.request_body import check_writable, decode
 from proxy.router.router import Router
 from proxy.telemetry import Telemetry
 from proxy.telemetry.logs import EVENTS
@@ -80,6 +80,7 @@ class Pipeline:
             raise BadRequest(f"request body is not valid JSON: {exc}") from None
         if not isinstance(payload, dict):
             raise BadRequest("request body must be a JSON object")
+        check_writable(payload, call.body)
         model = payload.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("you must provide a model parameter", param="model")

@@ -1,4 +1,5 @@
-"""A request body as the sidecar reads it: decoded from its ``Content-Encoding``, within the size limit.
+"""A request body as the sidecar reads it: decoded from its ``Content-Encoding``, within the size
+limit, and only if the sidecar can write it back as it came.
 
 The server reads bodies raw (aiohttp's own decoding answers unknown codings with a
 plain-text 400 before the call reaches a handler), so a coding is decoded here and
@@ -9,14 +10,22 @@ its errors are the caller's, in its dialect:
 - any other coding, or a list of codings, is a 415 naming the ones supported;
 - a body that decodes to more than ``max_body_bytes`` is a 413, found while
   decoding (a small "zip bomb" is never expanded past the limit); a corrupt one a 400.
+
+A parsed body must also write back unchanged, since the cache key, a changed model
+name and a cross-dialect translation all re-encode it: nesting deeper than orjson
+writes (254 levels) and integers outside 64 bits (which orjson reads as floats,
+rounded) are a 400, before any upstream call.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import zlib
 from collections.abc import Callable
+from typing import Any
 
+import orjson
 import zstandard
 
 from proxy.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
@@ -78,3 +87,27 @@ def decode(body: bytes, coding: str | None, limit: int) -> bytes:
         return decoder(body, limit)
     except _ERRORS as exc:
         raise BadRequest(f"request body cannot be decoded as {name}: {exc}") from None
+
+
+def check_writable(payload: Any, body: bytes) -> None:
+    """A 400 unless ``payload`` (parsed from ``body``) writes back as JSON unchanged."""
+    try:
+        written = orjson.dumps(payload)
+    except orjson.JSONEncodeError:
+        raise BadRequest("the request nests deeper than 254 levels") from None
+    # An integer beyond 64 bits was read as a float of 1.8e19 or more, and every float
+    # from 1e16 up is written with an exponent ("e+19"). Only then is the body read
+    # again, by a parser that sees the integers as written.
+    if b"+" in written:
+        try:
+            json.loads(body, parse_int=_int64)
+        except ValueError:  # more digits than Python converts
+            raise BadRequest("the request holds an integer too long to read") from None
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value < 2**64:
+        raise BadRequest(f"the integer {text[:30]}{'…' if len(text) > 30 else ''} is outside the 64-bit range")
+    return value
+

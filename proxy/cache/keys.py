@@ -1,9 +1,13 @@
-"""Cache keys: a hash over the fields that change an answer, namespaced by tenant.
+"""Cache keys: a hash over the whole request, minus what cannot change the answer, namespaced by tenant.
 
-The key is built from an explicit allow-list, so fields that do not change the
-answer (``stream``, ``stream_options``, ``user``, ``metadata``, ``store``…) never
-split it, and an unknown field can never leak into it. The fields are dumped as
-JSON with sorted keys, so key order and whitespace in the request do not matter.
+A same call is the same dialect, operation and model group with the same body,
+except for a short deny-list of fields that cannot change what the model answers
+(``NOT_THE_ANSWER``: who asks, how it is delivered, whether the provider stores
+it). Every other field splits the key, so a field the sidecar has never heard of
+(a provider's new knob, embeddings' ``input_type``) costs at worst a miss, never
+another call's answer. The body is dumped as JSON with sorted keys, so key order
+and whitespace do not matter; a top-level number that is a whole float (``0.0``)
+counts as the integer (``0``).
 
 A key holds no secret and no header: the tenant part is either the configured
 namespace or a hash of the caller's credential (when credentials pass through,
@@ -17,40 +21,32 @@ from typing import Any
 
 import orjson
 
-#: every request field that can change what the model answers, in either dialect
-ANSWER_FIELDS = frozenset(
+#: top-level request fields that cannot change the answer, in either dialect
+NOT_THE_ANSWER = frozenset(
     {
-        # what is asked
-        "messages", "prompt", "input", "system", "instructions", "suffix", "previous_response_id",
-        # how it is sampled
-        "temperature", "top_p", "top_k", "n", "best_of", "seed", "stop", "stop_sequences",
-        "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "echo",
-        "max_tokens", "max_completion_tokens", "max_output_tokens",
-        # what shape the answer takes
-        "tools", "tool_choice", "functions", "function_call", "parallel_tool_calls",
-        "response_format", "text", "modalities", "audio", "prediction", "reasoning", "reasoning_effort",
-        "thinking", "include", "truncation", "web_search_options", "verbosity",
-        "dimensions", "encoding_format",
-        # in-cluster servers' own knobs (vLLM, Ollama) and Anthropic's server-side tools
-        "min_p", "typical_p", "repetition_penalty", "length_penalty", "min_tokens", "ignore_eos",
-        "use_beam_search", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
-        "guided_decoding_backend", "structured_outputs", "chat_template", "chat_template_kwargs",
-        "add_generation_prompt", "continue_final_message", "options", "format", "raw", "template",
-        "mcp_servers", "container",
+        # who asks (abuse tracking) and how the provider files the call
+        "user", "safety_identifier", "metadata", "store", "service_tier", "prompt_cache_key",
+        # how the answer is delivered: a stored answer is replayed in either form
+        "stream", "stream_options",
     }
 )
 
-
-def _canonical_number(value: Any) -> Any:
-    # 0 and 0.0 ask for the same thing; JSON would spell them differently.
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+_KEY_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+#: floats that are whole numbers and this small are written as integers (exact below 2**53)
+_EXACT = 2.0**53
 
 
 def fingerprint(payload: dict[str, Any]) -> dict[str, Any]:
-    """The part of a request body that decides the answer."""
-    return {k: _canonical_number(v) for k, v in payload.items() if k in ANSWER_FIELDS}
+    """The part of a request body that decides the answer: all of it but ``NOT_THE_ANSWER``."""
+    out = {}
+    for name, value in payload.items():
+        if name in NOT_THE_ANSWER:
+            continue
+        # 0 and 0.0 ask for the same thing; JSON would spell them differently.
+        if value.__class__ is float and value.is_integer() and -_EXACT < value < _EXACT:
+            value = int(value)
+        out[name] = value
+    return out
 
 
 def tenant(namespace: str, credential: str | None, per_credential: bool) -> str:
@@ -64,7 +60,8 @@ def tenant(namespace: str, credential: str | None, per_credential: bool) -> str:
 
 def request_key(tenant_name: str, scope: str, payload: dict[str, Any]) -> str:
     """``llmsc:{tenant}:{hash}``; ``scope`` names the dialect, operation and model group."""
-    canonical = orjson.dumps(fingerprint(payload), option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    # The pipeline let in only bodies that write back (``proxy/request_body.py``).
+    canonical = orjson.dumps(fingerprint(payload), option=_KEY_OPTIONS)
     digest = hashlib.blake2b(scope.encode() + b"\0" + canonical, digest_size=20).hexdigest()
     return f"llmsc:{tenant_name}:{digest}"
 
