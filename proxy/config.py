@@ -215,18 +215,83 @@ def with_server(config: Config, overrides: dict[str, Any]) -> Config:
     return config.model_copy(update={"server": server})
 
 
+#: Parsing bounds: a config is a few kilobytes; these stop a hostile or broken file
+#: (an alias bomb, a runaway generator) before it takes the sidecar's memory.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_ALIASES = 1000
+#: values once every alias is expanded (a thousand endpoints take about 20,000)
+MAX_VALUES = 100_000
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` within ``MAX_DEPTH``, ``MAX_ALIASES`` and ``MAX_VALUES``."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise _TooBig(f"more than {MAX_ALIASES} aliases")
+            return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooBig(f"nested deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_VALUES:
+            # Aliases share nodes: a few lines can stand for billions of values once copied.
+            raise _TooBig(f"more than {MAX_VALUES} values once its aliases are expanded")
+        return node
+
+
+def _expanded_size(node: Any, sizes: dict[int, int]) -> int:
+    """Values under ``node`` with every alias copied out, counted once per shared node."""
+    if id(node) not in sizes:
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = []
+        sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
+
+
 def load_config(path: str | Path) -> Config:
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start})") from None
     return config_from_text(text, str(path))
 
 
 def config_from_text(text: str, source: str) -> Config:
     """The config in ``text`` (read from ``source``, named in errors)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
     try:
-        parsed = yaml.safe_load(text)
+        parsed = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader with bounds)
+    except _TooBig as exc:
+        raise ConfigError(f"{source} is too large to be a config: {exc}") from None
     except yaml.YAMLError as exc:
         # Not str(exc): it quotes the offending line, which may hold a literal key.
         mark = getattr(exc, "problem_mark", None)

@@ -145,3 +145,35 @@ retrieval:
         f"retrieval.corpora.empty: no .txt or .md files in {tmp_path / 'empty'}",
     ])
     assert "sk-secret-in-file-123" not in result.stderr + result.stdout
+
+
+# ---------------------------------------------------------------- parsing bounds
+
+BOMB = "\n".join(
+    [f"l0: &l0 [{', '.join(['lol'] * 9)}]"]
+    + [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, 9)]
+) + "\n"  # nine lines that stand for 9^9 (387 million) strings once the aliases are copied
+
+
+def _memory_capped() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # an unbounded parse ends here, not in the machine
+
+
+@pytest.mark.parametrize("content, error", [
+    (BOMB, "is too large to be a config: more than 100000 values once its aliases are expanded"),
+    ("[" * 5000 + "]" * 5000 + "\n", "is too large to be a config: nested deeper than 32 levels"),
+    ("server: {}\n" + "# padding\n" * 120_000, "is larger than 1024 KiB"),
+    ("server: {}\n# caf\xe9 au lait\n".encode("latin-1"), "is not UTF-8 text (byte 16)"),
+], ids=["alias-bomb", "deep", "huge", "latin-1"])
+def test_config_parsing_is_bounded_with_a_one_line_error(tmp_path: Path, content: str | bytes, error: str) -> None:
+    path = tmp_path / "sidecar.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    result = subprocess.run([LLM_SIDECAR, "check-config", str(path)], capture_output=True, text=True, timeout=120,
+                            preexec_fn=_memory_capped)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"llm-sidecar: {path} {error}"]

@@ -253,3 +253,21 @@ def test_no_call_fails_while_the_config_changes_under_load(start: Callable[..., 
     sidecar.stop()
     assert "Traceback" not in sidecar.log.read_text()
     assert not [e for e in sidecar.events() if e["level"] in ("error", "warning")]
+
+
+def test_an_alias_bomb_or_a_non_utf8_reload_keeps_the_running_config(start: Callable[..., SidecarProcess],
+                                                                      mock_provider: MockProvider) -> None:
+    from tests.test_config import BOMB
+
+    sidecar = start()
+    sidecar.files.write(BOMB)
+    sidecar.wait_reloads("error", 1, timeout=30)
+    assert sidecar.ask("gpt-4o-mini")
+    (sidecar.files.root / f"..v{sidecar.files.version}" / "sidecar.yaml").write_bytes(
+        (yaml.safe_dump(sidecar.config) + "# caf\xe9\n").encode("latin-1"))
+    sidecar.wait_reloads("error", 2, timeout=30)
+    assert sidecar.ask("gpt-4o-mini")
+    sidecar.stop()
+    failed = [e for e in sidecar.events() if e["msg"] == "config reload failed"]
+    assert "more than 100000 values once its aliases are expanded" in failed[0]["errors"][0]
+    assert failed[1]["errors"] == ["the config is not UTF-8 text"]
