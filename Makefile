@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-quick bench redis-server test-tools clean
+.PHONY: setup demo test test-quick lint bench redis-server test-tools clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test: setup test-tools
 ## test-quick: everything but the minute-long checks (image build and run)
 test-quick: setup redis-server
 	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+## lint: ruff (mistakes, import order) and mypy (types), configured in pyproject.toml
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 ## bench: the benchmarks, written as Markdown tables under bench/results/
 bench: setup

@@ -111,7 +111,7 @@ async def _load(url: str, body: bytes, concurrency: int, stop_at: float, timelin
                     async with session.post(url, data=body, headers=headers) as response:
                         await response.read()
                         ok = response.status == 200
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     ok = False
                 timeline.calls.append((now - t0, time.monotonic() - now, ok))
 

@@ -38,7 +38,7 @@ def forwardable(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
 def upstream_headers(call: Call, endpoint: EndpointConfig) -> CIMultiDict[str]:
     """Headers for one attempt: the client's, with the endpoint's credential in place of its own."""
     headers = forwardable(call.request.headers)
-    dialect = DIALECTS[endpoint.dialect]
+    dialect = DIALECTS[endpoint.dialect or "openai"]  # always set once the config is validated
     if endpoint.pass_through_key:
         if call.dialect is not dialect:
             # The client's credential is for its own dialect's provider; restate it in the target's.
@@ -60,7 +60,7 @@ def upstream_headers(call: Call, endpoint: EndpointConfig) -> CIMultiDict[str]:
 
 def probe_headers(endpoint: EndpointConfig) -> dict[str, str]:
     """Headers for an active health probe: the endpoint's own credential, if it has one."""
-    dialect = DIALECTS[endpoint.dialect]
+    dialect = DIALECTS[endpoint.dialect or "openai"]  # always set once the config is validated
     headers = dict(dialect.default_headers())
     if endpoint.api_key is not None:
         headers.update(dialect.auth_headers(endpoint.api_key.reveal()))

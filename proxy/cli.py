@@ -6,18 +6,19 @@ import argparse
 import asyncio
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
-from proxy.config import ADMIN_PORT, PROXY_PORT, Config, ConfigError, load_config, parse_config, with_server
+from proxy.config import Config, ConfigError, load_config, parse_config, with_server
 
 
-def _run(main: object) -> None:
+def _run(main: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main)  # type: ignore[arg-type]
+        asyncio.run(main)
     else:
-        uvloop.run(main)  # type: ignore[arg-type]
+        uvloop.run(main)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -107,7 +108,7 @@ async def _demo(port: int, admin_port: int) -> None:
     await mock_runner.setup()
     mock_site = web.TCPSite(mock_runner, "127.0.0.1", 0)
     await mock_site.start()
-    mock_port = mock_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    mock_port = mock_runner.addresses[0][1]
     servers = Servers(demo_config(f"http://127.0.0.1:{mock_port}", port, admin_port))
     await servers.start()
     # The interpreter running the demo has the SDKs: the snippet works without activating the venv.

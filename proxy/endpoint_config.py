@@ -20,7 +20,7 @@ from proxy.secret import Secret
 Dialect = Literal["openai", "anthropic"]
 
 # A full operation URL (what the SDKs' docs show) names its dialect and its base URL.
-_OPERATION_SUFFIXES = (("/chat/completions", "openai"), ("/v1/messages", "anthropic"))
+_OPERATION_SUFFIXES: tuple[tuple[str, Dialect], ...] = (("/chat/completions", "openai"), ("/v1/messages", "anthropic"))
 
 
 class Strict(BaseModel):

@@ -152,7 +152,7 @@ def decide(body: dict[str, Any], behaviour: Behaviour) -> Answer:
     count = behaviour.chunks
     limit = body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
     truncated = isinstance(limit, int) and 0 < limit < count
-    words = answer_words(prompt, limit if truncated else count)
+    words = answer_words(prompt, limit if isinstance(limit, int) and truncated else count)
     tool = None
     tools = body.get("tools")
     if tools and body.get("tool_choice") not in ("none", {"type": "none"}):
@@ -327,7 +327,7 @@ def _error(dialect: str, status: int, message: str) -> bytes:
 
 
 def _caller_key(request: web.Request) -> str:
-    value = request.headers.get("x-api-key") or request.headers.get("Authorization", "")
+    value = request.headers.get("x-api-key") or request.headers.get("Authorization") or ""
     return value.removeprefix("Bearer ")
 
 

@@ -48,7 +48,7 @@ class Current:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.pipeline: Pipeline | None = None  # built by ``pipeline_ctx`` at start-up
+        self.pipeline: Pipeline  # set by ``pipeline_ctx`` at start-up, before any call or reload
         self.prober: HealthProber | None = None
 
 
@@ -198,5 +198,4 @@ class Reloader:
         return "error"
 
     def _count(self, ok: bool) -> None:
-        if self.current.pipeline is not None:
-            self.current.pipeline.telemetry.reloaded(ok)
+        self.current.pipeline.telemetry.reloaded(ok)

@@ -77,7 +77,7 @@ def _dialect_handler(dialect: Dialect, operation_path: str):
 
     async def handle(request: web.Request) -> web.StreamResponse:
         # Read once: the call finishes on this pipeline even if a reload swaps in another.
-        return await request.app[CURRENT].pipeline.handle(request, dialect, operation)  # type: ignore[union-attr]
+        return await request.app[CURRENT].pipeline.handle(request, dialect, operation)
 
     return handle
 
@@ -140,7 +140,7 @@ def reload_ctx(path: str | Path, server_overrides: dict[str, Any]) -> Callable[[
 async def health_ctx(app: web.Application) -> AsyncIterator[None]:
     """Active health probes of every endpoint, for the app's lifetime."""
     current = app[CURRENT]
-    router = current.pipeline.router  # type: ignore[union-attr]
+    router = current.pipeline.router
     current.prober = HealthProber(list(router.endpoints()), router.upstream, current.config.router.health)
     current.prober.start()
     yield
@@ -180,7 +180,7 @@ async def status(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus exposition of the proxy app's registry (the router and cache are read now)."""
     pipeline = request.app[PROXY_APP][CURRENT].pipeline  # reloads keep its one Telemetry
-    body, content_type = pipeline.telemetry.exposition()  # type: ignore[union-attr]
+    body, content_type = pipeline.telemetry.exposition()
     response = web.Response(body=body)
     # Set whole: aiohttp's content_type argument would drop the format's version parameter.
     response.headers["Content-Type"] = content_type
@@ -250,8 +250,8 @@ class Servers:
             raise
         self.app[LISTENING].set()
         # Port 0 in the config means "any free port" (tests); report the real ones.
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.admin_port = admin_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]
+        self.admin_port = self._admin_runner.addresses[0][1]
         # The descriptor budget: the limit in force and the caps that fit in it.
         event("listening", proxy=f"{server.host}:{self.port}", admin=f"{server.admin_host}:{self.admin_port}",
               fd_limit=self.fd_limit, proxy_max_connections=self.max_connections,
@@ -296,8 +296,8 @@ class Servers:
         event("stopped")
 
 
-async def _listen(runner: web.AppRunner, host: str, port: int, setting: str, **kwargs: object) -> web.TCPSite:
-    site = web.TCPSite(runner, host, port, **kwargs)  # type: ignore[arg-type]
+async def _listen(runner: web.AppRunner, host: str, port: int, setting: str, backlog: int = 128) -> web.TCPSite:
+    site = web.TCPSite(runner, host, port, backlog=backlog)
     try:
         await site.start()
     except OSError as exc:

@@ -24,9 +24,9 @@ from proxy.cache.recorder import NULL_RECORDER, Recorder
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from proxy.cache.response_cache import GroupCaching
     from proxy.call import Call
     from proxy.config import Config
-    from proxy.cache.response_cache import GroupCaching
     from proxy.errors import ProxyError
 
 
@@ -78,12 +78,10 @@ def build_cache(config: Config) -> Cache:
     if settings.backend == "redis":
         from proxy.cache.redis import RedisBackend
 
-        backend = RedisBackend.from_config(settings)
-    else:
-        from proxy.cache.memory import MemoryBackend
+        return ResponseCache(settings, group_caching(config), RedisBackend.from_config(settings))
+    from proxy.cache.memory import MemoryBackend
 
-        backend = MemoryBackend(settings.max_bytes)
-    return ResponseCache(settings, group_caching(config), backend)
+    return ResponseCache(settings, group_caching(config), MemoryBackend(settings.max_bytes))
 
 
 def group_caching(config: Config) -> dict[str, GroupCaching]:

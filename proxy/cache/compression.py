@@ -11,7 +11,7 @@ import zlib
 try:
     import zstandard
 except ImportError:  # zlib is always there; zstd is faster and smaller
-    zstandard = None  # type: ignore[assignment]
+    zstandard = None  # type: ignore[assignment]  # the optional module is None when missing
 
 _ERRORS: tuple[type[Exception], ...] = (zlib.error, ValueError) + ((zstandard.ZstdError,) if zstandard else ())
 

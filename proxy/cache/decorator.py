@@ -341,15 +341,13 @@ class _Cached:
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
                 return await self.call_async(*args, **kwargs)
 
-            wrapper.invalidate = self.invalidate_async  # type: ignore[attr-defined]
-            wrapper.cache_clear = self.clear_async  # type: ignore[attr-defined]
+            handles: dict[str, Any] = {"invalidate": self.invalidate_async, "cache_clear": self.clear_async}
         else:
             @functools.wraps(self.function)
-            def wrapper(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
                 return self.call_sync(*args, **kwargs)
 
-            wrapper.invalidate = self.invalidate_sync  # type: ignore[attr-defined]
-            wrapper.cache_clear = self.clear_sync  # type: ignore[attr-defined]
-        wrapper.stats = self.stats  # type: ignore[attr-defined]
-        wrapper.cache_key = self.key  # type: ignore[attr-defined]
+            handles = {"invalidate": self.invalidate_sync, "cache_clear": self.clear_sync}
+        # The cache's handles become attributes of the function, as with functools.lru_cache.
+        vars(wrapper).update(handles, stats=self.stats, cache_key=self.key)
         return wrapper

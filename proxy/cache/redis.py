@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 import redis.asyncio
@@ -43,7 +43,7 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 try:
     import hiredis
 except ImportError:  # a dependency; without it lookups use redis-py's own GET
-    hiredis = None  # type: ignore[assignment]
+    hiredis = None  # type: ignore[assignment]  # the optional module is None when missing
 
 from proxy.cache.config import CacheConfig
 
@@ -121,23 +121,29 @@ def async_client(config: CacheConfig) -> Any:
     options["socket_timeout"] = None
     if config.redis_mode == "cluster":
         return redis.asyncio.cluster.RedisCluster.from_url(
-            config.redis_url, **options, retry=redis.asyncio.retry.Retry(NoBackoff(), 1))
+            _url(config), **options, retry=redis.asyncio.retry.Retry(NoBackoff(), 1))
     retry = redis.asyncio.retry.Retry(NoBackoff(), 1)  # one retry on a fresh connection after a restart
     if config.redis_mode == "sentinel":
         sentinel = redis.asyncio.sentinel.Sentinel(_sentinel_hosts(config), sentinel_kwargs=options, **options)
         return sentinel.master_for(config.redis_service_name, retry=retry, **_url_auth(config.redis_url))
-    return redis.asyncio.Redis.from_url(config.redis_url, retry=retry, **options)
+    return redis.asyncio.Redis.from_url(_url(config), retry=retry, **options)
 
 
 def sync_client(config: CacheConfig) -> Any:
     options = _common_options(config.operation_timeout)
     if config.redis_mode == "cluster":
-        return redis.cluster.RedisCluster.from_url(config.redis_url, **options)
+        return redis.cluster.RedisCluster.from_url(_url(config), **options)
     retry = redis.retry.Retry(NoBackoff(), 1)
     if config.redis_mode == "sentinel":
         sentinel = redis.sentinel.Sentinel(_sentinel_hosts(config), sentinel_kwargs=options, **options)
         return sentinel.master_for(config.redis_service_name, retry=retry, **_url_auth(config.redis_url))
-    return redis.Redis.from_url(config.redis_url, retry=retry, **options)
+    return redis.Redis.from_url(_url(config), retry=retry, **options)
+
+
+def _url(config: CacheConfig) -> str:
+    if config.redis_url is None:  # CacheConfig requires it with a Redis backend outside sentinel mode
+        raise ValueError("redis_url: required with backend: redis")
+    return config.redis_url
 
 
 class _Replies(asyncio.Protocol):
@@ -155,7 +161,7 @@ class _Replies(asyncio.Protocol):
         return self.transport is not None and not self.transport.is_closing()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a TCP or Unix connection: a full Transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)

@@ -138,7 +138,7 @@ class OpenAIChoices(Form):
         for choice in document.get("choices") or ():
             index = choice.get("index", 0)
 
-            def chunk(body: Doc, finish: str | None = None) -> None:
+            def chunk(body: Doc, finish: str | None = None, index: Any = index) -> None:
                 frames.append(format_frame({**base, "choices": [{"index": index, **body, "finish_reason": finish,
                                                                   "logprobs": None}]}))
 

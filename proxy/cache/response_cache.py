@@ -135,7 +135,7 @@ class ResponseCache:
             value = await self.backend.get(ticket.key)
             entry = self._decode(value)
             if entry is not None and self.local is not None:
-                self._keep_local(ticket.key, value, entry)  # type: ignore[arg-type]
+                self._keep_local(ticket.key, value, entry)
         self.stats.lookups += 1
         self.stats.lookup_seconds += time.perf_counter() - started
         if entry is not None:
@@ -162,8 +162,8 @@ class ResponseCache:
     def _keep_local(self, key: str, value: bytes, entry: Entry) -> None:
         """Keep a copy for ``local_ttl`` seconds, never past the entry's own expiry."""
         ttl = min(self.config.local_ttl, entry.created + entry.ttl - time.time())
-        if ttl > 0:
-            self.local.set_now(key, value, ttl)  # type: ignore[union-attr]
+        if ttl > 0 and self.local is not None:
+            self.local.set_now(key, value, ttl)
 
     def _decode(self, value: bytes | None) -> Entry | None:
         if value is None:
@@ -339,7 +339,7 @@ class ResponseCache:
                 self.stats.not_stored += 1
             self._land(ticket)
             return
-        task = asyncio.get_running_loop().create_task(self._store(ticket, entry))  # type: ignore[arg-type]
+        task = asyncio.get_running_loop().create_task(self._store(ticket, entry))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -401,7 +401,7 @@ class ResponseCache:
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for a metrics collector, read at scrape time."""
-        stats = {name: getattr(self.stats, name) for name in self.stats.__slots__}  # type: ignore[attr-defined]
+        stats = {name: getattr(self.stats, name) for name in self.stats.__slots__}
         stats["errors"] = getattr(self.backend, "errors", 0) + self.stats.corrupt
         # The memory backend's size; with Redis, the in-process tier's (Redis's own is Redis's to tell).
         sized = self.local if self.local is not None else self.backend

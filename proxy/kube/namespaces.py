@@ -90,7 +90,9 @@ class KubeNamespaces:
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config()
         self._client = kubernetes.client
-        self._core = kubernetes.client.CoreV1Api()
+        # Any: bodies go in as plain dicts (copies of what was read), which the client takes but its
+        # annotations do not admit; and the objects read back are used through their fields only.
+        self._core: Any = kubernetes.client.CoreV1Api()
         self.settings = settings
         self.source_namespace = source_namespace
         self.resync_seconds = resync_seconds

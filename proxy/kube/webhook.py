@@ -106,7 +106,7 @@ async def review(body: Mapping[str, Any], settings: SidecarSettings, view: Names
 
 
 SETTINGS = web.AppKey("settings", SidecarSettings)
-VIEW = web.AppKey("view", NamespaceView)  # type: ignore[type-abstract]
+VIEW = web.AppKey("view", NamespaceView)
 
 
 async def _mutate(request: web.Request) -> web.Response:

@@ -19,7 +19,7 @@ from proxy.rag.passage import Chunk, DocumentId
 
 Chunker = Callable[[DocumentId, str], Iterator[Chunk]]
 #: Documents as callers give them: a sequence (ids are the indexes) or a mapping id → text.
-Documents = Sequence[str] | Mapping[DocumentId, str]
+Documents = Sequence[str] | Mapping[str, str] | Mapping[int, str] | Mapping[DocumentId, str]
 
 # A sentence ends at CJK terminators (no space follows them in CJK text) or at
 # Latin ones followed by whitespace or the end; closing quotes and brackets
@@ -137,8 +137,8 @@ class SentenceChunker:
 def _last_soft_break(text: str, start: int, end: int) -> int | None:
     """The offset just after the last soft break in ``text[start:end]``, if any."""
     last = None
-    for last in _SOFT_BREAK.finditer(text, start, end):
-        pass
+    for match in _SOFT_BREAK.finditer(text, start, end):
+        last = match
     return last.end() if last is not None else None
 
 

@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from proxy.validation import invalid, problem
 
-
 Fingerprint = tuple[tuple[str, int, int, int], ...]
 
 

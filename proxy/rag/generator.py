@@ -153,7 +153,7 @@ class AsyncRAGGenerator:
             found = index.search(query, limit, None)
         if self.scorer is not None:
             chunks = [Chunk(p.doc_id, p.text, p.start, p.end) for p in found]
-            found = await self._rescore_all(query, chunks, [p.score for p in found])
+            found = await self._rescore_all(self.scorer, query, chunks, [p.score for p in found])
         for passage in _best(found, top_k, min_score):
             yield passage
 
@@ -195,7 +195,7 @@ class AsyncRAGGenerator:
             exact_chunks = [c for c, _, _, _ in candidates]
             lexical = [statistics.score(tfs, n, weights) for _, tfs, n, _ in candidates]
             if self.scorer is not None:
-                passages = await self._rescore_all(query, exact_chunks, lexical)
+                passages = await self._rescore_all(self.scorer, query, exact_chunks, lexical)
             else:
                 passages = [Passage.of(c, s) for c, s in zip(exact_chunks, lexical)]
             for passage in _best(passages, top_k, min_score):
@@ -218,7 +218,7 @@ class AsyncRAGGenerator:
                     # works while the consumer handles the results.
                     pending_batch = start_batch() if batch else None
                     if batch and self.scorer is not None:
-                        scoring.add(asyncio.ensure_future(self._rescore(query, batch)))
+                        scoring.add(asyncio.ensure_future(self._rescore(self.scorer, query, batch)))
                     elif batch:
                         ready.append([Passage.of(c, s) for c, _, _, s in batch if s > 0.0])
                 for future in done - {pending_batch}:
@@ -236,11 +236,13 @@ class AsyncRAGGenerator:
             for future in scoring:
                 future.cancel()
 
-    async def _rescore(self, query: str, batch: Sequence[_Scored]) -> list[Passage]:
+    async def _rescore(self, scorer: Scorer, query: str, batch: Sequence[_Scored]) -> list[Passage]:
         chunks = [c for c, _, _, _ in batch]
-        return _with_scores(chunks, await self.scorer(query, chunks, [s for _, _, _, s in batch]))  # type: ignore[misc]
+        return _with_scores(chunks, await scorer(query, chunks, [s for _, _, _, s in batch]))
 
-    async def _rescore_all(self, query: str, chunks: Sequence[Chunk], lexical: Sequence[float]) -> list[Passage]:
+    async def _rescore_all(
+        self, scorer: Scorer, query: str, chunks: Sequence[Chunk], lexical: Sequence[float]
+    ) -> list[Passage]:
         """The scorer over all ``chunks`` in batches, at most ``scorer_concurrency`` at once."""
         gate = asyncio.Semaphore(self.scorer_concurrency)
         size = self.batch_size
@@ -248,7 +250,7 @@ class AsyncRAGGenerator:
         async def one(start: int) -> list[Passage]:
             async with gate:
                 part = chunks[start : start + size]
-                return _with_scores(part, await self.scorer(query, part, lexical[start : start + size]))  # type: ignore[misc]
+                return _with_scores(part, await scorer(query, part, lexical[start : start + size]))
 
         parts = await asyncio.gather(*(one(start) for start in range(0, len(chunks), size)))
         return [passage for part in parts for passage in part]

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -44,7 +44,6 @@ LOG = logging.getLogger("llm_sidecar.rag")
 #: Response header telling how many retrieved passages were added to a call.
 CONTEXT_PASSAGES_HEADER = "x-llm-sidecar-context-passages"
 
-Dialect = Literal["openai", "anthropic"]
 
 
 # -- observation seam -------------------------------------------------------------------------
@@ -207,7 +206,7 @@ class Retriever:
         return [passage async for passage in self.stream(corpus, query, top_k, min_score)]
 
     async def inject_context(
-        self, payload: dict[str, Any], dialect: Dialect, settings: ContextInjection
+        self, payload: dict[str, Any], dialect: str, settings: ContextInjection
     ) -> tuple[dict[str, Any], int]:
         """``payload`` with the top passages for its last user message added, and how many were added.
 
@@ -247,7 +246,7 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def last_user_text(payload: dict[str, Any], dialect: Dialect) -> str | None:
+def last_user_text(payload: dict[str, Any], dialect: str) -> str | None:
     """The text of the last ``user`` message of an OpenAI chat or Anthropic messages payload."""
     messages = payload.get("messages")
     if not isinstance(messages, list):
@@ -260,7 +259,7 @@ def last_user_text(payload: dict[str, Any], dialect: Dialect) -> str | None:
     return None
 
 
-def with_context(payload: dict[str, Any], dialect: Dialect, context: str) -> dict[str, Any]:
+def with_context(payload: dict[str, Any], dialect: str, context: str) -> dict[str, Any]:
     """A copy of ``payload`` with ``context`` as a leading system message (OpenAI) or system prefix (Anthropic)."""
     updated = dict(payload)
     if dialect == "openai":

@@ -131,7 +131,7 @@ class ConcurrentRouter:
         headers: CIMultiDict[str] = CIMultiDict()
         if preferred_model:
             headers[PREFER_HEADER] = preferred_model
-        call = Call(_NoRequest(headers), OPENAI, _CHAT, uuid.uuid4().hex)  # type: ignore[arg-type]
+        call = Call(_NoRequest(headers), OPENAI, _CHAT, uuid.uuid4().hex)  # type: ignore[arg-type]  # the request parts the router reads
         call.body = orjson.dumps(payload)
         call.payload = payload
         call.model_group = GROUP

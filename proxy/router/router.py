@@ -304,18 +304,18 @@ class Router:
             wait = min(settings.queue_timeout, deadline - now)
             started = time.perf_counter()
             with call.observer.span("router.queue", model_group=call.model_group):
-                endpoint = await _first_free(ranked, wait) if wait > 0 else None
+                freed = await _first_free(ranked, wait) if wait > 0 else None
             call.queue_wait += time.perf_counter() - started
-            if endpoint is None:
+            if freed is None:
                 if last_error is not None:
                     raise last_error
                 raise Overloaded(
                     f"every endpoint of model group `{call.model_group}` is at its concurrency limit",
                     retry_after=max(1.0, settings.queue_timeout),
                 )
-            if endpoint.usable(time.monotonic()):
-                return endpoint
-            endpoint.release()  # it went unusable while we queued (another call's trial, a 429)
+            if freed.usable(time.monotonic()):
+                return freed
+            freed.release()  # it went unusable while we queued (another call's trial, a 429)
 
     def _nothing_usable(
         self, call: Call, endpoints: list[Endpoint], now: float, last_error: UpstreamError | None

@@ -75,7 +75,7 @@ class LoopBufferedHandler(logging.StreamHandler):
             return
         text = "\n".join(self._pending) + "\n"
         self._pending.clear()
-        with self.lock:  # type: ignore[union-attr]
+        with self.lock:  # type: ignore[union-attr]  # Handler.__init__ always creates it; typeshed allows None
             self.stream.write(text)
             self.stream.flush()
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from dataclasses import dataclass
 from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -117,7 +117,7 @@ class _Family:
 
     def export(self) -> Metric:
         if self.kind == HISTOGRAM:
-            family: Metric = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+            histogram = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
             names = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
             for values, child in list(self.children.items()):
                 running = 0
@@ -125,12 +125,12 @@ class _Family:
                 for name, count in zip(names, child.counts):
                     running += count
                     buckets.append((name, running))
-                family.add_metric(list(values), buckets, child.sum)  # type: ignore[attr-defined]
-            return family
+                histogram.add_metric(list(values), buckets, child.sum)
+            return histogram
         cls = CounterMetricFamily if self.kind == COUNTER else GaugeMetricFamily
         family = cls(self.name, self.doc, labels=self.labels)
         for values, child in list(self.children.items()):
-            family.add_metric(list(values), child.value)  # type: ignore[attr-defined]
+            family.add_metric(list(values), child.value)
         return family
 
 

@@ -56,7 +56,7 @@ class MetricsObserver(Observer):
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
-    def span(self, name: str, **attributes: Any) -> _Timed:  # type: ignore[override]
+    def span(self, name: str, **attributes: Any) -> _Timed:
         return _Timed(self.metrics, name)
 
     def event(self, name: str, **attributes: Any) -> None:

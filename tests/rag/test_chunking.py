@@ -72,4 +72,4 @@ def test_documents_get_index_ids_or_mapping_keys() -> None:
 @pytest.mark.parametrize("documents", [["ok", 3], {"id": b"bytes"}, "a single string", 42])
 def test_non_string_documents_are_refused(documents: object) -> None:
     with pytest.raises(InvalidDocumentError):
-        normalize_documents(documents)  # type: ignore[arg-type]
+        normalize_documents(documents)

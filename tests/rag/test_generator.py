@@ -33,20 +33,20 @@ async def test_mapping_documents_keep_their_ids() -> None:
 
 @pytest.mark.parametrize("documents", [[], {}])
 async def test_an_empty_corpus_yields_nothing(documents: object) -> None:
-    assert await _collect(AsyncRAGGenerator().stream_retrieval("anything", documents)) == []  # type: ignore[arg-type]
-    assert await _collect(AsyncRAGGenerator(exact=True).stream_retrieval("anything", documents)) == []  # type: ignore[arg-type]
+    assert await _collect(AsyncRAGGenerator().stream_retrieval("anything", documents)) == []
+    assert await _collect(AsyncRAGGenerator(exact=True).stream_retrieval("anything", documents)) == []
 
 
 @pytest.mark.parametrize("query", ["", "   ", None])
 def test_an_empty_query_is_refused_at_the_call(query: object) -> None:
     with pytest.raises(RetrievalInputError, match="query") as caught:
-        AsyncRAGGenerator().stream_retrieval(query, DOCS)  # type: ignore[arg-type]
+        AsyncRAGGenerator().stream_retrieval(query, DOCS)
     assert caught.value.param == "query"
 
 
 def test_non_string_documents_are_refused_at_the_call() -> None:
     with pytest.raises(InvalidDocumentError, match="document 1"):
-        AsyncRAGGenerator().stream_retrieval("q", ["fine", 42])  # type: ignore[list-item]
+        AsyncRAGGenerator().stream_retrieval("q", ["fine", 42])
 
 
 def test_bad_settings_are_refused() -> None:

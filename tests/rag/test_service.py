@@ -169,7 +169,7 @@ def test_config_rejects_contradictions() -> None:
     with pytest.raises(ValidationError, match="default_top_k"):
         RetrievalConfig(default_top_k=10, max_top_k=5)
     with pytest.raises(ValidationError):
-        RetrievalConfig(unknown_key=1)  # type: ignore[call-arg]
+        RetrievalConfig(unknown_key=1)
 
 
 PASSAGES = [Passage("a.md", "Alpha text.", 0, 11, 2.0)]

@@ -133,7 +133,7 @@ def test_metrics_off(make_sidecar) -> None:
 
 
 def _ended_call(outcome: str, usage: dict[str, int], dialect=OPENAI, group: str = "gpt-4o-mini") -> Call:
-    call = Call(None, dialect, dialect.operations[next(iter(dialect.operations))], "req-1")  # type: ignore[arg-type]
+    call = Call(None, dialect, dialect.operations[next(iter(dialect.operations))], "req-1")
     call.model_group, call.outcome, call.usage, call.status = group, outcome, usage, 200
     call.cache_status = {"cached": "hit", "coalesced": "coalesced"}.get(outcome, "miss")
     call.attempt_log = [("mock-openai", 503, 0.2, "api_error"), ("mock-openai-2", 200, 0.5, None)]

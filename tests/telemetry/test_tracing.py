@@ -95,7 +95,7 @@ def test_new_trace_without_a_caller_context(traced) -> None:
 
 
 def _call() -> Call:
-    return Call(_Request(), OPENAI, OPENAI.operations["/chat/completions"], "req-1")  # type: ignore[arg-type]
+    return Call(_Request(), OPENAI, OPENAI.operations["/chat/completions"], "req-1")
 
 
 class _Request:
