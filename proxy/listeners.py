@@ -61,6 +61,7 @@ class ConnectionCap:
         self.evicted = 0
         self.refused = 0
         self._made = server.connection_made
+        # aiohttp has no hook for a new connection: this wraps the server's own method.
         server.connection_made = self.connection_made  # type: ignore[method-assign]
 
     def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:

@@ -32,8 +32,8 @@ from typing import Any
 from proxy.cache import build_cache, group_caching
 from proxy.config import Config, ConfigError, ServerConfig, config_from_text, with_server
 from proxy.pipeline import Pipeline
-from proxy.router.router import Router
 from proxy.router.health import HealthProber
+from proxy.router.router import Router
 from proxy.telemetry.logs import event
 from proxy.upstream import Upstream
 

@@ -29,8 +29,8 @@ from proxy.errors import NotFound, SidecarStopping
 from proxy.listeners import Listener, in_request, proxy_connection_budget, raise_fd_limit
 from proxy.pipeline import Pipeline
 from proxy.reload import Current, Reloader
-from proxy.router.router import Router
 from proxy.router.health import HealthProber
+from proxy.router.router import Router
 from proxy.telemetry import Telemetry
 from proxy.telemetry.logs import event
 from proxy.upstream import Upstream
@@ -241,9 +241,9 @@ class Servers:
         await self._runner.setup()
         await self._admin_runner.setup()
         try:
-            site = await _listen(self._runner, server.host, server.port, "server.port (or serve --port)", backlog=1024)
-            admin_site = await _listen(self._admin_runner, server.admin_host, server.admin_port,
-                                       "server.admin_port (or serve --admin-port)")
+            await _listen(self._runner, server.host, server.port, "server.port (or serve --port)", backlog=1024)
+            await _listen(self._admin_runner, server.admin_host, server.admin_port,
+                          "server.admin_port (or serve --admin-port)")
         except ConfigError:
             await self._runner.cleanup()
             await self._admin_runner.cleanup()
@@ -296,7 +296,7 @@ class Servers:
         event("stopped")
 
 
-async def _listen(runner: web.AppRunner, host: str, port: int, setting: str, backlog: int = 128) -> web.TCPSite:
+async def _listen(runner: web.AppRunner, host: str, port: int, setting: str, backlog: int = 128) -> None:
     site = web.TCPSite(runner, host, port, backlog=backlog)
     try:
         await site.start()
@@ -304,7 +304,6 @@ async def _listen(runner: web.AppRunner, host: str, port: int, setting: str, bac
         reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
         raise ConfigError(f"cannot listen on {host}:{port}: {reason}; "
                           f"change {setting} or stop what holds the port") from None
-    return site
 
 
 async def _until_idle(server: web.Server, deadline: float) -> None:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.endpoint_config import Timeouts
 from proxy.errors import (
     UpstreamBroken,
     UpstreamConnectError,
@@ -26,7 +27,6 @@ from proxy.errors import (
     UpstreamStatus,
     UpstreamTimeout,
 )
-from proxy.endpoint_config import Timeouts
 
 # Response headers that describe this hop only, or that the relay sets itself.
 _DROP_RESPONSE_HEADERS = frozenset(

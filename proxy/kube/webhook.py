@@ -203,7 +203,6 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     from proxy.kube.inject import load_settings
     from proxy.kube.sidecar import parse_version
-
     from proxy.listeners import run_app
     from proxy.telemetry.logs import setup_logging
 

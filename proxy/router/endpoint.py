@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 from pydantic import model_validator
 
-from proxy.router.circuit import Circuit
 from proxy.endpoint_config import EndpointConfig
+from proxy.router.circuit import Circuit
 from proxy.router.config import CircuitConfig
 from proxy.secret import Secret
 

@@ -28,8 +28,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.call import Call
 from proxy.dialects import OPENAI
 from proxy.dialects.sse import FrameSplitter, parse_frame
-from proxy.errors import UpstreamBroken, UpstreamError
 from proxy.endpoint_config import EndpointConfig
+from proxy.errors import UpstreamBroken, UpstreamError
 from proxy.router.config import HealthConfig, RouteConfig, RouterConfig
 from proxy.router.health import HealthProber
 from proxy.router.router import PREFER_HEADER, Router

@@ -90,9 +90,9 @@ class WithoutRequestData(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and not record.name.startswith("llm_sidecar"):
             exc = record.exc_info[1]
-            fields = {"error": type(exc).__name__}
-            if isinstance(getattr(exc, "code", None), int):
-                fields["status"] = exc.code  # type: ignore[union-attr]
+            fields: dict[str, Any] = {"error": type(exc).__name__}
+            if isinstance(code := getattr(exc, "code", None), int):
+                fields["status"] = code
             record.fields = {**(getattr(record, "fields", None) or {}), **fields}
             record.exc_info = record.exc_text = None
         return True
