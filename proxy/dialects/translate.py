@@ -13,15 +13,22 @@ images                 ``image_url`` parts              ``image`` blocks (base64
 tool definitions       ``tools[].function``             ``tools[]`` with ``input_schema``
 tool calls             ``tool_calls`` (JSON string)     ``tool_use`` blocks (object)
 tool results           ``tool`` role messages           ``tool_result`` blocks (user)
+JSON output             ``response_format`` json_schema  ``output_config.format``
 stop reasons           stop, length, tool_calls,        end_turn/stop_sequence, max_tokens,
                        content_filter                   tool_use, refusal
-usage                  prompt/completion_tokens         input/output_tokens
+usage                  prompt/completion_tokens,        input/output_tokens,
+                       ``cached_tokens``                ``cache_read_input_tokens``
 stream                 ``chat.completion.chunk`` + DONE message_start … message_stop
 =====================  ===============================  ==============================
 
 Only ``/chat/completions`` ⇄ ``/v1/messages`` translate; other operations
 (embeddings, legacy completions, responses, token counts) only go to endpoints
-of the caller's own dialect. Fields with no counterpart are dropped.
+of the caller's own dialect. A call is translated only when all of it can be:
+a field, value or content block with no counterpart (``logprobs``, ``n`` > 1,
+penalties, ``top_k``, extended thinking, documents …) is a ``BadRequest`` naming
+it, raised before the endpoint is called. Fields that cannot change the answer
+(``metadata``, ``store``, ``service_tier`` …) and best-effort hints (``seed``) are
+left out. ``docs/routing.md`` has the table users read.
 """
 
 from __future__ import annotations
@@ -45,12 +52,54 @@ DEFAULT_MAX_TOKENS = 4096
 
 _TO_OPENAI_FINISH = {
     "end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
-    "max_tokens": "length", "tool_use": "tool_calls", "refusal": "content_filter",
+    "max_tokens": "length", "model_context_window_exceeded": "length", "tool_use": "tool_calls",
+    "refusal": "content_filter",
 }
 _TO_ANTHROPIC_STOP = {
     "stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
     "function_call": "tool_use", "content_filter": "refusal",
 }
+
+
+#: per caller dialect: fields left out of a translated call, since they cannot change the answer
+#: (who asks, how the provider files the call) or are only a best-effort hint (``seed``)
+_LEFT_OUT = {
+    "openai": frozenset({"metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key", "seed"}),
+    "anthropic": frozenset({"service_tier", "cache_control"}),
+}
+#: fields that ask for nothing at these values (and at null); any other value has no counterpart
+_NEUTRAL: dict[str, dict[str, tuple[Any, ...]]] = {
+    "openai": {"n": (1,), "logprobs": (False,), "top_logprobs": (0,), "presence_penalty": (0,),
+               "frequency_penalty": (0,), "logit_bias": ({},), "modalities": (["text"],)},
+    "anthropic": {"thinking": ({"type": "disabled"},)},
+}
+#: the fields each direction reads and restates
+_READ = {
+    "openai": frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
+                         "stream", "stream_options", "user", "tools", "tool_choice", "parallel_tool_calls",
+                         "response_format"}),
+    "anthropic": frozenset({"model", "messages", "system", "max_tokens", "temperature", "top_p", "stop_sequences",
+                            "stream", "metadata", "tools", "tool_choice", "output_config"}),
+}
+#: OpenAI takes at most this many stop sequences
+_OPENAI_MAX_STOPS = 4
+
+
+class Untranslatable(BadRequest):
+    """The call asks for something the other dialect cannot express (the caller's 400)."""
+
+    def __init__(self, target: str, what: str, param: str | None) -> None:
+        names = {"openai": "an OpenAI", "anthropic": "an Anthropic"}
+        super().__init__(f"this call cannot fall back to {names[target]} endpoint: {what}", param=param)
+
+
+def check_fields(caller: str, target: str, payload: dict[str, Any]) -> None:
+    """Refuse a field the translation would have to drop although it changes the answer."""
+    read, left_out, neutral = _READ[caller], _LEFT_OUT[caller], _NEUTRAL[caller]
+    for name, value in payload.items():
+        if name in read or name in left_out or value is None or value in neutral.get(name, ()):
+            continue
+        raise Untranslatable(target, f"`{name}` has no counterpart there", name)
 
 
 def target_path(caller: str, path: str, target: str) -> str | None:
@@ -75,11 +124,14 @@ class Translation:
         self.path = path
 
     def request(self, payload: dict[str, Any], model: str) -> bytes:
-        """The call restated for the endpoint; a malformed call is the caller's error (400)."""
+        """The call restated for the endpoint; a malformed or untranslatable call is the caller's error (400)."""
+        check_fields(self.caller, self.target, payload)
         try:
             if self.caller == "openai":
                 return orjson.dumps(openai_to_anthropic_request(payload, model))
             return orjson.dumps(anthropic_to_openai_request(payload, model))
+        except Untranslatable:
+            raise
         except (AttributeError, TypeError, ValueError, KeyError) as exc:
             # The translators read well-formed calls; anything else cannot be restated.
             raise BadRequest(f"the request cannot be translated for a {self.target} endpoint: "
@@ -131,7 +183,7 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _openai_part_to_block(part: dict[str, Any]) -> dict[str, Any] | None:
+def _openai_part_to_block(part: dict[str, Any]) -> dict[str, Any]:
     kind = part.get("type")
     if kind == "text":
         return {"type": "text", "text": part.get("text", "")}
@@ -141,7 +193,20 @@ def _openai_part_to_block(part: dict[str, Any]) -> dict[str, Any] | None:
             media, data = url[5:].split(";base64,", 1)
             return {"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}
         return {"type": "image", "source": {"type": "url", "url": url}}
-    return None
+    raise Untranslatable("anthropic", f"a `{kind}` content part has no counterpart there", "messages")
+
+
+def _json_output(response_format: Any) -> dict[str, Any] | None:
+    """OpenAI's ``response_format`` as Anthropic's ``output_config.format``; None for plain text."""
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if isinstance(schema, dict):
+            return {"type": "json_schema", "schema": schema}
+    raise Untranslatable("anthropic", f"`response_format` {kind!r} has no counterpart there "
+                         "(JSON output needs a schema: use type json_schema)", "response_format")
 
 
 def openai_to_anthropic_request(payload: dict[str, Any], model: str) -> dict[str, Any]:
@@ -157,6 +222,8 @@ def openai_to_anthropic_request(payload: dict[str, Any], model: str) -> dict[str
 
     for message in payload.get("messages") or []:
         role, content = message.get("role"), message.get("content")
+        if role not in ("system", "developer", "user", "assistant", "tool"):
+            raise Untranslatable("anthropic", f"a `{role}` message has no counterpart there", "messages")
         if role in ("system", "developer"):
             system.append(_text_of(content))
         elif role == "tool":
@@ -168,7 +235,7 @@ def openai_to_anthropic_request(payload: dict[str, Any], model: str) -> dict[str
                 if content:
                     blocks.append({"type": "text", "text": content})
             elif isinstance(content, list):
-                blocks.extend(b for b in map(_openai_part_to_block, content) if b is not None)
+                blocks.extend(map(_openai_part_to_block, content))
             for call in message.get("tool_calls") or []:
                 function = call.get("function") or {}
                 try:
@@ -187,7 +254,10 @@ def openai_to_anthropic_request(payload: dict[str, Any], model: str) -> dict[str
     if system:
         out["system"] = "\n\n".join(system)
     if payload.get("temperature") is not None:
-        out["temperature"] = min(1.0, float(payload["temperature"]))  # OpenAI allows up to 2
+        temperature = float(payload["temperature"])
+        if temperature > 1:  # OpenAI allows up to 2
+            raise Untranslatable("anthropic", "`temperature` above 1 has no counterpart there", "temperature")
+        out["temperature"] = temperature
     if payload.get("top_p") is not None:
         out["top_p"] = payload["top_p"]
     stop = payload.get("stop")
@@ -195,14 +265,20 @@ def openai_to_anthropic_request(payload: dict[str, Any], model: str) -> dict[str
         out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
     if payload.get("stream") is True:
         out["stream"] = True
+    if payload.get("stream_options") is not None and not isinstance(payload["stream_options"], dict):
+        raise BadRequest("`stream_options` must be an object", param="stream_options")
     if payload.get("user"):
         out["metadata"] = {"user_id": str(payload["user"])}
+    if payload.get("response_format") is not None and (output := _json_output(payload["response_format"])):
+        out["output_config"] = {"format": output}
     tools = payload.get("tools")
     if tools:
+        if any(t.get("type", "function") != "function" for t in tools):
+            raise Untranslatable("anthropic", "only `function` tools have a counterpart there", "tools")
         out["tools"] = [
             {"name": f.get("name", ""), "description": f.get("description", ""),
              "input_schema": f.get("parameters") or {"type": "object", "properties": {}}}
-            for f in (t.get("function") or {} for t in tools if t.get("type", "function") == "function")
+            for f in (t.get("function") or {} for t in tools)
         ]
         choice = payload.get("tool_choice")
         converted: dict[str, Any] | None = None
@@ -214,6 +290,8 @@ def openai_to_anthropic_request(payload: dict[str, Any], model: str) -> dict[str
             converted = {"type": "none"}
         elif isinstance(choice, dict) and choice.get("type") == "function":
             converted = {"type": "tool", "name": (choice.get("function") or {}).get("name", "")}
+        elif choice is not None:
+            raise Untranslatable("anthropic", "this `tool_choice` has no counterpart there", "tool_choice")
         if payload.get("parallel_tool_calls") is False:
             converted = {**(converted or {"type": "auto"}), "disable_parallel_tool_use": True}
         if converted is not None:
@@ -221,7 +299,7 @@ def openai_to_anthropic_request(payload: dict[str, Any], model: str) -> dict[str
     return out
 
 
-def _anthropic_block_to_part(block: dict[str, Any]) -> dict[str, Any] | None:
+def _anthropic_block_to_part(block: dict[str, Any]) -> dict[str, Any]:
     kind = block.get("type")
     if kind == "text":
         return {"type": "text", "text": block.get("text", "")}
@@ -231,7 +309,31 @@ def _anthropic_block_to_part(block: dict[str, Any]) -> dict[str, Any] | None:
             return {"type": "image_url", "image_url": {"url": f"data:{source.get('media_type')};base64,{source.get('data')}"}}
         if source.get("type") == "url":
             return {"type": "image_url", "image_url": {"url": source.get("url", "")}}
-    return None
+        kind = f"{source.get('type')} image"
+    raise Untranslatable("openai", f"a `{kind}` content block has no counterpart there", "messages")
+
+
+#: blocks of an assistant turn that only Anthropic reads back; an OpenAI model does without them
+_ANTHROPIC_ONLY_BLOCKS = frozenset({"thinking", "redacted_thinking"})
+
+
+def _tool_result_text(content: Any) -> str:
+    if isinstance(content, list) and any(b.get("type") != "text" for b in content):
+        raise Untranslatable("openai", "a tool result holding more than text has no counterpart there", "messages")
+    return _text_of(content)
+
+
+def _response_format(output_config: dict[str, Any]) -> dict[str, Any] | None:
+    """Anthropic's ``output_config`` as OpenAI's ``response_format``; None when it asks for nothing."""
+    for name, value in output_config.items():
+        if name != "format" and value is not None:
+            raise Untranslatable("openai", f"`output_config.{name}` has no counterpart there", "output_config")
+    output = output_config.get("format")
+    if output is None:
+        return None
+    if output.get("type") != "json_schema" or not isinstance(output.get("schema"), dict):
+        raise Untranslatable("openai", "this `output_config.format` has no counterpart there", "output_config")
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": output["schema"], "strict": True}}
 
 
 def anthropic_to_openai_request(payload: dict[str, Any], model: str) -> dict[str, Any]:
@@ -246,6 +348,10 @@ def anthropic_to_openai_request(payload: dict[str, Any], model: str) -> dict[str
             continue
         blocks = content if isinstance(content, list) else []
         if role == "assistant":
+            for block in blocks:
+                if block.get("type") not in ("text", "tool_use", *_ANTHROPIC_ONLY_BLOCKS):
+                    raise Untranslatable("openai", f"a `{block.get('type')}` content block has no counterpart there",
+                                         "messages")
             text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
             calls = [{"id": b.get("id", ""), "type": "function",
                       "function": {"name": b.get("name", ""), "arguments": orjson.dumps(b.get("input") or {}).decode()}}
@@ -259,8 +365,8 @@ def anthropic_to_openai_request(payload: dict[str, Any], model: str) -> dict[str
         for block in blocks:
             if block.get("type") == "tool_result":
                 messages.append({"role": "tool", "tool_call_id": block.get("tool_use_id", ""),
-                                 "content": _text_of(block.get("content"))})
-        parts = [p for p in map(_anthropic_block_to_part, blocks) if p is not None]
+                                 "content": _tool_result_text(block.get("content"))})
+        parts = [_anthropic_block_to_part(b) for b in blocks if b.get("type") != "tool_result"]
         if parts:
             only_text = all(p["type"] == "text" for p in parts)
             messages.append({"role": "user", "content": "".join(p["text"] for p in parts) if only_text else parts})
@@ -272,6 +378,9 @@ def anthropic_to_openai_request(payload: dict[str, Any], model: str) -> dict[str
         if payload.get(key) is not None:
             out[key] = payload[key]
     if payload.get("stop_sequences"):
+        if len(payload["stop_sequences"]) > _OPENAI_MAX_STOPS:
+            raise Untranslatable("openai", f"more than {_OPENAI_MAX_STOPS} `stop_sequences` have no counterpart there",
+                                 "stop_sequences")
         out["stop"] = payload["stop_sequences"]
     if payload.get("stream") is True:
         out["stream"] = True
@@ -280,11 +389,15 @@ def anthropic_to_openai_request(payload: dict[str, Any], model: str) -> dict[str
     user = (payload.get("metadata") or {}).get("user_id")
     if user:
         out["user"] = user
+    if payload.get("output_config") is not None and (response_format := _response_format(payload["output_config"])):
+        out["response_format"] = response_format
     tools = payload.get("tools")
     if tools:
+        if any(t.get("type") not in (None, "custom") for t in tools):
+            raise Untranslatable("openai", "only client tools (with an `input_schema`) have a counterpart there", "tools")
         out["tools"] = [{"type": "function", "function": {"name": t.get("name", ""), "description": t.get("description", ""),
                                                           "parameters": t.get("input_schema") or {}}}
-                        for t in tools if "input_schema" in t or t.get("type") in (None, "custom")]
+                        for t in tools]
         choice = payload.get("tool_choice") or {}
         kind = choice.get("type")
         if kind == "auto":
@@ -295,6 +408,8 @@ def anthropic_to_openai_request(payload: dict[str, Any], model: str) -> dict[str
             out["tool_choice"] = "none"
         elif kind == "tool":
             out["tool_choice"] = {"type": "function", "function": {"name": choice.get("name", "")}}
+        elif kind is not None:
+            raise Untranslatable("openai", "this `tool_choice` has no counterpart there", "tool_choice")
         if choice.get("disable_parallel_tool_use"):
             out["parallel_tool_calls"] = False
     return out
@@ -323,10 +438,23 @@ def anthropic_to_openai_response(message: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _openai_usage(usage: dict[str, Any]) -> dict[str, int]:
+def _openai_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    # Anthropic counts cache reads and writes apart from input_tokens; OpenAI's prompt_tokens
+    # holds all three, the cache reads named again in its details.
     prompt = sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
     completion = int(usage.get("output_tokens") or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": int(usage.get("cache_read_input_tokens") or 0)}}
+
+
+def _anthropic_usage(usage: dict[str, Any]) -> dict[str, int]:
+    """OpenAI's usage as Anthropic counts it: cached prompt tokens apart from ``input_tokens``."""
+    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    out = {"output_tokens": int(usage.get("completion_tokens") or 0)}
+    if usage.get("prompt_tokens") is not None:
+        out["input_tokens"] = int(usage["prompt_tokens"]) - cached
+        out["cache_read_input_tokens"] = cached
+    return out
 
 
 def openai_to_anthropic_response(completion: dict[str, Any]) -> dict[str, Any]:
@@ -351,8 +479,7 @@ def openai_to_anthropic_response(completion: dict[str, Any]) -> dict[str, Any]:
         "content": blocks,
         "stop_reason": _TO_ANTHROPIC_STOP.get(choice.get("finish_reason") or "stop", "end_turn"),
         "stop_sequence": None,
-        "usage": {"input_tokens": int(usage.get("prompt_tokens") or 0),
-                  "output_tokens": int(usage.get("completion_tokens") or 0)},
+        "usage": {"input_tokens": 0, **_anthropic_usage(usage)},
     }
 
 
@@ -519,9 +646,7 @@ class OpenAIToAnthropicStream(StreamTranslator):
         if self.done or not self.started:
             return b""
         self.done = True
-        usage = {"output_tokens": int(self.usage.get("completion_tokens") or 0)}
-        if self.usage.get("prompt_tokens") is not None:
-            usage["input_tokens"] = int(self.usage["prompt_tokens"])
+        usage = _anthropic_usage(self.usage)
         stop = _TO_ANTHROPIC_STOP.get(self.finish_reason or "stop", "end_turn")
         return (self._close_block()
                 + self._event("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None}, "usage": usage})

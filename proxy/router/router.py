@@ -30,7 +30,7 @@ import orjson
 
 from proxy.auth import upstream_headers
 from proxy.call import Call
-from proxy.dialects.translate import Translation, target_path
+from proxy.dialects.translate import Translation, Untranslatable, target_path
 from proxy.errors import (
     BadRequest,
     NoEndpointAvailable,
@@ -184,6 +184,19 @@ class Router:
         last_error: UpstreamError | None = None
         for number in range(1, settings.max_attempts + 1):
             endpoint = await self._take_slot(call, endpoints, rank, prefer, tried, spent, deadline, last_error)
+            try:
+                request = self._request(call, endpoint)
+            except Untranslatable:
+                # Refused before the endpoint is called: the caller's 400, unless an endpoint
+                # already failed, whose error (maybe transient) is then the truer answer.
+                endpoint.release()
+                if last_error is None:
+                    raise
+                spent.add(endpoint)
+                continue
+            except BaseException:
+                endpoint.release()
+                raise
             now = time.monotonic()
             if tried:
                 if endpoint in tried:
@@ -199,7 +212,7 @@ class Router:
             call.endpoint = endpoint.name
             started = time.perf_counter()
             try:
-                response = await self._try(call, endpoint, number, deadline - now)
+                response = await self._try(call, endpoint, number, deadline - now, request)
             except UpstreamError as error:
                 endpoint.release()
                 seconds = time.perf_counter() - started
@@ -230,24 +243,28 @@ class Router:
         assert last_error is not None
         raise last_error
 
-    async def _try(self, call: Call, endpoint: Endpoint, number: int, remaining: float) -> Any:
+    @staticmethod
+    def _request(call: Call, endpoint: Endpoint) -> tuple[str, bytes, Translation | None]:
+        """The URL and body for ``endpoint``, and the translation when it speaks the other dialect."""
+        config = endpoint.config
+        if config.dialect == call.dialect.name:
+            same_model = endpoint.upstream_model == call.payload.get("model")
+            body = call.body if same_model else orjson.dumps({**call.payload, "model": endpoint.upstream_model})
+            return config.url + call.operation.path, body, None
+        path = target_path(call.dialect.name, call.operation.path, config.dialect or "openai")
+        assert path is not None  # the plan holds only endpoints that translate
+        translation = Translation(call.dialect.name, config.dialect or "openai", path)
+        return config.url + path, translation.request(call.payload, endpoint.upstream_model), translation
+
+    async def _try(self, call: Call, endpoint: Endpoint, number: int, remaining: float,
+                   request: tuple[str, bytes, Translation | None]) -> Any:
         config = endpoint.config
         timeouts = config.timeouts
         if remaining <= 0:
             raise UpstreamTimeout("the call's routing deadline passed")
         if remaining < timeouts.first_byte:
             timeouts = timeouts.model_copy(update={"first_byte": remaining})
-        translation: Translation | None = None
-        if config.dialect == call.dialect.name:
-            url = config.url + call.operation.path
-            same_model = endpoint.upstream_model == call.payload.get("model")
-            body = call.body if same_model else orjson.dumps({**call.payload, "model": endpoint.upstream_model})
-        else:
-            path = target_path(call.dialect.name, call.operation.path, config.dialect or "openai")
-            assert path is not None  # the plan holds only endpoints that translate
-            translation = Translation(call.dialect.name, config.dialect or "openai", path)
-            url = config.url + path
-            body = translation.request(call.payload, endpoint.upstream_model)
+        url, body, translation = request
         headers = upstream_headers(call, config)
         with call.observer.span("upstream.attempt", endpoint=endpoint.name, model_group=endpoint.group,
                                 attempt=number, dialect=config.dialect):
