@@ -22,7 +22,8 @@ Contract:
   ``RedisBackend`` for async functions only).
 - Thread-safe; identical concurrent calls run the function once (per process)
   and all get its result, or its exception.
-- Fails open: with Redis slow or down the function simply runs (``stats.errors``).
+- Fails open: with Redis slow or down the function simply runs; each lookup or store
+  Redis could not do counts in ``stats.errors``.
 - The wrapper has ``invalidate(*args, **kwargs)`` (one entry), ``cache_clear()``
   (every entry of this function) and ``stats``; for async functions the first
   two return awaitables.
@@ -50,6 +51,8 @@ from proxy.cache.config import CacheConfig
 from proxy.cache.memory import MemoryBackend
 
 _IGNORED = frozenset({"self", "cls"})
+#: what a backend answers a lookup with when it cannot (Redis down): a miss that is also an error
+_FAILED = object()
 
 
 class Serializer(Protocol):
@@ -227,6 +230,13 @@ class _Cached:
             return None
         return self.prefix + hashlib.sha256(canonical).hexdigest()
 
+    def looked_up(self, value: Any) -> bytes | None:
+        """The backend's answer to a lookup; one it could not give is an error (and a miss)."""
+        if value is _FAILED:
+            self.count("errors")
+            return None
+        return value
+
     def decode(self, value: bytes | None) -> tuple[bool, Any]:
         if value is None:
             return False, None
@@ -250,7 +260,7 @@ class _Cached:
         if key is None:
             return self.function(*args, **kwargs)
         backend = self.owner.sync_backend()
-        found, value = self.decode(backend.get_now(key))
+        found, value = self.decode(self.looked_up(backend.get_now(key, _FAILED)))
         if found:
             self.count("hits")
             return value
@@ -271,8 +281,8 @@ class _Cached:
             raise
         else:
             encoded = self.encode(value)
-            if encoded is not None:
-                backend.set_now(key, encoded, self.owner.ttl)
+            if encoded is not None and not backend.set_now(key, encoded, self.owner.ttl):
+                self.count("errors")
             flight.set_result(value)
             return value
         finally:
@@ -294,7 +304,7 @@ class _Cached:
         if key is None:
             return await self.function(*args, **kwargs)
         backend = self.owner.async_backend()
-        found, value = self.decode(await backend.get(key))
+        found, value = self.decode(self.looked_up(await backend.get(key, _FAILED)))
         if found:
             self.count("hits")
             return value
@@ -317,8 +327,8 @@ class _Cached:
             raise
         else:
             encoded = self.encode(value)
-            if encoded is not None:
-                await backend.set(key, encoded, self.owner.ttl)
+            if encoded is not None and not await backend.set(key, encoded, self.owner.ttl):
+                self.count("errors")
             flight.set_result(value)
             return value
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 from collections import OrderedDict
 
 
@@ -34,7 +35,8 @@ class MemoryBackend:
     def _size(key: str, value: bytes) -> int:
         return len(key) + len(value)
 
-    def get_now(self, key: str) -> bytes | None:
+    def get_now(self, key: str, default: Any = None) -> bytes | None:
+        # ``default`` is what a backend that can fail answers then; this one cannot.
         with self._lock:
             item = self._items.get(key)
             if item is None:
@@ -45,10 +47,10 @@ class MemoryBackend:
             self._items.move_to_end(key)
             return item[0]
 
-    def set_now(self, key: str, value: bytes, ttl: float) -> None:
+    def set_now(self, key: str, value: bytes, ttl: float) -> bool:
         size = self._size(key, value)
         if size > self.max_bytes:
-            return
+            return False
         with self._lock:
             if key in self._items:
                 self._drop(key)
@@ -58,6 +60,7 @@ class MemoryBackend:
                 oldest = next(iter(self._items))
                 self._drop(oldest)
                 self.evictions += 1
+        return True
 
     def delete_now(self, key: str) -> None:
         with self._lock:
@@ -73,11 +76,11 @@ class MemoryBackend:
         value, _ = self._items.pop(key)
         self.bytes -= self._size(key, value)
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: str, default: Any = None) -> bytes | None:
         return self.get_now(key)
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
-        self.set_now(key, value, ttl)
+    async def set(self, key: str, value: bytes, ttl: float) -> bool:
+        return self.set_now(key, value, ttl)
 
     async def delete(self, key: str) -> None:
         self.delete_now(key)

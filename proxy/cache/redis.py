@@ -7,7 +7,9 @@ yourself") plus a count in ``errors``. After ``breaker_failures`` failures in a
 row the circuit opens: operations answer at once without touching the network,
 while a background task pings Redis every ``breaker_cooldown`` seconds and
 closes the circuit when it answers again. redis-py reconnects by itself on the
-next command, so once the circuit closes the cache simply comes back.
+next command, so once the circuit closes the cache simply comes back. Each change
+of state is logged once (``redis unavailable`` / ``redis available again``) and shown
+by the ``llm_sidecar_cache_available`` gauge.
 
 The hot read (a cache lookup is one ``GET``) takes a shorter road with a single
 server (``redis://``): ``PipelinedGets``, one connection on which every lookup
@@ -24,6 +26,7 @@ Sentinel, Cluster and TLS stay on redis-py.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 import uuid
@@ -46,6 +49,7 @@ except ImportError:  # a dependency; without it lookups use redis-py's own GET
     hiredis = None  # type: ignore[assignment]  # the optional module is None when missing
 
 from proxy.cache.config import CacheConfig
+from proxy.telemetry.logs import event
 
 T = TypeVar("T")
 
@@ -77,15 +81,20 @@ class Breaker:
         return True
 
     def success(self) -> None:
+        if self.opened_at is not None:
+            event("redis available again", down_s=round(time.monotonic() - self.opened_at, 3))
         self.failures = 0
         self.opened_at = None
 
-    def failure(self) -> bool:
-        """Count a failure; true when this one opened the circuit."""
+    def failure(self, error: BaseException | None = None) -> bool:
+        """Count a failure; true when this one opened the circuit (logged once, not per failure)."""
         self.failures += 1
         if self.failures >= self.threshold:
             opened = self.opened_at is None
             self.opened_at = time.monotonic()
+            if opened:
+                event("redis unavailable", logging.WARNING, failures=self.failures,
+                      error=type(error).__name__ if error is not None else None, retry_every_s=self.cooldown)
             return opened
         return False
 
@@ -313,9 +322,9 @@ class RedisBackend:
         try:
             async with asyncio.timeout(self.timeout):
                 result = await operation(*args, **kwargs)
-        except _FAILURES:
+        except _FAILURES as exc:
             self.errors += 1
-            if self.breaker.failure():
+            if self.breaker.failure(exc):
                 if self.gets is not None:
                     self.gets.reset()  # it may hang without closing: make a fresh one when Redis is back
                 if self._probe is None or self._probe.done():
@@ -336,11 +345,13 @@ class RedisBackend:
                 continue
             self.breaker.success()
 
-    async def get(self, key: str) -> bytes | None:
-        return await self._run(None, self._get, key)
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value, ``None`` if absent, ``default`` if Redis could not answer."""
+        return await self._run(default, self._get, key)
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
-        await self._run(None, self.client.set, key, value, px=max(1, int(ttl * 1000)))
+    async def set(self, key: str, value: bytes, ttl: float) -> bool:
+        """Whether the value was stored (false: Redis failed, or its circuit is open)."""
+        return bool(await self._run(False, self.client.set, key, value, px=max(1, int(ttl * 1000))))
 
     async def delete(self, key: str) -> None:
         await self._run(None, self.client.delete, key)
@@ -400,19 +411,19 @@ class SyncRedisBackend:
             return default
         try:
             result = operation(*args, **kwargs)
-        except _FAILURES:
+        except _FAILURES as exc:
             self.errors += 1
-            self.breaker.failure()
+            self.breaker.failure(exc)
             return default
         if self.breaker.failures:
             self.breaker.success()
         return result
 
-    def get_now(self, key: str) -> bytes | None:
-        return self._run(None, self.client.get, key)
+    def get_now(self, key: str, default: Any = None) -> Any:
+        return self._run(default, self.client.get, key)
 
-    def set_now(self, key: str, value: bytes, ttl: float) -> None:
-        self._run(None, self.client.set, key, value, px=max(1, int(ttl * 1000)))
+    def set_now(self, key: str, value: bytes, ttl: float) -> bool:
+        return bool(self._run(False, self.client.set, key, value, px=max(1, int(ttl * 1000))))
 
     def delete_now(self, key: str) -> None:
         self._run(None, self.client.delete, key)

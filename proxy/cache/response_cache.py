@@ -353,8 +353,10 @@ class ResponseCache:
             value = entry.encode(self.config.compress_threshold)
             if self.local is not None:
                 self._keep_local(ticket.key, value, entry)
-            await self.backend.set(ticket.key, value, entry.ttl + window)
-            self.stats.stores += 1
+            if await self.backend.set(ticket.key, value, entry.ttl + window):
+                self.stats.stores += 1
+            else:
+                self.stats.store_failures += 1
         finally:
             self._land(ticket)
 
@@ -402,7 +404,9 @@ class ResponseCache:
     def snapshot(self) -> dict[str, Any]:
         """Counters for a metrics collector, read at scrape time."""
         stats = {name: getattr(self.stats, name) for name in self.stats.__slots__}
-        stats["errors"] = getattr(self.backend, "errors", 0) + self.stats.corrupt
+        # Failed operations, those skipped while the Redis circuit is open (each a miss or an
+        # answer not stored), and unreadable entries.
+        stats["errors"] = getattr(self.backend, "errors", 0) + getattr(self.backend, "skipped", 0) + self.stats.corrupt
         # The memory backend's size; with Redis, the in-process tier's (Redis's own is Redis's to tell).
         sized = self.local if self.local is not None else self.backend
         stats["entries"] = getattr(sized, "entries", None)

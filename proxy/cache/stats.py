@@ -20,6 +20,8 @@ class CacheStats:
     #: entries that could not be read back (corrupt, or unknown packing)
     corrupt: int = 0
     stores: int = 0
+    #: complete answers the backend did not take (Redis failed or its circuit is open)
+    store_failures: int = 0
     #: answers not stored: too large, not 2xx, cut mid-stream
     not_stored: int = 0
     #: tokens the upstream did not have to produce, summed over hits, coalesced and stale answers

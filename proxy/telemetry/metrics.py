@@ -383,12 +383,13 @@ class LiveCollector(Collector):
         p = PREFIX
         events = CounterMetricFamily(
             f"{p}_cache_events", "What the cache did: hit, miss, coalesced, stale (served on upstream error), "
-            "bypass, store, not_stored, corrupt.", labels=["event"])
+            "bypass, store, not_stored, corrupt, store_failed (the backend did not take it).", labels=["event"])
         for event, key in _CACHE_EVENTS:
             events.add_metric([event], stats.get(key, 0))
         yield events
-        yield CounterMetricFamily(f"{p}_cache_errors", "Cache backend errors (each one a miss, never a failed "
-                                  "call) and unreadable entries.", value=stats.get("errors", 0))
+        yield CounterMetricFamily(f"{p}_cache_errors", "Cache backend errors and operations skipped while "
+                                  "Redis is down (each a miss or an answer not stored, never a failed call), and "
+                                  "unreadable entries.", value=stats.get("errors", 0))
         yield CounterMetricFamily(f"{p}_cache_redis_errors", "Redis operations that failed or timed out.",
                                   value=getattr(getattr(self.cache, "backend", None), "errors", 0))
         yield CounterMetricFamily(f"{p}_cache_lookups", "Cache lookups (backend reads).",
@@ -410,4 +411,5 @@ class LiveCollector(Collector):
 _HEALTH = {True: 1.0, False: 0.0, None: -1.0}
 _CIRCUIT_STATES = ("closed", "open", "half_open")
 _CACHE_EVENTS = (("hit", "hits"), ("miss", "misses"), ("coalesced", "coalesced"), ("stale", "stale"),
-                 ("bypass", "bypass"), ("store", "stores"), ("not_stored", "not_stored"), ("corrupt", "corrupt"))
+                 ("bypass", "bypass"), ("store", "stores"), ("not_stored", "not_stored"), ("corrupt", "corrupt"),
+                 ("store_failed", "store_failures"))

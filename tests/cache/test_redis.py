@@ -232,3 +232,77 @@ async def test_pipelined_lookups_with_password_and_db() -> None:
             await each.close()
     finally:
         server.kill()
+
+
+def _metric(admin_url: str, name: str, labels: str = "") -> float:
+    import re
+
+    text = httpx.get(admin_url + "/metrics", timeout=10).text
+    match = re.search(rf"^llm_sidecar_{name}{re.escape(labels)} (\S+)$", text, re.M)
+    assert match, f"no {name}{labels} in /metrics"
+    return float(match.group(1))
+
+
+def _until(condition, message: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.05)
+
+
+def test_redis_down_and_back_is_logged_once_each_and_counted_honestly(cached_sidecar, mock_provider, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="llm_sidecar")
+    server = RedisServer()
+    try:
+        sidecar = cached_sidecar(cache=redis_cache(server.url, local_ttl=0))
+        stores = lambda: _metric(sidecar.admin_url, "cache_events_total", '{event="store"}')  # noqa: E731
+        failed = lambda: _metric(sidecar.admin_url, "cache_events_total", '{event="store_failed"}')  # noqa: E731
+        assert _post(sidecar.openai_base, "before").status_code == 200
+        _until(lambda: stores() == 1, "the first answer was not stored")
+        assert _metric(sidecar.admin_url, "cache_available") == 1
+        server.kill()
+        for index in range(12):  # past breaker_failures: the circuit opens, later calls skip Redis
+            assert _post(sidecar.openai_base, f"while down {index}").status_code == 200
+        _until(lambda: failed() == 12, "failed stores were not counted as such")
+        assert stores() == 1  # nothing was stored while Redis was down
+        assert _metric(sidecar.admin_url, "cache_available") == 0
+        assert _metric(sidecar.admin_url, "cache_errors_total") >= 24  # 12 lookups and 12 stores, none done
+        server.start()
+        _until(lambda: _metric(sidecar.admin_url, "cache_available") == 1, "Redis did not come back")
+        assert _post(sidecar.openai_base, "after").status_code == 200
+        _until(lambda: stores() == 2, "the cache did not store again after Redis came back")
+    finally:
+        server.kill()
+    messages = [r.getMessage() for r in caplog.records if r.name == "llm_sidecar"]
+    assert messages.count("redis unavailable") == 1 and messages.count("redis available again") == 1
+
+
+def test_decorator_stats_count_what_redis_could_not_do() -> None:
+    from proxy import DistributedCacheDecorator
+
+    server = RedisServer()
+    try:
+        runs = []
+
+        @DistributedCacheDecorator(ttl=60, cache_backend="redis", redis_url=server.url)
+        def answer(question: str) -> str:
+            runs.append(question)
+            return question.upper()
+
+        @DistributedCacheDecorator(ttl=60, cache_backend="redis", redis_url=server.url)
+        async def answer_async(question: str) -> str:
+            runs.append(question)
+            return question.upper()
+
+        assert answer("a") == "A" and answer("a") == "A" and answer.stats.errors == 0
+        server.kill()
+        for index in range(3):
+            assert answer(f"q{index}") == f"Q{index}"
+            assert asyncio.run(answer_async(f"q{index}")) == f"Q{index}"
+        # Every call ran the function, and its lookup and its store both failed.
+        assert answer.stats.errors == 6 and answer.stats.misses == 4
+        assert answer_async.stats.errors == 6
+    finally:
+        server.kill()
