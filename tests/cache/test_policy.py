@@ -213,3 +213,22 @@ def test_in_cluster_server_knobs_split_the_key() -> None:
         {}, {"guided_json": {"type": "object"}}, {"min_p": 0.1}, {"options": {"num_ctx": 4096}})}
     assert len(keys) == 4
     assert request_key("t", "s", {**base, "user": "u1", "stream": True}) == request_key("t", "s", base)
+
+
+@pytest.mark.parametrize("value_size", [64, 300, 2_000, 20_000])
+def test_memory_accounting_is_within_20_percent_of_what_the_entries_take(value_size: int) -> None:
+    import hashlib
+    import os
+    import tracemalloc
+
+    backend = MemoryBackend(max_bytes=1 << 40)
+    count = 2_000 if value_size < 20_000 else 300
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(count):  # keys shaped like the response cache's
+            backend.set_now("llmsc:v1:" + hashlib.sha256(b"%d" % index).hexdigest(), os.urandom(value_size), 60)
+        measured = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.8 <= backend.bytes / measured <= 1.2, f"counted {backend.bytes}, measured {measured}"
