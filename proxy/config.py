@@ -91,6 +91,12 @@ class Config(BaseModel):
             raise invalid(cls.__name__, problems)
         return config
 
+    def missing_keys(self) -> list[str]:
+        """Endpoints whose key's variable or file is missing, by field path (never a value)."""
+        return [f"model_groups.{name}.endpoints[{i}].{endpoint.missing_key}"
+                for name, group in self.model_groups.items()
+                for i, endpoint in enumerate(group.endpoints) if endpoint.missing_key is not None]
+
 
 def _get(node: Any, key: str) -> Any:
     return node.get(key) if isinstance(node, Mapping) else getattr(node, key, None)
@@ -179,8 +185,11 @@ def expand_tree(node: Any, env: Mapping[str, str] | None = None) -> tuple[Any, d
 _SUBFIELD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*): (.+)$", re.S)
 
 
-def parse_config(data: Any, unset: Mapping[Loc, list[str]] | None = None) -> Config:
+def parse_config(data: Any, unset: Mapping[Loc, list[str]] | None = None, *, require_keys: bool = False) -> Config:
     """The validated config, or a ``ConfigError`` naming every bad field by its path.
+
+    A missing key (``api_key_env`` unset, ``api_key_file`` unreadable) is an error only with
+    ``require_keys`` (``check-config``); ``serve`` starts without it (``Config.missing_keys``).
 
     ``unset`` holds the environment variables that were not set, by the field that used them;
     those fields are reported as such, not by what their empty value fails.
@@ -189,7 +198,7 @@ def parse_config(data: Any, unset: Mapping[Loc, list[str]] | None = None) -> Con
              f"{', '.join(sorted(set(names)))}" for loc, names in (unset or {}).items()]
     unset_paths = [field_path(loc) for loc in unset or {}]
     try:
-        config = Config.model_validate(data if data is not None else {})
+        config = Config.model_validate(data if data is not None else {}, context={"require_keys": require_keys})
     except ValidationError as exc:
         for error in exc.errors(include_url=False, include_input=False):
             path, message = field_path(error["loc"]), error["msg"].removeprefix("Value error, ")
@@ -271,7 +280,7 @@ def _expanded_size(node: Any, sizes: dict[int, int]) -> int:
     return sizes[id(node)]
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, *, require_keys: bool = False) -> Config:
     try:
         with open(path, "rb") as file:
             data = file.read(MAX_CONFIG_BYTES + 1)
@@ -281,10 +290,10 @@ def load_config(path: str | Path) -> Config:
         text = data.decode()
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start})") from None
-    return config_from_text(text, str(path))
+    return config_from_text(text, str(path), require_keys=require_keys)
 
 
-def config_from_text(text: str, source: str) -> Config:
+def config_from_text(text: str, source: str, *, require_keys: bool = False) -> Config:
     """The config in ``text`` (read from ``source``, named in errors)."""
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{source} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
@@ -298,4 +307,4 @@ def config_from_text(text: str, source: str) -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         reason = getattr(exc, "problem", None) or type(exc).__name__
         raise ConfigError(f"{source} is not valid YAML{where}: {reason}") from None
-    return parse_config(*expand_tree(parsed))
+    return parse_config(*expand_tree(parsed), require_keys=require_keys)

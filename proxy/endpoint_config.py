@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from proxy.secret import Secret
 
@@ -56,6 +56,29 @@ class EndpointConfig(Strict):
     timeouts: Timeouts = Timeouts()
     #: the URL active health checks GET; by default the models list (never a billed completion)
     probe_url: str | None = Field(None, pattern=r"^https?://[^/]+")
+    #: why the key the config names is not there (an unset variable, an unreadable file)
+    _missing_key: str | None = PrivateAttr(None)
+
+    @property
+    def missing_key(self) -> str | None:
+        """``FIELD: why`` when the key the config names is missing (``api_key_env: environment
+        variable X is not set``); ``None`` when the endpoint has it.
+
+        Not a validation error: one model group's missing key (a Secret without that entry)
+        must not stop the sidecar serving the others. ``check-config`` reports it as an error.
+        """
+        return self._missing_key
+
+    # A missing key is an error only for check-config (context ``require_keys``); serve starts
+    # without it (``missing_key``). Checked per field, so it is reported with the others.
+    @field_validator("api_key_env", "api_key_file")
+    @classmethod
+    def _key_is_there(cls, source: str | Path | None, info: ValidationInfo) -> str | Path | None:
+        if source is not None and (info.context or {}).get("require_keys"):
+            found = _read_key(source)
+            if isinstance(found, str):
+                raise ValueError(found)
+        return source
 
     # Each field is checked on its own, so that every bad field of a file is reported at once.
     @field_validator("url", "probe_url")
@@ -75,25 +98,6 @@ class EndpointConfig(Strict):
             raise ValueError("the endpoint's key is empty")
         return key
 
-    @field_validator("api_key_env")
-    @classmethod
-    def _env_is_set(cls, name: str | None) -> str | None:
-        if name is not None and not os.environ.get(name, "").strip():
-            raise ValueError(f"environment variable {name} is not set")
-        return name
-
-    @field_validator("api_key_file")
-    @classmethod
-    def _file_has_a_key(cls, path: Path | None) -> Path | None:
-        if path is not None:
-            try:
-                text = path.read_text()
-            except OSError as exc:
-                raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-            if not text.strip():
-                raise ValueError("the endpoint's key is empty")
-        return path
-
     @model_validator(mode="after")
     def _resolve(self) -> EndpointConfig:
         url = self.url.rstrip("/")
@@ -112,9 +116,27 @@ class EndpointConfig(Strict):
         sources = [s for s in (self.api_key, self.api_key_env, self.api_key_file) if s is not None]
         if len(sources) > 1:
             raise ValueError("set only one of api_key, api_key_env, api_key_file")
-        # The sources were checked above; read them into the one place the key is revealed from.
-        if self.api_key_env is not None:
-            object.__setattr__(self, "api_key", Secret(os.environ[self.api_key_env]))
-        elif self.api_key_file is not None:
-            object.__setattr__(self, "api_key", Secret(self.api_key_file.read_text().strip()))
+        # Read the key into the one place it is revealed from, or say why it is missing.
+        source = self.api_key_env if self.api_key_env is not None else self.api_key_file
+        if source is not None:
+            found = _read_key(source)
+            if isinstance(found, Secret):
+                object.__setattr__(self, "api_key", found)
+            else:
+                field = "api_key_env" if isinstance(source, str) else "api_key_file"
+                self._missing_key = f"{field}: {found}"
         return self
+
+
+def _read_key(source: str | Path) -> Secret | str:
+    """The key from an environment variable (``str``) or a file (``Path``), or why it is missing."""
+    if isinstance(source, str):
+        value = os.environ.get(source)
+        if value is None or not value.strip():
+            return f"environment variable {source} {'is not set' if value is None else 'is empty'}"
+        return Secret(value)
+    try:
+        value = source.read_text().strip()
+    except OSError as exc:
+        return f"cannot read {source}: {exc.strerror}"
+    return Secret(value) if value else f"{source} is empty"

@@ -12,6 +12,7 @@ exception types.
     │   └── UnsupportedMediaType    415 invalid_request_error (a Content-Encoding the sidecar cannot decode)
     ├── Overloaded                  429 rate_limit_error (every endpoint full or cooling down)
     ├── NoEndpointAvailable         503 overloaded_error (every endpoint's circuit is open)
+    ├── MissingKey                  500 api_error (the sidecar has no key for the model group)
     └── UpstreamError               a try at one endpoint failed
         ├── UpstreamConnectError    502 api_error (connect refused, DNS, TLS)
         ├── UpstreamTimeout         504 timeout_error (connect, first byte, idle, total)
@@ -71,6 +72,14 @@ class Overloaded(ProxyError):
 class NoEndpointAvailable(ProxyError):
     status = 503
     type = "overloaded_error"
+
+
+class MissingKey(ProxyError):
+    """The model group's key is missing in the sidecar (its variable or file); the call is not
+    sent. Answered with ``x-should-retry: false``: the SDKs' retries cannot fix it."""
+
+    status = 500
+    type = "api_error"
 
 
 class UpstreamError(ProxyError):

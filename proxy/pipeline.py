@@ -17,7 +17,7 @@ from proxy.cache import Cache
 from proxy.call import Call, new_request_id
 from proxy.config import Config
 from proxy.dialects import Dialect, Operation
-from proxy.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, ProxyError, UpstreamStatus
+from proxy.errors import BadRequest, MissingKey, NotFound, Overloaded, PayloadTooLarge, ProxyError, UpstreamStatus
 from proxy.rag.config import ContextInjection
 from proxy.relay import relay
 from proxy.request_body import check_writable, decode
@@ -119,5 +119,7 @@ class Pipeline:
         headers = {**call.response_headers, "x-request-id": call.request_id}
         if isinstance(error, Overloaded):
             headers["Retry-After"] = str(max(1, round(error.retry_after)))
+        elif isinstance(error, MissingKey):
+            headers["x-should-retry"] = "false"  # the OpenAI and Anthropic SDKs skip their retries
         headers["Content-Type"] = "application/json"
         return web.Response(status=error.status, body=call.dialect.error_body(error), headers=headers)

@@ -63,6 +63,12 @@ def keep_restart_only(running: Config, new: Config) -> tuple[Config, list[str]]:
     return kept, changed
 
 
+def log_missing_keys(config: Config) -> None:
+    """Say which endpoints have no key: their calls get an error, the other groups are served."""
+    for problem in config.missing_keys():
+        event("provider key missing: its calls get an error", logging.ERROR, missing=problem)
+
+
 def _unknown_corpora(config: Config) -> list[str]:
     """Context injection that names a corpus the running retrieval did not load."""
     return [f"model_groups.{name}.context.corpus: corpus {group.context.corpus!r} is not loaded "
@@ -167,6 +173,7 @@ class Reloader:
         # The swap: no await from here to the assignment, so no call sees half of it.
         old.telemetry.bind(config.model_groups, router, cache)
         current.config, current.pipeline, current.prober = config, pipeline, prober
+        log_missing_keys(config)
         prober.start()
         await old_prober.stop()
         if cache is not old.cache:

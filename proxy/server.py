@@ -28,7 +28,7 @@ from proxy.dialects import ANTHROPIC, OPENAI, Dialect
 from proxy.errors import NotFound, SidecarStopping
 from proxy.listeners import Listener, in_request, proxy_connection_budget, raise_fd_limit
 from proxy.pipeline import Pipeline
-from proxy.reload import Current, Reloader
+from proxy.reload import Current, Reloader, log_missing_keys
 from proxy.router.health import HealthProber
 from proxy.router.router import Router
 from proxy.telemetry import Telemetry
@@ -58,6 +58,7 @@ async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     config = current.config
     pipeline = Pipeline(config, Router(config, app[UPSTREAM]), build_cache(config), Telemetry(config.telemetry))
     current.pipeline = pipeline
+    log_missing_keys(config)
     yield
     await current.pipeline.cache.close()  # a reload closes the caches it replaced
 

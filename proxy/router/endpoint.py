@@ -40,6 +40,8 @@ class ModelEndpoint(EndpointConfig):
 
     @model_validator(mode="after")
     def _library_defaults(self) -> ModelEndpoint:
+        if self.missing_key is not None:
+            raise ValueError(self.missing_key)  # a library call fails at once; no pod to keep up
         if self.model is None:
             object.__setattr__(self, "model", self.name)
         if self.api_key is None and not self.pass_through_key:
@@ -146,7 +148,9 @@ class Endpoint:
             "model": self.upstream_model,
             "priority": self.config.priority,
             "weight": self.config.weight,
-            "usable": self.usable(now),
+            "usable": self.config.missing_key is None and self.usable(now),
+            #: why the endpoint has no key (a variable's name or a file's path, never a value)
+            "missing_key": self.config.missing_key,
             "in_flight": self.in_flight,
             "slots_used": self.in_flight,
             "slots_limit": self.config.max_concurrent,

@@ -33,6 +33,7 @@ from proxy.call import Call
 from proxy.dialects.translate import Translation, Untranslatable, target_path
 from proxy.errors import (
     BadRequest,
+    MissingKey,
     NoEndpointAvailable,
     Overloaded,
     ProxyError,
@@ -122,7 +123,7 @@ class Router:
         ready = {}
         for group in self.groups:
             ready[group] = any(
-                e.healthy is not False and e.circuit.allows(now)
+                e.config.missing_key is None and e.healthy is not False and e.circuit.allows(now)
                 for name in self.group_order(group) for e in self.groups[name]
             )
         return ready
@@ -161,10 +162,16 @@ class Router:
         plan = self._plans.get(key)
         if plan is None:
             groups = self.group_order(call.model_group)
-            endpoints = [
+            serving = [
                 e for g in groups for e in self.groups[g]
                 if target_path(call.dialect.name, call.operation.path, e.config.dialect or "openai") is not None
             ]
+            # An endpoint without its key is never tried (it would send the call unauthenticated).
+            endpoints = [e for e in serving if e.config.missing_key is None]
+            if serving and not endpoints:
+                reasons = sorted({e.config.missing_key.partition(": ")[2] for e in serving if e.config.missing_key})
+                raise MissingKey(f"the sidecar has no provider key for model group `{call.model_group}`: "
+                                 f"{'; '.join(reasons)}")
             plan = self._plans[key] = (endpoints, {g: i for i, g in enumerate(groups)})
         return plan
 

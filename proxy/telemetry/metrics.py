@@ -357,13 +357,16 @@ class LiveCollector(Collector):
                                      "or rate-limit reset).", labels=labels)
         ttfb = GaugeMetricFamily(f"{p}_endpoint_ttfb_estimate_seconds", "The router's moving estimate of time "
                                  "to first byte, used to balance.", labels=labels)
+        key_missing = GaugeMetricFamily(f"{p}_endpoint_key_missing", "1 when the key the config names (a "
+                                        "variable or file) is missing: the endpoint's calls get an error.",
+                                        labels=labels)
         now = time.monotonic()
         for endpoint in self.router.endpoints():
             key = [endpoint.group, endpoint.name]
             in_flight.add_metric(key, endpoint.in_flight)
             slots.add_metric(key, endpoint.config.max_concurrent)
             healthy.add_metric(key, _HEALTH[endpoint.healthy])
-            usable.add_metric(key, 1.0 if endpoint.usable(now) else 0.0)
+            usable.add_metric(key, 1.0 if endpoint.config.missing_key is None and endpoint.usable(now) else 0.0)
             state = endpoint.circuit.state
             if state == "open" and now >= endpoint.circuit.open_until:
                 state = "half_open"  # the next call is the trial
@@ -372,7 +375,8 @@ class LiveCollector(Collector):
             opened.add_metric(key, endpoint.circuit.times_opened)
             cooldown.add_metric(key, max(endpoint.cooldown_until - now, 0.0))
             ttfb.add_metric(key, endpoint.ttfb_estimate(now))
-        yield from (in_flight, slots, healthy, usable, circuit, opened, cooldown, ttfb)
+            key_missing.add_metric(key, 0.0 if endpoint.config.missing_key is None else 1.0)
+        yield from (in_flight, slots, healthy, usable, circuit, opened, cooldown, ttfb, key_missing)
 
     def _cache(self) -> Iterator[Metric]:
         """From ``ResponseCache.snapshot()``: the cache's own counters and its backend's size."""

@@ -112,3 +112,19 @@ def test_chart_values_move_the_ports(helm: str, tmp_path: Path) -> None:
     assert result["startup_probe"] == 200, result["sidecar_log"]
     assert result["calls"][0]["status"] == 200, result["calls"]
     assert {p["containerPort"] for p in result["container"]["ports"]} == {16080, 16090}
+
+
+def test_a_missing_key_still_lets_the_pod_start(helm: str, tmp_path: Path) -> None:
+    """The chart's NOTES example: a Secret with OPENAI_API_KEY only. The native sidecar must get
+    ready (else the kubelet never starts the app), and only Anthropic calls fail, saying why."""
+    messages = {"model": "claude-sonnet", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    result = run_pod(helm, tmp_path, keys={"OPENAI_API_KEY": KEYS["OPENAI_API_KEY"]},
+                     calls=(("/v1/chat/completions", CHAT), ("/anthropic/v1/messages", messages)))
+    assert result["startup_probe"] == 200, result["sidecar_log"]
+    openai_call, anthropic_call = result["calls"]
+    assert openai_call["status"] == 200, openai_call
+    assert anthropic_call["status"] == 500
+    error = json.loads(anthropic_call["body"])
+    assert error["type"] == "error" and error["error"]["type"] == "api_error"
+    assert "ANTHROPIC_API_KEY is not set" in error["error"]["message"]
+    assert KEYS["OPENAI_API_KEY"] not in result["sidecar_log"] + anthropic_call["body"]

@@ -1,0 +1,123 @@
+"""A model group whose key is missing (``api_key_env`` unset, e.g. a Secret without that entry):
+``serve`` starts and serves the other groups; that group's calls get a clear error in the
+caller's dialect naming the variable (never a value); logs, ``/status`` and a metric say it.
+``check-config`` still reports it as an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anthropic
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.servers import MockProvider, default_config, free_port
+from tests.test_cli import wait_ready
+
+EXE = str(Path(sys.executable).with_name("llm-sidecar"))
+OPENAI_KEY = "sk-test-openai-key-0123456789"
+HELLO = [{"role": "user", "content": "hi"}]
+
+
+def write_config(tmp_path: Path, mock_url: str, port: int = 0, admin_port: int = 0) -> Path:
+    config = default_config(mock_url, server={"port": port, "admin_port": admin_port})
+    for group, variable in (("gpt-4o-mini", "OPENAI_API_KEY"), ("claude-sonnet", "ANTHROPIC_API_KEY")):
+        endpoint = config["model_groups"][group]["endpoints"][0]
+        del endpoint["api_key"]
+        endpoint["api_key_env"] = variable
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def env_without_anthropic_key() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+    return {**env, "OPENAI_API_KEY": OPENAI_KEY}
+
+
+def test_check_config_still_reports_it(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "http://127.0.0.1:9")
+    done = subprocess.run([EXE, "check-config", str(path)], capture_output=True, text=True,
+                          env=env_without_anthropic_key())
+    assert done.returncode == 2
+    assert ("model_groups.claude-sonnet.endpoints[0].api_key_env: environment variable ANTHROPIC_API_KEY "
+            "is not set") in done.stderr
+    assert OPENAI_KEY not in done.stderr + done.stdout
+
+
+@pytest.fixture
+def sidecar(tmp_path: Path, mock_provider: MockProvider):
+    port, admin_port = free_port(), free_port()
+    path = write_config(tmp_path, mock_provider.url, port, admin_port)
+    log = tmp_path / "stderr.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen([EXE, "serve", "--config", str(path)], stdout=subprocess.DEVNULL, stderr=stderr,
+                                   env=env_without_anthropic_key())
+    try:
+        wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
+        yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", log
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_serve_starts_and_serves_the_other_groups(sidecar, mock_provider: MockProvider) -> None:
+    url, admin, log = sidecar
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices[0].message.content
+
+    # The keyless group: one error in the caller's dialect, naming the variable; not retried by the SDK.
+    sent: list[httpx.Request] = []
+    hooks = {"request": [sent.append]}
+    claude = anthropic.Anthropic(base_url=url + "/anthropic", api_key="unused",
+                                 http_client=anthropic.DefaultHttpxClient(event_hooks=hooks))
+    with pytest.raises(anthropic.InternalServerError) as caught:
+        claude.messages.create(model="claude-sonnet", max_tokens=10, messages=HELLO)
+    assert caught.value.body["error"]["type"] == "api_error"
+    message = caught.value.body["error"]["message"]
+    assert "claude-sonnet" in message and "ANTHROPIC_API_KEY is not set" in message, message
+    assert len(sent) == 1  # x-should-retry: false
+    # The OpenAI dialect gets the same, in its own error format.
+    with pytest.raises(openai.InternalServerError) as caught_openai:
+        client.chat.completions.create(model="claude-sonnet", messages=HELLO)
+    assert "ANTHROPIC_API_KEY is not set" in caught_openai.value.body["message"]
+    assert mock_provider.calls("mock-claude") == 0  # never sent upstream without its key
+
+    endpoint = httpx.get(admin + "/status").json()["groups"]["claude-sonnet"]["endpoints"][0]
+    assert endpoint["missing_key"] == "api_key_env: environment variable ANTHROPIC_API_KEY is not set"
+    assert endpoint["usable"] is False
+    metrics = httpx.get(admin + "/metrics").text
+    assert re.search(r'^llm_sidecar_endpoint_key_missing\{[^}]*model_group="claude-sonnet"[^}]*\} 1\.0$', metrics, re.M)
+    assert re.search(r'^llm_sidecar_endpoint_key_missing\{[^}]*model_group="gpt-4o-mini"[^}]*\} 0\.0$', metrics, re.M)
+    assert httpx.get(admin + "/readyz").status_code == 200
+
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert any("ANTHROPIC_API_KEY is not set" in str(line.get("missing")) for line in lines), lines
+    everything = log.read_text() + metrics + httpx.get(admin + "/status").text + message
+    assert OPENAI_KEY not in everything
+
+
+def test_a_keyless_group_falls_back_to_a_group_with_its_key(make_sidecar, mock_provider: MockProvider,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    config = default_config(mock_provider.url)
+    claude = config["model_groups"]["claude-sonnet"]
+    del claude["endpoints"][0]["api_key"]
+    claude["endpoints"][0]["api_key_env"] = "ANTHROPIC_API_KEY"
+    claude["fallbacks"] = ["gpt-4o-mini"]
+    sidecar = make_sidecar(config=config)
+    reply = sidecar.anthropic().messages.create(model="claude-sonnet", max_tokens=10, messages=HELLO)
+    assert reply.content[0].text
+    assert mock_provider.calls("mock-claude") == 0 and mock_provider.calls("mock-gpt") == 1
