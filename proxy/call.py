@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.dialects import Dialect, Operation
+from proxy.errors import UpstreamError
 
 
 def new_request_id() -> str:
@@ -104,6 +105,8 @@ class Call:
     #: token counts read from the answer: input_tokens, output_tokens
     usage: dict[str, int] = field(default_factory=dict)
     error_type: str | None = None
+    #: the upstream failure that ended an answer after it began (the router counts it against the endpoint)
+    upstream_failure: UpstreamError | None = None
     #: headers the steps add to the client's response (e.g. how many passages were added)
     response_headers: dict[str, str] = field(default_factory=dict)
     observer: Observer = NOOP

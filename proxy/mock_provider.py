@@ -16,7 +16,17 @@ Behaviour is programmable per model name (``PUT /_mock/behaviour/{model}``, or
 ``x-mock-echo-key``    1: echo the caller's key, as some gateways do: in an error's
                        message and ``x-echo-key`` header, else as the answer's first
                        word (streamed: cut across two writes)
+``x-mock-truncate``    ``1``: end the stream cleanly just before its end marker
+                       (``[DONE]``, ``message_stop``, ``response.completed``)
+``x-mock-malformed``   send streamed frame number N (from 0) with its JSON cut short
+``x-mock-empty``       ``1``: answer 200 with an empty body (streamed or not)
+``x-mock-crlf``        ``1``: end lines with ``\r\n`` and send each frame in pieces
+                       cut between the ``\r`` and the ``\n``
+``x-mock-linger-ms``   wait between the last frame and the end of the stream
 =====================  =========================================================
+
+On the command line the same names go without ``x-mock-`` and with ``_`` for ``-``:
+``--behaviour 'mock-gpt:truncate=1,chunk_delay_ms=5'``.
 
 ``GET /_mock/stats`` counts calls and concurrency per model, ``GET /_mock/requests``
 shows the last requests' headers and bodies, ``POST /_mock/reset`` clears both.
@@ -56,6 +66,11 @@ class Behaviour:
     retry_after: float | None = None
     cut_after: int = -1
     echo_key: int = 0
+    truncate: int = 0
+    malformed: int = -1
+    empty: int = 0
+    crlf: int = 0
+    linger_ms: float = 0.0
 
     @classmethod
     def parse(cls, spec: str) -> tuple[str, Behaviour]:
@@ -71,7 +86,7 @@ class Behaviour:
         for key, value in values.items():
             if key not in types:
                 raise ValueError(f"unknown mock behaviour {key!r}")
-            changes[key] = float(value) if key in ("latency_ms", "ttft_ms", "chunk_delay_ms", "retry_after") else int(value)
+            changes[key] = float(value) if key in ("latency_ms", "ttft_ms", "chunk_delay_ms", "retry_after", "linger_ms") else int(value)
         return replace(base or cls(), **changes)
 
 
@@ -265,15 +280,26 @@ def openai_response(answer: Answer, response_id: str, status: str = "completed")
 
 
 def openai_response_events(answer: Answer) -> list[bytes]:
+    """The Responses API's event sequence: the item and its text part are opened before
+    the deltas and closed after them, as the SDK's ``responses.stream()`` expects."""
     response_id = _id("resp_")
-    item_id = "msg_" + response_id[5:]
+    whole = openai_response(answer, response_id)
+    item, part = whole["output"][0], whole["output"][0]["content"][0]
+    ids = {"item_id": item["id"], "output_index": 0, "content_index": 0}
     events: list[tuple[str, dict[str, Any]]] = [
-        ("response.created", {"response": {**openai_response(answer, response_id, "in_progress"), "output": []}}),
+        ("response.created", {"response": {**whole, "status": "in_progress", "output": [], "usage": None}}),
+        ("response.in_progress", {"response": {**whole, "status": "in_progress", "output": [], "usage": None}}),
+        ("response.output_item.added", {"output_index": 0, "item": {**item, "status": "in_progress", "content": []}}),
+        ("response.content_part.added", {**ids, "part": {**part, "text": ""}}),
     ]
     for i, word in enumerate(answer.words):
-        events.append(("response.output_text.delta", {"item_id": item_id, "output_index": 0, "content_index": 0,
-                                                      "delta": word if i == 0 else " " + word, "logprobs": []}))
-    events.append(("response.completed", {"response": openai_response(answer, response_id)}))
+        events.append(("response.output_text.delta", {**ids, "delta": word if i == 0 else " " + word, "logprobs": []}))
+    events += [
+        ("response.output_text.done", {**ids, "text": answer.text, "logprobs": []}),
+        ("response.content_part.done", {**ids, "part": part}),
+        ("response.output_item.done", {"output_index": 0, "item": item}),
+        ("response.completed", {"response": whole}),
+    ]
     return [format_frame({"type": name, "sequence_number": n, **data}, event=name) for n, (name, data) in enumerate(events)]
 
 
@@ -331,26 +357,53 @@ def _caller_key(request: web.Request) -> str:
     return value.removeprefix("Bearer ")
 
 
+def _faulty(frames: list[bytes], behaviour: Behaviour) -> list[bytes]:
+    """The frames with the behaviour's faults in: a frame cut short, the end marker gone."""
+    frames = list(frames)
+    if 0 <= behaviour.malformed < len(frames):
+        frame = frames[behaviour.malformed]
+        frames[behaviour.malformed] = frame[:frame.rindex(b"\n\n") - 5] + b"\n\n"
+    if behaviour.truncate:
+        frames.pop()  # every stream here ends with its end marker's frame
+    return frames
+
+
+def _pieces_of(frame: bytes, crlf: bool) -> list[bytes]:
+    if not crlf:
+        return [frame]
+    # Each piece ends in a \r whose \n starts the next piece.
+    first, *rest = frame.replace(b"\n", b"\r\n").split(b"\n")
+    return [first, *(b"\n" + piece for piece in rest)]
+
+
 async def _stream(request: web.Request, frames: list[bytes], behaviour: Behaviour) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     if behaviour.ttft_ms:
         await asyncio.sleep(behaviour.ttft_ms / 1000)
     key = _caller_key(request).encode() if behaviour.echo_key else b""
-    for index, frame in enumerate(frames):
-        if index == behaviour.cut_after:
-            assert request.transport is not None
-            request.transport.close()
-            return response
-        if index and behaviour.chunk_delay_ms:
-            await asyncio.sleep(behaviour.chunk_delay_ms / 1000)
-        if key and key in frame:  # the echoed key, cut in two: the reader sees it across two chunks
-            middle = frame.index(key) + len(key) // 2
-            await response.write(frame[:middle])
-            await asyncio.sleep(0.05)
-            frame = frame[middle:]
-        await response.write(frame)
-    await response.write_eof()
+    try:
+        for index, frame in enumerate(_faulty(frames, behaviour)):
+            if index == behaviour.cut_after:
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            if index and behaviour.chunk_delay_ms:
+                await asyncio.sleep(behaviour.chunk_delay_ms / 1000)
+            if key and key in frame:  # the echoed key, cut in two: the reader sees it across two chunks
+                middle = frame.index(key) + len(key) // 2
+                await response.write(frame[:middle])
+                await asyncio.sleep(0.05)
+                frame = frame[middle:]
+            for piece in _pieces_of(frame, bool(behaviour.crlf)):
+                await response.write(piece)
+                if behaviour.crlf:
+                    await asyncio.sleep(0)  # one write per network chunk, as far as the loop allows
+        if behaviour.linger_ms:
+            await asyncio.sleep(behaviour.linger_ms / 1000)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client left before the end: a provider's everyday, not an error
     return response
 
 
@@ -394,6 +447,9 @@ async def _answer(request: web.Request, kind: str, body: dict[str, Any], behavio
         return web.json_response(openai_embeddings(body), dumps=_dumps)
     if kind == "count_tokens":
         return web.json_response({"input_tokens": count_tokens(prompt_text(body))}, dumps=_dumps)
+    if behaviour.empty:
+        content_type = "text/event-stream" if body.get("stream") is True else "application/json"
+        return web.Response(status=200, content_type=content_type)
     answer = decide(body, behaviour)
     if behaviour.echo_key:
         answer.words.insert(0, _caller_key(request))

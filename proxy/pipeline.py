@@ -46,9 +46,7 @@ class Pipeline:
             if (answer := await self.cache.coalesce(call)) is not None:  # an identical call in flight answered
                 return answer
             async with self.router.attempt(call) as upstream:
-                response = await relay(call, upstream, self.cache.recorder(call))
-            call.outcome = "upstream" if call.error_type is None else "error"
-            return response
+                return await relay(call, upstream, self.cache.recorder(call))
         except ProxyError as error:
             stale = await self.cache.rescue(call, error)  # an expired entry, if the policy allows one
             return stale if stale is not None else self.error_response(call, error)

@@ -1,8 +1,13 @@
-"""Relay: the upstream answer goes back to the client as it arrives, teed into the cache recorder.
+"""Relay: the upstream answer goes back to the client as it arrives, checked, teed into the recorder.
 
-Once ``prepare()`` has sent the status line, nothing can fall back any more: an
-upstream failure after that ends the stream with one error event in the caller's
-dialect, so the SDK raises instead of hanging.
+A streamed answer goes out in whole frames, each checked in the caller's dialect
+(``proxy.dialects.stream``). Once ``prepare()`` has sent the status line, nothing can
+fall back any more: a stream that fails after that (the upstream's error, a cut, a
+malformed frame, a close before the end marker) ends with one error event in the
+caller's dialect, never a made-up end marker, so the SDK raises instead of taking a
+partial answer for a whole one; the router counts it against the endpoint and nothing
+is stored. A complete answer is handed to the recorder before its last frames are
+written, so a client that hangs up as soon as it reads the end marker loses nothing.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from aiohttp import web
 
 from proxy.cache.recorder import Recorder
 from proxy.call import Call
-from proxy.errors import UpstreamError
-from proxy.telemetry.usage import UsageTee, read_usage
+from proxy.dialects.stream import AnswerStream
+from proxy.dialects.usage import merge_usage
+from proxy.errors import UpstreamBroken, UpstreamError
 from proxy.upstream import UpstreamResponse
 
 #: seconds past the total timeout that the last words (an error event, the end) may take to send
@@ -29,8 +35,9 @@ async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> w
     call.status = upstream.status
     if not upstream.is_stream:
         call.first_byte_at = time.perf_counter()
-        read_usage(upstream.body, call.usage)
-        recorder.finish(upstream.status, headers, upstream.body)
+        merge_usage(call.usage, upstream.document.get("usage"))  # type: ignore[union-attr]
+        recorder.finish(upstream.status, headers, call.usage, upstream.body)
+        call.outcome = "upstream"
         return web.Response(status=upstream.status, body=upstream.body, headers=headers)
 
     response = web.StreamResponse(status=upstream.status, headers=headers)
@@ -40,33 +47,60 @@ async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> w
         # buffers its headers the same way; older aiohttp ignores the attribute).
         response._send_headers_immediately = False
     await response.prepare(call.request)
-    usage = UsageTee(call.usage)
-    # A chunk read together with the upstream's end is the last: it goes out in one write
-    # with the end marker, at once (a short stream is then a single send, headers included).
+    answer = AnswerStream(call.operation.events, call.usage)
+    chunks = upstream.chunks()
+    # The frames that end the answer go out in one write with the end of the response.
     tail = b""
     settled = False  # the recorder heard how the answer ended
     # Reads are bounded by the upstream timeouts; this bounds the writes too: a client that
     # stops reading must not hold the endpoint's slot past the attempt's total timeout.
     try:
         async with asyncio.timeout_at(upstream.deadline + _WRITE_GRACE):
+            failure: UpstreamError | None = None
             try:
-                async for chunk in upstream.chunks():
+                async for chunk in chunks:
                     if call.first_byte_at is None:
                         call.first_byte_at = time.perf_counter()
-                    if upstream.complete:
-                        tail = chunk
-                    else:
-                        await response.write(chunk)
-                    recorder.feed(chunk)
-                    usage.feed(chunk)
+                    frames = answer.feed(chunk)
+                    if frames:
+                        recorder.feed(frames)
+                        if answer.ended or answer.fault is not None:
+                            tail = b"".join(frames)
+                            break
+                        await response.write(b"".join(frames) if len(frames) > 1 else frames[0])
+                    elif answer.fault is not None:
+                        break
+                else:
+                    if frames := answer.close():
+                        recorder.feed(frames)
+                        tail = b"".join(frames)
             except UpstreamError as error:
-                call.error_type = error.type
-                recorder.abort()
-                tail += call.dialect.stream_error_frame(error)
+                failure = error
+            if failure is None and answer.failure is not None:
+                failure = UpstreamBroken(answer.failure)
+            if failure is None:
+                recorder.finish(upstream.status, headers, call.usage)
+                call.outcome = "upstream"
             else:
-                recorder.finish(upstream.status, headers)
+                recorder.abort()
+                call.outcome = "error"
+                call.error_type = failure.type
+                call.upstream_failure = failure
+                if not answer.upstream_error:  # the upstream's own error event already went out
+                    tail += call.dialect.stream_error_frame(failure)
             settled = True
             await response.write_eof(tail)
+            if failure is None:
+                # Read the upstream to its end, so its connection can serve another call.
+                async for _ in chunks:
+                    pass
+    except ConnectionResetError:
+        # The client left: before the end, nothing is stored; after it, nothing is lost.
+        if not settled:
+            recorder.abort()
+            call.error_type = "client_closed"
+    except UpstreamError:
+        pass  # after a complete answer, while reading the upstream's end: the client has all it needs
     except TimeoutError:
         call.error_type = "client_stalled"
         if not settled:

@@ -17,6 +17,7 @@ import weakref
 from collections.abc import AsyncIterator
 
 import aiohttp
+import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.endpoint_config import Timeouts
@@ -140,12 +141,13 @@ class Redactor:
 class UpstreamResponse:
     """A 2xx upstream answer with its first bytes in hand.
 
-    ``body`` holds a JSON answer whole; an event stream yields its chunks from
-    ``chunks()`` as they arrive, each read bounded by the idle and total timeouts.
+    ``body`` holds a JSON answer whole and ``document`` the same parsed; an event
+    stream yields its chunks from ``chunks()`` as they arrive, each read bounded by
+    the idle and total timeouts.
     """
 
-    __slots__ = ("status", "headers", "is_stream", "body", "_response", "_first", "_timeouts", "_deadline",
-                 "_redactor")
+    __slots__ = ("status", "headers", "is_stream", "body", "document", "_response", "_first", "_timeouts",
+                 "_deadline", "_redactor")
 
     def __init__(
         self,
@@ -163,8 +165,10 @@ class UpstreamResponse:
         if is_stream:
             self.body = b""
             self._first = redactor.feed(first, response.content.at_eof())
+            self.document = None
         else:
             self.body = self._first = redactor.whole(first)
+            self.document = _json_answer(self.body)
         self._response = response
         self._timeouts = timeouts
         self._deadline = deadline
@@ -215,6 +219,19 @@ class UpstreamResponse:
 
     def close(self) -> None:
         self._response.close()
+
+
+def _json_answer(body: bytes) -> dict:
+    """A 2xx JSON answer, parsed: an empty or malformed one is a failed attempt (the router may fall back)."""
+    if not body.strip():
+        raise UpstreamBroken("upstream answered with an empty body")
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UpstreamBroken("upstream answer is not JSON") from None
+    if not isinstance(document, dict):
+        raise UpstreamBroken("upstream answer is not a JSON object")
+    return document
 
 
 class Upstream:
@@ -276,6 +293,8 @@ class Upstream:
                     first = await response.read()
                 else:
                     first = await response.content.readany()
+                    if not first:
+                        raise UpstreamBroken("upstream answered with an empty stream")
         except _CAUGHT as exc:
             if response is not None:
                 response.close()
@@ -293,6 +312,11 @@ class Upstream:
                 response.status, redactor.whole(first),
                 {k.lower(): v for k, v in response_headers(response.headers, redactor).items()},
             )
+        try:
+            answer = UpstreamResponse(response, first, timeouts, deadline, is_stream, redactor)
+        except UpstreamError:
+            response.close()
+            raise
         if is_stream:
             self._streams.add(response)
-        return UpstreamResponse(response, first, timeouts, deadline, is_stream, redactor)
+        return answer

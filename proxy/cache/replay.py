@@ -49,11 +49,6 @@ class Form:
     def to_frames(self, document: Doc, include_usage: bool) -> bytes | None:
         return None
 
-    def usage(self, document: Doc) -> tuple[int, int]:
-        usage = document.get("usage") or {}
-        return (int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0),
-                int(usage.get("completion_tokens") or usage.get("output_tokens") or 0))
-
     @staticmethod
     def is_usage_frame(frame: bytes) -> bool:
         return False

@@ -345,10 +345,6 @@ class ResponseCache:
 
     async def _store(self, ticket: Ticket, entry: Entry) -> None:
         try:
-            document = entry.body if not entry.stream else None
-            parsed = _loads(document) if document is not None else ticket.form.to_json(entry.body)
-            if parsed is not None:
-                entry.input_tokens, entry.output_tokens = ticket.form.usage(parsed)
             window = ticket.policy.stale_if_error
             value = entry.encode(self.config.compress_threshold)
             if self.local is not None:

@@ -7,6 +7,7 @@ from multidict import CIMultiDictProxy
 
 from proxy.dialects.base import Operation
 from proxy.dialects.sse import format_frame
+from proxy.dialects.stream import anthropic_messages
 from proxy.errors import ProxyError
 
 API_VERSION = "2023-06-01"
@@ -18,7 +19,7 @@ class AnthropicDialect:
     operations = {
         op.path: op
         for op in (
-            Operation("/v1/messages"),
+            Operation("/v1/messages", events=anthropic_messages),
             Operation("/v1/messages/count_tokens", cacheable=False),
         )
     }

@@ -7,6 +7,7 @@ from multidict import CIMultiDictProxy
 
 from proxy.dialects.base import Operation
 from proxy.dialects.sse import format_frame
+from proxy.dialects.stream import openai_choices, openai_responses
 from proxy.errors import ProxyError
 
 _CODES = {413: "request_too_large", 429: "rate_limit_exceeded"}
@@ -18,10 +19,10 @@ class OpenAIDialect:
     operations = {
         op.path: op
         for op in (
-            Operation("/chat/completions"),
-            Operation("/completions"),
+            Operation("/chat/completions", events=openai_choices),
+            Operation("/completions", events=openai_choices),
             Operation("/embeddings"),
-            Operation("/responses"),
+            Operation("/responses", events=openai_responses),
         )
     }
 

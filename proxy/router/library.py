@@ -210,7 +210,8 @@ class ConcurrentRouter:
                             if text := (choice.get("delta") or {}).get("content"):
                                 yield text
             except UpstreamError as error:
-                call.error_type = error.type  # counts against the endpoint's health
+                call.error_type = error.type
+                call.upstream_failure = error  # counts against the endpoint's health
                 raise
 
 

@@ -37,7 +37,6 @@ from proxy.errors import (
     NoEndpointAvailable,
     Overloaded,
     ProxyError,
-    UpstreamBroken,
     UpstreamConnectError,
     UpstreamError,
     UpstreamStatus,
@@ -400,9 +399,9 @@ class Attempt:
         self.response.close()
         endpoint.release()
         call.upstream_seconds += time.perf_counter() - self.started
-        if call.error_type is not None:
+        if call.upstream_failure is not None:
             # The answer broke after it started (mid-stream); no fallback, but it counts.
-            self.router._record_failure(call, endpoint, UpstreamBroken("mid-stream"), time.monotonic())
+            self.router._record_failure(call, endpoint, call.upstream_failure, time.monotonic())
 
 
 async def _first_free(endpoints: list[Endpoint], timeout: float) -> Endpoint | None:

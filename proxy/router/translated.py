@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
+
 from proxy.dialects.translate import Translation, TranslationError
 from proxy.errors import UpstreamBroken
 from proxy.upstream import UpstreamResponse
@@ -17,7 +19,7 @@ class TranslatedResponse:
     is still a failed attempt the router can fall back from.
     """
 
-    __slots__ = ("status", "headers", "is_stream", "body", "_inner", "_stream")
+    __slots__ = ("status", "headers", "is_stream", "body", "document", "_inner", "_stream")
 
     def __init__(self, inner: UpstreamResponse, translation: Translation, payload: dict[str, Any]) -> None:
         self._inner = inner
@@ -29,6 +31,7 @@ class TranslatedResponse:
             self.body = b"" if inner.is_stream else translation.response(inner.body)
         except TranslationError as error:
             raise UpstreamBroken(f"cannot translate the upstream answer: {error}") from None
+        self.document = None if inner.is_stream else orjson.loads(self.body)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         assert self._stream is not None
@@ -38,14 +41,12 @@ class TranslatedResponse:
                     yield out
         except TranslationError as error:
             raise UpstreamBroken(f"cannot translate the upstream stream: {error}") from None
-        if tail := self._stream.finish():
-            yield tail
+        # No closing frames are made up here: the caller's end marker comes only from the
+        # endpoint's own, so a stream cut short stays cut short (and the relay says so).
 
-    # The translator may hold the first bytes until a frame is whole, and add closing
-    # frames after the last chunk: the relay must neither wait for a first chunk with the
-    # headers nor treat a chunk as the last.
+    # The translator may hold the first bytes until a frame is whole: the relay must not
+    # wait for a first chunk with the headers.
     first_in_hand = False
-    complete = False
 
     @property
     def deadline(self) -> float:
