@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.cache.conftest import cache_config
+from tests.relay.helpers import wait_for
 from tests.servers import Sidecar
 
 
@@ -34,15 +34,6 @@ def warnings_logged() -> Iterator[Records]:
     yield handler
     root.removeHandler(handler)
     sidecar_logger.propagate = saved
-
-
-def wait_for(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def test_sdk_closing_after_done_keeps_every_answer(make_sidecar, mock_provider, warnings_logged) -> None:

@@ -1,0 +1,154 @@
+"""Only a complete, well-formed answer is relayed as one and stored.
+
+Each fault is played by the mock provider; the clients are the official SDKs (or raw
+HTTP where the SDK hides what is checked). After a broken answer, the same call
+again must go upstream (a miss): nothing was stored.
+"""
+
+from __future__ import annotations
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.relay.helpers import endpoint_status as status_of
+from tests.relay.helpers import wait_for as wait_until
+from tests.servers import PROVIDER_KEY, Sidecar, default_config
+
+USER = [{"role": "user", "content": "tell me something"}]
+
+
+def cache_header(sidecar: Sidecar, path: str, body: dict) -> str:
+    with httpx.stream("POST", sidecar.url + path, json=body, timeout=10) as response:
+        response.read()
+        return response.headers["x-llm-sidecar-cache"]
+
+
+def openai_chat(sidecar: Sidecar) -> str:
+    stream = sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True,
+                                                      stream_options={"include_usage": True})
+    return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
+def openai_responses(sidecar: Sidecar) -> str:
+    with sidecar.openai().responses.stream(model="gpt-4o-mini", input="tell me something") as stream:
+        return stream.get_final_response().output_text
+
+
+def anthropic_messages(sidecar: Sidecar) -> str:
+    with sidecar.anthropic().messages.stream(model="claude-sonnet", max_tokens=100, messages=USER) as stream:
+        return stream.get_final_text()
+
+
+# (the SDK call, the mock model, the sidecar endpoint, the raw path and body of the same call)
+CALLS = [
+    pytest.param(openai_chat, "mock-gpt", "mock-openai", "/v1/chat/completions",
+                 {"model": "gpt-4o-mini", "messages": USER, "stream": True, "stream_options": {"include_usage": True}},
+                 openai.APIError, id="openai-chat"),
+    pytest.param(openai_responses, "mock-gpt", "mock-openai", "/v1/responses",
+                 {"model": "gpt-4o-mini", "input": "tell me something", "stream": True},
+                 openai.APIError, id="openai-responses"),
+    pytest.param(anthropic_messages, "mock-claude", "mock-anthropic", "/anthropic/v1/messages",
+                 {"model": "claude-sonnet", "max_tokens": 100, "messages": USER, "stream": True},
+                 anthropic.APIError, id="anthropic"),
+]
+
+
+@pytest.mark.parametrize(("call", "model", "endpoint", "path", "body", "raised"), CALLS)
+@pytest.mark.parametrize("fault", [{"truncate": 1}, {"malformed": 3}], ids=["truncated", "malformed"])
+def test_a_broken_stream_is_an_error_and_is_not_stored(cached_sidecar, mock_provider, call, model, endpoint, path,
+                                                       body, raised, fault) -> None:
+    sidecar = cached_sidecar()
+    mock_provider.set_behaviour(model, **fault)
+    with pytest.raises(raised):
+        call(sidecar)
+    state = status_of(sidecar, endpoint)
+    assert (state["failures"], state["last_error"]) == (1, "UpstreamBroken")
+    mock_provider.set_behaviour(model)
+    assert cache_header(sidecar, path, body) == "miss"
+    assert call(sidecar)  # the whole answer, now stored: a hit
+    assert mock_provider.calls(model) == 2
+
+
+@pytest.mark.parametrize(("call", "model", "endpoint", "path", "body", "raised"), CALLS)
+def test_a_stream_in_crlf_pieces_reads_whole_and_is_stored(cached_sidecar, mock_provider, call, model, endpoint,
+                                                           path, body, raised) -> None:
+    """Every line end cut between its \\r and \\n by the network: the answer is whole, and stored."""
+    sidecar = cached_sidecar()
+    mock_provider.set_behaviour(model)
+    plain = call(sidecar)
+    sidecar = cached_sidecar()  # a fresh, empty cache
+    mock_provider.set_behaviour(model, crlf=1)
+    assert call(sidecar) == plain
+    assert wait_until(lambda: sidecar.pipeline.cache.stats.stores == 1)
+    assert cache_header(sidecar, path, body) == "hit"
+
+
+def test_a_truncated_stream_translated_gets_no_made_up_end(make_sidecar, mock_provider) -> None:
+    """An OpenAI caller served by an Anthropic endpoint whose stream stops before ``message_stop``,
+    and the other way round: the caller's SDK raises, it never sees ``[DONE]``/``message_stop``."""
+    config = default_config(mock_provider.url)
+    config["model_groups"] = {
+        "gpt-4o-mini": {"endpoints": [{"name": "to-anthropic", "url": mock_provider.url, "dialect": "anthropic",
+                                       "model": "mock-claude", "api_key": PROVIDER_KEY}], "cache": {"mode": "always"}},
+        "claude-sonnet": {"endpoints": [{"name": "to-openai", "url": mock_provider.url + "/v1", "dialect": "openai",
+                                         "model": "mock-gpt", "api_key": PROVIDER_KEY}], "cache": {"mode": "always"}},
+    }
+    config["cache"] = {"backend": "memory"}
+    sidecar = make_sidecar(config=config)
+    mock_provider.set_behaviour("mock-claude", truncate=1)
+    mock_provider.set_behaviour("mock-gpt", truncate=1)
+    with httpx.stream("POST", sidecar.openai_base + "/chat/completions", timeout=10,
+                      json={"model": "gpt-4o-mini", "messages": USER, "stream": True}) as response:
+        text = response.read()
+    assert b"[DONE]" not in text and b'"error"' in text
+    with pytest.raises(openai.APIError):
+        openai_chat(sidecar)
+    with httpx.stream("POST", sidecar.anthropic_base + "/v1/messages", timeout=10,
+                      json={"model": "claude-sonnet", "max_tokens": 50, "messages": USER, "stream": True}) as response:
+        text = response.read()
+    assert b"message_stop" not in text and b"event: error" in text
+    with pytest.raises(anthropic.APIError):
+        anthropic_messages(sidecar)
+    assert status_of(sidecar, "to-anthropic")["failures"] == 2
+    assert status_of(sidecar, "to-openai")["failures"] == 2
+    assert sidecar.pipeline.cache.stats.stores == 0
+    # Complete answers translate and are stored as before.
+    mock_provider.set_behaviour("mock-claude")
+    mock_provider.set_behaviour("mock-gpt")
+    assert openai_chat(sidecar) and anthropic_messages(sidecar)
+    assert wait_until(lambda: sidecar.pipeline.cache.stats.stores == 2)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_an_empty_200_is_a_502_in_the_callers_dialect(cached_sidecar, mock_provider, stream) -> None:
+    sidecar = cached_sidecar()
+    mock_provider.set_behaviour("mock-gpt", empty=1)
+    mock_provider.set_behaviour("mock-claude", empty=1)
+    with pytest.raises(openai.APIStatusError) as raised:
+        result = sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=USER, stream=stream)
+        list(result) if stream else None
+    assert raised.value.status_code == 502
+    assert raised.value.body["type"] == "api_error" and "empty" in raised.value.body["message"]
+    with pytest.raises(anthropic.APIStatusError) as raised_a:
+        sidecar.anthropic().messages.create(model="claude-sonnet", max_tokens=20, messages=USER, stream=stream)
+    assert raised_a.value.status_code == 502
+    assert raised_a.value.body["error"]["type"] == "api_error"
+    state = status_of(sidecar, "mock-openai")  # every attempt (the router retries) failed as broken
+    assert state["failures"] == state["attempts"] >= 1 and state["last_error"] == "UpstreamBroken"
+    assert sidecar.pipeline.cache.stats.stores == 0
+
+
+def test_an_empty_200_falls_back_to_the_next_endpoint(make_sidecar, mock_provider) -> None:
+    config = default_config(mock_provider.url)
+    config["model_groups"]["gpt-4o-mini"]["endpoints"] = [
+        {"name": "empty", "url": mock_provider.url + "/v1", "model": "mock-empty", "api_key": PROVIDER_KEY,
+         "priority": 0},
+        {"name": "fine", "url": mock_provider.url + "/v1", "model": "mock-gpt", "api_key": PROVIDER_KEY,
+         "priority": 1}]
+    sidecar = make_sidecar(config=config)
+    mock_provider.set_behaviour("mock-empty", empty=1)
+    reply = sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=USER)
+    assert reply.choices[0].message.content
+    assert status_of(sidecar, "empty")["failures"] == 1
