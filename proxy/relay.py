@@ -89,18 +89,22 @@ async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> w
                 if not answer.upstream_error:  # the upstream's own error event already went out
                     tail += call.dialect.stream_error_frame(failure)
             settled = True
+            if failure is None and not upstream.complete:
+                # The end marker came before the upstream's end: the client gets it at once,
+                # and the upstream is read to its end so its connection can serve another call.
+                await response.write(tail)
+                tail = b""
+                try:
+                    async for _ in chunks:
+                        pass
+                except UpstreamError:
+                    pass  # the answer is whole; only the connection is lost
             await response.write_eof(tail)
-            if failure is None:
-                # Read the upstream to its end, so its connection can serve another call.
-                async for _ in chunks:
-                    pass
     except ConnectionResetError:
         # The client left: before the end, nothing is stored; after it, nothing is lost.
         if not settled:
             recorder.abort()
             call.error_type = "client_closed"
-    except UpstreamError:
-        pass  # after a complete answer, while reading the upstream's end: the client has all it needs
     except TimeoutError:
         call.error_type = "client_stalled"
         if not settled:

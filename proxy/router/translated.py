@@ -49,6 +49,11 @@ class TranslatedResponse:
     first_in_hand = False
 
     @property
+    def complete(self) -> bool:
+        """The endpoint's answer is read to its end (nothing is added after it)."""
+        return self._inner.complete
+
+    @property
     def deadline(self) -> float:
         return self._inner.deadline
 
