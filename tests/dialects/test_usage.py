@@ -6,6 +6,8 @@ import orjson
 import pytest
 
 from proxy.dialects.sse import format_frame
+from proxy.dialects.stream import AnswerStream, FrameRule, anthropic_messages, openai_choices, openai_responses
+from proxy.dialects.usage import answer_usage
 from proxy.mock_provider import (
     Answer,
     anthropic_events,
@@ -15,8 +17,6 @@ from proxy.mock_provider import (
     openai_response,
     openai_response_events,
 )
-from proxy.dialects.stream import AnswerStream, FrameRule, anthropic_messages, openai_choices, openai_responses
-from proxy.dialects.usage import answer_usage
 
 ANSWER = Answer(model="m", words=["a", "usage", "word", '"usage": {"input_tokens": 999}'], input_tokens=7,
                 truncated=False, tool=None)
