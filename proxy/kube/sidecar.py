@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import re
 from collections.abc import Iterable, Mapping
+from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,8 @@ NATIVE_SIDECAR_MIN = (1, 29)
 #: table lists the same keys (a test keeps the two in step).
 ANNOTATIONS: dict[str, str] = {
     "inject": "`enabled` or `disabled`: opt this pod in or out, whatever the namespace says",
-    "image": "sidecar image (e.g. a canary tag)",
+    "image": "sidecar image (e.g. a canary tag); only where the chart allows it (`sidecar.allowImageOverride`): "
+             "that container receives the provider keys",
     "proxy-port": "port of the proxy on 127.0.0.1 (when the app needs the default)",
     "admin-port": "port of the admin listener: probes, `/metrics` (when the app needs the default)",
     "native-sidecar": "`true` / `false`: init container with `restartPolicy: Always`, or a plain container",
@@ -97,6 +99,9 @@ class SidecarSettings:
     extra_env: tuple[Mapping[str, Any], ...] = ()
     #: the injector's namespace: its own pods are never injected
     own_namespace: str = ""
+    #: honour the pod annotation ``llm-sidecar.io/image``; off by default, because that
+    #: container receives the provider keys and anyone who can create a pod could pick it
+    allow_image_override: bool = False
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> SidecarSettings:
@@ -117,6 +122,7 @@ class SidecarSettings:
             "scrapeAnnotations": "scrape_annotations",
             "extraEnv": "extra_env",
             "ownNamespace": "own_namespace",
+            "allowImageOverride": "allow_image_override",
         }
         unknown = sorted(set(data) - set(names))
         if unknown:
@@ -214,6 +220,9 @@ def effective(settings: SidecarSettings, pod: Mapping[str, Any]) -> SidecarSetti
 
     changes: dict[str, Any] = {}
     if (v := get("image")) is not None:
+        if not settings.allow_image_override:
+            raise SettingsError(f"annotation {PREFIX}image: not allowed here (the chart's "
+                                f"sidecar.allowImageOverride is false; the sidecar holds the provider keys)")
         changes["image"] = v
     for name, attr in (("proxy-port", "proxy_port"), ("admin-port", "admin_port")):
         if (v := get(name)) is not None:
@@ -228,15 +237,59 @@ def effective(settings: SidecarSettings, pod: Mapping[str, Any]) -> SidecarSetti
         changes["set_base_urls"] = _flag(v, "set-base-urls")
     if (v := get("scrape")) is not None:
         changes["scrape_annotations"] = _flag(v, "scrape")
-    res = copy.deepcopy(dict(settings.resources))
-    for kind, suffix in (("requests", "request"), ("limits", "limit")):
-        for key in ("cpu", "memory"):
-            if (v := get(f"{key}-{suffix}")) is not None:
-                res.setdefault(kind, {})[key] = v
-    changes["resources"] = res
+    changes["resources"] = _resources(settings.resources, get)
     out = dataclasses.replace(settings, **changes)
     out.check()
     return out
+
+
+# A Kubernetes quantity (resource.Quantity): a decimal number and an optional binary
+# (Ki..Ei), decimal (n..E) or exponent suffix. Parsed here rather than with the kubernetes
+# client, which ``llm-sidecar inject`` does not need.
+_QUANTITY = re.compile(r"(?P<number>\+?(?:\d+\.?\d*|\.\d+))(?P<suffix>[KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?")
+_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+           "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": 1,
+           "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+
+
+def quantity(text: str) -> Decimal | None:
+    """The value of a non-negative Kubernetes quantity (``250m``, ``64Mi``, ``1e3``), else None."""
+    m = _QUANTITY.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        return None
+    suffix = m.group("suffix") or ""
+    try:
+        scale = Decimal(10) ** int(suffix[1:]) if suffix[:1] in ("e", "E") and len(suffix) > 1 else _SUFFIX[suffix]
+        return Decimal(m.group("number")) * scale
+    except (InvalidOperation, KeyError, ValueError):
+        return None
+
+
+def _resources(defaults: Mapping[str, Any], get: Any) -> dict[str, Any]:
+    """The sidecar's resources with the pod's annotations applied, each checked the way the
+    API server would: a bad quantity, or a limit below its request, would make it reject the
+    pod (and a Deployment could then create none), so either is a reason not to inject."""
+    res = copy.deepcopy(dict(defaults))
+    given: dict[tuple[str, str], str] = {}
+    for kind, suffix in (("requests", "request"), ("limits", "limit")):
+        for key in ("cpu", "memory"):
+            name = f"{key}-{suffix}"
+            if (v := get(name)) is not None:
+                if quantity(v) is None:
+                    raise SettingsError(f"annotation {PREFIX}{name}: {v!r} is not a Kubernetes quantity "
+                                        f"(e.g. {'250m' if key == 'cpu' else '128Mi'})")
+                res.setdefault(kind, {})[key] = v
+                given[kind, key] = name
+    for key in ("cpu", "memory"):
+        request, limit = (res.get(kind, {}).get(key) for kind in ("requests", "limits"))
+        if request is None or limit is None:
+            continue
+        low, high = quantity(str(request)), quantity(str(limit))
+        if low is not None and high is not None and high < low:
+            names = [f"{PREFIX}{n}" for n in (given.get(("requests", key)), given.get(("limits", key))) if n]
+            raise SettingsError(f"annotation {' and '.join(names)}: the {key} limit {limit} is below "
+                                f"the request {request}")
+    return res
 
 
 def use_native(settings: SidecarSettings, ctx: Context) -> bool:

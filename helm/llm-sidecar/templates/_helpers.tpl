@@ -88,6 +88,7 @@ sidecar:
   scrapeAnnotations: {{ .Values.sidecar.scrapeAnnotations }}
   extraEnv: {{- toYaml .Values.sidecar.extraEnv | nindent 4 }}
   ownNamespace: {{ .Release.Namespace }}
+  allowImageOverride: {{ .Values.sidecar.allowImageOverride }}
 {{- end -}}
 
 {{- define "llm-sidecar.containerSecurityContext" -}}
