@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-quick lint bench redis-server test-tools clean
+.PHONY: setup demo test test-quick lint bench chaos redis-server test-tools clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ lint: setup
 ## bench: the benchmarks, written as Markdown tables under bench/results/
 bench: setup
 	$(BIN)/python -m bench
+
+## chaos: the fault tests (an endpoint killed, Redis killed, SIGTERM under streaming load, an admin-port
+## connection flood, a 401 echoing the key), each printing calls attempted / succeeded / failed / lost (~1 min)
+chaos: setup redis-server
+	$(BIN)/python -m bench.chaos --skip-overhead --faults
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,6 +1,10 @@
 """Router benchmarks: an endpoint dies under load, and the cost of routing over a group.
 
-    python -m bench.chaos [--duration 3] [--skip-overhead]
+    python -m bench.chaos [--duration 3] [--skip-overhead] [--faults]
+
+``make chaos`` runs ``--skip-overhead --faults``: this endpoint kill, then the fault tests of
+``bench/faults.py`` (Redis killed, SIGTERM under streaming load, a connection flood on the
+admin port, a 401 that echoes the key), each counting calls attempted / succeeded / failed / lost.
 
 1. **Chaos.** Closed-loop load at concurrency 32 through the sidecar over one model
    group of two endpoints, each its own mock provider process (20 ms per answer).
@@ -19,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +97,8 @@ def _calls(url: str) -> int:
 class Timeline:
     #: (start offset in s, latency in s, ok)
     calls: list[tuple[float, float, bool]] = field(default_factory=list)
+    #: succeeded / failed (an error answer) / lost (no answer at all)
+    outcomes: Counter[str] = field(default_factory=Counter)
     killed_at: float = 0.0
     restarted_at: float = 0.0
     returned_after: float | None = None
@@ -111,8 +119,10 @@ async def _load(url: str, body: bytes, concurrency: int, stop_at: float, timelin
                     async with session.post(url, data=body, headers=headers) as response:
                         await response.read()
                         ok = response.status == 200
+                    timeline.outcomes["succeeded" if ok else "failed"] += 1
                 except (TimeoutError, aiohttp.ClientError):
                     ok = False
+                    timeline.outcomes["lost"] += 1
                 timeline.calls.append((now - t0, time.monotonic() - now, ok))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -173,6 +183,7 @@ def chaos(steady: float = 3.0, outage: float = 5.0, tail: float = 4.0) -> dict[s
         "steady": stats(timeline.window(0.5, timeline.killed_at)),
         "outage": stats(timeline.window(timeline.killed_at, timeline.restarted_at)),
         "after": stats(timeline.window(timeline.restarted_at, float("inf"))),
+        "outcomes": timeline.outcomes,
         "returned_after_s": timeline.returned_after,
         "killed_at_s": timeline.killed_at,
         "restarted_at_s": timeline.restarted_at,
@@ -217,6 +228,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per overhead round")
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--faults", action="store_true", help="then the fault tests of bench/faults.py")
     args = parser.parse_args()
 
     print(f"layout: {procs.layout()}", flush=True)
@@ -230,6 +242,8 @@ def main() -> int:
     returned = result["returned_after_s"]
     print(f"\ntraffic back on the restarted endpoint after: "
           f"{'never (within the run)' if returned is None else f'{returned:.2f} s'}")
+    o = result["outcomes"]
+    print(f"calls attempted {sum(o.values())} / succeeded {o['succeeded']} / failed {o['failed']} / lost {o['lost']}")
     ok = result["all"]["failed"] == 0 and returned is not None
     print(f"verdict: failed calls {result['all']['failed']} (target 0) → {'PASS' if result['all']['failed'] == 0 else 'FAIL'}")
 
@@ -242,6 +256,11 @@ def main() -> int:
         print(f"\nverdict: 4 endpoints at {routing['ratio']:.1%} of 1 endpoint (target ≥ {1 - MAX_OVERHEAD:.0%}) "
               f"→ {'PASS' if within else 'FAIL'}")
         ok = ok and within
+    if args.faults:
+        from bench import faults
+
+        sys.argv = sys.argv[:1]  # faults.main parses its own command line: run them all
+        ok = faults.main() == 0 and ok
     return 0 if ok else 1
 
 
