@@ -24,8 +24,8 @@ import copy
 import dataclasses
 import re
 from collections.abc import Iterable, Mapping
-from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 PREFIX = "llm-sidecar.io/"
@@ -247,9 +247,10 @@ def effective(settings: SidecarSettings, pod: Mapping[str, Any]) -> SidecarSetti
 # (Ki..Ei), decimal (n..E) or exponent suffix. Parsed here rather than with the kubernetes
 # client, which ``llm-sidecar inject`` does not need.
 _QUANTITY = re.compile(r"(?P<number>\+?(?:\d+\.?\d*|\.\d+))(?P<suffix>[KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?")
-_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-           "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": 1,
-           "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+_SUFFIX = {suffix: Decimal(base) ** power for suffix, base, power in (
+    ("Ki", 2, 10), ("Mi", 2, 20), ("Gi", 2, 30), ("Ti", 2, 40), ("Pi", 2, 50), ("Ei", 2, 60),
+    ("n", 10, -9), ("u", 10, -6), ("m", 10, -3), ("", 10, 0),
+    ("k", 10, 3), ("M", 10, 6), ("G", 10, 9), ("T", 10, 12), ("P", 10, 15), ("E", 10, 18))}
 
 
 def quantity(text: str) -> Decimal | None:
