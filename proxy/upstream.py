@@ -70,7 +70,8 @@ def response_headers(headers: CIMultiDictProxy[str], redactor: Redactor | None =
     for name in _DROP_RESPONSE_HEADERS:
         if name in out:
             del out[name]
-    if redactor is not None and redactor.keys:
+    # One scan of all the values together: an echo in a header is rare.
+    if redactor is not None and redactor.keys and redactor.found_in("\n".join(out.values())):
         echoed = [(name, value) for name, value in out.items() if redactor.found_in(value)]
         for name, _ in echoed:
             del out[name]
@@ -80,9 +81,23 @@ def response_headers(headers: CIMultiDictProxy[str], redactor: Redactor | None =
 
 
 REDACTED = "[redacted]"
+_REDACTED_BYTES = REDACTED.encode()
 #: shorter "credentials" (a local server's "none", "x") are no secret; replacing them would garble answers
 _MIN_SECRET = 8
 _CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
+
+
+@functools.lru_cache(maxsize=256)
+def _secrets(values: tuple[str | None, ...]) -> tuple[tuple[str, ...], tuple[bytes, ...], frozenset[int]]:
+    """The credentials in the credential headers' values, as text and bytes, and their bytes' set.
+
+    Worked out once per distinct set of values (the endpoints' keys), not per attempt.
+    """
+    keys = {value[7:] if value[:7].lower() == "bearer " else value for value in values if value}
+    # Longest first: a key that contains another is replaced whole.
+    text = tuple(sorted((k for k in keys if len(k) >= _MIN_SECRET), key=len, reverse=True))
+    encoded = tuple(k.encode() for k in text)
+    return text, encoded, frozenset(b"".join(encoded))
 
 
 class Redactor:
@@ -92,20 +107,17 @@ class Redactor:
     cut by the chunk boundary is held back until the next chunk shows whether it is one.
     """
 
-    __slots__ = ("keys", "_text_keys", "_held")
+    __slots__ = ("keys", "_text_keys", "_key_bytes", "_held")
 
     def __init__(self, sent: CIMultiDict[str]) -> None:
-        keys: set[str] = set()
-        for name in _CREDENTIAL_HEADERS:
-            for value in sent.getall(name, ()):
-                keys.add(value.split(" ", 1)[1] if value[:7].lower() == "bearer " else value)
-        # Longest first: a key that contains another is replaced whole.
-        self._text_keys = tuple(sorted((k for k in keys if len(k) >= _MIN_SECRET), key=len, reverse=True))
-        self.keys = tuple(k.encode() for k in self._text_keys)
+        self._text_keys, self.keys, self._key_bytes = _secrets(tuple(sent.get(name) for name in _CREDENTIAL_HEADERS))
         self._held = b""
 
     def found_in(self, value: str) -> bool:
-        return any(key in value for key in self._text_keys)
+        for key in self._text_keys:
+            if key in value:
+                return True
+        return False
 
     def text(self, value: str) -> str:
         for key in self._text_keys:
@@ -115,7 +127,7 @@ class Redactor:
     def whole(self, data: bytes) -> bytes:
         for key in self.keys:
             if key in data:
-                data = data.replace(key, REDACTED.encode())
+                data = data.replace(key, _REDACTED_BYTES)
         return data
 
     def feed(self, chunk: bytes, last: bool) -> bytes:
@@ -123,17 +135,21 @@ class Redactor:
         if not self.keys:
             return chunk
         data = self.whole(self._held + chunk if self._held else chunk)
+        # A held-back tail must end in a byte some key has; an event stream's chunk ends in "\n".
+        if last or not data or data[-1] not in self._key_bytes:
+            self._held = b""
+            return data
         cut = len(data)
-        if not last:
-            for key in self.keys:
-                # Only the last len(key) - 1 bytes can start a key that the next chunk completes.
-                start = max(0, len(data) - len(key) + 1)
-                at = data.rfind(key[:1], start)
-                while at >= 0:
-                    if key.startswith(data[at:]):
-                        cut = min(cut, at)
-                        break
-                    at = data.rfind(key[:1], start, at)
+        for key in self.keys:
+            # Only the last len(key) - 1 bytes can start a key that the next chunk completes.
+            start = max(0, len(data) - len(key) + 1)
+            first = key[0]
+            at = data.rfind(first, start)
+            while at >= 0:
+                if key.startswith(data[at:]):
+                    cut = min(cut, at)
+                    break
+                at = data.rfind(first, start, at)
         self._held = data[cut:]
         return data[:cut]
 
