@@ -71,7 +71,10 @@ def test_retry_after_cools_the_endpoint(make_sidecar, mock_provider: MockProvide
 
 
 def test_slow_endpoint_loses_traffic(make_sidecar, mock_provider: MockProvider) -> None:
-    mock_provider.set_behaviour("mock-slow", latency_ms=300)
+    # Slow by far more than a loaded machine slows the fast one: least-in-flight keeps sending the
+    # slow endpoint a call whenever the fast one has more in flight, so the share it gets grows
+    # with the fast endpoint's latency; at 1.5 s against tens of ms the split is clear-cut.
+    mock_provider.set_behaviour("mock-slow", latency_ms=1500)
     sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
         endpoint(mock_provider, "mock-slow"), endpoint(mock_provider, "mock-fast")]}}))
     client = sidecar.async_openai()

@@ -20,6 +20,7 @@ from proxy.dialects import OPENAI
 from proxy.telemetry import Telemetry
 from proxy.telemetry.observer import NOOP
 from tests.servers import PROVIDER_KEY, default_config, free_port
+from tests.waiting import wait_until
 
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CALLER_SPAN = "b7ad6b7169203331"
@@ -40,7 +41,9 @@ def test_call_span_continues_the_callers_trace(traced, mock_provider) -> None:
     list(sidecar.openai().chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "secret prompt words"}], stream=True,
         stream_options={"include_usage": True}, temperature=0.2, extra_headers={"traceparent": TRACEPARENT}))
-    spans = exporter.get_finished_spans()
+    # A stream's last bytes reach the client before the sidecar's handler returns and ends the span.
+    spans = wait_until(lambda: [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+                       and exporter.get_finished_spans(), what="the call's span")
     (root,) = [s for s in spans if s.kind is SpanKind.SERVER]
     assert root.name == "chat gpt-4o-mini"
     assert format(root.context.trace_id, "032x") == CALLER_TRACE
