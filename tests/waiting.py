@@ -38,3 +38,20 @@ async def wait_until_async(
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout} s: {what or condition}")
         await asyncio.sleep(interval)
+
+
+class Clock:
+    """A clock the test moves: ``clock()`` is the time now, ``clock.advance(s)`` lets ``s`` seconds pass.
+
+    For code that takes a clock (the response cache, the memory backend), so that tests of
+    expiry move time instead of sleeping through it.
+    """
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 # Per entry, past the key's and the value's own bytes: the bytes and str headers, the
@@ -26,8 +27,10 @@ class MemoryBackend:
     #: within one process, coalescing needs no lock store
     distributed = False
 
-    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_bytes = max_bytes
+        #: what expiry is measured with (tests give a clock they move)
+        self.clock = clock
         # key -> (value, expires at, monotonic)
         self._items: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._lock = threading.Lock()
@@ -48,7 +51,7 @@ class MemoryBackend:
             item = self._items.get(key)
             if item is None:
                 return None
-            if item[1] <= time.monotonic():
+            if item[1] <= self.clock():
                 self._drop(key)
                 return None
             self._items.move_to_end(key)
@@ -61,7 +64,7 @@ class MemoryBackend:
         with self._lock:
             if key in self._items:
                 self._drop(key)
-            self._items[key] = (value, time.monotonic() + ttl)
+            self._items[key] = (value, self.clock() + ttl)
             self.bytes += size
             while self.bytes > self.max_bytes:
                 oldest = next(iter(self._items))

@@ -39,15 +39,19 @@ class EntryRecorder(Recorder):
     answer failed; it decides about storing.
     """
 
-    __slots__ = ("_done", "_flight", "_frames", "_size", "_limit", "_ttl")
+    __slots__ = ("_done", "_flight", "_frames", "_size", "_limit", "_ttl", "_clock")
 
-    def __init__(self, done: Callable[[Entry | None], None], flight: Flight | None, limit: int, ttl: float) -> None:
+    def __init__(
+        self, done: Callable[[Entry | None], None], flight: Flight | None, limit: int, ttl: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._done = done
         self._flight = flight
         self._frames: list[bytes] | None = []
         self._size = 0
         self._limit = limit
         self._ttl = ttl
+        self._clock = clock
 
     def feed(self, frames: list[bytes]) -> None:
         if self._flight is not None:
@@ -69,7 +73,7 @@ class EntryRecorder(Recorder):
         content_type = headers.get("Content-Type", "text/event-stream" if stream else "application/json")
         # OpenAI sends its usage chunk only to calls that asked for it (stream_options).
         has_usage = not stream or b'"usage":{' in body
-        self._done(Entry(status, content_type, body, stream, time.time(), self._ttl,
+        self._done(Entry(status, content_type, body, stream, self._clock(), self._ttl,
                          usage.get("input_tokens", 0), usage.get("output_tokens", 0), has_usage))
 
     def abort(self) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,8 +84,12 @@ class GroupCaching:
 
 
 class ResponseCache:
-    def __init__(self, config: CacheConfig, groups: dict[str, GroupCaching], backend: Any) -> None:
+    def __init__(
+        self, config: CacheConfig, groups: dict[str, GroupCaching], backend: Any, clock: Callable[[], float] = time.time
+    ) -> None:
         self.config = config
+        #: wall-clock seconds: entries carry their creation time across pods (tests give a clock they move)
+        self.clock = clock
         self.groups = groups
         self.backend = backend
         self.stats = CacheStats()
@@ -92,7 +97,7 @@ class ResponseCache:
         #: the in-process tier in front of a shared backend (Redis), or None
         self.local: MemoryBackend | None = None
         if backend.distributed and config.local_ttl > 0 and config.local_max_bytes > 0:
-            self.local = MemoryBackend(config.local_max_bytes)
+            self.local = MemoryBackend(config.local_max_bytes, clock)
         # Strong references to background store tasks, so none is collected mid-way.
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -122,7 +127,7 @@ class ResponseCache:
             return None
         call.cache_ticket = ticket
         started = time.perf_counter()
-        now = time.time()
+        now = self.clock()
         with call.observer.span("cache.lookup"):
             entry = self._local_entry(ticket, now)
             if entry is not None:
@@ -139,7 +144,7 @@ class ResponseCache:
         self.stats.lookups += 1
         self.stats.lookup_seconds += time.perf_counter() - started
         if entry is not None:
-            now = time.time()
+            now = self.clock()
             if entry.fresh(now, ticket.directives.max_age):
                 body = self.render(entry, ticket, call.stream)
                 if body is not None:
@@ -161,7 +166,7 @@ class ResponseCache:
 
     def _keep_local(self, key: str, value: bytes, entry: Entry) -> None:
         """Keep a copy for ``local_ttl`` seconds, never past the entry's own expiry."""
-        ttl = min(self.config.local_ttl, entry.created + entry.ttl - time.time())
+        ttl = min(self.config.local_ttl, entry.created + entry.ttl - self.clock())
         if ttl > 0 and self.local is not None:
             self.local.set_now(key, value, ttl)
 
@@ -202,7 +207,7 @@ class ResponseCache:
         content_type = "text/event-stream" if call.stream else (
             "application/json" if entry.stream else entry.content_type)
         headers = {**call.response_headers, "Content-Type": content_type, "x-request-id": call.request_id,
-                   STATUS_HEADER: status, "Age": str(int(entry.age()))}
+                   STATUS_HEADER: status, "Age": str(int(entry.age(self.clock())))}
         if call.stream:
             headers["Cache-Control"] = "no-cache"
         return web.Response(status=entry.status, body=body, headers=headers)
@@ -236,7 +241,7 @@ class ResponseCache:
         if token is not None:
             # Another pod may have stored the answer between our lookup and the lock.
             entry = self._decode(await self.backend.get(ticket.key))
-            if entry is None or not entry.fresh(time.time(), ticket.directives.max_age):
+            if entry is None or not entry.fresh(self.clock(), ticket.directives.max_age):
                 ticket.lock_token = token
                 return None
             await self.backend.release(lock, token)
@@ -326,7 +331,7 @@ class ResponseCache:
             return NULL_RECORDER
         ttl = ticket.directives.ttl or ticket.policy.ttl
         return EntryRecorder(lambda entry: self._recorded(ticket, entry), ticket.flight,
-                             ticket.policy.max_entry_bytes, ttl)
+                             ticket.policy.max_entry_bytes, ttl, self.clock)
 
     def _recorded(self, ticket: Ticket, entry: Entry | None) -> None:
         if ticket.flight is not None:

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import redis
 
+from proxy.cache.memory import MemoryBackend
 from tests.servers import PROVIDER_KEY, MockProvider, RedisServer, Sidecar, default_config
+from tests.waiting import Clock, wait_until
 
 
 def cache_config(mock_url: str, cache: dict[str, Any] | None = None, pass_through: bool = False,
@@ -33,12 +35,38 @@ def cache_config(mock_url: str, cache: dict[str, Any] | None = None, pass_throug
 
 @pytest.fixture
 def cached_sidecar(make_sidecar: Callable[..., Sidecar], mock_provider: MockProvider) -> Callable[..., Sidecar]:
-    """``cached_sidecar(cache={...}, **policy)``: a sidecar whose model groups cache by ``policy``."""
+    """``cached_sidecar(cache={...}, clock=None, **policy)``: a sidecar whose model groups cache by ``policy``;
+    its cache tells time by ``clock`` when one is given."""
 
-    def make(cache: dict[str, Any] | None = None, pass_through: bool = False, **policy: Any) -> Sidecar:
-        return make_sidecar(config=cache_config(mock_provider.url, cache, pass_through, **policy))
+    def make(cache: dict[str, Any] | None = None, pass_through: bool = False, clock: Clock | None = None,
+             **policy: Any) -> Sidecar:
+        sidecar = make_sidecar(config=cache_config(mock_provider.url, cache, pass_through, **policy))
+        if clock is not None:
+            response_cache = sidecar.pipeline.cache
+            response_cache.clock = clock
+            for tier in (response_cache.backend, response_cache.local):
+                if isinstance(tier, MemoryBackend):
+                    tier.clock = clock
+        return sidecar
 
     return make
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def stored(sidecar: Sidecar, count: int = 1) -> None:
+    """Until ``count`` answers are stored: the store runs in the background once an answer is complete."""
+    cache = sidecar.pipeline.cache
+    wait_until(lambda: cache.stats.stores >= count, what=f"{count} stored answers")
+
+
+def settled(sidecar: Sidecar) -> None:
+    """Until no call is in flight and nothing is being stored: what was not stored by now never will be."""
+    cache = sidecar.pipeline.cache
+    wait_until(lambda: not cache.flights and not cache._tasks, what="the cache to settle")
 
 
 def cluster_port() -> int:

@@ -8,6 +8,8 @@ import time
 import httpx
 import pytest
 
+from tests.waiting import wait_until_async
+
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "the same question"}]}
 
 
@@ -59,7 +61,8 @@ async def test_a_failed_leader_does_not_fail_its_followers(cached_sidecar, mock_
         leader = asyncio.create_task(client.post(
             sidecar.openai_base + "/chat/completions", json=BODY,
             headers={"x-mock-latency-ms": "300", "x-mock-status": "500"}))
-        await asyncio.sleep(0.1)
+        flights = sidecar.pipeline.cache.flights
+        await wait_until_async(lambda: flights, what="the leader's call in flight")
         followers = await asyncio.gather(*(client.post(sidecar.openai_base + "/chat/completions", json=BODY)
                                            for _ in range(5)))
         assert (await leader).status_code == 500

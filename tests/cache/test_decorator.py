@@ -13,6 +13,7 @@ from proxy import DistributedCacheDecorator
 from proxy.cache.config import CacheConfig
 from proxy.cache.memory import MemoryBackend
 from proxy.cache.redis import SyncRedisBackend
+from tests.waiting import wait_until, wait_until_async
 
 
 def test_bound_arguments_share_one_key() -> None:
@@ -64,7 +65,8 @@ def test_threads_compute_once() -> None:
     @DistributedCacheDecorator(ttl=60)
     def slow(x: int) -> int:
         computed.append(x)
-        time.sleep(0.2)
+        # Answer only once every other caller waits for this call (or never, if they compute too).
+        wait_until(lambda: slow.stats.coalesced == 31, what="31 callers waiting on the first")
         return x * 2
 
     results = []
@@ -85,7 +87,8 @@ async def test_async_methods_coalesce_and_invalidate() -> None:
         @DistributedCacheDecorator(ttl=60)
         async def ask(self, prompt: str) -> list:
             self.calls += 1
-            await asyncio.sleep(0.05)
+            if self.calls == 1:  # the first answer waits until every other caller waits on it
+                await wait_until_async(lambda: Client.ask.stats.coalesced == 9, what="9 callers waiting")
             return [prompt, self.calls]
 
     client = Client()
@@ -112,8 +115,8 @@ def test_exceptions_are_not_cached() -> None:
     assert flaky() == "ok" and flaky() == "ok" and len(attempts) == 2
 
 
-def test_ttl_expires_and_cache_clear() -> None:
-    backend = MemoryBackend()
+def test_ttl_expires_and_cache_clear(clock) -> None:
+    backend = MemoryBackend(clock=clock)
     count = []
 
     @DistributedCacheDecorator(ttl=0.1, cache_backend=backend)
@@ -122,7 +125,7 @@ def test_ttl_expires_and_cache_clear() -> None:
         return x
 
     value(1), value(1)
-    time.sleep(0.15)
+    clock.advance(0.15)
     value(1)
     assert len(count) == 2
     value.cache_clear()

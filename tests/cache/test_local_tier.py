@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from tests.cache.conftest import redis_cache
+from tests.cache.conftest import redis_cache, stored
 from tests.servers import RedisServer
 
 
@@ -34,18 +34,12 @@ def _redis_gets(port: int) -> int:
     return 0
 
 
-def _wait_stored(sidecar, stores: int = 1) -> None:
-    deadline = time.monotonic() + 5
-    while _snapshot(sidecar)["stores"] < stores and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
 def test_hit_is_served_locally_after_a_redis_hit(cached_sidecar, mock_provider, redis) -> None:
     writer = cached_sidecar(cache=redis_cache(redis.url))
     reader = cached_sidecar(cache=redis_cache(redis.url))
     first = _post(writer.openai_base)
     assert _status(first) == "miss"
-    _wait_stored(writer)
+    stored(writer)
     gets = _redis_gets(redis.port)
     assert _status(_post(reader.openai_base)) == "hit"  # from Redis: one GET
     assert _redis_gets(redis.port) == gets + 1 and _snapshot(reader)["local_hits"] == 0
@@ -62,43 +56,43 @@ def test_hit_is_served_locally_after_a_redis_hit(cached_sidecar, mock_provider, 
     assert mock_provider.calls() == 1
 
 
-def test_local_copy_never_outlives_the_entry(cached_sidecar, mock_provider, redis) -> None:
-    sidecar = cached_sidecar(cache=redis_cache(redis.url, local_ttl=30))
+def test_local_copy_never_outlives_the_entry(cached_sidecar, mock_provider, redis, clock) -> None:
+    sidecar = cached_sidecar(cache=redis_cache(redis.url, local_ttl=30), clock=clock)
     assert _status(_post(sidecar.openai_base, headers={"x-llm-sidecar-cache-ttl": "1"})) == "miss"
-    _wait_stored(sidecar)
+    stored(sidecar)
     assert _status(_post(sidecar.openai_base)) == "hit"
-    time.sleep(1.1)
+    clock.advance(1.1)
     assert _status(_post(sidecar.openai_base)) == "miss"  # expired, though local_ttl is 30 s
     assert mock_provider.calls() == 2
 
 
-def test_no_cache_and_max_age_with_the_local_tier(cached_sidecar, mock_provider, redis) -> None:
-    sidecar = cached_sidecar(cache=redis_cache(redis.url, local_ttl=30))
+def test_no_cache_and_max_age_with_the_local_tier(cached_sidecar, mock_provider, redis, clock) -> None:
+    sidecar = cached_sidecar(cache=redis_cache(redis.url, local_ttl=30), clock=clock)
     first = _post(sidecar.openai_base)
-    _wait_stored(sidecar)
+    stored(sidecar)
     assert _status(_post(sidecar.openai_base)) == "hit" and _snapshot(sidecar)["local_hits"] == 1
     # no-cache skips both tiers and stores the fresh answer in both.
     fresh = _post(sidecar.openai_base, headers={"Cache-Control": "no-cache"})
     assert _status(fresh) == "bypass" and fresh.json()["id"] != first.json()["id"]
-    _wait_stored(sidecar, 2)
+    stored(sidecar, 2)
     again = _post(sidecar.openai_base)
     assert _status(again) == "hit" and again.json()["id"] == fresh.json()["id"]
-    time.sleep(1.1)
+    clock.advance(1.1)
     # max-age: the local copy (and Redis's) is too old, so the call goes upstream.
     assert _status(_post(sidecar.openai_base, headers={"Cache-Control": "max-age=0"})) == "miss"
     assert mock_provider.calls() == 3
 
 
-def test_refresh_in_another_pod_is_seen_within_local_ttl(cached_sidecar, mock_provider, redis) -> None:
-    one = cached_sidecar(cache=redis_cache(redis.url, local_ttl=0.5))
-    two = cached_sidecar(cache=redis_cache(redis.url, local_ttl=0.5))
+def test_refresh_in_another_pod_is_seen_within_local_ttl(cached_sidecar, mock_provider, redis, clock) -> None:
+    one = cached_sidecar(cache=redis_cache(redis.url, local_ttl=0.5), clock=clock)
+    two = cached_sidecar(cache=redis_cache(redis.url, local_ttl=0.5), clock=clock)
     original = _post(one.openai_base)
-    _wait_stored(one)
+    stored(one)
     assert _post(two.openai_base).json()["id"] == original.json()["id"]  # two keeps a local copy
     refreshed = _post(one.openai_base, headers={"Cache-Control": "no-cache"})
-    _wait_stored(one, 2)
+    stored(one, 2)
     assert _post(two.openai_base).json()["id"] == original.json()["id"]  # the documented lag…
-    time.sleep(0.6)
+    clock.advance(0.6)
     assert _post(two.openai_base).json()["id"] == refreshed.json()["id"]  # …bounded by local_ttl
 
 
@@ -107,7 +101,7 @@ def test_redis_dead_local_hits_served_misses_fail_open(cached_sidecar, mock_prov
     try:
         sidecar = cached_sidecar(cache=redis_cache(server.url, local_ttl=30))
         assert _status(_post(sidecar.openai_base, "kept")) == "miss"
-        _wait_stored(sidecar)
+        stored(sidecar)
         server.kill()
         started = time.perf_counter()
         for index in range(10):
@@ -124,7 +118,7 @@ def test_redis_dead_local_hits_served_misses_fail_open(cached_sidecar, mock_prov
 def test_local_tier_off(cached_sidecar, mock_provider, redis) -> None:
     sidecar = cached_sidecar(cache=redis_cache(redis.url, local_ttl=0))
     _post(sidecar.openai_base)
-    _wait_stored(sidecar)
+    stored(sidecar)
     gets = _redis_gets(redis.port)
     for _ in range(3):
         assert _status(_post(sidecar.openai_base)) == "hit"

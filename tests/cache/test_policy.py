@@ -10,6 +10,7 @@ import pytest
 from proxy.cache.entry import Entry
 from proxy.cache.keys import request_key, tenant
 from proxy.cache.memory import MemoryBackend
+from tests.cache.conftest import settled, stored
 from tests.servers import Sidecar
 
 
@@ -67,26 +68,29 @@ def test_no_cache_skips_lookup_but_stores(cached_sidecar, mock_provider) -> None
 def test_no_store_is_not_stored(cached_sidecar, mock_provider) -> None:
     sidecar = cached_sidecar()
     assert _post(sidecar, headers={"Cache-Control": "no-store"}).headers["x-llm-sidecar-cache"] == "miss"
-    time.sleep(0.05)
+    settled(sidecar)
     assert _post(sidecar).headers["x-llm-sidecar-cache"] == "miss"
     assert mock_provider.calls() == 2
 
 
-def test_max_age_and_age_header(cached_sidecar, mock_provider) -> None:
-    sidecar = cached_sidecar()
+def test_max_age_and_age_header(cached_sidecar, mock_provider, clock) -> None:
+    sidecar = cached_sidecar(clock=clock)
     _post(sidecar)
-    time.sleep(1.1)
+    stored(sidecar)
+    clock.advance(1.1)
     hit = _post(sidecar, headers={"Cache-Control": "max-age=60"})
     assert hit.headers["x-llm-sidecar-cache"] == "hit" and int(hit.headers["Age"]) >= 1
     assert _post(sidecar, headers={"Cache-Control": "max-age=0"}).headers["x-llm-sidecar-cache"] == "miss"
     assert mock_provider.calls() == 2
 
 
-def test_ttl_policy_and_ttl_header(cached_sidecar, mock_provider) -> None:
-    sidecar = cached_sidecar(ttl=0.5)
+def test_ttl_policy_and_ttl_header(cached_sidecar, mock_provider, clock) -> None:
+    sidecar = cached_sidecar(ttl=0.5, clock=clock)
     _post(sidecar, "short")
     _post(sidecar, "long", headers={"x-llm-sidecar-cache-ttl": "60"})
-    time.sleep(0.7)
+    stored(sidecar, 2)
+    assert _post(sidecar, "short").headers["x-llm-sidecar-cache"] == "hit"
+    clock.advance(0.7)
     assert _post(sidecar, "short").headers["x-llm-sidecar-cache"] == "miss"
     assert _post(sidecar, "long").headers["x-llm-sidecar-cache"] == "hit"
     assert mock_provider.calls() == 3
@@ -111,30 +115,32 @@ def test_only_complete_2xx_answers_are_stored(cached_sidecar, mock_provider) -> 
     with httpx.stream("POST", sidecar.openai_base + "/chat/completions", timeout=10, headers={"x-mock-cut-after": "3"},
                       json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "cut"}], **cut}) as r:
         r.read()
-    time.sleep(0.05)
+    settled(sidecar)
     assert _post(sidecar, "cut", stream=True).headers["x-llm-sidecar-cache"] == "miss"
 
 
 def test_entries_larger_than_the_policy_limit_are_not_stored(cached_sidecar, mock_provider) -> None:
     sidecar = cached_sidecar(max_entry_bytes=200)
     _post(sidecar)
-    time.sleep(0.05)
+    settled(sidecar)
     assert _post(sidecar).headers["x-llm-sidecar-cache"] == "miss"
 
 
-def test_stale_if_error_serves_an_expired_entry(cached_sidecar, mock_provider) -> None:
-    sidecar = cached_sidecar(ttl=0.3, stale_if_error=60)
+def test_stale_if_error_serves_an_expired_entry(cached_sidecar, mock_provider, clock) -> None:
+    sidecar = cached_sidecar(ttl=0.3, stale_if_error=60, clock=clock)
     first = _post(sidecar)
-    time.sleep(0.5)
+    stored(sidecar)
+    clock.advance(0.5)
     mock_provider.set_behaviour("mock-gpt", status=503)
     stale = _post(sidecar)
     assert stale.status_code == 200 and stale.headers["x-llm-sidecar-cache"] == "stale"
     assert stale.json() == first.json()
     # Without the window the error goes through.
-    other = cached_sidecar(ttl=0.3)
+    other = cached_sidecar(ttl=0.3, clock=clock)
     mock_provider.set_behaviour("mock-gpt", status=0)
     _post(other, "no window")
-    time.sleep(0.5)
+    stored(other)
+    clock.advance(0.5)
     mock_provider.set_behaviour("mock-gpt", status=503)
     assert _post(other, "no window").status_code == 503
 
@@ -154,11 +160,12 @@ def test_memory_bound_counts_compressed_bytes_and_evicts_lru() -> None:
     assert Entry.decode(backend.get_now("k199")).body == body
 
 
-def test_memory_entries_expire() -> None:
-    backend = MemoryBackend()
+def test_memory_entries_expire(clock) -> None:
+    backend = MemoryBackend(clock=clock)
     backend.set_now("k", b"r1", 0.05)
+    clock.advance(0.04)
     assert backend.get_now("k") == b"r1"
-    time.sleep(0.08)
+    clock.advance(0.02)
     assert backend.get_now("k") is None and backend.bytes == 0
 
 
@@ -166,7 +173,7 @@ def test_eviction_through_the_proxy(cached_sidecar, mock_provider) -> None:
     sidecar = cached_sidecar(cache={"backend": "memory", "max_bytes": 2000})  # room for about 3 answers
     for index in range(10):
         _post(sidecar, f"question {index}")
-    time.sleep(0.05)
+    stored(sidecar, 10)
     assert _post(sidecar, "question 9").headers["x-llm-sidecar-cache"] == "hit"
     assert _post(sidecar, "question 0").headers["x-llm-sidecar-cache"] == "miss"
     cache = sidecar.pipeline.cache
@@ -184,7 +191,7 @@ def test_no_secret_in_keys_or_values(cached_sidecar, mock_provider, dialect) -> 
     else:
         httpx.post(sidecar.anthropic_base + "/v1/messages", headers={"x-api-key": secret},
                    json={"model": "claude-sonnet", "max_tokens": 5, "messages": [{"role": "user", "content": "s"}]})
-    time.sleep(0.05)
+    stored(sidecar)
     backend = sidecar.pipeline.cache.backend
     items = list(backend._items.items())
     assert items

@@ -14,8 +14,9 @@ import httpx
 import orjson
 import yaml
 
-from tests.cache.conftest import cache_config, redis_cache
+from tests.cache.conftest import cache_config, redis_cache, stored
 from tests.servers import RedisServer, free_port
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,7 +30,7 @@ def test_two_sidecars_share_entries_through_redis(cached_sidecar, mock_provider,
     one, two = cached_sidecar(cache=redis_cache(redis.url)), cached_sidecar(cache=redis_cache(redis.url))
     first = _post(one.openai_base)
     assert first.headers["x-llm-sidecar-cache"] == "miss"
-    time.sleep(0.1)
+    stored(one)
     hit = _post(two.openai_base)
     assert hit.headers["x-llm-sidecar-cache"] == "hit" and hit.json() == first.json()
     # A streamed call on the other sidecar is served from the same JSON entry.
@@ -44,10 +45,10 @@ def test_two_sidecars_share_entries_through_redis(cached_sidecar, mock_provider,
 def test_tenants_are_isolated_in_redis(cached_sidecar, mock_provider, redis) -> None:
     sidecar = cached_sidecar(cache=redis_cache(redis.url), pass_through=True)
     statuses = []
-    for key in ("sk-a", "sk-b", "sk-a", "sk-b"):
+    for index, key in enumerate(("sk-a", "sk-b", "sk-a", "sk-b")):
         statuses.append(_post(sidecar.openai_base, headers={"Authorization": f"Bearer {key}"})
                         .headers["x-llm-sidecar-cache"])
-        time.sleep(0.05)
+        stored(sidecar, min(index + 1, 2))
     assert statuses == ["miss", "miss", "hit", "hit"]
     keys = subprocess.run(["redis-cli", "-p", str(redis.port), "--scan"], capture_output=True, text=True).stdout
     assert "sk-a" not in keys and "sk-b" not in keys and len(keys.split()) == 2
@@ -63,7 +64,7 @@ def test_streaming_hit_from_redis_matches_frame_by_frame(cached_sidecar, mock_pr
             return [f for f in response.read().split(b"\n\n") if f]
 
     original = frames()
-    time.sleep(0.1)
+    stored(sidecar)
     assert frames() == original
     assert mock_provider.calls() == 1
 
@@ -72,7 +73,7 @@ def test_redis_cluster(cached_sidecar, mock_provider, redis_cluster) -> None:
     sidecar = cached_sidecar(cache=redis_cache(redis_cluster.url, redis_mode="cluster"))
     for index in range(12):
         assert _post(sidecar.openai_base, f"cluster {index}").headers["x-llm-sidecar-cache"] == "miss"
-    time.sleep(0.2)
+    stored(sidecar, 12)
     for index in range(12):
         assert _post(sidecar.openai_base, f"cluster {index}").headers["x-llm-sidecar-cache"] == "hit"
     assert mock_provider.calls() == 12
@@ -103,12 +104,19 @@ def test_redis_killed_mid_load_and_restarted(cached_sidecar, mock_provider) -> N
         threads = [threading.Thread(target=load) for _ in range(4)]
         for thread in threads:
             thread.start()
-        time.sleep(0.5)
+        cache = sidecar.pipeline.cache
+        wait_until(lambda: statuses.count("hit") >= 10, what="hits before the kill")
         server.kill()
-        time.sleep(1.0)
+        wait_until(lambda: not cache.snapshot()["available"], what="the circuit to open")
+        killed = len(statuses)
+        wait_until(lambda: len(statuses) >= killed + 20, what="calls answered with Redis dead")
         during = len(statuses)
         server.start()
-        time.sleep(1.5)  # breaker cooldown 0.3 s: the background probe closes the circuit
+        # Breaker cooldown 0.3 s: the background probe closes the circuit, the empty Redis fills again.
+        wait_until(lambda: cache.snapshot()["available"], what="the circuit to close")
+        restarted = len(statuses)
+        wait_until(lambda: len(statuses) >= restarted + 20 and statuses[-20:].count("hit") >= 10,
+                   what="hits again after the restart")
         stop.set()
         for thread in threads:
             thread.join(10)
