@@ -398,7 +398,7 @@ async def _stream(request: web.Request, frames: list[bytes], behaviour: Behaviou
             for piece in _pieces_of(frame, bool(behaviour.crlf)):
                 await response.write(piece)
                 if behaviour.crlf:
-                    await asyncio.sleep(0)  # one write per network chunk, as far as the loop allows
+                    await asyncio.sleep(0.002)  # one network chunk per piece: the reader gets each alone
         if behaviour.linger_ms:
             await asyncio.sleep(behaviour.linger_ms / 1000)
         await response.write_eof()

@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from tests.relay.helpers import endpoint_status
 from tests.relay.helpers import endpoint_status as status_of
 from tests.relay.helpers import wait_for as wait_until
 from tests.servers import PROVIDER_KEY, Sidecar, default_config
@@ -152,3 +153,17 @@ def test_an_empty_200_falls_back_to_the_next_endpoint(make_sidecar, mock_provide
     reply = sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=USER)
     assert reply.choices[0].message.content
     assert status_of(sidecar, "empty")["failures"] == 1
+
+
+def test_a_translated_stream_in_crlf_pieces_reads_whole(make_sidecar, mock_provider) -> None:
+    """The translator reads the endpoint's frames: a line end cut between ``\\r`` and ``\\n``
+    must not merge two of them."""
+    config = default_config(mock_provider.url)
+    config["model_groups"]["gpt-4o-mini"] = {"endpoints": [
+        {"name": "to-anthropic", "url": mock_provider.url, "dialect": "anthropic", "model": "mock-claude",
+         "api_key": PROVIDER_KEY}]}
+    sidecar = make_sidecar(config=config)
+    plain = openai_chat(sidecar)
+    mock_provider.set_behaviour("mock-claude", crlf=1)
+    assert openai_chat(sidecar) == plain
+    assert endpoint_status(sidecar, "to-anthropic")["failures"] == 0
