@@ -152,10 +152,29 @@ class Answer:
     input_tokens: int
     truncated: bool
     tool: dict[str, Any] | None  # {"id", "name", "arguments"} when the answer is a tool call
+    #: the caller asked for log probabilities (chat ``logprobs: true``): how many alternatives per token
+    top_logprobs: int | None = None
 
     @property
     def text(self) -> str:
         return " ".join(self.words)
+
+    @property
+    def pieces(self) -> list[str]:
+        """The text as streamed: one piece per word, with its leading space."""
+        return [word if i == 0 else " " + word for i, word in enumerate(self.words)]
+
+    def logprobs(self, pieces: list[str]) -> dict[str, Any] | None:
+        """Chat ``logprobs`` for these pieces of the text (made up, but stable), or None if not asked."""
+        if self.top_logprobs is None:
+            return None
+
+        def entry(token: str, rank: int) -> dict[str, Any]:
+            return {"token": token, "logprob": -0.25 * (rank + len(token) % 3), "bytes": list(token.encode())}
+
+        return {"content": [{**entry(p, 0), "top_logprobs": [entry(p if r == 0 else p.upper(), r)
+                                                              for r in range(self.top_logprobs)]} for p in pieces],
+                "refusal": None}
 
     @property
     def output_tokens(self) -> int:
@@ -175,7 +194,9 @@ def decide(body: dict[str, Any], behaviour: Behaviour) -> Answer:
         name = first.get("name") or first.get("function", {}).get("name") or "tool"
         tool = {"id": "call_" + hashlib.sha256(prompt.encode()).hexdigest()[:24], "name": name,
                 "arguments": {"query": " ".join(prompt.split()[:8])}}
-    return Answer(str(body.get("model", "mock")), words, count_tokens(prompt), truncated, tool)
+    top = body.get("top_logprobs") if isinstance(body.get("top_logprobs"), int) else 0
+    return Answer(str(body.get("model", "mock")), words, count_tokens(prompt), truncated, tool,
+                  top if body.get("logprobs") is True else None)
 
 
 def _id(prefix: str) -> str:
@@ -194,7 +215,8 @@ def openai_chat(answer: Answer) -> dict[str, Any]:
         finish = "tool_calls"
     return {
         "id": _id("chatcmpl-"), "object": "chat.completion", "created": int(time.time()), "model": answer.model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish,
+                     "logprobs": None if answer.tool else answer.logprobs(answer.pieces)}],
         "usage": openai_usage(answer), "system_fingerprint": "fp_mock",
     }
 
@@ -208,8 +230,9 @@ def openai_chat_chunks(answer: Answer, include_usage: bool) -> list[bytes]:
     base = {"id": _id("chatcmpl-"), "object": "chat.completion.chunk", "created": int(time.time()),
             "model": answer.model, "system_fingerprint": "fp_mock"}
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return format_frame({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
+    def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: dict[str, Any] | None = None) -> bytes:
+        return format_frame({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+                                                  "logprobs": logprobs}]})
 
     frames = [chunk({"role": "assistant", "content": ""})]
     if answer.tool:
@@ -220,8 +243,8 @@ def openai_chat_chunks(answer: Answer, include_usage: bool) -> list[bytes]:
             frames.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
         frames.append(chunk({}, "tool_calls"))
     else:
-        for i, word in enumerate(answer.words):
-            frames.append(chunk({"content": word if i == 0 else " " + word}))
+        for piece in answer.pieces:
+            frames.append(chunk({"content": piece}, logprobs=answer.logprobs([piece])))
         frames.append(chunk({}, "length" if answer.truncated else "stop"))
     if include_usage:
         frames.append(format_frame({**base, "choices": [], "usage": openai_usage(answer)}))

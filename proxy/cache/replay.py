@@ -83,7 +83,9 @@ class OpenAIChoices(Form):
             for delta_choice in chunk.get("choices") or ():
                 index = delta_choice.get("index", 0)
                 choice = choices.setdefault(index, {"parts": [], "tools": {}, "finish_reason": None,
-                                                    "logprobs": delta_choice.get("logprobs"), "refusal": None})
+                                                    "logprobs": None, "refusal": None})
+                if delta_choice.get("logprobs"):
+                    choice["logprobs"] = _add_logprobs(choice["logprobs"], delta_choice["logprobs"])
                 if delta_choice.get("finish_reason"):
                     choice["finish_reason"] = delta_choice["finish_reason"]
                 if not self.chat:
@@ -133,18 +135,20 @@ class OpenAIChoices(Form):
         for choice in document.get("choices") or ():
             index = choice.get("index", 0)
 
-            def chunk(body: Doc, finish: str | None = None, index: Any = index) -> None:
+            def chunk(body: Doc, finish: str | None = None, logprobs: Doc | None = None, index: Any = index) -> None:
                 frames.append(format_frame({**base, "choices": [{"index": index, **body, "finish_reason": finish,
-                                                                  "logprobs": None}]}))
+                                                                  "logprobs": logprobs}]}))
 
+            # The whole text goes in one chunk, and its log probabilities with it.
+            logprobs = choice.get("logprobs")
             if not self.chat:
-                chunk({"text": choice.get("text") or ""})
+                chunk({"text": choice.get("text") or ""}, logprobs=logprobs)
                 chunk({"text": ""}, choice.get("finish_reason"))
                 continue
             message = choice.get("message") or {}
             chunk({"delta": {"role": "assistant", "content": "" if message.get("content") is not None else None}})
             if message.get("content"):
-                chunk({"delta": {"content": message["content"]}})
+                chunk({"delta": {"content": message["content"]}}, logprobs=logprobs)
             if message.get("refusal"):
                 chunk({"delta": {"refusal": message["refusal"]}})
             for position, tool in enumerate(message.get("tool_calls") or ()):
@@ -154,6 +158,22 @@ class OpenAIChoices(Form):
             frames.append(format_frame({**base, "choices": [], "usage": document["usage"]}))
         frames.append(DONE)
         return b"".join(frames)
+
+
+def _add_logprobs(whole: Doc | None, part: Doc) -> Doc:
+    """A stream's log probabilities come a few tokens per chunk: each list field grows
+    (chat: ``content``, ``refusal``; completions: ``tokens``, ``token_logprobs`` …)."""
+    if whole is None:
+        return {key: list(value) if isinstance(value, list) else value for key, value in part.items()}
+    for key, value in part.items():
+        if isinstance(value, list):
+            if isinstance(whole.get(key), list):
+                whole[key].extend(value)
+            else:
+                whole[key] = list(value)
+        elif whole.get(key) is None:
+            whole[key] = value
+    return whole
 
 
 class OpenAIResponses(Form):
