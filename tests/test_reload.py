@@ -26,6 +26,7 @@ import yaml
 
 from tests.servers import PROVIDER_KEY, MockProvider, default_config, free_port
 from tests.test_cli import wait_ready
+from tests.waiting import wait_until_async
 
 
 class ConfigMapDir:
@@ -181,6 +182,8 @@ def test_an_invalid_file_keeps_the_running_config_and_logs_the_field_path(
 def test_sighup_reloads_when_watching_is_off(start: Callable[..., SidecarProcess], mock_provider: MockProvider) -> None:
     sidecar = start(reload_interval=0)
     sidecar.rewrite(add_group_and_change_model)
+    # A negative: no watcher may pick the change up. Given the time a watching sidecar (0.1 s
+    # polls) takes several times over; there is no event to wait for when nothing should happen.
     time.sleep(0.5)
     with pytest.raises(openai.NotFoundError):
         sidecar.ask("gpt-4o")  # not watching: the change waits for the signal
@@ -216,9 +219,11 @@ def test_no_call_fails_while_the_config_changes_under_load(start: Callable[..., 
     failures: list[str] = []
     done = 0
 
-    async def caller(client: httpx.AsyncClient, number: int, stop: float) -> None:
+    reloaded = asyncio.Event()
+
+    async def caller(client: httpx.AsyncClient, number: int) -> None:
         nonlocal done
-        while time.monotonic() < stop:
+        while not reloaded.is_set():
             stream = number % 2 == 0
             body = {"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": f"{done}"}]}
             response = await client.post("/v1/chat/completions", json=body, headers={"cache-control": "no-store"})
@@ -228,7 +233,7 @@ def test_no_call_fails_while_the_config_changes_under_load(start: Callable[..., 
 
     async def load() -> None:
         async with httpx.AsyncClient(base_url=sidecar.url, timeout=10) as client:
-            await asyncio.gather(*(caller(client, n, time.monotonic() + 3) for n in range(8)))
+            await asyncio.gather(*(caller(client, n) for n in range(8)))
 
     def flip(config: dict[str, Any]) -> None:
         endpoint = config["model_groups"]["gpt-4o-mini"]["endpoints"][0]
@@ -237,9 +242,12 @@ def test_no_call_fails_while_the_config_changes_under_load(start: Callable[..., 
         config["cache"] = {"max_bytes": 10**6 + sidecar.files.version}  # a new cache: the old one retires
 
     async def reloads() -> None:
-        for _ in range(8):
-            await asyncio.sleep(0.3)
+        # Each change lands while calls are running; the next is written once the last is applied.
+        for number in range(1, 9):
+            await wait_until_async(lambda n=number: done >= 10 * n, what="calls between reloads")
             sidecar.rewrite(flip)
+            await asyncio.to_thread(sidecar.wait_reloads, "ok", number, 15)
+        reloaded.set()
 
     async def main() -> None:
         await asyncio.gather(load(), reloads())

@@ -1,6 +1,7 @@
 import asyncio
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -136,8 +137,10 @@ async def test_the_first_result_arrives_before_the_last_chunk_is_scored() -> Non
 async def test_breaking_out_early_stops_the_work() -> None:
     documents = ["needle in text. " * 5] * 2000
     tokenizer = _CountingTokenizer()
-    generator = AsyncRAGGenerator(chunk_size=100, tokenizer=tokenizer, batch_size=50, offload_chars=1000)
+    executor = ThreadPoolExecutor(2)
+    generator = AsyncRAGGenerator(chunk_size=100, tokenizer=tokenizer, batch_size=50, offload_chars=1000,
+                                  executor=executor)
     async for _ in generator.stream_retrieval("needle", documents, top_k=3):
         pass
-    await asyncio.sleep(0.05)  # let a prefetched batch finish, if one was running
+    await asyncio.to_thread(executor.shutdown, wait=True)  # what was submitted (a prefetched batch) has run
     assert tokenizer.calls < 200

@@ -10,6 +10,7 @@ import pytest
 
 from tests.router.helpers import config, endpoint, gather
 from tests.servers import MockProvider, RefusedPort
+from tests.waiting import wait_until
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -56,16 +57,18 @@ def test_retry_after_cools_the_endpoint(make_sidecar, mock_provider: MockProvide
     client = sidecar.openai()
     asked_at = time.monotonic()
     client.chat.completions.create(model="chat", messages=HELLO)
-    cooled_at = time.monotonic()
     # The 2 s rest began while the call was answered: at most the time since it was sent has passed.
     rest = status_of(sidecar, "mock-a")["cooldown_for_s"]
     assert 2.0 - (time.monotonic() - asked_at) - 0.001 <= rest <= 2.0
     mock_provider.set_behaviour("mock-a")  # healthy again, but still resting
-    while time.monotonic() - cooled_at < 1.7:
-        client.chat.completions.create(model="chat", messages=HELLO)
-        time.sleep(0.1)
+    client.chat.completions.create(model="chat", messages=HELLO)
+    # Late in the rest (over a second of it gone) calls still go elsewhere...
+    wait_until(lambda: status_of(sidecar, "mock-a")["cooldown_for_s"] < 1.0, what="the rest half over")
+    client.chat.completions.create(model="chat", messages=HELLO)
     assert mock_provider.calls("mock-a") == 1
-    time.sleep(max(0.0, 2.05 - (time.monotonic() - cooled_at)))
+    # ...and once it is over, the endpoint takes calls again.
+    wait_until(lambda: status_of(sidecar, "mock-a")["cooldown_for_s"] == 0, what="the rest to end")
+    assert time.monotonic() - asked_at >= 2.0 - 0.001  # not before the 2 s the upstream asked for
     client.chat.completions.create(model="chat", messages=HELLO)
     assert mock_provider.calls("mock-a") == 2
 

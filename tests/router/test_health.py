@@ -11,6 +11,7 @@ from proxy.router.config import CircuitConfig
 from proxy.router.cooldown import requested_rest
 from tests.router.helpers import config, endpoint
 from tests.servers import MockProvider, RefusedPort
+from tests.waiting import wait_until
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -32,13 +33,12 @@ def test_circuit_opens_half_opens_and_closes(make_sidecar, mock_provider: MockPr
     for _ in range(3):  # an open circuit takes no calls; every call is answered by mock-b
         client.chat.completions.create(model="chat", messages=HELLO)
     assert mock_provider.calls("mock-a") == 2
-    time.sleep(1.05)
-    assert endpoints(sidecar)["mock-a"]["circuit"] == "half_open"
+    wait_until(lambda: endpoints(sidecar)["mock-a"]["circuit"] == "half_open", what="half-open after open_for")
     # The trial fails: open again, for another open_for.
     client.chat.completions.create(model="chat", messages=HELLO)
     assert (mock_provider.calls("mock-a"), endpoints(sidecar)["mock-a"]["circuit"]) == (3, "open")
     mock_provider.set_behaviour("mock-a")
-    time.sleep(1.05)
+    wait_until(lambda: endpoints(sidecar)["mock-a"]["circuit"] == "half_open", what="half-open again")
     client.chat.completions.create(model="chat", messages=HELLO)
     state = endpoints(sidecar)["mock-a"]
     assert (mock_provider.calls("mock-a"), state["circuit"], state["circuit_times_opened"]) == (4, "closed", 2)
