@@ -96,9 +96,10 @@ def check_writable(payload: Any, body: bytes) -> None:
     except orjson.JSONEncodeError:
         raise BadRequest("the request nests deeper than 254 levels") from None
     # An integer beyond 64 bits was read as a float of 1.8e19 or more, and every float
-    # from 1e16 up is written with an exponent ("e+19"). Only then is the body read
-    # again, by a parser that sees the integers as written.
-    if b"+" in written:
+    # from 1e16 up is written with an exponent ("e+19"), so it adds an "e+" the body did
+    # not have (text keeps its own). Only then is the body read again, by a parser that
+    # sees the integers as written; a float spelled "1E+20" or "1e20" costs that too.
+    if b"+" in written and written.count(b"e+") > body.count(b"e+"):
         try:
             json.loads(body, parse_int=_int64)
         except ValueError:  # more digits than Python converts

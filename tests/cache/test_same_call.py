@@ -87,6 +87,7 @@ UNKEYABLE = {
     "seed -2^63-1": b'"seed": -9223372036854775809',
     "a nested big integer": b'"tools": [{"type": "function", "function": {"name": "f", "parameters": '
                             b'{"type": "integer", "maximum": 123456789012345678901234567890}}}]',
+    "a big integer beside e+ in text": b'"stop": ["1e+5 C++"], "seed": 18446744073709551616',
     "nesting 300 deep": b'"metadata": ' + _nested(300),
     "nesting 255 deep": b'"response_format": ' + _nested(254),
 }
@@ -110,10 +111,10 @@ def test_near_the_limits_still_works(cached_sidecar, mock_provider: MockProvider
     sidecar = cached_sidecar()
     for extra in (b'"seed": 18446744073709551615', b'"seed": -9223372036854775808',
                   b'"metadata": ' + _nested(200), b'"top_p": 1e-20, "temperature": 1.0e+0, "x_scale": 1e+300',
-                  b'"messages_note": "C++ and e+10 in text"'):
+                  b'"messages_note": "C++ and e+10 in text"', b'"x_big": 1E+20, "x_plain": 123456789012345678.5'):
         response = _post(sidecar, "openai", _body("openai", extra))
         assert response.status_code == 200, (extra[:40], response.text)
-    assert mock_provider.calls() == 5
+    assert mock_provider.calls() == 6
 
 
 def test_the_sdks_see_the_400(cached_sidecar, mock_provider: MockProvider) -> None:
