@@ -10,6 +10,8 @@
   so a flood of idle connections cannot lock out the kubelet's probes; if every
   connection is busy, the new one is closed at once. Either way the cap bounds the file
   descriptors a listener holds.
+- **TLS** (the webhook): a handshake not finished within 5 s is dropped, so connections that
+  never handshake (and are not yet connections the cap can see) free their descriptors soon.
 - **File descriptors**: at start-up the soft ``RLIMIT_NOFILE`` is raised to the hard
   limit; the proxy's cap is then clamped so that its calls (each a client and an
   upstream connection), the admin listener's cap and a reserve (Redis, probes, files)
@@ -30,6 +32,8 @@ from aiohttp import web
 HEAD_LIMITS: dict[str, Any] = {"max_line_size": 8190, "max_field_size": 8190, "max_headers": 64}
 #: descriptors kept for what is not a client connection: Redis, probes, logs, the config file
 RESERVED_FDS = 64
+#: seconds a TLS client gets to finish its handshake (asyncio's default is 60)
+TLS_HANDSHAKE_TIMEOUT = 5.0
 
 
 def raise_fd_limit() -> int:
@@ -106,14 +110,18 @@ async def _run(app: web.Application, host: str, port: int, ssl_context: ssl.SSLC
     runner = Listener(app, max_connections=max_connections, keepalive_timeout=keepalive_timeout,
                       access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
+    loop = asyncio.get_running_loop()
+    # Not a TCPSite: it cannot bound the TLS handshake. A connection accepted but never
+    # handshaking is no connection yet for the cap; the timeout bounds how long it holds a descriptor.
+    server = await loop.create_server(runner.server, host, port, ssl=ssl_context,  # type: ignore[arg-type]
+                                      ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl_context else None)
     try:
-        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
+        server.close()
         await runner.cleanup()
 
 

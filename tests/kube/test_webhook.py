@@ -164,3 +164,60 @@ def test_webhook_command_serves_tls_and_reloads_certificate(test_ca: dict[str, P
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.parametrize("head", [b"", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"], ids=["idle", "half-handshake"])
+def test_a_connection_flood_does_not_starve_the_webhook(test_ca: dict[str, Path], head: bytes) -> None:
+    """1,100 connections held on `llm-sidecar webhook` with 1,024 descriptors: the API server still gets in."""
+    import resource
+    import socket
+    import urllib.request
+
+    from tests.servers import LLM_SIDECAR, free_port
+
+    def nofile_1024() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [LLM_SIDECAR, "webhook", "--port", str(port), "--tls-cert-file", str(test_ca["cert"]),
+         "--tls-key-file", str(test_ca["key"]), "--no-kube", "--kube-version", "1.30"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=nofile_1024)
+    ctx = ssl.create_default_context(cafile=str(test_ca["ca"]))
+    healthz = f"https://127.0.0.1:{port}/healthz"
+    flood: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert urllib.request.urlopen(healthz, context=ctx, timeout=2).status == 200
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "webhook did not come up"
+                time.sleep(0.1)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+        for _ in range(1100):
+            sock = socket.socket()
+            sock.settimeout(5)
+            try:
+                sock.connect(("127.0.0.1", port))
+                if head:
+                    sock.sendall(head)
+            except OSError:
+                sock.close()
+                continue
+            flood.append(sock)
+        assert len(flood) >= 1000
+        for _ in range(5):
+            assert urllib.request.urlopen(healthz, context=ctx, timeout=10).status == 200
+        pod = yaml.safe_load((GOLDEN / "pod-plain-container.yaml").read_text())
+        request = urllib.request.Request(f"https://127.0.0.1:{port}/mutate",
+                                         json.dumps(review_for(pod, "other")).encode(),
+                                         {"content-type": "application/json"})
+        assert json.load(urllib.request.urlopen(request, context=ctx, timeout=10))["response"]["allowed"]
+    finally:
+        for sock in flood:
+            sock.close()
+        proc.terminate()
+        proc.wait(15)
