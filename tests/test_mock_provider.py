@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import anthropic
 import httpx
@@ -10,6 +14,8 @@ import openai
 import pytest
 
 from proxy.mock_provider import Behaviour
+from tests.servers import free_port
+from tests.test_cli import wait_ready
 
 
 def openai_client(mock) -> openai.OpenAI:
@@ -79,3 +85,49 @@ def test_behaviour_spec_parsing() -> None:
     assert model == "slow" and behaviour == Behaviour(ttft_ms=200, chunk_delay_ms=10, status=503)
     with pytest.raises(ValueError, match="unknown mock behaviour"):
         Behaviour.parse("x:speed=1")
+
+
+def test_responses_stream_reads_in_the_sdk(mock_provider) -> None:
+    """``responses.stream()`` needs the item and its text part opened before the deltas."""
+    client = openai_client(mock_provider)
+    whole = client.responses.create(model="m", input="say something")
+    with client.responses.stream(model="m", input="say something") as stream:
+        deltas = "".join(event.delta for event in stream if event.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert deltas == final.output_text == whole.output_text
+    assert final.usage.output_tokens == whole.usage.output_tokens
+
+
+def test_faults_on_demand_from_the_command_line() -> None:
+    """``llm-sidecar mock-provider --behaviour`` plays each stream fault, as documented."""
+    script = str(Path(sys.executable).with_name("llm-sidecar"))
+    port = free_port()
+    specs = ["cut:truncate=1", "bad:malformed=2", "none:empty=1", "split:crlf=1", "slow:linger_ms=300"]
+    process = subprocess.Popen([script, "mock-provider", "--host", "127.0.0.1", "--port", str(port),
+                                *(arg for spec in specs for arg in ("--behaviour", spec))],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url + "/v1/models", process)
+
+        def stream(model: str) -> tuple[bytes, float]:
+            started = time.monotonic()
+            response = httpx.post(url + "/v1/chat/completions", timeout=10, json={
+                "model": model, "stream": True, "messages": [{"role": "user", "content": "x"}]})
+            assert response.status_code == 200
+            return response.content, time.monotonic() - started
+
+        plain = stream("plain")[0]
+        assert plain.endswith(b"data: [DONE]\n\n")
+        assert stream("cut")[0].count(b"\n\n") == plain.count(b"\n\n") - 1 and b"[DONE]" not in stream("cut")[0]
+        frames = stream("bad")[0].split(b"\n\n")
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(frames[2].removeprefix(b"data: "))
+        assert all(json.loads(f.removeprefix(b"data: ")) for f in frames[3:-2])  # the rest is whole
+        assert stream("none")[0] == b""
+        split = stream("split")[0]
+        assert split.endswith(b"data: [DONE]\r\n\r\n") and b"\n\n" not in split.replace(b"\r\n\r\n", b"")
+        assert stream("slow")[1] >= 0.3
+    finally:
+        process.terminate()
+        process.wait(10)
