@@ -14,12 +14,13 @@ import orjson
 from aiohttp import web
 
 from proxy.cache import Cache
+from proxy.cache.coalesce import Following
 from proxy.call import Call, new_request_id
 from proxy.config import Config
 from proxy.dialects import Dialect, Operation
-from proxy.errors import BadRequest, MissingKey, NotFound, Overloaded, PayloadTooLarge, ProxyError, UpstreamStatus
+from proxy.errors import BadRequest, NotFound, PayloadTooLarge, ProxyError
 from proxy.rag.config import ContextInjection
-from proxy.relay import relay
+from proxy.relay import relay, send_error, send_following, send_stored
 from proxy.request_body import check_writable, decode
 from proxy.router.router import Router
 from proxy.telemetry import Telemetry
@@ -41,15 +42,18 @@ class Pipeline:
         self.in_flight += 1
         try:
             await self.read(call)
-            if (answer := await self.cache.lookup(call)) is not None:  # a stored answer, replayed
-                return answer
-            if (answer := await self.cache.coalesce(call)) is not None:  # an identical call in flight answered
-                return answer
+            if (stored := await self.cache.lookup(call)) is not None:  # a stored answer, replayed
+                return send_stored(call, stored)
+            answer = await self.cache.coalesce(call)  # an identical call in flight answers this one
+            if isinstance(answer, Following):
+                return await send_following(call, answer)
+            if answer is not None:
+                return send_stored(call, answer)
             async with self.router.attempt(call) as upstream:
                 return await relay(call, upstream, self.cache.recorder(call))
         except ProxyError as error:
             stale = await self.cache.rescue(call, error)  # an expired entry, if the policy allows one
-            return stale if stale is not None else self.error_response(call, error)
+            return send_stored(call, stale) if stale is not None else send_error(call, error)
         except Exception:
             # A bug, not a defined failure. Before a response is under way, the caller still gets
             # an error in its dialect (not aiohttp's bare text 500) and the proxy keeps serving.
@@ -57,7 +61,7 @@ class Pipeline:
                 raise
             EVENTS.error("unexpected error", exc_info=True,
                          extra={"fields": {"request_id": call.request_id, "model_group": call.model_group}})
-            return self.error_response(call, ProxyError("the sidecar failed to handle this call"))
+            return send_error(call, ProxyError("the sidecar failed to handle this call"))
         finally:
             self.in_flight -= 1
             self.cache.settle(call)
@@ -103,21 +107,3 @@ class Pipeline:
             call.payload = payload
             call.body = orjson.dumps(payload)
         call.response_headers[CONTEXT_PASSAGES_HEADER] = str(added)
-
-    @staticmethod
-    def error_response(call: Call, error: ProxyError) -> web.Response:
-        call.outcome = "error"
-        call.status = error.status
-        call.error_type = error.type
-        if isinstance(error, UpstreamStatus):
-            # The upstream's own error goes back as it came, so the SDK sees the real cause;
-            # the request id stays ours, the one the access line carries.
-            headers = {**error.headers, **call.response_headers, "x-request-id": call.request_id}
-            return web.Response(status=error.status, body=error.body, headers=headers)
-        headers = {**call.response_headers, "x-request-id": call.request_id}
-        if isinstance(error, Overloaded):
-            headers["Retry-After"] = str(max(1, round(error.retry_after)))
-        elif isinstance(error, MissingKey):
-            headers["x-should-retry"] = "false"  # the OpenAI and Anthropic SDKs skip their retries
-        headers["Content-Type"] = "application/json"
-        return web.Response(status=error.status, body=call.dialect.error_body(error), headers=headers)

@@ -1,4 +1,4 @@
-"""Relay: the upstream answer goes back to the client as it arrives, checked, teed into the recorder.
+"""Relay: every answer to the client; the upstream's goes back as it arrives, checked, teed into the recorder.
 
 A streamed answer goes out in whole frames, each checked in the caller's dialect
 (``proxy.dialects.stream``). Once ``prepare()`` has sent the status line, nothing can
@@ -8,6 +8,11 @@ caller's dialect, never a made-up end marker, so the SDK raises instead of takin
 partial answer for a whole one; the router counts it against the endpoint and nothing
 is stored. A complete answer is handed to the recorder before its last frames are
 written, so a client that hangs up as soon as it reads the end marker loses nothing.
+
+This module is the one place that writes to the client: the upstream's answer
+(``relay``), a stored one (``send_stored``), a leader's stream to a coalesced
+follower (``send_following``) and the proxy's own errors (``send_error``). The cache
+and the coalescer only hand over data.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ import time
 
 from aiohttp import web
 
+from proxy.cache.coalesce import Following
+from proxy.cache.directives import STATUS_HEADER
+from proxy.cache.entry import Stored
 from proxy.cache.recorder import Recorder
 from proxy.call import Call
 from proxy.dialects.stream import AnswerStream
 from proxy.dialects.usage import merge_usage
-from proxy.errors import UpstreamBroken, UpstreamError
+from proxy.errors import MissingKey, Overloaded, ProxyError, UpstreamBroken, UpstreamError, UpstreamStatus
 from proxy.upstream import UpstreamResponse
 
 #: seconds past the total timeout that the last words (an error event, the end) may take to send
@@ -112,3 +120,60 @@ async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> w
         if call.request.transport is not None:
             call.request.transport.abort()
     return response
+
+
+def send_stored(call: Call, stored: Stored) -> web.Response:
+    """A stored answer (a hit, a coalesced call's finished answer, a stale one), whole."""
+    entry = stored.entry
+    call.status = entry.status
+    call.first_byte_at = time.perf_counter()
+    content_type = "text/event-stream" if call.stream else (
+        "application/json" if entry.stream else entry.content_type)
+    headers = {**call.response_headers, "Content-Type": content_type, "x-request-id": call.request_id,
+               STATUS_HEADER: stored.status, "Age": str(stored.age)}
+    if call.stream:
+        headers["Cache-Control"] = "no-cache"
+    return web.Response(status=entry.status, body=stored.body, headers=headers)
+
+
+async def send_following(call: Call, following: Following) -> web.StreamResponse:
+    """The leader's frames, to a coalesced follower's client as they arrive; its end, or an error event."""
+    call.status = 200
+    response = web.StreamResponse(status=200, headers={
+        **call.response_headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+        "x-request-id": call.request_id, STATUS_HEADER: "coalesced", "Age": "0"})
+    await response.prepare(call.request)
+    try:
+        async for data in following.batches():
+            if call.first_byte_at is None:
+                call.first_byte_at = time.perf_counter()
+            await response.write(data)
+        # The leader's answer was checked as it passed; if it broke, this copy ends the same way.
+        failure = following.failure
+        tail = b""
+        if failure is not None:
+            call.error_type = failure.type
+            tail = call.dialect.stream_error_frame(failure)
+        await response.write_eof(tail)
+    except ConnectionResetError:
+        call.error_type = call.error_type or "client_closed"
+    return response
+
+
+def send_error(call: Call, error: ProxyError) -> web.Response:
+    """An error before any byte of an answer went out, in the caller's dialect."""
+    call.outcome = "error"
+    call.status = error.status
+    call.error_type = error.type
+    if isinstance(error, UpstreamStatus):
+        # The upstream's own error goes back as it came, so the SDK sees the real cause;
+        # the request id stays ours, the one the access line carries.
+        headers = {**error.headers, **call.response_headers, "x-request-id": call.request_id}
+        return web.Response(status=error.status, body=error.body, headers=headers)
+    headers = {**call.response_headers, "x-request-id": call.request_id}
+    if isinstance(error, Overloaded):
+        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    elif isinstance(error, MissingKey):
+        headers["x-should-retry"] = "false"  # the OpenAI and Anthropic SDKs skip their retries
+    headers["Content-Type"] = "application/json"
+    return web.Response(status=error.status, body=call.dialect.error_body(error), headers=headers)

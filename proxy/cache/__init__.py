@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Protocol
 from proxy.cache.recorder import NULL_RECORDER, Recorder
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
+    from proxy.cache.coalesce import Following
+    from proxy.cache.entry import Stored
     from proxy.cache.response_cache import GroupCaching
     from proxy.call import Call
     from proxy.config import Config
@@ -31,15 +31,19 @@ if TYPE_CHECKING:
 
 
 class Cache(Protocol):
-    """What the pipeline asks of the cache (see ``response_cache.ResponseCache``)."""
+    """What the pipeline asks of the cache (see ``response_cache.ResponseCache``).
 
-    async def lookup(self, call: Call) -> web.StreamResponse | None: ...
+    The cache never writes to the client: it hands back a ``Stored`` answer or a
+    ``Following`` stream, and the relay (``proxy/relay.py``) writes it.
+    """
 
-    async def coalesce(self, call: Call) -> web.StreamResponse | None: ...
+    async def lookup(self, call: Call) -> Stored | None: ...
+
+    async def coalesce(self, call: Call) -> Stored | Following | None: ...
 
     def recorder(self, call: Call) -> Recorder: ...
 
-    async def rescue(self, call: Call, error: ProxyError) -> web.StreamResponse | None: ...
+    async def rescue(self, call: Call, error: ProxyError) -> Stored | None: ...
 
     def settle(self, call: Call) -> None: ...
 

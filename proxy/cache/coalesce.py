@@ -14,9 +14,10 @@ failing with the first.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 
 from proxy.cache.entry import Entry
-from proxy.errors import ClientError, ProxyError, UpstreamStatus
+from proxy.errors import ClientError, ProxyError, UpstreamBroken, UpstreamStatus
 
 
 def shared_failure(error: BaseException | None) -> ProxyError | None:
@@ -77,3 +78,43 @@ class Flight:
             if self._changed is None:
                 self._changed = asyncio.Event()
             await self._changed.wait()
+
+
+class Following:
+    """A follower's view of the leader's stream: its frames as they arrive, then how it ended.
+
+    The cache hands this to the pipeline; the relay writes it to the follower's client.
+    """
+
+    __slots__ = ("flight", "skip")
+
+    def __init__(self, flight: Flight, skip: Callable[[bytes], bool] | None) -> None:
+        self.flight = flight
+        #: frames this follower does not get (OpenAI's usage chunk it did not ask for)
+        self.skip = skip
+
+    async def batches(self) -> AsyncIterator[bytes]:
+        """The leader's frames, joined per wake-up, from the first to the last."""
+        flight, skip = self.flight, self.skip
+        flight.followers += 1
+        try:
+            sent = 0
+            while True:
+                frames = flight.frames[sent:]
+                sent += len(frames)
+                if skip is not None:
+                    frames = [f for f in frames if not skip(f)]
+                if frames:
+                    yield b"".join(frames)
+                if flight.done and sent == len(flight.frames):
+                    return
+                await flight.changed(sent)
+        finally:
+            flight.followers -= 1
+
+    @property
+    def failure(self) -> ProxyError | None:
+        """Why the leader's answer did not complete (once ``batches`` is over); None if it did."""
+        if self.flight.entry is not None:
+            return None
+        return self.flight.error or UpstreamBroken("upstream answer was cut (coalesced call)")

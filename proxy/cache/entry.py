@@ -60,3 +60,16 @@ class Entry:
         except (struct.error, orjson.JSONDecodeError, ValueError, TypeError) as exc:
             raise CorruptValue(f"bad entry header: {exc}") from None
         return cls(status, content_type, bytes(data[4 + length:]), stream, created, ttl, tin, tout, has_usage)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A stored answer in the form the call asks for: what the cache hands the pipeline
+    (the relay writes it to the client)."""
+
+    entry: Entry
+    body: bytes
+    #: the cache status the answer goes out with: hit, coalesced or stale
+    status: str
+    #: seconds since the answer was made (the ``Age`` header)
+    age: int

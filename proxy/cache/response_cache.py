@@ -38,13 +38,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiohttp import web
 
-from proxy.cache.coalesce import Flight
+from proxy.cache.coalesce import Flight, Following
 from proxy.cache.compression import CorruptValue
 from proxy.cache.config import CacheConfig, CachePolicy
 from proxy.cache.directives import STATUS_HEADER, Directives, parse_directives
-from proxy.cache.entry import Entry
+from proxy.cache.entry import Entry, Stored
 from proxy.cache.keys import is_deterministic, request_key, tenant
 from proxy.cache.memory import MemoryBackend
 from proxy.cache.recorder import NULL_RECORDER, EntryRecorder, Recorder
@@ -116,8 +115,8 @@ class ResponseCache:
         return Ticket(request_key(name, scope, payload), group.policy, parse_directives(call.request.headers),
                       form_of(call.dialect.name, call.operation.path), call.stream and wants_usage(payload))
 
-    async def lookup(self, call: Call) -> web.StreamResponse | None:
-        """A stored answer, replayed; ``None`` on a miss or a bypass."""
+    async def lookup(self, call: Call) -> Stored | None:
+        """A stored answer to replay; ``None`` on a miss or a bypass."""
         ticket = self.ticket(call)
         if ticket is None or ticket.directives.no_cache:
             call.cache_status = "bypass"
@@ -136,7 +135,7 @@ class ResponseCache:
                     self.stats.lookups += 1
                     self.stats.local_hits += 1
                     self.stats.lookup_seconds += time.perf_counter() - started
-                    return self.answer(call, entry, body, "hit", "cached")
+                    return self.serve(call, entry, body, "hit")
             value = await self.backend.get(ticket.key)
             entry = self._decode(value)
             if entry is not None and self.local is not None:
@@ -148,7 +147,7 @@ class ResponseCache:
             if entry.fresh(now, ticket.directives.max_age):
                 body = self.render(entry, ticket, call.stream)
                 if body is not None:
-                    return self.answer(call, entry, body, "hit", "cached")
+                    return self.serve(call, entry, body, "hit")
             elif ticket.policy.stale_if_error and entry.age(now) < entry.ttl + ticket.policy.stale_if_error:
                 ticket.stale = entry
         call.cache_status = "miss"
@@ -195,26 +194,19 @@ class ResponseCache:
         document = form.to_json(entry.body)
         return orjson.dumps(document) if document is not None else None
 
-    def answer(self, call: Call, entry: Entry, body: bytes, status: str, outcome: str) -> web.Response:
+    def serve(self, call: Call, entry: Entry, body: bytes, status: str) -> Stored:
+        """The call is answered from the cache (``status``: hit, coalesced or stale)."""
         call.cache_status = status
-        call.outcome = outcome
-        call.status = entry.status
-        call.first_byte_at = time.perf_counter()
+        call.outcome = "coalesced" if status == "coalesced" else "cached"
         # The tokens this answer would have cost upstream: telemetry counts them as saved.
         call.usage = {"input_tokens": entry.input_tokens, "output_tokens": entry.output_tokens}
         self.stats.input_tokens_saved += entry.input_tokens
         self.stats.output_tokens_saved += entry.output_tokens
-        content_type = "text/event-stream" if call.stream else (
-            "application/json" if entry.stream else entry.content_type)
-        headers = {**call.response_headers, "Content-Type": content_type, "x-request-id": call.request_id,
-                   STATUS_HEADER: status, "Age": str(int(entry.age(self.clock())))}
-        if call.stream:
-            headers["Cache-Control"] = "no-cache"
-        return web.Response(status=entry.status, body=body, headers=headers)
+        return Stored(entry, body, status, int(entry.age(self.clock())))
 
     # ------------------------------------------------------------------ coalescing
 
-    async def coalesce(self, call: Call) -> web.StreamResponse | None:
+    async def coalesce(self, call: Call) -> Stored | Following | None:
         """The answer of an identical call in flight; ``None`` when this call must go upstream."""
         ticket: Ticket | None = call.cache_ticket
         if ticket is None or ticket.directives.no_cache or ticket.directives.no_store:
@@ -230,7 +222,7 @@ class ResponseCache:
                 return answer
         return None
 
-    async def _lead(self, call: Call, ticket: Ticket) -> web.StreamResponse | None:
+    async def _lead(self, call: Call, ticket: Ticket) -> Stored | None:
         flight = Flight(call.stream, not call.stream or ticket.wants_usage)
         self.flights[ticket.key] = flight
         ticket.flight = flight
@@ -256,7 +248,7 @@ class ResponseCache:
         self._land(ticket)
         if body is None:
             return None
-        return self.answer(call, entry, body, "coalesced", "coalesced")
+        return self.serve(call, entry, body, "coalesced")
 
     async def _wait_for_pod(self, key: str, lock: str) -> Entry | None:
         """Poll for another pod's entry while it holds the lock, up to ``coalesce_wait``."""
@@ -273,13 +265,17 @@ class ResponseCache:
                 return self._decode(await self.backend.get(key))
         return None
 
-    async def _follow(self, call: Call, ticket: Ticket, flight: Flight) -> web.StreamResponse | None:
+    async def _follow(self, call: Call, ticket: Ticket, flight: Flight) -> Stored | Following | None:
         flight.followers += 1
         try:
             if call.stream and flight.stream:
                 await flight.changed(0)
                 if flight.frames:
-                    return await self._fan_out(call, ticket, flight)
+                    # Fan-out: the leader's frames go to this follower's client as they arrive.
+                    call.cache_status = "coalesced"
+                    call.outcome = "coalesced"
+                    skip_usage = ticket.form.optional_usage and flight.has_usage and not ticket.wants_usage
+                    return Following(flight, ticket.form.is_usage_frame if skip_usage else None)
             await flight.ended()
         finally:
             flight.followers -= 1
@@ -290,38 +286,7 @@ class ResponseCache:
         body = self.render(flight.entry, ticket, call.stream)
         if body is None:
             return None
-        return self.answer(call, flight.entry, body, "coalesced", "coalesced")
-
-    async def _fan_out(self, call: Call, ticket: Ticket, flight: Flight) -> web.StreamResponse:
-        """Write the leader's frames to this follower's client as they arrive."""
-        call.cache_status = "coalesced"
-        call.outcome = "coalesced"
-        call.status = 200
-        response = web.StreamResponse(status=200, headers={
-            **call.response_headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "x-request-id": call.request_id,
-            STATUS_HEADER: "coalesced", "Age": "0"})
-        await response.prepare(call.request)
-        skip_usage = ticket.form.optional_usage and flight.has_usage and not ticket.wants_usage
-        sent = 0
-        while True:
-            frames = flight.frames[sent:]
-            sent += len(frames)
-            if skip_usage:
-                frames = [f for f in frames if not ticket.form.is_usage_frame(f)]
-            if frames:
-                if call.first_byte_at is None:
-                    call.first_byte_at = time.perf_counter()
-                await response.write(b"".join(frames))
-            if flight.done and sent == len(flight.frames):
-                break
-            await flight.changed(sent)
-        if flight.entry is None:
-            # The leader's stream broke after it began; this copy of it ends the same way.
-            error = flight.error or UpstreamError("upstream answer was cut (coalesced call)")
-            call.error_type = error.type
-            await response.write(call.dialect.stream_error_frame(error))
-        await response.write_eof()
-        return response
+        return self.serve(call, flight.entry, body, "coalesced")
 
     # ------------------------------------------------------------------ recording
 
@@ -375,7 +340,7 @@ class ResponseCache:
 
     # ------------------------------------------------------------------ failure
 
-    async def rescue(self, call: Call, error: ProxyError) -> web.StreamResponse | None:
+    async def rescue(self, call: Call, error: ProxyError) -> Stored | None:
         """Tell the followers; answer with a stale entry if the policy allows one."""
         ticket: Ticket | None = call.cache_ticket
         if ticket is None:
@@ -388,7 +353,7 @@ class ResponseCache:
         body = self.render(ticket.stale, ticket, call.stream)
         if body is None:
             return None
-        return self.answer(call, ticket.stale, body, "stale", "cached")
+        return self.serve(call, ticket.stale, body, "stale")
 
     def settle(self, call: Call) -> None:
         """Count the call's cache outcome once; end a flight whose leader ended without an answer."""
