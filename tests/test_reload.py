@@ -147,7 +147,7 @@ def test_a_changed_file_applies_to_new_calls_while_a_stream_in_flight_finishes_w
     assert set(status) == {"gpt-4o-mini", "claude-sonnet", "gpt-4o"}
     assert [e["name"] for e in status["gpt-4o"]["endpoints"]] == ["mock-big"]
     metrics = httpx.get(sidecar.admin + "/metrics").text
-    assert 'llm_sidecar_endpoint_slots{endpoint="mock-big",model_group="gpt-4o"}' in metrics
+    assert 'llm_sidecar_endpoint_slots{model_group="gpt-4o",upstream="mock-big"}' in metrics
     assert metrics.count('llm_sidecar_endpoint_slots{') == 3  # one collector, re-bound: no stale endpoints
     assert "gpt-4o" in [m.id for m in sidecar.client.models.list()]
     reloaded = [e for e in sidecar.events() if e["msg"] == "config reloaded"]

@@ -8,7 +8,8 @@ Two kinds of numbers:
   and the cache (in-flight, slots, health, circuit, cache size and counters), so
   the hot path pays nothing for them.
 
-Label values come from the config (model group, endpoint name) or from closed sets
+Label values come from the config (model group; the endpoint name as ``upstream``, since the
+``endpoint`` label is the Prometheus Operator's, see docs/observability.md) or from closed sets
 (outcome, status class, cache status, token type, error type, step); anything else
 is counted as ``unknown`` / ``other``. Never a path, a prompt, a request id or a key.
 """
@@ -196,7 +197,7 @@ class Metrics:
                                ("outcome",), buckets=SHORT_BUCKETS)
         self.attempts = family(HISTOGRAM, "upstream_attempt_duration_seconds",
                                "Upstream attempts by endpoint and status class (status_class none: no answer).",
-                               ("model_group", "endpoint", "status_class"), buckets=LATENCY_BUCKETS)
+                               ("model_group", "upstream", "status_class"), buckets=LATENCY_BUCKETS)
         self.queue_wait = family(HISTOGRAM, "queue_wait_seconds",
                                  "Time a call waited for an endpoint's concurrency slot.",
                                  ("model_group",), buckets=SHORT_BUCKETS)
@@ -342,7 +343,7 @@ class LiveCollector(Collector):
     def _endpoints(self) -> Iterator[Metric]:
         """From the router's ``Endpoint`` objects (``proxy/router/endpoint.py``)."""
         p = PREFIX
-        labels = ["model_group", "endpoint"]
+        labels = ["model_group", "upstream"]
         in_flight = GaugeMetricFamily(f"{p}_endpoint_in_flight", "Upstream attempts in flight (slots in use).",
                                       labels=labels)
         slots = GaugeMetricFamily(f"{p}_endpoint_slots", "Concurrency slots (max_concurrent).", labels=labels)

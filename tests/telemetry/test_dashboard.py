@@ -10,7 +10,8 @@ import json
 import re
 import shutil
 import subprocess
-import tempfile
+import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.servers import PROVIDER_KEY, default_config, free_port
 from tests.telemetry.conftest import Scrape
@@ -119,52 +121,159 @@ def _get(url: str) -> Any:
         return json.loads(response.read())
 
 
+#: The configured names each kind of legend label must show (never a port name like llm-admin).
+GROUPS = {"gpt-4o-mini", "claude-sonnet"}
+UPSTREAMS = {"dead", "mock-openai", "mock-anthropic"}
+PODS = {"chat-app-7d4b9-x2k4p", "llm-sidecar-gateway-5f6c8-qq7rt"}
+#: the relabelling the chart's PodMonitor (sidecars) and ServiceMonitor (gateway) produce: the
+#: Prometheus Operator attaches namespace, pod, container, service, job and endpoint (the port
+#: name) as target labels, without honor_labels, so a scraped label of the same name is renamed
+#: exported_<name>. An app's own metrics target in the same pod shares its pod label.
+PROMETHEUS_CONFIG = """\
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+scrape_configs:
+  - job_name: podMonitor/llm-sidecar/llm-sidecar-sidecars/0
+    static_configs:
+      - targets: ['{sidecar}']
+        labels: {{__pod: chat-app-7d4b9-x2k4p, __container: llm-sidecar, __port: llm-admin}}
+      - targets: ['{app}']
+        labels: {{__pod: chat-app-7d4b9-x2k4p, __container: app, __port: metrics}}
+    relabel_configs:
+      - {{target_label: namespace, replacement: demo-app}}
+      - {{source_labels: [__container], target_label: container}}
+      - {{source_labels: [__pod], target_label: pod}}
+      - {{target_label: job, replacement: llm-sidecar/llm-sidecar-sidecars}}
+      - {{source_labels: [__port], target_label: endpoint}}
+  - job_name: serviceMonitor/llm-sidecar/llm-sidecar-gateway/0
+    static_configs:
+      - targets: ['{gateway}']
+    relabel_configs:
+      - {{target_label: namespace, replacement: llm-sidecar}}
+      - {{target_label: service, replacement: llm-sidecar-gateway}}
+      - {{target_label: pod, replacement: llm-sidecar-gateway-5f6c8-qq7rt}}
+      - {{target_label: container, replacement: gateway}}
+      - {{target_label: job, replacement: llm-sidecar-gateway}}
+      - {{target_label: endpoint, replacement: llm-admin}}
+"""
+
+
+def _serve(tmp_path: Path, name: str, mock_url: str) -> tuple[subprocess.Popen[bytes], str, str]:
+    """One sidecar as the pod runs it: the installed command on a config file."""
+    port, admin_port = free_port(), free_port()
+    config = default_config(mock_url, server={"port": port, "admin_port": admin_port},
+                            telemetry={"prices": {"gpt-4o-mini": {"input": 1, "output": 2}}},
+                            router={"health": {"interval": 0.5, "timeout": 0.5}})
+    config["model_groups"]["gpt-4o-mini"]["endpoints"].insert(0, {
+        "name": "dead", "url": "http://127.0.0.1:9/v1", "api_key": PROVIDER_KEY, "priority": -1})
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    exe = str(Path(sys.executable).with_name("llm-sidecar"))
+    process = subprocess.Popen([exe, "serve", "--config", str(path)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    return process, f"http://127.0.0.1:{port}", f"127.0.0.1:{admin_port}"
+
+
+def _traffic(url: str, stop: threading.Event) -> None:
+    """Every kind of call, over and over, so that each panel has something to show."""
+    import openai
+
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    hello = [{"role": "user", "content": "d"}]
+    while not stop.is_set():
+        for call in (
+            lambda: client.chat.completions.create(model="gpt-4o-mini", messages=hello, temperature=0),
+            lambda: list(client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "s"}],
+                                                        stream=True, stream_options={"include_usage": True})),
+            lambda: client.chat.completions.create(model="claude-sonnet", messages=hello,
+                                                   extra_headers={"x-mock-status": "500"}),
+        ):
+            try:
+                call()
+            except (openai.APIError, OSError):
+                pass
+        stop.wait(0.1)
+
+
 @pytest.mark.skipif(shutil.which("prometheus") is None,
                     reason="prometheus is not installed (apt-get install prometheus provides it)")
-def test_prometheus_evaluates_every_expression(live) -> None:
-    sidecar, _scrape, client = live
+def test_every_panel_shows_its_series_through_the_operator_relabelling(tmp_path: Path, mock_provider) -> None:
+    """Two running sidecars and an app's own metrics, scraped by a real Prometheus with the
+    labels the Prometheus Operator attaches; each panel's query returns the series it means."""
+    from prometheus_client import start_http_server
+
+    app_port = free_port()
+    start_http_server(app_port, addr="127.0.0.1")  # the app's own process_* metrics, in the same pod
+    sidecars = [_serve(tmp_path, name, mock_provider.url) for name in ("sidecar", "gateway")]
+    stop = threading.Event()
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="prometheus-test-") as directory:
-        config = Path(directory) / "prometheus.yml"
-        target = sidecar.admin_url.removeprefix("http://")
-        config.write_text(f"global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n"
-                          f"scrape_configs:\n  - job_name: sidecar\n    static_configs:\n"
-                          f"      - targets: ['{target}']\n        labels: {{pod: sidecar-0}}\n")
-        process = subprocess.Popen(
-            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={directory}/data",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        api = f"http://127.0.0.1:{port}/api/v1"
-        try:
-            deadline = time.monotonic() + 30
-            samples = 0
-            while time.monotonic() < deadline and samples < 4:
-                time.sleep(0.5)
-                # keep traffic flowing so rates are not all zero
-                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "p"}])
-                try:
-                    result = _get(api + "/query?" + urllib.parse.urlencode(
-                        {"query": "count_over_time(llm_sidecar_calls_in_flight[1m])"}))["data"]["result"]
-                except OSError:
-                    continue
-                samples = int(float(result[0]["value"][1])) if result else 0
-            assert samples >= 4, "prometheus did not scrape the sidecar"
-            empty = []
-            for expr in expressions(load()):
-                query = (expr.replace("$__rate_interval", "15s").replace("$__range", "5m")
-                         .replace("$model_group", ".*").replace("$pod", ".*"))
-                if query.startswith("label_values("):
-                    metric, label = re.match(r"label_values\((\w+), (\w+)\)", query).groups()
-                    values = _get(f"{api}/label/{label}/values?" + urllib.parse.urlencode({"match[]": metric}))
-                    assert values["status"] == "success" and values["data"], query
-                    continue
-                answer = _get(api + "/query?" + urllib.parse.urlencode({"query": query}))
-                assert answer["status"] == "success", (query, answer)
-                if not answer["data"]["result"]:
-                    empty.append(query)
-            # Every panel but those for states this run never reached has data.
-            allowed_empty = ("circuit_state", "retries_total", "cache_saved", "cooldown")
-            assert [q for q in empty if not any(a in q for a in allowed_empty)] == []
-        finally:
+    config = tmp_path / "prometheus.yml"
+    config.write_text(PROMETHEUS_CONFIG.format(sidecar=sidecars[0][2], gateway=sidecars[1][2],
+                                               app=f"127.0.0.1:{app_port}"))
+    assert subprocess.run(["promtool", "check", "config", str(config)], capture_output=True).returncode == 0
+    prometheus = subprocess.Popen(
+        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path}/data",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api = f"http://127.0.0.1:{port}/api/v1"
+    threads: list[threading.Thread] = []
+
+    def query(expr: str) -> list[dict[str, Any]]:
+        answer = _get(api + "/query?" + urllib.parse.urlencode({"query": expr}))
+        assert answer["status"] == "success", (expr, answer)
+        return answer["data"]["result"]
+
+    try:
+        for process, url, admin in sidecars:
+            from tests.test_cli import wait_ready
+
+            wait_ready(f"http://{admin}/readyz", process)
+            threads.append(threading.Thread(target=_traffic, args=(url, stop), daemon=True))
+            threads[-1].start()
+        # Wait until both sidecars were scraped a few times with traffic in between, and the
+        # dead endpoint was probed (its health panel shows 0, not "unprobed").
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                scraped = query("count_over_time(llm_sidecar_calls_in_flight[1m])")
+                probed = query("llm_sidecar_endpoint_healthy == 0")  # only the dead endpoint fails its probes
+            except OSError:
+                scraped, probed = [], []
+            if len(scraped) == 2 and min(float(r["value"][1]) for r in scraped) >= 8 and len(probed) == 2:
+                break
+            assert time.monotonic() < deadline, f"prometheus did not scrape both sidecars: {scraped}, {probed}"
+            time.sleep(0.5)
+        dashboard = load()
+        empty, wrong = [], []
+        for panel in panels(dashboard):
+            for target in panel["targets"]:
+                expr = (target["expr"].replace("$__rate_interval", "15s").replace("$__range", "5m")
+                        .replace("$model_group", ".*").replace("$pod", ".*"))
+                result = query(expr)
+                if not result:
+                    empty.append(panel["title"])
+                legend = re.findall(r"\{\{(\w+)\}\}", target.get("legendFormat", ""))
+                shown = [tuple(r["metric"].get(label, "") for label in legend) for r in result]
+                for label, meant in (("model_group", GROUPS), ("upstream", UPSTREAMS), ("endpoint", UPSTREAMS),
+                                     ("pod", PODS)):
+                    if label in legend:
+                        values = {row[legend.index(label)] for row in shown}
+                        if not values <= meant:
+                            wrong.append(f"{panel['title']}: {{{{{label}}}}} shows {sorted(values)}")
+                if "pod" in legend and sorted(row[legend.index("pod")] for row in shown) != sorted(PODS):
+                    wrong.append(f"{panel['title']}: one series per sidecar expected, got {shown}")
+        assert wrong == []
+        assert empty == []
+        for variable in dashboard["templating"]["list"]:
+            if variable["type"] == "query":
+                metric, label = re.match(r"label_values\((\w+), (\w+)\)", variable["query"]["query"]).groups()
+                values = _get(f"{api}/label/{label}/values?" + urllib.parse.urlencode({"match[]": metric}))["data"]
+                assert set(values) == {"pod": PODS, "model_group": GROUPS}[label], (variable["name"], values)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        prometheus.terminate()
+        prometheus.wait(10)
+        for process, _url, _admin in sidecars:
             process.terminate()
-            process.wait(10)
+            process.wait(15)

@@ -106,7 +106,7 @@ def test_live_state_during_a_stream(sidecar, mock_provider, scrape) -> None:
         time.sleep(0.02)
     thread.join(10)
     after = scrape(sidecar)
-    key = {"model_group": "gpt-4o-mini", "endpoint": "mock-openai"}
+    key = {"model_group": "gpt-4o-mini", "upstream": "mock-openai"}
     assert during.value("llm_sidecar_calls_in_flight") == 1
     assert during.value("llm_sidecar_endpoint_in_flight", **key) == 1
     assert during.value("llm_sidecar_endpoint_slots", **key) == 64
@@ -155,9 +155,9 @@ def test_saved_tokens_attempts_and_fallbacks_from_the_call() -> None:
     assert m.value("llm_sidecar_cache_saved_cost_usd_total") == pytest.approx(2 * (10 + 200) / 1e6)
     assert m.value("llm_sidecar_tokens_total", type="output") == 100
     assert m.value("llm_sidecar_cache_calls_total", cache_status="hit") == 1
-    assert m.value("llm_sidecar_upstream_attempt_duration_seconds_count", endpoint="mock-openai",
+    assert m.value("llm_sidecar_upstream_attempt_duration_seconds_count", upstream="mock-openai",
                    status_class="5xx") == 3
-    assert m.value("llm_sidecar_upstream_attempt_duration_seconds_count", endpoint="mock-openai-2",
+    assert m.value("llm_sidecar_upstream_attempt_duration_seconds_count", upstream="mock-openai-2",
                    status_class="2xx") == 3
     assert m.value("llm_sidecar_fallbacks_total") == 3
     assert m.value("llm_sidecar_retries_total") == 3
@@ -208,8 +208,8 @@ def test_fallback_and_cache_hit_move_their_counters(make_sidecar, mock_provider,
     m = scrape(sidecar)
     group = {"model_group": "gpt-4o-mini"}
     assert m.value("llm_sidecar_fallbacks_total", **group) == 1
-    assert m.value("llm_sidecar_upstream_attempt_duration_seconds_count", endpoint="dead", status_class="none") == 1
-    assert m.value("llm_sidecar_upstream_attempt_duration_seconds_count", endpoint="mock-openai",
+    assert m.value("llm_sidecar_upstream_attempt_duration_seconds_count", upstream="dead", status_class="none") == 1
+    assert m.value("llm_sidecar_upstream_attempt_duration_seconds_count", upstream="mock-openai",
                    status_class="2xx") == 1
     assert m.value("llm_sidecar_call_events_total", event="fallback") == 1
     assert m.value("llm_sidecar_calls_total", outcome="upstream", **group) == 1
