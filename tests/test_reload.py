@@ -11,9 +11,9 @@ import copy
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,22 +24,26 @@ import openai
 import pytest
 import yaml
 
-from tests.servers import PROVIDER_KEY, MockProvider, default_config, free_port
+from tests.servers import LLM_SIDECAR, PROVIDER_KEY, MockProvider, default_config, free_port
 from tests.test_cli import wait_ready
 from tests.waiting import wait_until_async
 
 
 class ConfigMapDir:
-    """``sidecar.yaml`` → ``..data/sidecar.yaml``; ``write`` swaps ``..data`` in one rename."""
+    """A ConfigMap volume as the kubelet updates it (its atomic writer): the new files go to a
+    fresh timestamped directory, the ``..data`` symlink is swapped to it in one rename, and the
+    previous directory is removed. ``sidecar.yaml`` is a symlink to ``..data/sidecar.yaml``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.path = root / "sidecar.yaml"
         self.version = 0
+        #: the directory ``..data`` points to
+        self.current: Path | None = None
 
     def write(self, config: dict[str, Any] | str) -> None:
         self.version += 1
-        target = self.root / f"..v{self.version}"
+        target = self.root / f"..2026_12_02_07_50_{self.version:02d}.{os.getpid()}"
         target.mkdir()
         (target / "sidecar.yaml").write_text(config if isinstance(config, str) else yaml.safe_dump(config))
         link = self.root / "..data_tmp"
@@ -47,19 +51,30 @@ class ConfigMapDir:
         os.replace(link, self.root / "..data")
         if not self.path.is_symlink():
             self.path.symlink_to("..data/sidecar.yaml")
+        if self.current is not None:
+            shutil.rmtree(self.current)
+        self.current = target
 
 
 class SidecarProcess:
-    def __init__(self, tmp_path: Path, config: dict[str, Any]) -> None:
+    """The installed ``llm-sidecar serve`` on a ConfigMap-like directory. With ``injected``, its
+    ports come from the command line as the injector passes them (``--port``/``--admin-port``),
+    and the file holds the chart's defaults instead."""
+
+    def __init__(self, tmp_path: Path, config: dict[str, Any], injected: bool = False) -> None:
         self.port, self.admin_port = free_port(), free_port()
         self.url, self.admin = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.admin_port}"
         self.config = copy.deepcopy(config)
-        self.config["server"].update(port=self.port, admin_port=self.admin_port)
+        ports = ["--port", str(self.port), "--admin-port", str(self.admin_port)] if injected else []
+        if injected:
+            self.config["server"].update(port=15180, admin_port=15190)
+        else:
+            self.config["server"].update(port=self.port, admin_port=self.admin_port)
         self.files = ConfigMapDir(tmp_path)
         self.files.write(self.config)
         self.log = tmp_path / "stderr.log"
         with self.log.open("w") as stderr:
-            self.process = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(self.files.path)],
+            self.process = subprocess.Popen([LLM_SIDECAR, "serve", "--config", str(self.files.path), *ports],
                                             stdout=subprocess.DEVNULL, stderr=stderr, text=True)
         wait_ready(self.admin + "/readyz", self.process)
         self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="x", max_retries=0)
@@ -101,10 +116,10 @@ class SidecarProcess:
 def start(tmp_path: Path, mock_provider: MockProvider) -> Iterator[Callable[..., SidecarProcess]]:
     started: list[SidecarProcess] = []
 
-    def make(reload_interval: float = 0.1, **overrides: Any) -> SidecarProcess:
+    def make(reload_interval: float = 0.1, injected: bool = False, **overrides: Any) -> SidecarProcess:
         config = default_config(mock_provider.url, **overrides)
         config["server"]["reload_interval"] = reload_interval
-        process = SidecarProcess(tmp_path, config)
+        process = SidecarProcess(tmp_path, config, injected)
         started.append(process)
         return process
 
@@ -271,7 +286,7 @@ def test_an_alias_bomb_or_a_non_utf8_reload_keeps_the_running_config(start: Call
     sidecar.files.write(BOMB)
     sidecar.wait_reloads("error", 1, timeout=30)
     assert sidecar.ask("gpt-4o-mini")
-    (sidecar.files.root / f"..v{sidecar.files.version}" / "sidecar.yaml").write_bytes(
+    (sidecar.files.current / "sidecar.yaml").write_bytes(
         (yaml.safe_dump(sidecar.config) + "# caf\xe9\n").encode("latin-1"))
     sidecar.wait_reloads("error", 2, timeout=30)
     assert sidecar.ask("gpt-4o-mini")
@@ -279,3 +294,14 @@ def test_an_alias_bomb_or_a_non_utf8_reload_keeps_the_running_config(start: Call
     failed = [e for e in sidecar.events() if e["msg"] == "config reload failed"]
     assert "more than 100000 values once its aliases are expanded" in failed[0]["errors"][0]
     assert failed[1]["errors"] == ["the config is not UTF-8 text"]
+
+
+def test_ports_from_the_command_line_outlive_a_reload(start: Callable[..., SidecarProcess],
+                                                      mock_provider: MockProvider) -> None:
+    """An injected sidecar's ports are its args (per pod); the shared ConfigMap holds the chart's.
+    A reload applies the rest, keeps listening where it was told, and asks for no restart."""
+    sidecar = start(injected=True)
+    sidecar.rewrite(add_group_and_change_model)
+    sidecar.wait_reloads("ok", 1)
+    assert sidecar.ask("gpt-4o") and last_upstream_model(mock_provider) == "mock-gpt-big"
+    assert [e for e in sidecar.events() if e["msg"] == "config reload: restart needed"] == []
