@@ -3,7 +3,7 @@
 Invariants:
 - every call ends in exactly one outcome (cached, coalesced, upstream, error) and
   telemetry records it once, in ``finally``;
-- fallback happens only inside ``router.attempt``, before the relay prepares the
+- fallback happens only inside ``router.route``, before the relay prepares the
   response; after that a failure can only end the stream;
 - errors the proxy makes are rendered in the caller's dialect.
 """
@@ -49,7 +49,7 @@ class Pipeline:
                 return await send_following(call, answer)
             if answer is not None:
                 return send_stored(call, answer)
-            async with self.router.attempt(call) as upstream:
+            async with self.router.route(call) as upstream:
                 return await relay(call, upstream, self.cache.recorder(call))
         except ProxyError as error:
             stale = await self.cache.rescue(call, error)  # an expired entry, if the policy allows one

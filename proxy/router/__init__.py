@@ -8,7 +8,7 @@
     cooldown.py    ``Retry-After`` and rate-limit reset headers → a rest time
     health.py      active health: background probes of a cheap URL
     translated.py  an answer read through a cross-dialect translation
-    router.py      ``Router.attempt(call)``: slots, fallback, retries (the pipeline's seam)
+    router.py      ``Router.route(call)``: slots, fallback, retries (the pipeline's seam)
     library.py     ``ConcurrentRouter``: the same router as a library, from a prompt
 
 Import from the modules: the package itself loads nothing, so reading the config

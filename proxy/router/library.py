@@ -156,7 +156,7 @@ class ConcurrentRouter:
         and ``attempts`` (one entry per try: endpoint, status, seconds, error).
         """
         call = self._call(prompt, preferred_model, messages, system, False, params)
-        async with self.router.attempt(call) as response:
+        async with self.router.route(call) as response:
             body = response.body
         completion = orjson.loads(body)
         choice = (completion.get("choices") or [{}])[0]
@@ -190,7 +190,7 @@ class ConcurrentRouter:
         raises ``UpstreamError`` from the iteration.
         """
         call = self._call(prompt, preferred_model, messages, system, True, params)
-        async with self.router.attempt(call) as response:
+        async with self.router.route(call) as response:
             if not response.is_stream:
                 content = ((orjson.loads(response.body).get("choices") or [{}])[0].get("message") or {}).get("content")
                 if content:

@@ -1,12 +1,16 @@
 """``Router``: picks an endpoint for a call, holds its slot, falls back and retries.
 
-``attempt(call)`` is the pipeline's seam. Everything that may move a call to
+``route(call)`` is the pipeline's seam. Everything that may move a call to
 another endpoint happens before it yields: once it yields, the relay may send
 the first byte to the client, and from then on a failure can only end the
 stream (the relay writes an error event). That is why fallback lives here and
 not around the relay.
 
-One attempt, in order:
+An *attempt* is one try at one endpoint, and only that: each has its span
+(``upstream.attempt``), its line in ``call.attempt_log``, a count in
+``call.attempts`` and the endpoint's ``attempts``, and an observation in the
+``upstream_attempt_duration_seconds`` histogram. A call makes up to
+``max_attempts`` of them, in order:
 1. ``selection.order``: usable endpoints of the group and its fallback groups,
    untried before tried (fallback before retry); re-trying one waits a backoff.
 2. A free slot (``max_concurrent``) on the best endpoint that has one; when all are
@@ -144,15 +148,15 @@ class Router:
 
     # ------------------------------------------------------------------ the seam
 
-    def attempt(self, call: Call) -> Attempt:
-        """``async with router.attempt(call) as upstream``: an open upstream answer; its
-        endpoint's slot is held until the block ends.
+    def route(self, call: Call) -> Routed:
+        """``async with router.route(call) as upstream``: an open upstream answer (after as many
+        attempts as it took); its endpoint's slot is held until the block ends.
 
         Raises ``UpstreamError`` (the last attempt's failure), ``Overloaded`` (every
         candidate full past the queue timeout, or cooling down) or
         ``NoEndpointAvailable`` (every candidate unhealthy or its circuit open).
         """
-        return Attempt(self, call)
+        return Routed(self, call)
 
     # ------------------------------------------------------------------ internals
 
@@ -380,8 +384,8 @@ class Router:
         event("circuit " + state, group=endpoint.group, endpoint=endpoint.name)
 
 
-class Attempt:
-    """What ``Router.attempt`` returns. A class rather than ``@asynccontextmanager``: it runs
+class Routed:
+    """What ``Router.route`` returns. A class rather than ``@asynccontextmanager``: it runs
     once per call, and the generator-based manager costs ~2.5 µs more per use."""
 
     __slots__ = ("router", "call", "endpoint", "response", "started")
