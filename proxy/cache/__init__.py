@@ -3,7 +3,6 @@
     keys.py            what an answer depends on → a tenant-namespaced key
     directives.py      Cache-Control / TTL header of one call
     entry.py           one stored answer and its bytes (compression.py packs them)
-    replay.py          an answer in the form a call asks for (SSE ↔ JSON)
     coalesce.py        one Flight per key in flight; followers fan out from it
     recorder.py        what the relay feeds; builds the entry as frames pass
     response_cache.py  the pipeline's cache step over a backend

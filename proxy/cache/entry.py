@@ -2,7 +2,7 @@
 
 An entry keeps the answer in the form it passed through: the JSON body of a
 non-streaming call, or the SSE frames of a streamed one, byte for byte. The
-other form is derived on replay (``proxy/cache/replay.py``).
+other form is derived on replay (``proxy/dialects/forms.py``).
 
 Encoding: a 4-byte length, a small JSON header, then the body as it came; the
 whole is packed by ``compression.pack`` (compressed above the threshold).

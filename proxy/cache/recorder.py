@@ -72,7 +72,7 @@ class EntryRecorder(Recorder):
             body = b"".join(self._frames)
         content_type = headers.get("Content-Type", "text/event-stream" if stream else "application/json")
         # OpenAI sends its usage chunk only to calls that asked for it (stream_options).
-        has_usage = not stream or b'"usage":{' in body
+        has_usage = not stream or bool(usage)
         self._done(Entry(status, content_type, body, stream, self._clock(), self._ttl,
                          usage.get("input_tokens", 0), usage.get("output_tokens", 0), has_usage))
 

@@ -47,9 +47,9 @@ from proxy.cache.entry import Entry, Stored
 from proxy.cache.keys import is_deterministic, request_key, tenant
 from proxy.cache.memory import MemoryBackend
 from proxy.cache.recorder import NULL_RECORDER, EntryRecorder, Recorder
-from proxy.cache.replay import Form, form_of, wants_usage
 from proxy.cache.stats import CacheStats
 from proxy.call import Call
+from proxy.dialects.forms import Form, form_of, wants_usage
 from proxy.errors import ProxyError, UpstreamError
 
 #: call.cache_status -> the counter it adds to (exclusive: a coalesced call is not also a miss)

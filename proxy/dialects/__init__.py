@@ -1,4 +1,14 @@
-"""Wire formats the proxy speaks: OpenAI and Anthropic, and SSE framing."""
+"""Wire formats the proxy speaks: OpenAI and Anthropic. What knows their bytes lives here only.
+
+    base.py        ``Dialect`` and ``Operation``
+    openai.py      OpenAI's operations, errors and credentials
+    anthropic.py   Anthropic's
+    sse.py         server-sent events: frames in, frames out
+    stream.py      a streamed answer checked frame by frame: end markers, faults
+    usage.py       token counts in answers
+    forms.py       an answer in the other form (SSE ⇄ JSON), for cache replay
+    translate.py   OpenAI chat ⇄ Anthropic messages, for cross-dialect fallback
+"""
 
 from proxy.dialects.anthropic import ANTHROPIC
 from proxy.dialects.base import Dialect, Operation
