@@ -101,7 +101,7 @@ def test_plain_container_mode_keeps_serving_the_app_until_it_is_idle(tmp_path: P
             with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0) as client:
                 assert client.chat.completions.create(model="gpt-4o-mini",
                                                       messages=[{"role": "user", "content": "bye"}])
-            time.sleep(1)
+            time.sleep(1)  # not a wait: the app's shutdown pauses between calls, with no connection open
         # With no app connection left, the drain ends after its idle window, long before 30 s.
         process.wait(20)
         assert time.monotonic() - sigterm_seen < 15

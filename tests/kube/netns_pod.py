@@ -8,7 +8,10 @@ network namespace with only loopback, like a pod's), and in it:
    and polls its startup probe as the kubelet does, until it answers 200 (a native
    sidecar's app containers start only then);
 3. starts the "app": listens on ``spec["app_ports"]`` (undeclared, as apps do) on 0.0.0.0;
-4. makes ``spec["calls"]`` (``[url, body]``) to the proxy, as the app's SDK would.
+4. makes ``spec["calls"]`` (``[url, body]``) to the proxy, as the app's SDK would;
+5. with ``spec["term_calls"]``: sends SIGTERM to the sidecar, as the kubelet stops a pod's
+   plain containers together, waits for readiness to fail, makes those calls (the app's own
+   shutdown), and times the sidecar's exit.
 
 It prints one JSON object: the probe status, which app ports could be bound, each call's
 status and body, and the sidecar's exit code if it died.
@@ -17,6 +20,7 @@ status and body, and the sidecar's exit code if it died.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -80,6 +84,28 @@ def main(spec_path: str) -> int:
             result["calls"].append({"status": status, "body": text})
         for name, url in spec.get("gets", {}).items():
             result[name] = get(url)
+        if spec.get("term_calls"):
+            terminated = time.monotonic()
+            sidecar.send_signal(signal.SIGTERM)
+            ready: int | str = 200
+            while ready == 200 and time.monotonic() < terminated + 10:
+                try:
+                    ready = get(spec["readiness_url"])[0]
+                except OSError:
+                    ready = "closed"  # a native sidecar may be gone already
+                time.sleep(0.02)
+            result["readiness_after_term"] = ready
+            result["term_calls"] = []
+            for url, body in spec["term_calls"]:
+                try:
+                    result["term_calls"].append(get(url, json.dumps(body).encode())[0])
+                except OSError as exc:
+                    result["term_calls"].append(str(exc))
+            try:
+                sidecar.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+            result["exited_after_term_s"] = round(time.monotonic() - terminated, 1)
     finally:
         for sock in app:
             sock.close()

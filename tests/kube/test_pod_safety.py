@@ -45,8 +45,10 @@ pytestmark = pytest.mark.skipif(not _unshare_works(), reason="needs `unshare --n
 
 def run_pod(helm: str, tmp_path: Path, *, annotations: dict[str, str] | None = None, helm_args: tuple[str, ...] = (),
             keys: dict[str, str] = KEYS, app_ports: tuple[int, ...] = (), calls: tuple[tuple[str, Any], ...] = (),
-            gets: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Render, inject and run one pod; ``calls`` are (path under the proxy, body); ``gets`` admin paths."""
+            gets: tuple[str, ...] = (), kube_version: str = "1.30",
+            term_calls: tuple[tuple[str, Any], ...] = ()) -> dict[str, Any]:
+    """Render, inject and run one pod; ``calls`` are (path under the proxy, body); ``gets`` admin paths;
+    ``term_calls`` are made after the pod's SIGTERM, as an app's own shutdown makes them."""
     rendered = docs(render(helm, "--set-json", f"config.modelGroups={json.dumps(MODEL_GROUPS)}", *helm_args).stdout)
     configmaps = {d["metadata"]["name"]: d["data"] for d in rendered if d["kind"] == "ConfigMap"}
     config = tmp_path / "sidecar.yaml"
@@ -59,9 +61,9 @@ def run_pod(helm: str, tmp_path: Path, *, annotations: dict[str, str] | None = N
            "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
     (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
     injected = subprocess.run([EXE, "inject", "-f", str(tmp_path / "pod.yaml"), "--settings", str(settings),
-                               "--kube-version", "1.30"], capture_output=True, text=True, check=True)
+                               "--kube-version", kube_version], capture_output=True, text=True, check=True)
     spec = yaml.safe_load(injected.stdout)["spec"]
-    sidecar = next(c for c in spec.get("initContainers", []) if c["name"] == "llm-sidecar")
+    sidecar = next(c for c in [*spec.get("initContainers", []), *spec["containers"]] if c["name"] == "llm-sidecar")
     app_env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
     env = {e["name"]: e.get("value", "x") for e in sidecar["env"]}
     env |= {"PATH": os.environ["PATH"], **keys}
@@ -75,6 +77,9 @@ def run_pod(helm: str, tmp_path: Path, *, annotations: dict[str, str] | None = N
         "app_ports": list(app_ports),
         "calls": [[app_env["OPENAI_BASE_URL"].removesuffix("/v1") + path, body] for path, body in calls],
         "gets": {path: f"http://127.0.0.1:{probe['port']}{path}" for path in gets},
+        "term_calls": [[app_env["OPENAI_BASE_URL"].removesuffix("/v1") + path, body] for path, body in term_calls],
+        "readiness_url": f"http://127.0.0.1:{sidecar['readinessProbe']['httpGet']['port']}"
+                         f"{sidecar['readinessProbe']['httpGet']['path']}",
     }
     (tmp_path / "spec.json").write_text(json.dumps(run_spec))
     done = subprocess.run(["unshare", "--net", sys.executable, "-m", "tests.kube.netns_pod", str(tmp_path / "spec.json")],
@@ -128,3 +133,24 @@ def test_a_missing_key_still_lets_the_pod_start(helm: str, tmp_path: Path) -> No
     assert error["type"] == "error" and error["error"]["type"] == "api_error"
     assert "ANTHROPIC_API_KEY is not set" in error["error"]["message"]
     assert KEYS["OPENAI_API_KEY"] not in result["sidecar_log"] + anthropic_call["body"]
+
+
+@pytest.mark.parametrize("kube_version, mode", [("1.27", "container"), ("1.30", "native")])
+def test_shutdown_keeps_serving_a_plain_container_pods_app_until_it_is_idle(helm: str, tmp_path: Path,
+                                                                             kube_version: str, mode: str) -> None:
+    """Before native sidecars the kubelet sends SIGTERM to the app and the sidecar at once: the app's own
+    shutdown calls must still be served (readiness turns 503 at once), and the sidecar then ends by itself
+    once the app is idle, long before its 30 s drain timeout. A native sidecar is stopped after the app."""
+    result = run_pod(helm, tmp_path, kube_version=kube_version, calls=(("/v1/chat/completions", CHAT),),
+                     term_calls=(("/v1/chat/completions", CHAT),) * 3)
+    assert result["startup_probe"] == 200, result["sidecar_log"]
+    if mode == "container":
+        assert result["readiness_after_term"] == 503
+        assert {"name": "LLM_SIDECAR_MODE", "value": "container"} in result["container"]["env"]
+        assert result["term_calls"] == [200, 200, 200], result["sidecar_log"]
+        assert result["exited_after_term_s"] < 20
+    else:
+        assert result["container"]["restartPolicy"] == "Always"
+        assert result["readiness_after_term"] in (503, "closed")
+        assert all(status != 200 for status in result["term_calls"])  # nobody is left to call
+    assert result["sidecar_exit"] == 0, result["sidecar_log"]
