@@ -229,6 +229,10 @@ def effective(settings: SidecarSettings, pod: Mapping[str, Any]) -> SidecarSetti
             if not v.strip().isdigit() or not 1 <= int(v) <= 65535:
                 raise SettingsError(f"annotation {PREFIX}{name}: {v!r} is not a port (1-65535)")
             changes[attr] = int(v)
+    if {"proxy_port", "admin_port"} & changes.keys() and (
+        changes.get("proxy_port", settings.proxy_port) == changes.get("admin_port", settings.admin_port)
+    ):
+        raise SettingsError(f"annotations {PREFIX}proxy-port and {PREFIX}admin-port: the two ports must differ")
     if (v := get("native-sidecar")) is not None:
         changes["native_sidecar"] = "always" if _flag(v, "native-sidecar") else "never"
     if (v := get("config-map")) is not None:

@@ -62,9 +62,12 @@ def webhook(helm: str, test_ca: dict[str, Path], tmp_path: Path) -> Iterator[Cal
         started[chart] = url
         return url
 
-    def ask(annotations: dict[str, str], chart: tuple[str, ...] = ()) -> dict[str, Any]:
+    def ask(annotations: dict[str, str], chart: tuple[str, ...] = (), ports: tuple[int, ...] = ()) -> dict[str, Any]:
+        app: dict[str, Any] = {"name": "app", "image": "app:1"}
+        if ports:
+            app["ports"] = [{"containerPort": port} for port in ports]
         pod = {"metadata": {"generateName": "app-", "annotations": {PREFIX + "inject": "enabled", **annotations}},
-               "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
+               "spec": {"containers": [app]}}
         body = json.dumps(review_for(pod, "demo-app")).encode()
         request = urllib.request.Request(f"{url_for(chart)}/mutate", body, {"content-type": "application/json"})
         response = json.load(urllib.request.urlopen(request, context=ctx, timeout=10))["response"]
@@ -110,3 +113,16 @@ def test_the_image_annotation_needs_the_chart_to_allow_it(webhook) -> None:
     assert "annotation llm-sidecar.io/image: not allowed" in refused["warnings"][0]
     allowed = webhook(canary, chart=("--set", "sidecar.allowImageOverride=true"))
     assert allowed["pod"]["spec"]["initContainers"][0]["image"] == "registry.example/llm-sidecar:canary"
+
+
+def test_a_declared_port_clash_means_no_injection_and_a_warning_that_says_how_to_move(webhook) -> None:
+    clash = webhook({}, ports=(8080, 15190))
+    assert "patch" not in clash
+    (warning,) = clash["warnings"]
+    assert "port(s) [15190]" in warning and "llm-sidecar.io/admin-port" in warning, warning
+    moved = webhook({PREFIX + "admin-port": "15290"}, ports=(8080, 15190))
+    sidecar = moved["pod"]["spec"]["initContainers"][0]
+    assert sidecar["args"][-4:] == ["--port", "15180", "--admin-port", "15290"]
+    assert moved["pod"]["metadata"]["annotations"]["prometheus.io/port"] == "15290"
+    bad = webhook({PREFIX + "proxy-port": "15190"})  # the same port twice
+    assert "patch" not in bad and "llm-sidecar.io/proxy-port and llm-sidecar.io/admin-port: the two ports must differ" in bad["warnings"][0]
