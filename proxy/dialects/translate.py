@@ -90,7 +90,7 @@ class Untranslatable(BadRequest):
 
     def __init__(self, target: str, what: str, param: str | None) -> None:
         names = {"openai": "an OpenAI", "anthropic": "an Anthropic"}
-        super().__init__(f"this call cannot fall back to {names[target]} endpoint: {what}", param=param)
+        super().__init__(f"this call cannot be translated for {names[target]} endpoint: {what}", param=param)
 
 
 def check_fields(caller: str, target: str, payload: dict[str, Any]) -> None:
