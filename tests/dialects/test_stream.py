@@ -1,0 +1,70 @@
+"""A streamed answer checked frame by frame: each dialect's end marker, malformed frames,
+the upstream's own error event."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.dialects.sse import format_frame
+from proxy.dialects.stream import AnswerStream, anthropic_messages, openai_choices, openai_responses
+from proxy.mock_provider import Answer, anthropic_events, openai_chat_chunks, openai_response_events
+
+ANSWER = Answer(model="m", words=["one", "two", "three"], input_tokens=3, truncated=False, tool=None)
+
+STREAMS = [
+    pytest.param(openai_choices, lambda: openai_chat_chunks(ANSWER, include_usage=True),
+                 format_frame({"error": {"message": "overloaded", "type": "server_error"}}), id="openai-chat"),
+    pytest.param(openai_responses, lambda: openai_response_events(ANSWER),
+                 format_frame({"type": "response.failed", "response": {}}, event="response.failed"),
+                 id="openai-responses"),
+    pytest.param(anthropic_messages, lambda: anthropic_events(ANSWER),
+                 format_frame({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}},
+                              event="error"), id="anthropic"),
+]
+
+
+def read(rule, body: bytes, cut: int = 7) -> tuple[AnswerStream, list[bytes]]:
+    stream = AnswerStream(rule, {})
+    out = [frame for i in range(0, len(body), cut) for frame in stream.feed(body[i:i + cut])]
+    return stream, out + stream.close()
+
+
+@pytest.mark.parametrize(("rule", "frames", "error"), STREAMS)
+def test_complete_only_after_the_end_marker(rule, frames, error) -> None:
+    whole = frames()
+    stream, out = read(rule, b"".join(whole))
+    assert stream.ended and stream.failure is None and out == whole
+    assert stream.usage == {"input_tokens": 3, "output_tokens": 3}
+    stream, out = read(rule, b"".join(whole[:-1]))
+    assert not stream.ended and stream.failure == "the upstream closed the stream before its end marker"
+    assert out == whole[:-1]
+
+
+@pytest.mark.parametrize(("rule", "frames", "error"), STREAMS)
+def test_nothing_after_the_end_marker_goes_out(rule, frames, error) -> None:
+    whole = frames()
+    stream, out = read(rule, b"".join(whole) + whole[1])
+    assert stream.ended and out == whole
+
+
+@pytest.mark.parametrize(("rule", "frames", "error"), STREAMS)
+def test_a_malformed_frame_stops_the_stream_before_it(rule, frames, error) -> None:
+    whole = frames()
+    bad = whole[2][:-7] + b"\n\n"
+    stream, out = read(rule, b"".join([*whole[:2], bad, *whole[3:]]))
+    assert out == whole[:2] and not stream.ended
+    assert stream.failure == "the upstream sent a malformed event" and not stream.upstream_error
+
+
+@pytest.mark.parametrize(("rule", "frames", "error"), STREAMS)
+def test_the_upstreams_error_event_is_the_last_frame(rule, frames, error) -> None:
+    whole = frames()
+    stream, out = read(rule, b"".join([*whole[:2], error, *whole[2:]]))
+    assert out == [*whole[:2], error] and not stream.ended and stream.upstream_error
+    assert stream.failure == "the upstream ended the stream with an error event"
+
+
+def test_comments_and_keep_alives_pass() -> None:
+    body = b": keep-alive\n\n" + b"".join(openai_chat_chunks(ANSWER, include_usage=False))
+    stream, out = read(openai_choices, body)
+    assert stream.ended and out[0] == b": keep-alive\n\n"
