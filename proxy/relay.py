@@ -73,15 +73,15 @@ async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> w
                     if frames:
                         recorder.feed(frames)
                         if answer.ended or answer.fault is not None:
-                            tail = b"".join(frames)
+                            tail = frames
                             break
-                        await response.write(b"".join(frames) if len(frames) > 1 else frames[0])
+                        await response.write(frames)
                     elif answer.fault is not None:
                         break
                 else:
                     if frames := answer.close():
                         recorder.feed(frames)
-                        tail = b"".join(frames)
+                        tail = frames
             except UpstreamError as error:
                 failure = error
             if failure is None and answer.failure is not None:

@@ -1,6 +1,6 @@
 """In-process coalescing: one ``Flight`` per cache key while its leader calls upstream.
 
-The leader's recorder publishes each SSE frame as it passes, so a streaming
+The leader's recorder publishes its SSE frames as they pass, so a streaming
 follower writes the leader's frames to its own client as they arrive (fan-out),
 not only at the end; a non-streaming follower waits for the finished ``Entry``.
 
@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from proxy.cache.entry import Entry
+from proxy.dialects.sse import iter_frames
 from proxy.errors import ClientError, ProxyError, UpstreamBroken, UpstreamStatus
 
 
@@ -33,10 +34,11 @@ class Flight:
     __slots__ = ("stream", "has_usage", "frames", "entry", "error", "done", "followers", "_changed")
 
     def __init__(self, stream: bool, has_usage: bool) -> None:
-        #: the leader streams, so frames arrive one by one
+        #: the leader streams, so frames arrive as it reads them
         self.stream = stream
         #: the leader's stream carries OpenAI's usage chunk
         self.has_usage = has_usage
+        #: the leader's frames so far, in runs of whole frames as they were relayed
         self.frames: list[bytes] = []
         self.entry: Entry | None = None
         self.error: ProxyError | None = None
@@ -44,8 +46,8 @@ class Flight:
         self.followers = 0
         self._changed: asyncio.Event | None = None
 
-    def publish(self, frames: list[bytes]) -> None:
-        self.frames.extend(frames)
+    def publish(self, frames: bytes) -> None:
+        self.frames.append(frames)
         if self._changed is not None:
             self._wake()
 
@@ -67,7 +69,7 @@ class Flight:
             self._changed = None
 
     async def changed(self, seen: int) -> None:
-        """Return once there are more than ``seen`` frames, or the flight is done."""
+        """Return once there are more than ``seen`` runs of frames, or the flight is done."""
         while len(self.frames) <= seen and not self.done:
             if self._changed is None:
                 self._changed = asyncio.Event()
@@ -100,12 +102,13 @@ class Following:
         try:
             sent = 0
             while True:
-                frames = flight.frames[sent:]
-                sent += len(frames)
-                if skip is not None:
-                    frames = [f for f in frames if not skip(f)]
-                if frames:
-                    yield b"".join(frames)
+                runs = flight.frames[sent:]
+                sent += len(runs)
+                data = b"".join(runs)
+                if skip is not None and data:
+                    data = b"".join(f for f in iter_frames(data) if not skip(f))
+                if data:
+                    yield data
                 if flight.done and sent == len(flight.frames):
                     return
                 await flight.changed(sent)

@@ -19,7 +19,7 @@ from proxy.cache.entry import Entry
 class Recorder:
     """Receives what the relay sends; this base records nothing (cache off, or ``no-store``)."""
 
-    def feed(self, frames: list[bytes]) -> None:
+    def feed(self, frames: bytes) -> None:
         """Frames of a streamed answer, whole and checked, on their way to the client."""
 
     def finish(self, status: int, headers: CIMultiDict[str], usage: dict[str, int], body: bytes | None = None) -> None:
@@ -53,15 +53,15 @@ class EntryRecorder(Recorder):
         self._ttl = ttl
         self._clock = clock
 
-    def feed(self, frames: list[bytes]) -> None:
+    def feed(self, frames: bytes) -> None:
         if self._flight is not None:
             self._flight.publish(frames)
         if self._frames is not None:
-            self._size += sum(map(len, frames))
+            self._size += len(frames)
             if self._size > self._limit and self._flight is None:
                 self._frames = None  # too large to store, and nobody follows: stop keeping it
             else:
-                self._frames.extend(frames)
+                self._frames.append(frames)
 
     def finish(self, status: int, headers: CIMultiDict[str], usage: dict[str, int], body: bytes | None = None) -> None:
         stream = body is None

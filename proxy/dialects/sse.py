@@ -24,6 +24,33 @@ def format_frame(data: object, event: str | None = None) -> bytes:
     return head + b"data: " + payload + b"\n\n"
 
 
+def split_frames(rest: bytes, chunk: bytes) -> tuple[bytes, bytes]:
+    """``rest`` (what an earlier call left) and the next ``chunk`` → (whole frames, the new rest).
+
+    The whole frames are the bytes up to and with the last blank line, line ends made
+    ``\n``; the rest waits for the next chunk.
+    """
+    data = rest + chunk if rest else chunk
+    if b"\r" in data:
+        # A ``\r`` at the very end may be the first half of a ``\r\n``: it waits for the next chunk.
+        held = data.endswith(b"\r")
+        if held:
+            data = data[:-1]
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if held:
+            data += b"\r"
+    end = data.rfind(b"\n\n") + 2
+    if end < 2:
+        return b"", data
+    return data[:end], data[end:]
+
+
+def last_frame(rest: bytes) -> bytes:
+    """What ``split_frames`` left when the stream ended: a last frame that lacks its blank line."""
+    rest = rest.replace(b"\r", b"\n")
+    return rest.rstrip(b"\n") + b"\n\n" if rest.strip() else b""
+
+
 class FrameSplitter:
     """Cuts arbitrary chunks into whole SSE frames (each ending in a blank line)."""
 
@@ -33,22 +60,13 @@ class FrameSplitter:
         self._buffer = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        data = self._buffer + chunk if self._buffer else chunk
-        if b"\r" in data:
-            # A ``\r`` at the very end may be the first half of a ``\r\n``: it waits for the next chunk.
-            held = data.endswith(b"\r")
-            if held:
-                data = data[:-1]
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            if held:
-                data += b"\r"
-        *frames, self._buffer = data.split(b"\n\n")
-        return [frame + b"\n\n" for frame in frames if frame.strip()]
+        whole, self._buffer = split_frames(self._buffer, chunk)
+        return [frame + b"\n\n" for frame in whole.split(b"\n\n") if frame.strip()]
 
     def close(self) -> list[bytes]:
         """The stream ended: a last frame that lacks its blank line, if there is one."""
-        rest, self._buffer = self._buffer.replace(b"\r", b"\n"), b""
-        return [rest.rstrip(b"\n") + b"\n\n"] if rest.strip() else []
+        frame, self._buffer = last_frame(self._buffer), b""
+        return [frame] if frame else []
 
     def rest(self) -> bytes:
         """What is left after the last frame (a stream that was cut mid-frame)."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from proxy.dialects.sse import FrameSplitter, parse_frame
+from proxy.dialects.sse import last_frame, parse_frame, split_frames
 from proxy.dialects.usage import merge_usage
 
 #: what a frame means for the stream: nothing special, the end marker, or the upstream's own error
@@ -85,17 +85,18 @@ def no_stream(data: bytes, usage: dict[str, int]) -> int:
 
 
 class AnswerStream:
-    """Fed an answer's chunks as they arrive; gives back the whole frames, each checked.
+    """Fed an answer's chunks as they arrive; gives back the whole frames in them, each checked.
 
-    ``ended``: the end marker has passed, the answer is complete. ``fault``: why the
-    answer is not (a malformed frame, the upstream's error event). Nothing after the
-    end marker or a fault is given back.
+    ``feed`` returns bytes: the frames the chunk completes (line ends made ``\n``), ready to
+    write. ``ended``: the end marker has passed, the answer is complete. ``fault``: why the
+    answer is not (a malformed frame, the upstream's error event). Nothing after the end
+    marker or a fault is given back.
     """
 
-    __slots__ = ("_frames", "_rule", "usage", "ended", "fault", "upstream_error")
+    __slots__ = ("_rest", "_rule", "usage", "ended", "fault", "upstream_error")
 
     def __init__(self, rule: FrameRule, usage: dict[str, int]) -> None:
-        self._frames = FrameSplitter()
+        self._rest = b""
         self._rule = rule
         self.usage = usage
         self.ended = False
@@ -103,16 +104,18 @@ class AnswerStream:
         #: the fault is the upstream's own error event, already passed on to the client
         self.upstream_error = False
 
-    def feed(self, chunk: bytes) -> list[bytes]:
+    def feed(self, chunk: bytes) -> bytes:
         if self.ended or self.fault is not None:
-            return []
-        return self._check(self._frames.feed(chunk))
+            return b""
+        whole, self._rest = split_frames(self._rest, chunk)
+        return self._check(whole) if whole else whole
 
-    def close(self) -> list[bytes]:
+    def close(self) -> bytes:
         """The upstream closed the stream: a last frame that lacked its blank line."""
         if self.ended or self.fault is not None:
-            return []
-        return self._check(self._frames.close())
+            return b""
+        frame, self._rest = last_frame(self._rest), b""
+        return self._check(frame) if frame else frame
 
     @property
     def failure(self) -> str | None:
@@ -121,22 +124,30 @@ class AnswerStream:
             return None
         return self.fault or "the upstream closed the stream before its end marker"
 
-    def _check(self, frames: list[bytes]) -> list[bytes]:
+    def _check(self, whole: bytes) -> bytes:
+        """``whole``, or the part of it up to the frame that ends the stream (with it, or not if malformed)."""
         rule, usage = self._rule, self.usage
-        for index, frame in enumerate(frames):
-            _, data = parse_frame(frame)
-            if not data:
-                continue  # a comment or keep-alive
+        start = 0
+        for frame in whole.split(b"\n\n")[:-1]:
+            end = start + len(frame) + 2
+            if frame.startswith(b"data: ") and b"\n" not in frame:
+                data = frame[6:]  # the common frame: one data line
+            else:
+                data = parse_frame(frame)[1]
+                if not data:
+                    start = end
+                    continue  # a comment, a keep-alive, or a blank line
             try:
                 kind = rule(data, usage)
             except (ValueError, AttributeError, TypeError):  # not JSON, or not the dialect's shapes
                 self.fault = "the upstream sent a malformed event"
-                return frames[:index]
+                return whole[:start]
             if kind != FRAME:
                 if kind == END:
                     self.ended = True
                 else:
                     self.fault = "the upstream ended the stream with an error event"
                     self.upstream_error = True
-                return frames[:index + 1]
-        return frames
+                return whole[:end]
+            start = end
+        return whole

@@ -87,7 +87,7 @@ def test_garbage_is_ignored() -> None:
     assert answer_usage({"usage": None}) == answer_usage([1]) == {}
     usage: dict[str, int] = {}
     stream = AnswerStream(openai_choices, usage)
-    assert stream.feed(b"no newline at all " * 1000) == []
-    assert stream.feed(b'\n\ndata: {"usage": {,}}\n\n') == [b"no newline at all " * 1000 + b"\n\n"]
-    assert stream.feed(b'\n\ndata: {"usage": {"prompt_tokens": 1}}\n\n') == []  # after a malformed frame: nothing
+    assert stream.feed(b"no newline at all " * 1000) == b""
+    assert stream.feed(b'\n\ndata: {"usage": {,}}\n\n') == b"no newline at all " * 1000 + b"\n\n"
+    assert stream.feed(b'\n\ndata: {"usage": {"prompt_tokens": 1}}\n\n') == b""  # after a malformed frame: nothing
     assert usage == {} and stream.fault is not None
