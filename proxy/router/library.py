@@ -27,7 +27,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.call import Call
 from proxy.dialects import OPENAI
-from proxy.dialects.sse import FrameSplitter, parse_frame
+from proxy.dialects.sse import iter_frames, parse_frame
+from proxy.dialects.stream import AnswerStream
 from proxy.endpoint_config import EndpointConfig
 from proxy.errors import UpstreamBroken, UpstreamError
 from proxy.router.config import HealthConfig, RouteConfig, RouterConfig
@@ -196,12 +197,13 @@ class ConcurrentRouter:
                 if content:
                     yield content
                 return
-            frames = FrameSplitter()
+            # Checked as the relay checks it: a stream that ends before [DONE] raises, it is not whole.
+            answer = AnswerStream(call.operation.events, call.usage)
             try:
                 async for chunk in response.chunks():
-                    for frame in frames.feed(chunk):
+                    for frame in iter_frames(answer.feed(chunk)):
                         _, data = parse_frame(frame)
-                        if not data or data.strip() == b"[DONE]":
+                        if not data or data == b"[DONE]":
                             continue
                         document = orjson.loads(data)
                         if "error" in document:
@@ -209,6 +211,10 @@ class ConcurrentRouter:
                         for choice in document.get("choices") or []:
                             if text := (choice.get("delta") or {}).get("content"):
                                 yield text
+                    if answer.ended or answer.fault is not None:
+                        break
+                if answer.failure is not None:
+                    raise UpstreamBroken(answer.failure)
             except UpstreamError as error:
                 call.error_type = error.type
                 call.upstream_failure = error  # counts against the endpoint's health

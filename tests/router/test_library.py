@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from proxy import ConcurrentRouter, ModelEndpoint
-from proxy.errors import UpstreamStatus
+from proxy.errors import UpstreamBroken, UpstreamStatus
 from proxy.router.config import RouterConfig
 from tests.servers import PROVIDER_KEY, MockProvider
 
@@ -62,3 +62,19 @@ def test_route_request_raises_when_all_fail(mock_provider: MockProvider) -> None
     with pytest.raises(UpstreamStatus) as info:
         asyncio.run(main())
     assert info.value.status == 400
+
+
+def test_stream_request_raises_on_a_stream_cut_short(mock_provider: MockProvider) -> None:
+    """A stream that ends cleanly before ``[DONE]`` is not a whole answer: the iteration raises."""
+    mock_provider.set_behaviour("short", truncate=1)
+
+    async def main() -> list[str]:
+        pieces: list[str] = []
+        async with ConcurrentRouter([ModelEndpoint(name="short", url=mock_provider.url + "/v1",
+                                                   api_key=PROVIDER_KEY)]) as router:
+            async for piece in router.stream_request("Stream it"):
+                pieces.append(piece)
+        return pieces
+
+    with pytest.raises(UpstreamBroken, match="before its end marker"):
+        asyncio.run(main())
