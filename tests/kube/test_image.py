@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,13 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
     return IMAGE
 
 
+def _podman_script(script: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a bash script for podman in a private mount namespace (the cgroup v1/v2 hybrid mount off)."""
+    script = "umount /sys/fs/cgroup/unified 2>/dev/null || true\n" + script
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", script],
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def test_image_metadata(image: str) -> None:
     out = subprocess.run(["podman", *VFS, "image", "inspect", image], check=True, capture_output=True, text=True)
     config = json.loads(out.stdout)[0]["Config"]
@@ -69,13 +77,15 @@ def test_image_serves_health_and_a_proxied_completion(image: str, tmp_path: Path
         f"      - {{name: mock, url: 'http://127.0.0.1:{mock}/v1', dialect: openai, api_key_env: MOCK_KEY}}\n"
         "cache: {backend: memory}\n"
     )
+    # Names of this run only: another run of the suite may have its own pair up at the same time.
+    suffix = uuid.uuid4().hex[:8]
+    mock_name, sidecar_name = f"llm-mock-{suffix}", f"llm-sc-{suffix}"
     run = ["podman", *VFS, "run", "-d", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp",
            "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]
     script = f"""
 set -e
-umount /sys/fs/cgroup/unified 2>/dev/null || true
-{' '.join(run)} --name llm-mock {image} mock-provider --host 127.0.0.1 --port {mock} >/dev/null
-{' '.join(run)} --name llm-sc -e MOCK_KEY=k -v {config}:/etc/llm-sidecar/sidecar.yaml:ro {image} >/dev/null
+{' '.join(run)} --name {mock_name} {image} mock-provider --host 127.0.0.1 --port {mock} >/dev/null
+{' '.join(run)} --name {sidecar_name} -e MOCK_KEY=k -v {config}:/etc/llm-sidecar/sidecar.yaml:ro {image} >/dev/null
 ok=0
 for i in $(seq 100); do
   if curl -fsS http://127.0.0.1:{admin}/healthz >/dev/null 2>&1; then ok=1; break; fi; sleep 0.2
@@ -85,12 +95,14 @@ if [ $ok = 1 ]; then
     -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"hi"}}]}}' \
     http://127.0.0.1:{proxy}/v1/chat/completions > {tmp_path}/completion.json || ok=0
 fi
-podman {' '.join(VFS)} logs llm-sc > {tmp_path}/sidecar.log 2>&1 || true
-podman {' '.join(VFS)} stop -t 3 llm-sc llm-mock >/dev/null 2>&1 || true
+podman {' '.join(VFS)} logs {sidecar_name} > {tmp_path}/sidecar.log 2>&1 || true
 [ $ok = 1 ]
 """
-    res = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", script],
-                         capture_output=True, text=True, timeout=180)
+    try:
+        res = _podman_script(script, timeout=180)
+    finally:
+        # Whatever happened above (a failed start, a timeout), neither container outlives the test.
+        _podman_script(f"podman {' '.join(VFS)} rm -f -i -t 3 {sidecar_name} {mock_name} >/dev/null", timeout=60)
     log = (tmp_path / "sidecar.log").read_text() if (tmp_path / "sidecar.log").exists() else ""
     assert res.returncode == 0, res.stdout + res.stderr + log
     body = json.loads((tmp_path / "completion.json").read_text())
