@@ -170,3 +170,41 @@ def test_expected_output_patterns() -> None:
     assert matches("miss a b ...\nhit a b ...", "miss a b c\nhit a b c d")
     assert not matches("miss a ...", "hit a")
     assert not matches("miss a ...", "miss a b\nhit a b")
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def anchors(page: Path) -> set[str]:
+    """The fragment each heading of ``page`` gets, as GitHub makes them."""
+    found = set()
+    in_code = False
+    for line in page.read_text().splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and (heading := re.match(r"#+ (.*)", line)):
+            found.add(re.sub(r"[^\w\- ]", "", heading.group(1).lower()).replace(" ", "-"))
+    return found
+
+
+def test_links_between_the_pages_resolve_to_files_in_the_repository() -> None:
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.splitlines())
+    broken = []
+    for page in PAGES:
+        for target in LINK.findall(page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue  # a URL
+            path, _, fragment = target.partition("#")
+            resolved = (page.parent / path).resolve() if path else page
+            relative = str(resolved.relative_to(ROOT))
+            if path and relative not in tracked and not any(t.startswith(relative + "/") for t in tracked):
+                broken.append(f"{page.name}: {target} (not in the repository)")
+            elif fragment and resolved.suffix == ".md" and fragment not in anchors(resolved):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, broken
+
+
+def test_the_pages_speak_of_the_project_only() -> None:
+    for page in PAGES:
+        assert not re.search(r"\b[Ii]ssue #?\d", page.read_text()), page.name
