@@ -25,7 +25,7 @@ from aiohttp import web
 from proxy.cache import build_cache
 from proxy.config import Config, ConfigError
 from proxy.dialects import ANTHROPIC, OPENAI, Dialect
-from proxy.errors import NotFound, SidecarStopping
+from proxy.errors import NotFound
 from proxy.listeners import Listener, in_request, proxy_connection_budget, raise_fd_limit
 from proxy.pipeline import Pipeline
 from proxy.reload import Current, Reloader, log_missing_keys
@@ -228,11 +228,11 @@ class Servers:
         # keeps its own clock (``stop``); aiohttp's shutdown only gets the last words.
         self._runner = Listener(
             self.app, max_connections=self.max_connections, keepalive_timeout=server.keepalive_timeout,
-            handler_cancellation=True, access_log=None, auto_decompress=False, shutdown_timeout=LAST_WORDS / 2,
+            handler_cancellation=True, access_log=None, auto_decompress=False, shutdown_timeout=LAST_WORDS / 4,
         )
         self._admin_runner = Listener(
             self.admin, max_connections=server.admin_max_connections, keepalive_timeout=ADMIN_KEEPALIVE,
-            access_log=None, shutdown_timeout=LAST_WORDS / 2,
+            access_log=None, shutdown_timeout=LAST_WORDS / 4,
         )
         self.port = server.port
         self.admin_port = server.admin_port
@@ -278,7 +278,8 @@ class Servers:
         loop = asyncio.get_running_loop()
         timeout = self.config.server.drain_timeout
         deadline = loop.time() + timeout
-        cut_at = deadline - min(LAST_WORDS, timeout / 4)
+        last_words = min(LAST_WORDS, timeout / 4)
+        cut_at = deadline - last_words
         self.app[DRAINING].set()
         server = self._runner.server
         if server is not None:
@@ -290,8 +291,11 @@ class Servers:
             while any(map(in_request, server.connections)) and loop.time() < cut_at:
                 await asyncio.sleep(0.05)
             if UPSTREAM in self.app:
-                self.app[UPSTREAM].cut_streams(SidecarStopping(
-                    f"the sidecar is shutting down: its drain timeout ({timeout:g} s) ended before the answer"))
+                self.app[UPSTREAM].stop(
+                    f"the sidecar is shutting down: its drain timeout ({timeout:g} s) ended before the answer")
+                # The calls it ended answer now with an error in their dialect; give them a moment.
+                while any(map(in_request, server.connections)) and loop.time() < deadline - last_words / 2:
+                    await asyncio.sleep(0.02)
         await self._runner.cleanup()
         await self._admin_runner.cleanup()
         event("stopped")

@@ -15,6 +15,7 @@ import asyncio
 import functools
 import weakref
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -22,6 +23,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.endpoint_config import Timeouts
 from proxy.errors import (
+    SidecarStopping,
     UpstreamBroken,
     UpstreamConnectError,
     UpstreamError,
@@ -257,12 +259,20 @@ class Upstream:
         self.session = session
         #: streamed answers being read now, so a drain can end them (a closed one drops out by itself)
         self._streams: weakref.WeakSet[aiohttp.ClientResponse] = weakref.WeakSet()
+        #: attempts waiting for an answer's head, so a drain can end them too
+        self._opening: set[asyncio.Task[Any]] = set()
+        self._stopped: str | None = None
 
-    def cut_streams(self, error: UpstreamError) -> None:
-        """End every stream still being read with ``error``: its reader raises it at once."""
+    def stop(self, reason: str) -> None:
+        """End every attempt under way with ``SidecarStopping(reason)``: one waiting for its
+        answer's head raises it at once (the caller gets an error in its dialect), a stream
+        being read at its next read (the client gets an error event)."""
+        self._stopped = reason
+        for task in list(self._opening):
+            task.cancel()
         for response in list(self._streams):
             if not response.closed and not response.content.at_eof():
-                response.content.set_exception(error)
+                response.content.set_exception(SidecarStopping(reason))
 
     @classmethod
     def new_session(cls) -> aiohttp.ClientSession:
@@ -294,6 +304,10 @@ class Upstream:
         response: aiohttp.ClientResponse | None = None
         redactor = Redactor(headers)
         phase = "connect"
+        if self._stopped is not None:
+            raise SidecarStopping(self._stopped)
+        task = asyncio.current_task()
+        self._opening.add(task)  # type: ignore[arg-type]
         try:
             async with asyncio.timeout(min(timeouts.first_byte, timeouts.total)):
                 response = await self.session.post(
@@ -315,10 +329,19 @@ class Upstream:
             if response is not None:
                 response.close()
             raise map_client_error(exc, phase) from None
+        except asyncio.CancelledError:
+            if response is not None:
+                response.close()
+            # ``stop()`` cancelled it (and nothing else did): an error, not a vanished call.
+            if self._stopped is not None and task is not None and task.uncancel() == 0:
+                raise SidecarStopping(self._stopped) from None
+            raise
         except BaseException:
             if response is not None:
                 response.close()
             raise
+        finally:
+            self._opening.discard(task)
         if response.status >= 300:
             response.release()
             if response.status < 400:

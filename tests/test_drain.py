@@ -119,3 +119,36 @@ def test_native_sidecar_mode_stops_accepting_at_once(tmp_path: Path, mock_provid
     assert time.monotonic() - started < 5
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/v1/models")
+
+
+def test_a_call_still_waiting_for_its_upstream_when_the_drain_ends_gets_an_error(tmp_path: Path,
+                                                                                  mock_provider) -> None:
+    process, port, admin_port = _serve(tmp_path, mock_provider.url, 3)
+    mock_provider.set_behaviour("mock-gpt", latency_ms=20_000)  # the answer's head would come in 20 s
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=30)
+        try:
+            outcome["answer"] = client.chat.completions.create(model="gpt-4o-mini",
+                                                               messages=[{"role": "user", "content": "x"}])
+        except openai.APIError as error:
+            outcome["error"] = error
+
+    caller = threading.Thread(target=call)
+    try:
+        caller.start()
+        deadline = time.monotonic() + 10
+        while not mock_provider.stats()["in_flight"].get("mock-gpt"):
+            assert time.monotonic() < deadline, "the call did not reach the upstream"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)
+        caller.join(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    # An answer in its dialect saying why, not a connection that vanished.
+    error = outcome.get("error")
+    assert isinstance(error, openai.APIStatusError) and error.status_code == 503, (outcome, process.stderr.read())
+    assert "shutting down" in error.message

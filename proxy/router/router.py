@@ -66,6 +66,8 @@ def failure_kind(error: UpstreamError) -> RetryOn | None:
         if error.status == 429:
             return "429"
         return "5xx" if error.status >= 500 else None
+    if not error.retryable:
+        return None  # the sidecar is stopping: no endpoint can help
     if isinstance(error, UpstreamConnectError):
         return "connect"
     if isinstance(error, UpstreamTimeout):
