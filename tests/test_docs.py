@@ -16,13 +16,18 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml
+from pydantic import BaseModel
 
+from proxy.config import Config
 from tests.servers import LLM_SIDECAR, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,3 +213,46 @@ def test_links_between_the_pages_resolve_to_files_in_the_repository() -> None:
 def test_the_pages_speak_of_the_project_only() -> None:
     for page in PAGES:
         assert not re.search(r"\b[Ii]ssue #?\d", page.read_text()), page.name
+
+
+def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, str]:
+    """The config model an annotation holds, and how: directly, as dict values or as list items."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, ""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is dict:
+        return _model_in(args[1])[0], "dict"
+    if typing.get_origin(annotation) in (list, tuple):
+        return _model_in(args[0])[0], "list"
+    for arg in args:  # Optional and other unions
+        if (model := _model_in(arg))[0] is not None:
+            return model
+    return None, ""
+
+
+def test_the_configuration_page_shows_every_key() -> None:
+    """Its "Every key" example names every field of the config, at every level (the alternatives in comments)."""
+    page = ROOT / "docs" / "configuration.md"
+    (example,) = [b for b in blocks(page) if b.language == "yaml" and "model_groups:" in b.code and "server:" in b.code]
+    comments = " ".join(line.partition("#")[2] for line in example.code.splitlines())
+    missing: list[str] = []
+
+    def walk(model: type[BaseModel], node: Any, path: str) -> None:
+        for name, field in model.model_fields.items():
+            if not isinstance(node, dict) or name not in node:
+                if not re.search(rf"\b{name}\b", comments):
+                    missing.append(path + name)
+                continue
+            sub, how = _model_in(field.annotation)
+            value = node[name]
+            if sub is None or not value:
+                continue
+            if how == "dict":
+                walk(sub, next(iter(value.values())), f"{path}{name}.NAME.")
+            elif how == "list":
+                walk(sub, value[0], f"{path}{name}[].")
+            else:
+                walk(sub, value, f"{path}{name}.")
+
+    walk(Config, yaml.safe_load(example.code), "")
+    assert not missing, f"not in the configuration page's full example: {missing}"
