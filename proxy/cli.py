@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import sys
 from collections.abc import Coroutine, Sequence
@@ -132,8 +133,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-#: subcommands whose module parses the rest of the command line itself
-DELEGATED = {"inject": "proxy.kube.inject", "webhook": "proxy.kube.webhook"}
+def _version(text: str) -> tuple[int, int]:
+    from proxy.kube.sidecar import SettingsError, parse_version
+
+    try:
+        return parse_version(text)
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    from proxy.kube.inject import run
+
+    return run(args)
+
+
+def cmd_webhook(args: argparse.Namespace) -> int:
+    from proxy.kube.webhook import run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,20 +180,45 @@ def build_parser() -> argparse.ArgumentParser:
                       help="per-model behaviour, e.g. slow:ttft_ms=200,chunk_delay_ms=10")
     mock.set_defaults(run=cmd_mock_provider)
 
-    # Listed for --help only: main() hands their arguments to their modules (DELEGATED).
-    commands.add_parser("inject", help="add the sidecar to Kubernetes YAML offline")
-    commands.add_parser("webhook", help="serve the sidecar-injecting admission webhook")
+    # The kube commands import their modules only when run: `serve` never loads them.
+    inject = commands.add_parser(
+        "inject", help="add the sidecar to Kubernetes YAML offline",
+        description="Write the YAML with the sidecar injected into every workload's pod template to stdout; "
+                    "a summary goes to stderr. Running the command is the opt-in: only pods annotated "
+                    "llm-sidecar.io/inject: disabled are left alone.")
+    inject.add_argument("-f", "--filename", required=True, help="YAML file to inject, or - for stdin")
+    inject.add_argument("--settings", help="injector.yaml as rendered by the chart (default: chart defaults)")
+    inject.add_argument("--image", help="sidecar image (overrides --settings)")
+    inject.add_argument("--kube-version", type=_version, default="1.29",
+                        help="target cluster version; >= 1.29 gets a native sidecar (default 1.29)")
+    inject.add_argument("-n", "--namespace", default="default", help="namespace of objects that name none")
+    inject.set_defaults(run=cmd_inject)
+
+    webhook = commands.add_parser(
+        "webhook", help="serve the sidecar-injecting admission webhook",
+        description="Serve the mutating admission webhook over TLS: POST /mutate (AdmissionReview v1), "
+                    "GET /healthz, GET /readyz.")
+    webhook.add_argument("--host", default="127.0.0.1", help="address to bind (the chart passes 0.0.0.0)")
+    webhook.add_argument("--port", type=int, default=8443)
+    webhook.add_argument("--tls-cert-file", required=True, help="serving certificate (PEM), re-read when it changes")
+    webhook.add_argument("--tls-key-file", required=True, help="its private key (PEM)")
+    webhook.add_argument("--settings", help="injector.yaml rendered by the chart (default: chart defaults)")
+    webhook.add_argument("--cert-reload-interval", type=float, default=30.0,
+                         help="seconds between certificate checks (default 30)")
+    webhook.add_argument("--no-kube", action="store_true",
+                         help="no API access: only pod annotations opt in, objects are assumed present, "
+                              "no namespace sync")
+    webhook.add_argument("--kube-version", type=_version, help="with --no-kube: cluster version (e.g. 1.30) for native sidecars")
+    webhook.add_argument("--source-namespace", default=os.environ.get("POD_NAMESPACE", ""),
+                         help="namespace holding the ConfigMap and Secret to copy (default: $POD_NAMESPACE)")
+    webhook.add_argument("--resync-seconds", type=float, default=60.0,
+                         help="seconds between full resyncs of namespaces and copies (default 60)")
+    webhook.add_argument("--log-level", default="info")
+    webhook.set_defaults(run=cmd_webhook)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # inject and webhook parse their own arguments: argparse's REMAINDER would refuse
-    # the options that come first (``inject -f x.yaml`` → "unrecognized arguments").
-    if argv and argv[0] in DELEGATED:
-        import importlib
-
-        return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

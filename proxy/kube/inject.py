@@ -16,11 +16,11 @@ import dataclasses
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import Any
 
 import yaml
 
-from proxy.kube.sidecar import INJECT, Context, SettingsError, SidecarSettings, parse_version, plan
+from proxy.kube.sidecar import INJECT, Context, SettingsError, SidecarSettings, plan
 
 #: kind → path of keys from the document to its pod template
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
@@ -131,24 +131,8 @@ def load_settings(path: str | None) -> SidecarSettings:
     return SidecarSettings.from_mapping(data.get("sidecar", data))
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llm-sidecar inject", description=__doc__.split("\n\n")[0])
-    p.add_argument("-f", "--filename", required=True, help="YAML file to inject, or - for stdin")
-    p.add_argument("--settings", help="injector.yaml as rendered by the chart (default: chart defaults)")
-    p.add_argument("--image", help="sidecar image (overrides --settings)")
-    p.add_argument(
-        "--kube-version",
-        type=parse_version,
-        default=(1, 29),
-        help="target cluster version; >= 1.29 gets a native sidecar (default 1.29)",
-    )
-    p.add_argument("-n", "--namespace", default="default", help="namespace of objects that name none")
-    return p
-
-
-def main(argv: list[str], stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
-    args = parser().parse_args(argv)
-    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+def run(args: argparse.Namespace) -> int:
+    """``llm-sidecar inject`` (its arguments are defined in :mod:`proxy.cli`)."""
     try:
         settings = load_settings(args.settings)
         if args.image:
@@ -162,12 +146,16 @@ def main(argv: list[str], stdin: TextIO | None = None, stdout: TextIO | None = N
         return Context(namespace=ns, namespace_labels={INJECT: "enabled"}, kube_version=args.kube_version)
 
     try:
-        text = stdin.read() if args.filename == "-" else open(args.filename, encoding="utf-8").read()
+        if args.filename == "-":
+            text = sys.stdin.read()
+        else:
+            with open(args.filename, encoding="utf-8") as f:
+                text = f.read()
     except OSError as exc:
         print(f"llm-sidecar inject: {exc}", file=sys.stderr)
         return 2
     log: list[str] = []
-    stdout.write(inject_stream(text, settings, ctx_for, log))
+    sys.stdout.write(inject_stream(text, settings, ctx_for, log))
     for line in log:
         print(line, file=sys.stderr)
     return 0

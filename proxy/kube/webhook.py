@@ -179,34 +179,12 @@ def _cert_watch(cert: ReloadingCert, interval: float):  # noqa: ANN202 - cleanup
     return ctx
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llm-sidecar webhook", description=__doc__.split("\n\n")[0])
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (the chart passes 0.0.0.0)")
-    p.add_argument("--port", type=int, default=8443)
-    p.add_argument("--tls-cert-file", required=True)
-    p.add_argument("--tls-key-file", required=True)
-    p.add_argument("--settings", help="injector.yaml rendered by the chart (default: chart defaults)")
-    p.add_argument("--cert-reload-interval", type=float, default=30.0, help="seconds between certificate checks")
-    p.add_argument(
-        "--no-kube",
-        action="store_true",
-        help="no API access: only pod annotations opt in, objects are assumed present, no namespace sync",
-    )
-    p.add_argument("--kube-version", help="with --no-kube: cluster version (e.g. 1.30) for native sidecars")
-    p.add_argument("--source-namespace", default=os.environ.get("POD_NAMESPACE", ""),
-                   help="namespace holding the ConfigMap and Secret to copy (default: $POD_NAMESPACE)")
-    p.add_argument("--resync-seconds", type=float, default=60.0)
-    p.add_argument("--log-level", default="info")
-    return p
-
-
-def main(argv: list[str]) -> int:
+def run(args: argparse.Namespace) -> int:
+    """``llm-sidecar webhook`` (its arguments are defined in :mod:`proxy.cli`)."""
     from proxy.kube.inject import load_settings
-    from proxy.kube.sidecar import parse_version
     from proxy.listeners import run_app
     from proxy.telemetry.logs import setup_logging
 
-    args = parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
         settings = load_settings(args.settings)
@@ -215,12 +193,16 @@ def main(argv: list[str]) -> int:
         log.error("cannot start: %s", exc)
         return 2
     if args.no_kube:
-        version = parse_version(args.kube_version) if args.kube_version else None
-        view: Any = StaticView(kube_version=version)
+        view: Any = StaticView(kube_version=args.kube_version)
     else:
         from proxy.kube.namespaces import KubeNamespaces  # imports the kubernetes client
 
-        view = KubeNamespaces(settings, source_namespace=args.source_namespace, resync_seconds=args.resync_seconds)
+        try:
+            view = KubeNamespaces(settings, source_namespace=args.source_namespace,
+                                  resync_seconds=args.resync_seconds)
+        except Exception as exc:  # noqa: BLE001 - the client's ConfigException: neither in a pod nor a kubeconfig
+            log.error("cannot reach the Kubernetes API (%s): run it in a pod, set KUBECONFIG, or pass --no-kube", exc)
+            return 2
     app = build_app(settings, view)
     if hasattr(view, "cleanup_ctx"):
         app.cleanup_ctx.append(view.cleanup_ctx)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import io
+import subprocess
+import sys
+from pathlib import Path
 
 import jsonpatch
 import yaml
@@ -12,13 +14,14 @@ from proxy.kube.sidecar import Context, plan
 from tests.kube.cases import SETTINGS
 from tests.kube.conftest import ROOT
 
+SCRIPT = Path(sys.executable).with_name("llm-sidecar")
 EXAMPLES = ROOT / "k8s" / "examples" / "app.yaml"
 
 
 def run(argv: list[str], text: str) -> tuple[int, str]:
-    out = io.StringIO()
-    code = inject.main(argv, stdin=io.StringIO(text), stdout=out)
-    return code, out.getvalue()
+    """The installed ``llm-sidecar inject``, as a user runs it."""
+    res = subprocess.run([str(SCRIPT), "inject", *argv], input=text, capture_output=True, text=True, timeout=60)
+    return res.returncode, res.stdout
 
 
 def test_examples_are_injected_and_opt_outs_untouched() -> None:

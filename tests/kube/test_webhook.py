@@ -123,9 +123,8 @@ def test_webhook_command_serves_tls_and_reloads_certificate(test_ca: dict[str, P
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    code = "import sys; from proxy.kube.webhook import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "--port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        [str(Path(sys.executable).with_name("llm-sidecar")), "webhook", "--port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
          "--no-kube", "--kube-version", "1.30", "--cert-reload-interval", "0.2"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
