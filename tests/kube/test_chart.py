@@ -21,6 +21,7 @@ SCENARIOS: dict[str, list[str]] = {
     "gateway": ["--set", "gateway.enabled=true", "--set", "keys.mode=files", "--set", "networkPolicy.enabled=true"],
     "cert-manager": ["--set", "webhook.certManager.enabled=true", "--set", "keys.mode=passthrough"],
     "servicemonitor": [*MONITORING, "--set", "gateway.enabled=true"],
+    "no-sync": ["--set", "injector.syncNamespaces=false"],
     "gateway-only": ["--set", "injector.enabled=false", "--set", "gateway.enabled=true",
                      "--set", "gateway.autoscaling.enabled=false"],
 }
