@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-quick lint bench chaos redis-server test-tools clean
+.PHONY: setup demo test test-quick e2e lint bench chaos redis-server test-tools clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ test-quick: setup redis-server
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+## e2e: the image built, the chart rendered, the injector run, injected pods run with podman (a few minutes)
+e2e: setup test-tools
+	$(BIN)/python -m pytest -m e2e tests/kube/test_e2e.py -s -p no:cacheprovider $(PYTEST_ARGS)
 
 ## bench: the benchmarks, written as Markdown tables under bench/results/
 bench: setup

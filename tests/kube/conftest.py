@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,3 +54,29 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     run("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
         "-days", "2", "-extfile", "ext.cnf", "-out", "tls.crt")
     return {"ca": d / "ca.crt", "cert": d / "tls.crt", "key": d / "tls.key", "dir": d}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The end-to-end run (minutes of image builds) only when asked for: ``make e2e`` (``-m e2e``)."""
+    if "e2e" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="end to end: run it with `make e2e`")
+    for item in items:
+        if "e2e" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def kube_e2e(helm: str) -> Iterator[Any]:
+    """The end-to-end cluster side (images, API stand-in, injector, mock provider, Redis): tests/kube/e2e.py."""
+    from tests.kube.cluster import Timer, missing_tools
+    from tests.kube.e2e import stage
+
+    if reason := missing_tools():
+        pytest.skip(reason)
+    timer = Timer()
+    try:
+        with stage(helm, timer) as ready:
+            yield ready
+    finally:
+        print("\n[e2e] timings:\n" + timer.report(), flush=True)

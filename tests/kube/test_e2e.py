@@ -1,0 +1,75 @@
+"""End to end, as on a cluster: the image built, the chart rendered, the injector run, pods injected and run.
+
+``make e2e`` runs this module (it is skipped in the default suite: about four
+minutes here, most of it building images and removing vfs copies). The steps,
+in the order a cluster runs them (the set-up is :mod:`tests.kube.e2e`):
+
+1. build the image from the Dockerfile (buildah), and an app image with the
+   official openai and anthropic SDKs on top of it;
+2. ``helm template`` the chart with the kind example's values
+   (``k8s/examples/values-kind.yaml``), as ``k8s/kind/e2e.sh`` installs it;
+3. start the injector Deployment's pod with its exact command, args, env and
+   mounted files (its TLS Secret as helm generated it), against the API server
+   stand-in, plus the example mock provider and Redis;
+4. POST the injector an AdmissionReview for a sample app Deployment's pod and
+   for the example Job's pod, at the Service name and port the webhook
+   configuration names, trusting its caBundle; apply the JSON Patch (jsonpatch);
+5. run the patched pods (see :mod:`tests.kube.cluster` for what stands in for
+   the kubelet): the app, with only the env the patch gave it, calls through
+   the official SDKs (plain, streamed, repeated); the sidecar's /metrics must
+   show the calls and the cache hits; the Job's pod must complete.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.kube.cluster import pod_of
+from tests.kube.conftest import ROOT
+from tests.kube.e2e import CALLS, SAMPLE_APP, Stage, total
+from tests.kube.pods import documents
+
+pytestmark = pytest.mark.e2e
+
+
+def test_injected_app_pod_calls_through_the_sidecar(kube_e2e: Stage) -> None:
+    app_obj = documents(SAMPLE_APP)[0]
+    app_pod = kube_e2e.admit(app_obj)
+    assert app_pod["metadata"]["annotations"]["llm-sidecar.io/status"] == "injected"
+    sidecar = app_pod["spec"]["initContainers"][0]
+    assert sidecar["name"] == "llm-sidecar" and sidecar["restartPolicy"] == "Always"
+    kube_e2e.timer.phase("admission")
+
+    app = kube_e2e.run("sdk-app", app_obj, app_pod)
+    res = app.exec("app", ["python3", "-c", CALLS])
+    assert res.returncode == 0, res.stdout + res.stderr + app.logs("llm-sidecar")
+    seen = json.loads(res.stdout.strip().splitlines()[-1])
+    print(f"[e2e] app saw: {seen}")
+    assert seen["env"]["OPENAI_BASE_URL"].startswith("http://127.0.0.1:")
+    for dialect in ("openai", "anthropic"):
+        assert seen[dialect] == {"plain": "miss", "streamed": True, "repeated": "hit", "same": True}, seen
+    admin = next(p["containerPort"] for p in sidecar["ports"] if p["name"] == "llm-admin")
+    samples = kube_e2e.metrics(admin)
+    for group in ("gpt-4o-mini", "claude-sonnet"):
+        assert total(samples, "llm_sidecar_calls_total", model_group=group) == 3, samples
+        assert total(samples, "llm_sidecar_cache_calls_total", model_group=group, cache_status="hit") == 1
+    # The kind recipe's own final check, on these metrics.
+    check = re.findall(r"grep -Eq '([^']+)' <<<\"\$metrics\"", (ROOT / "k8s/kind/e2e.sh").read_text())[-1]
+    assert re.search(check, kube_e2e.metrics_text(admin), re.M), f"k8s/kind/e2e.sh would fail: {check}"
+    stats = kube_e2e.mock_stats()
+    print(f"[e2e] mock provider saw: {stats}")
+    assert stats["total_calls"] == 4  # the repeated calls never left the pod
+    assert app.terminate() == {"app": 0, "llm-sidecar": 0}
+    kube_e2e.timer.phase("app pod: SDK calls, metrics")
+
+
+def test_injected_job_pod_completes(kube_e2e: Stage) -> None:
+    job_obj, job_spec = pod_of(kube_e2e.examples["app"], "Job", "batch-summarize")
+    job = kube_e2e.run("batch-summarize", job_obj, kube_e2e.admit(job_obj, job_spec))
+    codes = job.complete()
+    assert codes == {"summarize": 0, "llm-sidecar": 0}, (codes, job.logs("summarize"), job.logs("llm-sidecar"))
+    assert job.logs("summarize").strip().endswith("200")
+    kube_e2e.timer.phase("job pod: completes")
