@@ -88,15 +88,17 @@ class Cluster:
         self._state_before = {p for p in PODMAN_STATE if p.exists()}
         self.hosts = sorted(set(hosts))
         self.store = store or self.dir / "storage"
+        # podman's database remembers its run and tmp paths: a kept store keeps them beside it.
+        state = self.store.parent / f"{self.store.name}-state" if store else self.dir
         (self.dir / "storage.conf").write_text(
-            f'[storage]\ndriver = "vfs"\nrunroot = "{self.dir}/run"\ngraphroot = "{self.store}"\n'
+            f'[storage]\ndriver = "vfs"\nrunroot = "{state}/run"\ngraphroot = "{self.store}"\n'
             f'[storage.options]\nadditionalimagestores = ["{DEFAULT_STORE}"]\n')
-        (self.dir / "tmp").mkdir()
+        (state / "tmp").mkdir(parents=True, exist_ok=True)
         (self.dir / "containers.conf").write_text(
             '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n'
             f'[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
-            f'events_logfile_path = "{self.dir}/events.log"\ntmp_dir = "{self.dir}/tmp"\n'
-            f'volume_path = "{self.dir}/volumes"\n')
+            f'events_logfile_path = "{state}/events.log"\ntmp_dir = "{state}/tmp"\n'
+            f'volume_path = "{state}/volumes"\n')
         self.env = {**os.environ, "CONTAINERS_STORAGE_CONF": str(self.dir / "storage.conf"),
                     "CONTAINERS_CONF": str(self.dir / "containers.conf")}
         self.net = NetNS(self.dir, self.hosts)
