@@ -1,11 +1,12 @@
-"""``k8s/kind/e2e.sh``: what can be checked of it without Docker and kind.
+"""``k8s/kind/e2e.sh`` and the Kubernetes page's commands: what can be checked of them without a cluster.
 
 Its flow (install, inject, a cache hit in the sidecar's metrics) is run with
 podman by ``make e2e`` (tests/kube/test_e2e.py), with the same values file and
 the script's own metrics check. Here: its shell is valid and free of SIGPIPE
 races, and each kubectl command is accepted by kubectl (``--dry-run=client``
 where kubectl can do it offline; otherwise it must get as far as contacting
-the API server, so its arguments parsed).
+the API server, so its arguments parsed). The same for the kubectl commands of
+``docs/kubernetes.md``; its ``helm install`` is rendered with ``helm template``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ def kubectl_commands() -> list[str]:
     return found
 
 
+DOCS = ROOT / "docs" / "kubernetes.md"
+
+
+def docs_commands(tool: str) -> list[str]:
+    """The ``tool`` commands of the page's shell blocks, continuation lines joined."""
+    found = []
+    for block in re.findall(r"```(?:bash|sh)[^\n]*\n(.*?)```", DOCS.read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.startswith(f"{tool} "):
+                found.append(re.sub(r"\s+", " ", line.split(" #")[0]).strip())
+    return found
+
+
 def test_script_is_valid_bash_without_pipefail_sigpipe() -> None:
     assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True).returncode == 0
     text = SCRIPT.read_text()
@@ -68,9 +82,11 @@ def kubectl(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return ["kubectl", f"--kubeconfig={config}", "--request-timeout=5s"]
 
 
-@pytest.mark.parametrize("command", kubectl_commands())
+@pytest.mark.parametrize("command", kubectl_commands() + docs_commands("kubectl"))
 def test_kubectl_command_is_accepted(command: str, kubectl: list[str]) -> None:
     argv = [*kubectl, *shlex.split(command)[1:]]
+    if argv[len(kubectl):][0:1] == ["create"] or argv[len(kubectl) + 2:][0:1] == ["create"]:
+        argv += ["--dry-run=client", "-o", "yaml"]  # create works offline with a client-side dry run
     if "--dry-run=client" in argv:  # works offline: run it and read its output
         res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stderr
@@ -87,3 +103,18 @@ def test_kubectl_command_is_accepted(command: str, kubectl: list[str]) -> None:
     assert res.returncode != 0
     assert re.search(r"connection refused|Unable to connect|dial tcp", res.stderr), \
         f"kubectl refused the command itself:\n{res.stderr}"
+
+
+def test_docs_install_renders(helm: str) -> None:
+    """The page's ``helm install`` renders offline with the same arguments (``helm template``)."""
+    installs = docs_commands("helm install")
+    assert installs, "docs/kubernetes.md shows no helm install"
+    for command in installs:
+        _, _, release, chart, *rest = shlex.split(command)
+        res = subprocess.run([helm, "template", release, str(ROOT / chart), *rest, "--kube-version", "1.30.0"],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        settings = next(d for d in yaml.safe_load_all(res.stdout) if d and "injector.yaml" in (d.get("data") or {}))
+        secret = yaml.safe_load(settings["data"]["injector.yaml"])["sidecar"]["keysSecret"]
+        created = [c for c in docs_commands("kubectl") if " create secret " in c]
+        assert any(f" {secret} " in f"{c} " for c in created), f"the page never creates the Secret {secret}"
