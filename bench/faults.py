@@ -86,9 +86,9 @@ async def _call(session: aiohttp.ClientSession, url: str, body: dict[str, Any], 
         tally["failed"] += 1
     elif not stream:
         tally["succeeded" if data.rstrip().endswith(b"}") else "lost"] += 1
-    elif data.endswith((b"data: [DONE]\n\n", b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")):
+    elif data.endswith(b"data: [DONE]\n\n"):  # the streams here are OpenAI chat
         tally["succeeded"] += 1
-    elif b'"error"' in data.rsplit(b"\n\n", 2)[-2]:
+    elif b'"error"' in data.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]:
         tally["failed"] += 1  # ended with an error event in its dialect
     else:
         tally["lost"] += 1
