@@ -61,9 +61,9 @@ def test_upstream_connect_error_is_502(make_sidecar, refused_port) -> None:
 @pytest.mark.parametrize(
     ("timeouts", "behaviour", "stream"),
     [
-        ({"first_byte": 0.3}, {"latency_ms": 2000}, False),  # no headers in time
-        ({"first_byte": 0.3}, {"ttft_ms": 2000}, True),  # headers, but no first token in time
-        ({"total": 0.5}, {"latency_ms": 2000}, False),
+        ({"first_byte": 0.3}, {"latency_ms": 5000}, False),  # no headers in time
+        ({"first_byte": 0.3}, {"ttft_ms": 5000}, True),  # headers, but no first token in time
+        ({"total": 0.5}, {"latency_ms": 5000}, False),
     ],
 )
 def test_upstream_timeouts_are_504(make_sidecar, mock_provider, timeouts, behaviour, stream) -> None:
@@ -76,7 +76,8 @@ def test_upstream_timeouts_are_504(make_sidecar, mock_provider, timeouts, behavi
         sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
                                                  stream=stream)
     assert info.value.status_code == 504
-    assert time.monotonic() - started < 1.5
+    # Cut by the timeout: far sooner than the upstream's 5 s, with room for a loaded machine.
+    assert time.monotonic() - started < 3.0
 
 
 def test_idle_timeout_mid_stream_ends_with_error_event(make_sidecar, mock_provider) -> None:
