@@ -140,3 +140,32 @@ def test_request_heads_are_bounded_and_parser_errors_are_one_json_line(served) -
     assert len(errors) == 2 * len(heads)
     assert {e["error"] for e in errors} >= {"LineTooLong", "BadHttpMessage"}
     assert secret not in err and "aaaa" not in err
+
+
+def test_past_the_cap_idle_connections_make_room_and_busy_ones_are_kept(make_sidecar, mock_provider) -> None:
+    sidecar = make_sidecar(server={"port": 0, "admin_port": 0, "admin_host": "127.0.0.1", "max_connections": 2})
+    port = sidecar.servers.port
+    mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=100, chunks=30)  # 3 s streams
+    body = b'{"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "x"}]}'
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    idle = socket.create_connection(("127.0.0.1", port), timeout=10)
+    busy = socket.create_connection(("127.0.0.1", port), timeout=10)
+    busy.sendall(request)
+    assert busy.recv(64).startswith(b"HTTP/1.1 200")
+    # A third connection: the idle one is closed to make room, the busy stream goes on.
+    third = socket.create_connection(("127.0.0.1", port), timeout=10)
+    third.sendall(request)
+    assert third.recv(64).startswith(b"HTTP/1.1 200")
+    assert idle.recv(64) == b""  # closed by the sidecar
+    # A fourth, with both connections in the middle of a call: refused at once.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as fourth:
+        fourth.sendall(request)
+        try:
+            assert fourth.recv(64) == b""
+        except ConnectionResetError:
+            pass
+    cap = sidecar.servers._runner.cap
+    assert (cap.evicted, cap.refused) == (1, 1)
+    for sock in (idle, busy, third):
+        sock.close()
