@@ -23,6 +23,8 @@ Behaviour is programmable per model name (``PUT /_mock/behaviour/{model}``, or
 ``x-mock-crlf``        ``1``: end lines with ``\r\n`` and send each frame in pieces
                        cut between the ``\r`` and the ``\n``
 ``x-mock-linger-ms``   wait between the last frame and the end of the stream
+``x-mock-error-after`` send the provider's own error event (overloaded) in place of
+                       streamed frame number N, and end the stream there
 =====================  =========================================================
 
 On the command line the same names go without ``x-mock-`` and with ``_`` for ``-``:
@@ -71,6 +73,7 @@ class Behaviour:
     empty: int = 0
     crlf: int = 0
     linger_ms: float = 0.0
+    error_after: int = -1
 
     @classmethod
     def parse(cls, spec: str) -> tuple[str, Behaviour]:
@@ -391,6 +394,16 @@ def _faulty(frames: list[bytes], behaviour: Behaviour) -> list[bytes]:
     return frames
 
 
+def _error_event(kind: str) -> bytes:
+    """The provider's own error event in a stream, as a provider sends it when overloaded mid-answer."""
+    message = "mock overloaded mid-stream"
+    if kind == "messages":
+        return format_frame({"type": "error", "error": {"type": "overloaded_error", "message": message}}, event="error")
+    if kind == "responses":
+        return format_frame({"type": "error", "code": "server_error", "message": message, "param": None}, event="error")
+    return format_frame({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
+
+
 def _pieces_of(frame: bytes, crlf: bool) -> list[bytes]:
     if not crlf:
         return [frame]
@@ -483,6 +496,8 @@ async def _answer(request: web.Request, kind: str, body: dict[str, Any], behavio
             "responses": lambda: openai_response_events(answer),
             "messages": lambda: anthropic_events(answer),
         }[kind]()
+        if 0 <= behaviour.error_after < len(frames):
+            frames = [*frames[:behaviour.error_after], _error_event(kind)]
         return await _stream(request, frames, behaviour)
     if behaviour.ttft_ms:
         await asyncio.sleep(behaviour.ttft_ms / 1000)

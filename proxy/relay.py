@@ -90,7 +90,7 @@ async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> w
                 recorder.finish(upstream.status, headers, call.usage)
                 call.outcome = "upstream"
             else:
-                recorder.abort()
+                recorder.abort(failure, told=answer.upstream_error)
                 call.outcome = "error"
                 call.error_type = failure.type
                 call.upstream_failure = failure
@@ -153,7 +153,8 @@ async def send_following(call: Call, following: Following) -> web.StreamResponse
         tail = b""
         if failure is not None:
             call.error_type = failure.type
-            tail = call.dialect.stream_error_frame(failure)
+            if not following.flight.told:  # else the upstream's own error event already went out
+                tail = call.dialect.stream_error_frame(failure)
         await response.write_eof(tail)
     except ConnectionResetError:
         call.error_type = call.error_type or "client_closed"

@@ -102,7 +102,8 @@ def test_faults_on_demand_from_the_command_line() -> None:
     """``llm-sidecar mock-provider --behaviour`` plays each stream fault, as documented."""
     script = str(Path(sys.executable).with_name("llm-sidecar"))
     port = free_port()
-    specs = ["cut:truncate=1", "bad:malformed=2", "none:empty=1", "split:crlf=1", "slow:linger_ms=300"]
+    specs = ["cut:truncate=1", "bad:malformed=2", "none:empty=1", "split:crlf=1", "slow:linger_ms=300",
+             "busy:error_after=3"]
     process = subprocess.Popen([script, "mock-provider", "--host", "127.0.0.1", "--port", str(port),
                                 *(arg for spec in specs for arg in ("--behaviour", spec))],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -128,6 +129,9 @@ def test_faults_on_demand_from_the_command_line() -> None:
         split = stream("split")[0]
         assert split.endswith(b"data: [DONE]\r\n\r\n") and b"\n\n" not in split.replace(b"\r\n\r\n", b"")
         assert stream("slow")[1] >= 0.3
+        busy = stream("busy")[0].split(b"\n\n")
+        assert all("choices" in json.loads(f.removeprefix(b"data: ")) for f in busy[:3]) and busy[4:] == [b""]
+        assert json.loads(busy[3].removeprefix(b"data: "))["error"]["type"] == "server_error"
     finally:
         process.terminate()
         process.wait(10)

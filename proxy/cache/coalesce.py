@@ -31,7 +31,8 @@ def shared_failure(error: BaseException | None) -> ProxyError | None:
 
 
 class Flight:
-    __slots__ = ("stream", "has_usage", "frames", "entry", "error", "done", "followers", "_changed")
+    __slots__ = ("stream", "has_usage", "frames", "entry", "error", "cut_by", "told", "done", "followers",
+                 "_changed")
 
     def __init__(self, stream: bool, has_usage: bool) -> None:
         #: the leader streams, so frames arrive as it reads them
@@ -42,6 +43,10 @@ class Flight:
         self.frames: list[bytes] = []
         self.entry: Entry | None = None
         self.error: ProxyError | None = None
+        #: why the leader's stream broke part-way, and whether its last frame (the upstream's
+        #: own error event) says so already
+        self.cut_by: ProxyError | None = None
+        self.told = False
         self.done = False
         self.followers = 0
         self._changed: asyncio.Event | None = None
@@ -56,6 +61,10 @@ class Flight:
             self.entry = entry
             self.done = True
             self._wake()
+
+    def cut(self, failure: ProxyError | None, told: bool) -> None:
+        """The leader's stream broke after frames went out (before ``fail`` ends the flight)."""
+        self.cut_by, self.told = failure, told
 
     def fail(self, error: BaseException | None) -> None:
         if not self.done:
@@ -120,4 +129,4 @@ class Following:
         """Why the leader's answer did not complete (once ``batches`` is over); None if it did."""
         if self.flight.entry is not None:
             return None
-        return self.flight.error or UpstreamBroken("upstream answer was cut (coalesced call)")
+        return self.flight.error or self.flight.cut_by or UpstreamBroken("upstream answer was cut (coalesced call)")

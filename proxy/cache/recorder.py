@@ -14,6 +14,7 @@ from multidict import CIMultiDict
 
 from proxy.cache.coalesce import Flight
 from proxy.cache.entry import Entry
+from proxy.errors import ProxyError
 
 
 class Recorder:
@@ -25,8 +26,9 @@ class Recorder:
     def finish(self, status: int, headers: CIMultiDict[str], usage: dict[str, int], body: bytes | None = None) -> None:
         """The answer is complete: ``body`` for a JSON answer, else what ``feed`` saw."""
 
-    def abort(self) -> None:
-        """The answer failed part-way; nothing is stored."""
+    def abort(self, failure: ProxyError | None = None, told: bool = False) -> None:
+        """The answer failed part-way (why, when known; ``told``: its last frame, the upstream's
+        own error event, says so already); nothing is stored."""
 
 
 NULL_RECORDER = Recorder()
@@ -76,5 +78,7 @@ class EntryRecorder(Recorder):
         self._done(Entry(status, content_type, body, stream, self._clock(), self._ttl,
                          usage.get("input_tokens", 0), usage.get("output_tokens", 0), has_usage))
 
-    def abort(self) -> None:
+    def abort(self, failure: ProxyError | None = None, told: bool = False) -> None:
+        if self._flight is not None:
+            self._flight.cut(failure, told)
         self._done(None)

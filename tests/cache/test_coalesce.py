@@ -89,6 +89,33 @@ async def test_leader_cut_mid_stream_ends_followers_streams_with_an_error(cached
         assert b'"error"' in data  # the OpenAI SDK raises on it, as for the leader
 
 
+@pytest.mark.parametrize(("model", "base", "path", "body", "event"), [
+    ("mock-gpt", "openai_base", "/chat/completions", {**BODY, "stream": True}, b'data: {"error"'),
+    ("mock-claude", "anthropic_base", "/v1/messages", {
+        "model": "claude-sonnet", "max_tokens": 100, "stream": True,
+        "messages": [{"role": "user", "content": "the same question"}]}, b"event: error"),
+])
+async def test_the_upstreams_error_event_ends_every_coalesced_stream_once(
+        cached_sidecar, mock_provider, model, base, path, body, event) -> None:
+    # The provider answers, then sends its own error event (overloaded) in place of frame 4.
+    mock_provider.set_behaviour(model, ttft_ms=1000, chunk_delay_ms=50, error_after=4)
+    sidecar = cached_sidecar()
+    url = getattr(sidecar, base) + path
+    async with httpx.AsyncClient(timeout=30) as client:
+        async def one() -> tuple[str, bytes]:
+            async with client.stream("POST", url, json=body) as response:
+                return response.headers.get("x-llm-sidecar-cache", ""), await response.aread()
+
+        leader = asyncio.create_task(one())
+        await wait_until_async(lambda: sidecar.pipeline.cache.flights, what="the leader's call in flight")
+        results = await asyncio.gather(leader, *(one() for _ in range(4)))
+    assert mock_provider.calls() == 1
+    assert sorted(status for status, _ in results) == ["coalesced"] * 4 + ["miss"]
+    for _, data in results:
+        # The upstream's own error event, and no second one of the sidecar's after it.
+        assert b"mock overloaded mid-stream" in data and data.count(event) == 1, data
+
+
 @pytest.mark.parametrize("header", ["no-store", "no-cache"])
 async def test_no_store_and_no_cache_calls_do_not_coalesce(cached_sidecar, mock_provider, header) -> None:
     mock_provider.set_behaviour("mock-gpt", latency_ms=200)
