@@ -111,7 +111,7 @@ async def _demo(port: int, admin_port: int) -> None:
     await mock_site.start()
     mock_port = mock_runner.addresses[0][1]
     servers = Servers(demo_config(f"http://127.0.0.1:{mock_port}", port, admin_port))
-    await servers.start()
+    await servers.start(settings=("demo --port", "demo --admin-port"))  # the demo has no config file
     # The interpreter running the demo has the SDKs: the snippet works without activating the venv.
     print(DEMO_HELP.format(port=servers.port, admin_port=servers.admin_port, mock_port=mock_port,
                            python=shlex.quote(sys.executable)), flush=True)

@@ -209,6 +209,10 @@ MODE_ENV = "LLM_SIDECAR_MODE"
 IDLE_WINDOW = 5.0
 
 
+#: what sets the proxy's and the admin listener's ports for ``serve`` (a busy port's error names it)
+SERVE_SETTINGS = ("server.port (or serve --port)", "server.admin_port (or serve --admin-port)")
+
+
 class Servers:
     """The proxy and admin listeners, started and drained together."""
 
@@ -237,14 +241,14 @@ class Servers:
         self.port = server.port
         self.admin_port = server.admin_port
 
-    async def start(self) -> None:
+    async def start(self, settings: tuple[str, str] = SERVE_SETTINGS) -> None:
+        """Listen; a busy port is an error naming ``settings``, what sets the proxy's and the admin's port."""
         server = self.config.server
         await self._runner.setup()
         await self._admin_runner.setup()
         try:
-            await _listen(self._runner, server.host, server.port, "server.port (or serve --port)", backlog=1024)
-            await _listen(self._admin_runner, server.admin_host, server.admin_port,
-                          "server.admin_port (or serve --admin-port)")
+            await _listen(self._runner, server.host, server.port, settings[0], backlog=1024)
+            await _listen(self._admin_runner, server.admin_host, server.admin_port, settings[1])
         except ConfigError:
             await self._runner.cleanup()
             await self._admin_runner.cleanup()

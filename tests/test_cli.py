@@ -119,6 +119,24 @@ def test_a_busy_port_is_one_line_naming_the_setting(tmp_path: Path, mock_provide
         f"change server.{which} (or serve {flag}) or stop what holds the port"]
 
 
+@pytest.mark.parametrize("flag", ["--port", "--admin-port"])
+def test_a_busy_demo_port_names_the_demos_own_flag(flag: str) -> None:
+    """The demo has no config file: its message names its own flag (8080 is often taken on a laptop)."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        ports = {"--port": free_port(), "--admin-port": free_port(), flag: busy}
+        result = subprocess.run([SCRIPT, "demo", *(str(a) for item in ports.items() for a in item)],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"llm-sidecar: cannot listen on 127.0.0.1:{busy}: address already in use; "
+        f"change demo {flag} or stop what holds the port"]
+
+
 @pytest.mark.parametrize("spec", ["m:latency_ms=abc", "m:no_such=1", "m:latency"])
 def test_a_bad_mock_behaviour_is_a_usage_error(spec: str) -> None:
     result = subprocess.run([SCRIPT, "mock-provider", "--port", str(free_port()), "--behaviour", spec],
