@@ -43,7 +43,7 @@ async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> w
     call.status = upstream.status
     if not upstream.is_stream:
         call.first_byte_at = time.perf_counter()
-        merge_usage(call.usage, upstream.document.get("usage"))  # type: ignore[union-attr]
+        merge_usage(call.usage, upstream.document.get("usage"))  # type: ignore[union-attr]  # whole answers have one
         recorder.finish(upstream.status, headers, call.usage, upstream.body)
         call.outcome = "upstream"
         return web.Response(status=upstream.status, body=upstream.body, headers=headers)

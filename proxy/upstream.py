@@ -307,7 +307,7 @@ class Upstream:
         if self._stopped is not None:
             raise SidecarStopping(self._stopped)
         task = asyncio.current_task()
-        self._opening.add(task)  # type: ignore[arg-type]
+        self._opening.add(task)  # type: ignore[arg-type]  # called in a task, so never None
         try:
             async with asyncio.timeout(min(timeouts.first_byte, timeouts.total)):
                 response = await self.session.post(

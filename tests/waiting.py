@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -30,11 +30,11 @@ async def wait_until_async(
     """``wait_until`` for a test running on an event loop: the loop keeps running while it waits."""
     deadline = time.monotonic() + timeout
     while True:
-        result = condition()
+        result: Any = condition()
         if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
             result = await result
         if result:
-            return result  # type: ignore[return-value]
+            return result
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout} s: {what or condition}")
         await asyncio.sleep(interval)

@@ -291,7 +291,7 @@ def doc_commands() -> list[str]:
     """``llm-sidecar ...`` as the README and docs show it, in code blocks and code spans."""
     from proxy.cli import build_parser
 
-    subcommands = "|".join(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    subcommands = "|".join(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]  # argparse keeps them private
     texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     found: list[str] = []
     for path in texts:
