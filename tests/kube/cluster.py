@@ -167,7 +167,7 @@ class Cluster:
 
     def run_pod(self, name: str, obj: Mapping[str, Any], spec: Mapping[str, Any], docs: list[dict[str, Any]],
                 images: Mapping[str, str] | None = None, entrypoints: Mapping[str, list[str]] | None = None,
-                secrets: Mapping[str, dict[str, bytes]] | None = None, probe_deadline: float = 90) -> RunningPod:
+                secrets: Mapping[str, dict[str, bytes]] | None = None, probe_deadline: float = 180) -> RunningPod:
         """Start a pod spec as the kubelet would (see the module doc); returns once its containers started.
 
         ``docs`` holds the ConfigMaps and Secrets its volumes and env name; ``images`` maps an image the
@@ -258,7 +258,7 @@ class RunningPod:
         if c.get("restartPolicy") == "Always":
             self.sidecars.append(c["name"])
 
-    def await_probe(self, c: Mapping[str, Any], kind: str, deadline: float = 90) -> None:
+    def await_probe(self, c: Mapping[str, Any], kind: str, deadline: float = 180) -> None:
         """Wait until the container's probe of that kind passes (the kubelet's view of it)."""
         probe = c.get(kind) or c.get("readinessProbe")
         if not probe or "httpGet" not in probe:

@@ -212,13 +212,20 @@ class NetNS:
         return proc
 
     def http(self, url: str, *, method: str = "GET", body: bytes | None = None, cafile: str | None = None,
-             verify: bool = True, deadline: float = 60, any_status: bool = False) -> tuple[int, bytes]:
-        """Call ``url`` from inside the namespace until it answers (status < 500, or any with ``any_status``)."""
+             verify: bool = True, deadline: float = 180, any_status: bool = False) -> tuple[int, bytes]:
+        """Call ``url`` from inside the namespace until it answers (status < 500, or any with ``any_status``).
+
+        The deadline is generous: on a loaded machine the injector takes a minute to start.
+        """
         res = self.run([sys.executable, "-c", _HTTP, url, method, cafile or "", "1" if verify else "0",
                         str(deadline), "1" if any_status else "0"], input=body or b"", text=False,
                        timeout=deadline + 30)
         if res.returncode != 0:
-            raise AssertionError(f"{method} {url}: {res.stderr.decode(errors='replace')[-2000:]}")
+            # What the namespace looked like, so that a failure explains itself.
+            sockets = self.run(["ss", "-ltnp"]).stdout
+            nat = self.run(["iptables", "-t", "nat", "-S", "OUTPUT"]).stdout
+            raise AssertionError(f"{method} {url}: {res.stderr.decode(errors='replace')[-2000:]}\n"
+                                 f"listening:\n{sockets}\nnat:\n{nat}")
         status, _, payload = res.stdout.partition(b"\n")
         return int(status), payload
 

@@ -239,7 +239,7 @@ def pod_log(tmp: Path, name: str) -> str:
     return log.read_text(errors="replace")[-3000:] if log.exists() else ""
 
 
-def wait_exec(ns: NetNS, command: list[str], name: str, deadline: float = 60) -> None:
+def wait_exec(ns: NetNS, command: list[str], name: str, deadline: float = 180) -> None:
     import time
 
     end = time.monotonic() + deadline
