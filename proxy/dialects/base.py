@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from multidict import CIMultiDictProxy
 
-from proxy.dialects.stream import no_stream
+from proxy.dialects.stream import FrameRule, no_stream
 from proxy.errors import ProxyError
 
 
@@ -22,7 +21,7 @@ class Operation:
     #: the call names a model group in its ``model`` field
     routed: bool = True
     #: reads one frame of a streamed answer (``proxy.dialects.stream``): its end marker, usage, faults
-    events: Callable[[bytes, dict[str, int]], int] = no_stream
+    events: FrameRule = no_stream
 
 
 class Dialect(Protocol):

@@ -25,63 +25,87 @@ import orjson
 from proxy.dialects.sse import last_frame, parse_frame, split_frames
 from proxy.dialects.usage import merge_usage
 
-#: what a frame means for the stream: nothing special, the end marker, or the upstream's own error
-FRAME, END, ERROR = 0, 1, 2
+#: what ends a run of frames: nothing (all read), the end marker, the upstream's error, a malformed frame
+FRAMES, END, ERROR, MALFORMED = 0, 1, 2, 3
 
-#: reads one frame's data, adds any token counts to ``usage``; raises ``ValueError`` if malformed
-FrameRule = Callable[[bytes, dict[str, int]], int]
+#: reads the data of a run of frames in order (``b""`` for one without data), adding token
+#: counts to ``usage``; returns where it stopped and why (``len(datas), FRAMES`` if it did not)
+FrameRule = Callable[[list[bytes], dict[str, int]], tuple[int, int]]
 
-
-def _object(data: bytes) -> dict[str, Any]:
-    document = orjson.loads(data)  # orjson.JSONDecodeError is a ValueError
-    if not isinstance(document, dict):
-        raise ValueError("an event's data is not a JSON object")
-    return document
+_loads = orjson.loads
 
 
-def openai_choices(data: bytes, usage: dict[str, int]) -> int:
+def _usage(container: Any) -> Any:
+    return container.get("usage") if type(container) is dict else None
+
+
+def openai_choices(datas: list[bytes], usage: dict[str, int]) -> tuple[int, int]:
     """``/chat/completions`` and ``/completions`` chunks, ended by ``[DONE]``."""
-    if data == b"[DONE]":
-        return END
-    document = _object(data)
-    if "error" in document:
-        return ERROR
-    found = document.get("usage")
-    if found:
-        merge_usage(usage, found)
-    return FRAME
+    for index, data in enumerate(datas):
+        if not data:
+            continue
+        if data == b"[DONE]":
+            return index, END
+        try:
+            document = _loads(data)
+        except ValueError:
+            return index, MALFORMED
+        if type(document) is not dict:
+            return index, MALFORMED
+        if "error" in document:
+            return index, ERROR
+        found = document.get("usage")
+        if found:
+            merge_usage(usage, found)
+    return len(datas), FRAMES
 
 
-def openai_responses(data: bytes, usage: dict[str, int]) -> int:
+def openai_responses(datas: list[bytes], usage: dict[str, int]) -> tuple[int, int]:
     """Responses API events, ended by ``response.completed``."""
-    document = _object(data)
-    kind = document.get("type")
-    if kind in ("response.completed", "response.incomplete"):
-        merge_usage(usage, (document.get("response") or {}).get("usage"))
-        return END
-    if kind in ("response.failed", "error"):
-        return ERROR
-    return FRAME
+    for index, data in enumerate(datas):
+        if not data:
+            continue
+        try:
+            document = _loads(data)
+        except ValueError:
+            return index, MALFORMED
+        if type(document) is not dict:
+            return index, MALFORMED
+        kind = document.get("type")
+        if kind in ("response.completed", "response.incomplete"):
+            merge_usage(usage, _usage(document.get("response")))
+            return index, END
+        if kind in ("response.failed", "error"):
+            return index, ERROR
+    return len(datas), FRAMES
 
 
-def anthropic_messages(data: bytes, usage: dict[str, int]) -> int:
+def anthropic_messages(datas: list[bytes], usage: dict[str, int]) -> tuple[int, int]:
     """Messages API events, ended by ``message_stop``."""
-    document = _object(data)
-    kind = document.get("type")
-    if kind == "message_start":
-        merge_usage(usage, (document.get("message") or {}).get("usage"))
-    elif kind == "message_delta":
-        merge_usage(usage, document.get("usage"))
-    elif kind == "message_stop":
-        return END
-    elif kind == "error":
-        return ERROR
-    return FRAME
+    for index, data in enumerate(datas):
+        if not data:
+            continue
+        try:
+            document = _loads(data)
+        except ValueError:
+            return index, MALFORMED
+        if type(document) is not dict:
+            return index, MALFORMED
+        kind = document.get("type")
+        if kind == "message_start":
+            merge_usage(usage, _usage(document.get("message")))
+        elif kind == "message_delta":
+            merge_usage(usage, document.get("usage"))
+        elif kind == "message_stop":
+            return index, END
+        elif kind == "error":
+            return index, ERROR
+    return len(datas), FRAMES
 
 
-def no_stream(data: bytes, usage: dict[str, int]) -> int:
+def no_stream(datas: list[bytes], usage: dict[str, int]) -> tuple[int, int]:
     """An operation whose answers never stream (embeddings, token counts)."""
-    raise ValueError("this operation's answers do not stream")
+    return next((i for i, data in enumerate(datas) if data), len(datas)), MALFORMED
 
 
 class AnswerStream:
@@ -125,29 +149,20 @@ class AnswerStream:
         return self.fault or "the upstream closed the stream before its end marker"
 
     def _check(self, whole: bytes) -> bytes:
-        """``whole``, or the part of it up to the frame that ends the stream (with it, or not if malformed)."""
-        rule, usage = self._rule, self.usage
-        start = 0
-        for frame in whole.split(b"\n\n")[:-1]:
-            end = start + len(frame) + 2
-            if frame.startswith(b"data: ") and b"\n" not in frame:
-                data = frame[6:]  # the common frame: one data line
-            else:
-                data = parse_frame(frame)[1]
-                if not data:
-                    start = end
-                    continue  # a comment, a keep-alive, or a blank line
-            try:
-                kind = rule(data, usage)
-            except (ValueError, AttributeError, TypeError):  # not JSON, or not the dialect's shapes
-                self.fault = "the upstream sent a malformed event"
-                return whole[:start]
-            if kind != FRAME:
-                if kind == END:
-                    self.ended = True
-                else:
-                    self.fault = "the upstream ended the stream with an error event"
-                    self.upstream_error = True
-                return whole[:end]
-            start = end
-        return whole
+        """``whole``, or the part of it up to the frame that ends the stream (with it; without a malformed one)."""
+        frames = whole.split(b"\n\n")
+        frames.pop()  # what follows the last blank line: nothing
+        # The common frame is one ``data:`` line; others (``event:`` lines, comments) are parsed.
+        datas = [f[6:] if f[:6] == b"data: " and b"\n" not in f else parse_frame(f)[1] for f in frames]
+        index, kind = self._rule(datas, self.usage)
+        if kind == FRAMES:
+            return whole
+        if kind == END:
+            self.ended = True
+        elif kind == ERROR:
+            self.fault = "the upstream ended the stream with an error event"
+            self.upstream_error = True
+        else:
+            self.fault = "the upstream sent a malformed event"
+            index -= 1  # the malformed frame itself does not go out
+        return whole[:sum(len(f) + 2 for f in frames[:index + 1])]
