@@ -385,6 +385,8 @@ def _caller_key(request: web.Request) -> str:
 
 def _faulty(frames: list[bytes], behaviour: Behaviour) -> list[bytes]:
     """The frames with the behaviour's faults in: a frame cut short, the end marker gone."""
+    if behaviour.malformed < 0 and not behaviour.truncate:
+        return frames
     frames = list(frames)
     if 0 <= behaviour.malformed < len(frames):
         frame = frames[behaviour.malformed]
@@ -404,9 +406,7 @@ def _error_event(kind: str) -> bytes:
     return format_frame({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
 
 
-def _pieces_of(frame: bytes, crlf: bool) -> list[bytes]:
-    if not crlf:
-        return [frame]
+def _crlf_pieces(frame: bytes) -> list[bytes]:
     # Each piece ends in a \r whose \n starts the next piece.
     first, *rest = frame.replace(b"\n", b"\r\n").split(b"\n")
     return [first, *(b"\n" + piece for piece in rest)]
@@ -431,10 +431,12 @@ async def _stream(request: web.Request, frames: list[bytes], behaviour: Behaviou
                 await response.write(frame[:middle])
                 await asyncio.sleep(0.05)
                 frame = frame[middle:]
-            for piece in _pieces_of(frame, bool(behaviour.crlf)):
+            if not behaviour.crlf:
+                await response.write(frame)
+                continue
+            for piece in _crlf_pieces(frame):
                 await response.write(piece)
-                if behaviour.crlf:
-                    await asyncio.sleep(0.002)  # one network chunk per piece: the reader gets each alone
+                await asyncio.sleep(0.002)  # one network chunk per piece: the reader gets each alone
         if behaviour.linger_ms:
             await asyncio.sleep(behaviour.linger_ms / 1000)
         await response.write_eof()
