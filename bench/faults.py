@@ -9,6 +9,9 @@
   file descriptors many nodes give a container, while calls go through and the kubelet's
   probe polls ``/healthz``.
 - ``echo``: a provider answers 401 and echoes the key it was sent, in both dialects.
+- ``streams``: the provider's streams end before their end marker, hold a malformed frame,
+  come back empty, or arrive in CRLF pieces (concurrency 16, cache on): a broken answer must
+  never pass for a whole one, nor be stored; the CRLF ones must all succeed and be stored.
 
 Every call is one of: **succeeded** (a complete answer), **failed** (the client got a clear
 error: an error status, an error event at the end of a stream, or a refused connection), or
@@ -25,6 +28,7 @@ import signal
 import socket
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -82,6 +86,8 @@ async def _call(session: aiohttp.ClientSession, url: str, body: dict[str, Any], 
     except (TimeoutError, aiohttp.ClientError):
         tally["lost"] += 1
         return
+    if stream:
+        data = data.replace(b"\r\n", b"\n")  # any of SSE's line ends
     if response.status != 200:
         tally["failed"] += 1
     elif not stream:
@@ -264,8 +270,62 @@ def echo_fault(tmp: Path) -> dict[str, Any]:
     return {"401 echoing the key (answers passed on)": tally, "_leaks": leaks}
 
 
+def _stores(admin_port: int) -> int:
+    """The sidecar's cache stores so far, read off ``/metrics``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith('llm_sidecar_cache_events_total{event="store"}'):
+                return int(float(line.split()[-1]))
+    return 0
+
+
+#: phase → the mock provider's fault (per request), and whether the calls stream
+STREAM_FAULTS = {
+    "stream ends before its end marker": ({"x-mock-truncate": "1"}, True),
+    "a malformed frame mid-stream": ({"x-mock-malformed": "5"}, True),
+    "an empty 200 (JSON)": ({"x-mock-empty": "1"}, False),
+    "an empty 200 (stream)": ({"x-mock-empty": "1"}, True),
+    "every line end cut between \\r and \\n": ({"x-mock-crlf": "1"}, True),
+}
+
+
+def stream_fault(tmp: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    with procs.start_mock(procs.LOAD_CORES) as mock:
+        config, port, admin_port = _config(tmp, mock.url, cache={"backend": "memory"})
+        data = orjson.loads(config.read_bytes())
+        data["model_groups"]["gpt-4o-mini"]["cache"] = {"mode": "always", "ttl": 600}
+        config.write_bytes(orjson.dumps(data))
+        # A sidecar per phase: the broken answers of one open the endpoint's circuit for the next.
+        for number, (phase, (headers, stream)) in enumerate(STREAM_FAULTS.items()):
+            with _sidecar(config, port, admin_port):
+                result[phase] = _stream_phase(port, number, headers, stream)
+                result[f"_stored: {phase}"] = _stores(admin_port)
+    return result
+
+
+def _stream_phase(port: int, number: int, headers: dict[str, str], stream: bool, seconds: float = 2.0) -> Tally:
+    tally, stop_at = Tally(), time.monotonic() + seconds
+
+    def body(index: int) -> dict[str, Any]:
+        # Each phase asks its own questions: a broken answer stored would show as a hit later.
+        return {**_chat(index, stream), "messages": [{"role": "user", "content": f"phase {number} question {index}"}]}
+
+    asyncio.run(_load(port_url(port), body, lambda: time.monotonic() > stop_at, lambda: tally, headers=headers))
+    return tally
+
+
+def _streams_ok(result: dict[str, Any]) -> bool:
+    broken = [p for p in STREAM_FAULTS if not p.startswith("every line end")]
+    whole = "every line end cut between \\r and \\n"
+    return (all(result[p]["succeeded"] == 0 for p in broken)
+            and all(result[f"_stored: {p}"] == 0 for p in broken)
+            and result[whole]["failed"] == 0 and result[f"_stored: {whole}"] == result[whole]["succeeded"])
+
+
 SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "redis": redis_fault, "sigterm": sigterm_fault, "flood": flood_fault, "echo": echo_fault,
+    "streams": stream_fault,
 }
 
 
@@ -282,6 +342,8 @@ def report(name: str, result: dict[str, Any]) -> bool:
         print("\n" + ", ".join(f"{k}: {v:.2f}" if isinstance(v, float) else f"{k}: {v}" for k, v in extras.items()))
     if name == "echo":
         ok = ok and result["_leaks"] == 0
+    if name == "streams":
+        ok = ok and _streams_ok(result)
     return ok
 
 
@@ -293,7 +355,7 @@ def main() -> int:
     for name in args.names or SCENARIOS:
         with tempfile.TemporaryDirectory(prefix=f"bench-fault-{name}-") as tmp:
             ok = report(name, SCENARIOS[name](Path(tmp))) and ok
-    print(f"\nverdict: {'PASS' if ok else 'FAIL'} (no call lost, no key passed on)")
+    print(f"\nverdict: {'PASS' if ok else 'FAIL'} (no call lost, no key passed on, no broken answer passed or stored)")
     return 0 if ok else 1
 
 
