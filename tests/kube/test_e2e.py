@@ -26,6 +26,7 @@ import json
 import re
 
 import pytest
+import yaml
 
 from tests.kube.cluster import pod_of
 from tests.kube.conftest import ROOT
@@ -73,3 +74,88 @@ def test_injected_job_pod_completes(kube_e2e: Stage) -> None:
     assert codes == {"summarize": 0, "llm-sidecar": 0}, (codes, job.logs("summarize"), job.logs("llm-sidecar"))
     assert job.logs("summarize").strip().endswith("200")
     kube_e2e.timer.phase("job pod: completes")
+
+
+# An app that listens on 8080 and 9090 without declaring them, as many do.
+PORTS_APP = SAMPLE_APP.replace("sdk-app", "ports-app").replace(
+    '["import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); signal.pause()"]',
+    json.dumps(["import http.server as h, signal, sys, threading\n"
+                "for port in (8080, 9090):\n"
+                "    server = h.ThreadingHTTPServer(('0.0.0.0', port), h.SimpleHTTPRequestHandler)\n"
+                "    threading.Thread(target=server.serve_forever, daemon=True).start()\n"
+                "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+                "signal.pause()\n"]))
+ASK_APP_PORTS = """
+import json, time, urllib.request
+import openai
+deadline, seen = time.monotonic() + 30, {}
+for port in (8080, 9090):
+    while True:
+        try:
+            seen[port] = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).status
+            break
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                seen[port] = str(exc)
+                break
+            time.sleep(0.2)
+oa = openai.OpenAI(api_key="unused", max_retries=0)
+reply = oa.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "ports"}])
+print(json.dumps({"app": seen, "proxied": bool(reply.choices[0].message.content)}))
+"""
+
+
+def test_an_app_on_8080_and_9090_runs_beside_its_sidecar(kube_e2e: Stage) -> None:
+    """The native sidecar starts (and binds) first; an app on the ports it used to take must still start."""
+    app_obj = documents(PORTS_APP)[0]
+    pod = kube_e2e.admit(app_obj)
+    sidecar = pod["spec"]["initContainers"][0]
+    assert {p["containerPort"] for p in sidecar["ports"]}.isdisjoint({8080, 9090})
+    app = kube_e2e.run("ports-app", app_obj, pod)
+    res = app.exec("app", ["python3", "-c", ASK_APP_PORTS])
+    assert res.returncode == 0, res.stdout + res.stderr + app.logs("app") + app.logs("llm-sidecar")
+    seen = json.loads(res.stdout.strip().splitlines()[-1])
+    assert seen == {"app": {"8080": 200, "9090": 200}, "proxied": True}, (seen, app.logs("app"))
+    assert app.terminate() == {"app": 0, "llm-sidecar": 0}
+    kube_e2e.timer.phase("app pod on 8080/9090")
+
+
+ASK_BOTH = """
+import json
+import anthropic, openai
+seen = {}
+oa = openai.OpenAI(api_key="unused", max_retries=0)
+seen["openai"] = bool(oa.chat.completions.create(model="gpt-4o-mini",
+                      messages=[{"role": "user", "content": "keys"}]).choices[0].message.content)
+try:
+    anthropic.Anthropic(api_key="unused").messages.create(
+        model="claude-sonnet", max_tokens=16, messages=[{"role": "user", "content": "keys"}])
+    seen["anthropic"] = "answered"
+except anthropic.InternalServerError as exc:
+    seen["anthropic"] = exc.body["error"]["message"]
+print(json.dumps(seen))
+"""
+
+
+def test_a_pod_whose_secret_lacks_one_key_starts_and_serves_the_other_group(kube_e2e: Stage) -> None:
+    """The chart's NOTES case: the config names ANTHROPIC_API_KEY, the Secret has no such key.
+    The native sidecar must pass its startup probe (else the kubelet never starts the app)."""
+    app_obj = documents(SAMPLE_APP.replace("sdk-app", "keys-app"))[0]
+    pod = kube_e2e.admit(app_obj)
+    configmap, secret = kube_e2e.namespace_objects()
+    config = yaml.safe_load(configmap["data"]["sidecar.yaml"])
+    config["model_groups"]["claude-sonnet"]["endpoints"][0]["api_key_env"] = "ANTHROPIC_API_KEY"
+    assert "ANTHROPIC_API_KEY" not in secret.get("data", {})
+    configmap = {**configmap, "data": {**configmap["data"], "sidecar.yaml": yaml.safe_dump(config)}}
+    meta = {**pod["metadata"], "name": "keys-app", "namespace": "demo-app"}
+    app = kube_e2e.cluster.run_pod("keys-app", {**app_obj, "metadata": meta}, pod["spec"], [configmap, secret])
+    res = app.exec("app", ["python3", "-c", ASK_BOTH])
+    assert res.returncode == 0, res.stdout + res.stderr + app.logs("llm-sidecar")
+    seen = json.loads(res.stdout.strip().splitlines()[-1])
+    assert seen["openai"] is True
+    assert "claude-sonnet" in seen["anthropic"] and "ANTHROPIC_API_KEY is not set" in seen["anthropic"], seen
+    admin = next(p["containerPort"] for p in pod["spec"]["initContainers"][0]["ports"] if p["name"] == "llm-admin")
+    assert total(kube_e2e.metrics(admin), "llm_sidecar_endpoint_key_missing", model_group="claude-sonnet") == 1
+    assert "provider key missing" in app.logs("llm-sidecar")
+    assert app.terminate() == {"app": 0, "llm-sidecar": 0}
+    kube_e2e.timer.phase("pod with a key missing")
