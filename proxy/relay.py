@@ -21,6 +21,7 @@ import asyncio
 import time
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from proxy.cache.coalesce import Following
 from proxy.cache.directives import STATUS_HEADER
@@ -29,7 +30,15 @@ from proxy.cache.recorder import Recorder
 from proxy.call import Call
 from proxy.dialects.stream import AnswerStream
 from proxy.dialects.usage import merge_usage
-from proxy.errors import MissingKey, Overloaded, ProxyError, UpstreamBroken, UpstreamError, UpstreamStatus
+from proxy.errors import (
+    MissingKey,
+    Overloaded,
+    ProxyError,
+    UpstreamBroken,
+    UpstreamError,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
 from proxy.upstream import UpstreamResponse
 
 #: seconds past the total timeout that the last words (an error event, the end) may take to send
@@ -108,11 +117,18 @@ async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> w
                 except UpstreamError:
                     pass  # the answer is whole; only the connection is lost
             await response.write_eof(tail)
-    except ConnectionResetError:
-        # The client left: before the end, nothing is stored; after it, nothing is lost.
+    except (ConnectionResetError, asyncio.CancelledError) as exc:
+        # The client left (aiohttp cancels the handler, or a write found the connection
+        # closed): before the end, nothing is stored unless coalesced calls follow this one,
+        # which get the rest of the answer; after the end, nothing is lost.
         if not settled:
-            recorder.abort()
             call.error_type = "client_closed"
+            if recorder.followed:
+                await _read_on(call, upstream, answer, recorder, headers)
+            else:
+                recorder.abort()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
     except TimeoutError:
         call.error_type = "client_stalled"
         if not settled:
@@ -120,6 +136,36 @@ async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> w
         if call.request.transport is not None:
             call.request.transport.abort()
     return response
+
+
+async def _read_on(call: Call, upstream: UpstreamResponse, answer: AnswerStream, recorder: Recorder,
+                   headers: CIMultiDict[str]) -> None:
+    """The rest of the upstream's stream, checked, into the recorder only: its client is gone.
+
+    Bounded by the attempt's deadline, and by the drain (which cuts the upstream's stream).
+    """
+    failure: UpstreamError | None = None
+    try:
+        async with asyncio.timeout_at(upstream.deadline):
+            async for chunk in upstream.chunks():  # from where the client's loop stopped
+                if frames := answer.feed(chunk):
+                    recorder.feed(frames)
+                if answer.ended or answer.fault is not None:
+                    break
+            else:
+                if frames := answer.close():
+                    recorder.feed(frames)
+    except UpstreamError as error:
+        failure = error
+    except TimeoutError:
+        failure = UpstreamTimeout("upstream timed out (total)")
+    if failure is None and answer.failure is not None:
+        failure = UpstreamBroken(answer.failure)
+    if failure is None:
+        recorder.finish(upstream.status, headers, call.usage)
+    else:
+        recorder.abort(failure, told=answer.upstream_error)
+        call.upstream_failure = failure
 
 
 def send_stored(call: Call, stored: Stored) -> web.Response:

@@ -192,8 +192,10 @@ class UpstreamResponse:
         self._deadline = deadline
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        if self._first:
-            yield self._first
+        """The stream's chunks not read yet (a second call goes on where the first stopped)."""
+        first, self._first = self._first, b""
+        if first:
+            yield first
         loop = asyncio.get_running_loop()
         content = self._response.content
         redactor = self._redactor

@@ -20,6 +20,11 @@ from proxy.errors import ProxyError
 class Recorder:
     """Receives what the relay sends; this base records nothing (cache off, or ``no-store``)."""
 
+    @property
+    def followed(self) -> bool:
+        """Coalesced calls are following the answer as it is recorded."""
+        return False
+
     def feed(self, frames: bytes) -> None:
         """Frames of a streamed answer, whole and checked, on their way to the client."""
 
@@ -54,6 +59,10 @@ class EntryRecorder(Recorder):
         self._limit = limit
         self._ttl = ttl
         self._clock = clock
+
+    @property
+    def followed(self) -> bool:
+        return self._flight is not None and self._flight.followers > 0
 
     def feed(self, frames: bytes) -> None:
         if self._flight is not None:

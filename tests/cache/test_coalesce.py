@@ -116,6 +116,36 @@ async def test_the_upstreams_error_event_ends_every_coalesced_stream_once(
         assert b"mock overloaded mid-stream" in data and data.count(event) == 1, data
 
 
+async def test_a_leader_whose_client_hangs_up_still_answers_its_followers(cached_sidecar, mock_provider) -> None:
+    # 20 chunks 50 ms apart: the leader's client leaves after the first, once a follower is in.
+    mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=50, chunks=20)
+    sidecar = cached_sidecar()
+    cache = sidecar.pipeline.cache
+    url = sidecar.openai_base + "/chat/completions"
+    body = {**BODY, "stream": True}
+    async with httpx.AsyncClient(timeout=30) as leader_client, httpx.AsyncClient(timeout=30) as client:
+        async def leader() -> str:
+            async with leader_client.stream("POST", url, json=body) as response:
+                async for _ in response.aiter_bytes():
+                    await wait_until_async(lambda: any(f.followers for f in cache.flights.values()),
+                                           what="a follower on the leader's stream")
+                    return response.headers["x-llm-sidecar-cache"]  # leaves mid-stream
+            raise AssertionError("the stream ended before the follower came")
+
+        async def follower() -> tuple[str, bytes]:
+            await wait_until_async(lambda: cache.flights, what="the leader's call in flight")
+            async with client.stream("POST", url, json=body) as response:
+                return response.headers["x-llm-sidecar-cache"], await response.aread()
+
+        left, (status, data) = await asyncio.gather(leader(), follower())
+        assert (left, status) == ("miss", "coalesced")
+        # The follower got the whole answer, not an error event, and it was stored.
+        assert data.endswith(b"data: [DONE]\n\n") and b'"error"' not in data
+        stored_one = await client.post(url, json=body)
+        assert stored_one.headers["x-llm-sidecar-cache"] == "hit"
+    assert mock_provider.calls() == 1
+
+
 @pytest.mark.parametrize("header", ["no-store", "no-cache"])
 async def test_no_store_and_no_cache_calls_do_not_coalesce(cached_sidecar, mock_provider, header) -> None:
     mock_provider.set_behaviour("mock-gpt", latency_ms=200)
