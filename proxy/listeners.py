@@ -113,8 +113,9 @@ async def _run(app: web.Application, host: str, port: int, ssl_context: ssl.SSLC
     loop = asyncio.get_running_loop()
     # Not a TCPSite: it cannot bound the TLS handshake. A connection accepted but never
     # handshaking is no connection yet for the cap; the timeout bounds how long it holds a descriptor.
-    # runner.server is set by setup() above; the annotation allows None before it.
-    server = await loop.create_server(runner.server, host, port, ssl=ssl_context,  # type: ignore[arg-type]
+    protocols = runner.server
+    assert protocols is not None  # setup() made it
+    server = await loop.create_server(protocols, host, port, ssl=ssl_context,
                                       ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl_context else None)
     try:
         stop = asyncio.Event()
