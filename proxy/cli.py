@@ -55,11 +55,15 @@ def _behaviour(spec: str) -> tuple[str, object]:
 def cmd_mock_provider(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from proxy.listeners import listen_error
     from proxy.mock_provider import build_mock_app
 
     behaviours = dict(args.behaviour)
-    web.run_app(build_mock_app(behaviours), host=args.host, port=args.port, access_log=None,
-                print=lambda _: print(f"mock provider on http://{args.host}:{args.port}", flush=True))
+    try:
+        web.run_app(build_mock_app(behaviours), host=args.host, port=args.port, access_log=None,
+                    print=lambda _: print(f"mock provider on http://{args.host}:{args.port}", flush=True))
+    except OSError as exc:
+        raise listen_error(args.host, args.port, "mock-provider --port", exc) from None
     return 0
 
 

@@ -21,12 +21,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import signal
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from proxy.config import ConfigError
 
 #: aiohttp handler limits shared by every listener
 HEAD_LIMITS: dict[str, Any] = {"max_line_size": 8190, "max_field_size": 8190, "max_headers": 64}
@@ -105,7 +109,15 @@ class Listener(web.AppRunner):
         return server
 
 
-async def _run(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None,
+def listen_error(host: str, port: int, setting: str, exc: OSError) -> ConfigError:
+    """A port that cannot be taken, in one line naming what sets it (no traceback)."""
+    from proxy.config import ConfigError  # only here: the webhook does without the config's imports
+
+    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    return ConfigError(f"cannot listen on {host}:{port}: {reason}; change {setting} or stop what holds the port")
+
+
+async def _run(app: web.Application, host: str, port: int, setting: str, ssl_context: ssl.SSLContext | None,
                max_connections: int, keepalive_timeout: float, shutdown_timeout: float) -> None:
     runner = Listener(app, max_connections=max_connections, keepalive_timeout=keepalive_timeout,
                       access_log=None, shutdown_timeout=shutdown_timeout)
@@ -115,8 +127,12 @@ async def _run(app: web.Application, host: str, port: int, ssl_context: ssl.SSLC
     # handshaking is no connection yet for the cap; the timeout bounds how long it holds a descriptor.
     protocols = runner.server
     assert protocols is not None  # setup() made it
-    server = await loop.create_server(protocols, host, port, ssl=ssl_context,
-                                      ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl_context else None)
+    try:
+        server = await loop.create_server(protocols, host, port, ssl=ssl_context,
+                                          ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl_context else None)
+    except OSError as exc:
+        await runner.cleanup()
+        raise listen_error(host, port, setting, exc) from None
     try:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -127,8 +143,8 @@ async def _run(app: web.Application, host: str, port: int, ssl_context: ssl.SSLC
         await runner.cleanup()
 
 
-def run_app(app: web.Application, *, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
+def run_app(app: web.Application, *, host: str, port: int, setting: str, ssl_context: ssl.SSLContext | None = None,
             max_connections: int = 256, keepalive_timeout: float = 15.0, shutdown_timeout: float = 5.0) -> None:
-    """``web.run_app`` with the listener bounds, until SIGTERM or SIGINT."""
+    """``web.run_app`` with the listener bounds, until SIGTERM or SIGINT; ``setting`` sets the port."""
     raise_fd_limit()
-    asyncio.run(_run(app, host, port, ssl_context, max_connections, keepalive_timeout, shutdown_timeout))
+    asyncio.run(_run(app, host, port, setting, ssl_context, max_connections, keepalive_timeout, shutdown_timeout))

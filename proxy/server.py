@@ -26,7 +26,7 @@ from proxy.cache import build_cache
 from proxy.config import Config, ConfigError
 from proxy.dialects import ANTHROPIC, OPENAI, Dialect
 from proxy.errors import NotFound
-from proxy.listeners import Listener, in_request, proxy_connection_budget, raise_fd_limit
+from proxy.listeners import Listener, in_request, listen_error, proxy_connection_budget, raise_fd_limit
 from proxy.pipeline import Pipeline
 from proxy.reload import Current, Reloader, log_missing_keys
 from proxy.router.health import HealthProber
@@ -310,9 +310,7 @@ async def _listen(runner: web.AppRunner, host: str, port: int, setting: str, bac
     try:
         await site.start()
     except OSError as exc:
-        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-        raise ConfigError(f"cannot listen on {host}:{port}: {reason}; "
-                          f"change {setting} or stop what holds the port") from None
+        raise listen_error(host, port, setting, exc) from None
 
 
 async def _until_idle(server: web.Server, deadline: float) -> None:

@@ -137,6 +137,21 @@ def test_a_busy_demo_port_names_the_demos_own_flag(flag: str) -> None:
         f"change demo {flag} or stop what holds the port"]
 
 
+def test_a_busy_mock_provider_port_is_one_line_naming_the_flag() -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        result = subprocess.run([SCRIPT, "mock-provider", "--host", "127.0.0.1", "--port", str(busy)],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"llm-sidecar: cannot listen on 127.0.0.1:{busy}: address already in use; "
+        "change mock-provider --port or stop what holds the port"]
+
+
 @pytest.mark.parametrize("spec", ["m:latency_ms=abc", "m:no_such=1", "m:latency"])
 def test_a_bad_mock_behaviour_is_a_usage_error(spec: str) -> None:
     result = subprocess.run([SCRIPT, "mock-provider", "--port", str(free_port()), "--behaviour", spec],

@@ -208,6 +208,6 @@ def run(args: argparse.Namespace) -> int:
         app.cleanup_ctx.append(view.cleanup_ctx)
     app.cleanup_ctx.append(_cert_watch(cert, args.cert_reload_interval))
     # Only the API server calls it: a small cap, and a short idle/header timeout.
-    run_app(app, host=args.host, port=args.port, ssl_context=cert.context, max_connections=256,
-            keepalive_timeout=15.0, shutdown_timeout=5)
+    run_app(app, host=args.host, port=args.port, setting="webhook --port", ssl_context=cert.context,
+            max_connections=256, keepalive_timeout=15.0, shutdown_timeout=5)
     return 0

@@ -220,3 +220,23 @@ def test_a_connection_flood_does_not_starve_the_webhook(test_ca: dict[str, Path]
             sock.close()
         proc.terminate()
         proc.wait(15)
+
+
+def test_webhook_on_a_busy_port_is_one_line_naming_the_flag(test_ca: dict[str, Path]) -> None:
+    import socket
+
+    from tests.servers import LLM_SIDECAR
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        result = subprocess.run(
+            [LLM_SIDECAR, "webhook", "--host", "127.0.0.1", "--port", str(busy), "--tls-cert-file",
+             str(test_ca["cert"]), "--tls-key-file", str(test_ca["key"]), "--no-kube"],
+            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"llm-sidecar: cannot listen on 127.0.0.1:{busy}: address already in use; "
+        "change webhook --port or stop what holds the port")
+    assert "Traceback" not in result.stderr
