@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
-import time
 from types import SimpleNamespace
 
 import httpx
@@ -18,6 +17,7 @@ from proxy.dialects import ANTHROPIC, OPENAI
 from proxy.telemetry import Telemetry
 from tests.servers import PROVIDER_KEY, default_config
 from tests.telemetry.conftest import Scrape, exposition
+from tests.waiting import wait_until
 
 PRICES = {"gpt-4o-mini": {"input": 1.0, "output": 2.0}}
 
@@ -98,15 +98,16 @@ def test_live_state_during_a_stream(sidecar, mock_provider, scrape) -> None:
         list(chat(sidecar, stream=True))
         done.set()
 
+    key = {"model_group": "gpt-4o-mini", "upstream": "mock-openai"}
     thread = threading.Thread(target=slow_stream)
     thread.start()
-    deadline = time.monotonic() + 5
-    # The first scrape that sees the stream in flight is the one checked: a later one might miss it.
-    while (during := scrape(sidecar)).value("llm_sidecar_calls_in_flight") < 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    # The first scrape that sees the stream at its endpoint is the one checked: a later one might
+    # miss it. A call is in flight from its start, but holds the endpoint's slot only once routed.
+    during = wait_until(
+        lambda: s if (s := scrape(sidecar)).value("llm_sidecar_endpoint_in_flight", **key) >= 1 else None,
+        what="the stream holding its endpoint's slot")
     thread.join(10)
     after = scrape(sidecar)
-    key = {"model_group": "gpt-4o-mini", "upstream": "mock-openai"}
     assert during.value("llm_sidecar_calls_in_flight") == 1
     assert during.value("llm_sidecar_endpoint_in_flight", **key) == 1
     assert during.value("llm_sidecar_endpoint_slots", **key) == 64
