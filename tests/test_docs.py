@@ -230,8 +230,17 @@ def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, str]:
     return None, ""
 
 
+def _same(default: Any, shown: Any) -> bool:
+    if isinstance(default, (set, frozenset)):
+        return isinstance(shown, list) and set(shown) == default
+    if isinstance(default, tuple):
+        return shown == list(default)
+    return bool(default == shown)
+
+
 def test_the_configuration_page_shows_every_key() -> None:
-    """Its "Every key" example names every field of the config, at every level (the alternatives in comments)."""
+    """Its "Every key" example names every field of the config, at every level (the alternatives in
+    comments), with the code's default wherever the code has one (example values stand where it has none)."""
     page = ROOT / "docs" / "configuration.md"
     (example,) = [b for b in blocks(page) if b.language == "yaml" and "model_groups:" in b.code and "server:" in b.code]
     comments = " ".join(line.partition("#")[2] for line in example.code.splitlines())
@@ -245,6 +254,9 @@ def test_the_configuration_page_shows_every_key() -> None:
                 continue
             sub, how = _model_in(field.annotation)
             value = node[name]
+            default = None if field.is_required() else field.get_default(call_default_factory=True)
+            if not isinstance(default, BaseModel) and default is not None and not _same(default, value):
+                missing.append(f"{path}{name} (the code's default is {default!r}, the page shows {value!r})")
             if sub is None or not value:
                 continue
             if how == "dict":
@@ -255,4 +267,4 @@ def test_the_configuration_page_shows_every_key() -> None:
                 walk(sub, value, f"{path}{name}.")
 
     walk(Config, yaml.safe_load(example.code), "")
-    assert not missing, f"not in the configuration page's full example: {missing}"
+    assert not missing, f"not in the configuration page's full example, or not as the default: {missing}"
