@@ -152,3 +152,46 @@ def test_a_call_still_waiting_for_its_upstream_when_the_drain_ends_gets_an_error
     error = outcome.get("error")
     assert isinstance(error, openai.APIStatusError) and error.status_code == 503, (outcome, process.stderr.read())
     assert "shutting down" in error.message
+
+
+def test_coalesced_streams_cut_by_the_drain_are_told_why(tmp_path: Path, mock_provider) -> None:
+    """The leader's stream and the identical call that follows it end with the drain's own error."""
+    process, port, admin_port = _serve(tmp_path, mock_provider.url, 3.0)
+    mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=200, chunks=100)  # 20 s of answer
+    body = {"model": "gpt-4o-mini", "stream": True, "temperature": 0,  # cacheable, so the second call follows
+            "messages": [{"role": "user", "content": "drained together"}]}
+    results: dict[str, tuple[str, bytes]] = {}
+
+    def call(name: str) -> None:
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=30) as response:
+            results[name] = (response.headers["x-llm-sidecar-cache"], response.read())
+
+    def in_flight() -> float:
+        metrics = httpx.get(f"http://127.0.0.1:{admin_port}/metrics").text
+        return float(next(line.split()[-1] for line in metrics.splitlines()
+                          if line.startswith("llm_sidecar_calls_in_flight")))
+
+    callers = [threading.Thread(target=call, args=(name,)) for name in ("first", "second")]
+    try:
+        callers[0].start()
+        deadline = time.monotonic() + 20
+        while mock_provider.calls() < 1:
+            assert time.monotonic() < deadline, "the first call did not reach the provider"
+            time.sleep(0.02)
+        callers[1].start()
+        while in_flight() < 2:
+            assert time.monotonic() < deadline, "the second call did not join the first"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+        for caller in callers:
+            caller.join(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert mock_provider.calls() == 1
+    assert sorted(status for status, _ in results.values()) == ["coalesced", "miss"]
+    for _, data in results.values():
+        last = data.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+        assert b'"error"' in last and b"shutting down" in last, last
+        assert data.count(b'"error"') == 1
