@@ -25,7 +25,7 @@ from tests.kube.conftest import ROOT
 
 SCRIPT = ROOT / "k8s" / "kind" / "e2e.sh"
 #: Values of the script's variables where a kubectl command uses them.
-VARIABLES = {"$root": str(ROOT), "$pod": "chat-app-7d4b9c-x2x9q", "$admin": "9090"}
+VARIABLES = {"$root": str(ROOT), "$pod": "chat-app-7d4b9c-x2x9q", "$admin": "15190"}  # the injected admin port
 
 
 def kubectl_commands() -> list[str]:
