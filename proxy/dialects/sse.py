@@ -39,6 +39,8 @@ def split_frames(rest: bytes, chunk: bytes) -> tuple[bytes, bytes]:
         data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if held:
             data += b"\r"
+    if data[-2:] == b"\n\n":
+        return data, b""  # the chunk ends where a frame does: the common case
     end = data.rfind(b"\n\n") + 2
     if end < 2:
         return b"", data

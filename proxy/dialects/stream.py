@@ -150,10 +150,17 @@ class AnswerStream:
 
     def _check(self, whole: bytes) -> bytes:
         """``whole``, or the part of it up to the frame that ends the stream (with it; without a malformed one)."""
-        frames = whole.split(b"\n\n")
-        frames.pop()  # what follows the last blank line: nothing
-        # The common frame is one ``data:`` line; others (``event:`` lines, comments) are parsed.
-        datas = [f[6:] if f[:6] == b"data: " and b"\n" not in f else parse_frame(f)[1] for f in frames]
+        frames: list[bytes] | None = None
+        if whole[:6] == b"data: " and whole.find(b"\n") == len(whole) - 2:
+            datas = [whole[6:-2]]  # one frame of one ``data:`` line: the common chunk
+        elif whole[:6] == b"data: " and whole.count(b"\n") == 2 * whole.count(b"\n\ndata: ") + 2:
+            # Every frame one ``data:`` line (any other line, a comment or a blank line adds
+            # newlines the separators do not account for): split in one go.
+            datas = whole[6:-2].split(b"\n\ndata: ")
+        else:
+            frames = whole.split(b"\n\n")
+            frames.pop()  # what follows the last blank line: nothing
+            datas = [parse_frame(frame)[1] for frame in frames]
         index, kind = self._rule(datas, self.usage)
         if kind == FRAMES:
             return whole
@@ -165,4 +172,6 @@ class AnswerStream:
         else:
             self.fault = "the upstream sent a malformed event"
             index -= 1  # the malformed frame itself does not go out
-        return whole[:sum(len(f) + 2 for f in frames[:index + 1])]
+        # Where frame ``index`` ends: ``data: `` and a blank line around each data, or each frame and its blank line.
+        sizes = [len(data) + 8 for data in datas] if frames is None else [len(frame) + 2 for frame in frames]
+        return whole[:sum(sizes[:index + 1])]
