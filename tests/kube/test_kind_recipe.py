@@ -5,8 +5,8 @@ podman by ``make e2e`` (tests/kube/test_e2e.py), with the same values file and
 the script's own metrics check. Here: its shell is valid and free of SIGPIPE
 races, and each kubectl command is accepted by kubectl (``--dry-run=client``
 where kubectl can do it offline; otherwise it must get as far as contacting
-the API server, so its arguments parsed). The same for the kubectl commands of
-``docs/kubernetes.md``; its ``helm install`` is rendered with ``helm template``.
+the API server, so its arguments parsed). The same for the kubectl commands of the
+README and ``docs/kubernetes.md``; their ``helm install`` is rendered with ``helm template``.
 """
 
 from __future__ import annotations
@@ -40,16 +40,18 @@ def kubectl_commands() -> list[str]:
     return found
 
 
-DOCS = ROOT / "docs" / "kubernetes.md"
+DOCS = [ROOT / "README.md", ROOT / "docs" / "kubernetes.md"]
 
 
 def docs_commands(tool: str) -> list[str]:
-    """The ``tool`` commands of the page's shell blocks, continuation lines joined."""
+    """The ``tool`` commands of the README's and the Kubernetes page's shell blocks, continuations joined."""
     found = []
-    for block in re.findall(r"```(?:bash|sh)[^\n]*\n(.*?)```", DOCS.read_text(), re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            if line.startswith(f"{tool} "):
-                found.append(re.sub(r"\s+", " ", line.split(" #")[0]).strip())
+    for page in DOCS:
+        for block in re.findall(r"```(?:bash|sh)[^\n]*\n(.*?)```", page.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                command = re.sub(r"\s+", " ", line.split(" #")[0]).strip()
+                if command.startswith(f"{tool} ") and command not in found:
+                    found.append(command)
     return found
 
 
@@ -108,7 +110,7 @@ def test_kubectl_command_is_accepted(command: str, kubectl: list[str]) -> None:
 def test_docs_install_renders(helm: str) -> None:
     """The page's ``helm install`` renders offline with the same arguments (``helm template``)."""
     installs = docs_commands("helm install")
-    assert installs, "docs/kubernetes.md shows no helm install"
+    assert installs, "neither the README nor docs/kubernetes.md shows a helm install"
     for command in installs:
         _, _, release, chart, *rest = shlex.split(command)
         res = subprocess.run([helm, "template", release, str(ROOT / chart), *rest, "--kube-version", "1.30.0"],
@@ -117,4 +119,4 @@ def test_docs_install_renders(helm: str) -> None:
         settings = next(d for d in yaml.safe_load_all(res.stdout) if d and "injector.yaml" in (d.get("data") or {}))
         secret = yaml.safe_load(settings["data"]["injector.yaml"])["sidecar"]["keysSecret"]
         created = [c for c in docs_commands("kubectl") if " create secret " in c]
-        assert any(f" {secret} " in f"{c} " for c in created), f"the page never creates the Secret {secret}"
+        assert any(f" {secret} " in f"{c} " for c in created), f"the docs never create the Secret {secret}"
