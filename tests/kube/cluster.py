@@ -30,6 +30,7 @@ harness creates is removed by :meth:`Cluster.close`. Needs root, podman, buildah
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -120,10 +121,17 @@ class Cluster:
 
     def build(self, tag: str, context: Path, dockerfile: str = "Dockerfile") -> None:
         """buildah bud into the private store; the registry is reached through the host's CA bundle."""
-        if self.store != self.dir / "storage" and self.podman("image", "exists", tag, check=False).returncode == 0:
-            return  # a kept store that has it already
+        # A kept store reuses an image built from the same context (every file's bytes hashed).
+        digest = hashlib.sha256()
+        for path in sorted(p for p in context.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(context)).encode() + b"\0" + path.read_bytes())
+        label = f"llm-sidecar.e2e.context={digest.hexdigest()}"
+        found = self.podman("image", "inspect", "--format", "{{index .Labels \"llm-sidecar.e2e.context\"}}", tag,
+                            check=False).stdout.strip()
+        if found == digest.hexdigest():
+            return
         subprocess.run(["buildah", "bud", "--isolation", "chroot", "--pull=never", "-f", str(context / dockerfile),
-                        "-v", "/etc/ssl/certs:/etc/ssl/certs:ro", "-t", tag, str(context)],
+                        "-v", "/etc/ssl/certs:/etc/ssl/certs:ro", "--label", label, "-t", tag, str(context)],
                        env=self.env, check=True, timeout=1800, stdout=subprocess.DEVNULL)
 
     def build_project_image(self, tag: str) -> None:
@@ -266,10 +274,16 @@ class RunningPod:
         get = probe["httpGet"]
         port = self.layouts[c["name"]].port(get["port"])
         url = f"{get.get('scheme', 'HTTP').lower()}://127.0.0.1:{port}{get['path']}"
-        try:
-            status, body = self.cluster.net.http(url, verify=False, deadline=deadline)
-        except AssertionError as exc:
-            raise AssertionError(f"{self.name}/{c['name']}: {exc}\n{self.logs(c['name'])}") from None
+        end = time.monotonic() + deadline
+        while True:  # in short rounds, so that a container that exited fails at once
+            try:
+                status, body = self.cluster.net.http(url, verify=False, deadline=5)
+                break
+            except AssertionError as exc:
+                state = self.cluster.podman("inspect", "--format", "{{.State.Status}}",
+                                            self.container_name(c["name"]), check=False).stdout.strip()
+                if state != "running" or time.monotonic() > end:
+                    raise AssertionError(f"{self.name}/{c['name']} is {state}: {exc}\n{self.logs(c['name'])}") from None
         assert status == 200, f"{self.name}/{c['name']} {kind}: {status} {body[:300]!r}\n{self.logs(c['name'])}"
 
     def exec(self, container: str, argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -285,19 +299,20 @@ class RunningPod:
         res = self.cluster.podman("wait", self.container_name(container), timeout=timeout)
         return int(res.stdout.strip().splitlines()[-1])
 
-    def stop(self, container: str, grace: int = 30) -> int:
-        """SIGTERM, then SIGKILL after ``grace`` seconds (terminationGracePeriodSeconds); the exit code."""
+    def stop(self, container: str, grace: int | None = None) -> int:
+        """SIGTERM, then SIGKILL after ``grace`` seconds (default: the pod's terminationGracePeriodSeconds)."""
+        grace = self.spec.get("terminationGracePeriodSeconds", 30) if grace is None else grace
         self.cluster.podman("stop", "-t", str(grace), self.container_name(container), timeout=grace + 60)
         return self.wait(container)
 
     def app_containers(self) -> list[str]:
         return [c["name"] for c in self.spec.get("containers") or []]
 
-    def terminate(self) -> dict[str, int]:
+    def terminate(self, app_grace: int | None = None) -> dict[str, int]:
         """Stop the pod as the kubelet does: app containers first, then sidecars in reverse order."""
         codes = {}
         for name in self.app_containers():
-            codes[name] = self.stop(name)
+            codes[name] = self.stop(name, app_grace)
         for name in reversed(self.sidecars):
             codes[name] = self.stop(name)
         return codes

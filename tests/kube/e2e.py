@@ -97,21 +97,24 @@ def review(pod: dict[str, Any]) -> bytes:
         "object": pod}}).encode()
 
 
-def _admit(cluster: Cluster, docs: list[dict[str, Any]], obj: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
-    """The pod a controller creates for ``obj``, through the webhook as the API server calls it; patched."""
-    pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"generateName": obj["metadata"]["name"] + "-",
-                        **{k: v for k, v in obj["spec"]["template"].get("metadata", {}).items()}},
-           "spec": json.loads(json.dumps(spec))}
+def _review(cluster: Cluster, docs: list[dict[str, Any]], obj: dict[str, Any],
+            spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod created for ``obj`` (by its controller, or ``obj`` itself for a Pod) and the webhook's
+    AdmissionReview response, called as the API server calls it: the Service name and port the
+    webhook configuration names, trusting its caBundle."""
+    if obj["kind"] == "Pod":
+        meta = {k: v for k, v in obj["metadata"].items() if k != "namespace"}
+    else:
+        meta = {"generateName": obj["metadata"]["name"] + "-", **obj["spec"]["template"].get("metadata", {})}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": json.loads(json.dumps(spec))}
     hook = next(d for d in docs if d["kind"] == "MutatingWebhookConfiguration")["webhooks"][0]
     svc = hook["clientConfig"]["service"]
     ca = cluster.dir / "webhook-ca.crt"
     ca.write_bytes(base64.b64decode(hook["clientConfig"]["caBundle"]))
     url = f"https://{svc['name']}.{svc['namespace']}.svc:{svc['port']}{svc['path']}"
     status, body = cluster.net.http(url, method="POST", body=review(pod), cafile=str(ca))
-    resp = json.loads(body)["response"]
-    assert status == 200 and resp["allowed"] and resp.get("patchType") == "JSONPatch", resp
-    return jsonpatch.apply_patch(pod, json.loads(base64.b64decode(resp["patch"])))
+    assert status == 200, body[:500]
+    return pod, json.loads(body)["response"]
 
 
 def pod_labels(obj: dict[str, Any]) -> dict[str, str]:
@@ -130,11 +133,15 @@ class Stage:
                  timer: Timer) -> None:
         self.cluster, self.docs, self.examples, self.timer = cluster, docs, examples, timer
 
+    def review(self, obj: dict[str, Any], spec: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict]:
+        """The pod created for ``obj`` and the webhook's AdmissionReview response for it."""
+        return _review(self.cluster, self.docs, obj, spec if spec is not None else next(s for _, s in workloads([obj])))
+
     def admit(self, obj: dict[str, Any], spec: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The pod the controller of ``obj`` creates, through the webhook as the API server calls it, patched."""
-        if spec is None:
-            spec = next(s for o, s in workloads([obj]))
-        return _admit(self.cluster, self.docs, obj, spec)
+        """The pod created for ``obj`` with the webhook's JSON Patch applied (it must have sent one)."""
+        pod, resp = self.review(obj, spec)
+        assert resp["allowed"] and resp.get("patchType") == "JSONPatch", resp
+        return jsonpatch.apply_patch(pod, json.loads(base64.b64decode(resp["patch"])))
 
     def namespace_objects(self, namespace: str = APP_NAMESPACE) -> list[dict[str, Any]]:
         """The sidecar's ConfigMap and keys Secret in ``namespace``, as the injector copied them there."""
@@ -164,7 +171,8 @@ class Stage:
 def stage(helm: str, timer: Timer | None = None) -> Iterator[Stage]:
     """Build, render and start the cluster side (see the module doc); everything is removed afterwards.
 
-    ``E2E_STORE=/some/dir`` keeps the image store there between runs, so the images are built once.
+    ``E2E_STORE=/some/dir`` keeps the image store there between runs: an image is rebuilt only when
+    what it is built from changed.
     """
     timer = timer or Timer()
     rendered = subprocess.run([helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
@@ -183,7 +191,9 @@ def stage(helm: str, timer: Timer | None = None) -> Iterator[Stage]:
         cluster.build_project_image(image)
         timer.phase("build image (buildah)")
         (cluster.dir / "app").mkdir()
-        (cluster.dir / "app" / "Dockerfile").write_text(APP_DOCKERFILE.format(image=image))
+        base_id = cluster.podman("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
+        # The base image's id in the context: a kept store rebuilds the app image when the base changed.
+        (cluster.dir / "app" / "Dockerfile").write_text(f"# base {base_id}\n" + APP_DOCKERFILE.format(image=image))
         cluster.build(APP_IMAGE, cluster.dir / "app")
         timer.phase("build app image (SDKs)")
 

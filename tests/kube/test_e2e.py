@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 import yaml
@@ -159,3 +160,31 @@ def test_a_pod_whose_secret_lacks_one_key_starts_and_serves_the_other_group(kube
     assert "provider key missing" in app.logs("llm-sidecar")
     assert app.terminate() == {"app": 0, "llm-sidecar": 0}
     kube_e2e.timer.phase("pod with a key missing")
+
+
+def test_the_example_app_gets_cache_hits_and_the_opted_out_pod_no_sidecar(kube_e2e: Stage) -> None:
+    """The kind recipe's app (k8s/examples/app.yaml): its own loop logs a hit; debug-shell stays as it is."""
+    chat_obj = next(d for d in kube_e2e.examples["app"] if d["metadata"]["name"] == "chat-app")
+    chat = kube_e2e.run("chat-app", chat_obj, kube_e2e.admit(chat_obj))
+    # It calls every 10 s and prints the status and the cache header of each answer.
+    deadline = time.monotonic() + 120
+    while "200 hit" not in (logs := chat.logs("app")):
+        assert time.monotonic() < deadline, logs + chat.logs("llm-sidecar")
+        time.sleep(1)
+    assert logs.split()[:2] == ["200", "miss"], logs
+    # The app's loop has no SIGTERM handler (it would be killed after the grace period): only the sidecar's code.
+    assert chat.terminate(app_grace=1)["llm-sidecar"] == 0
+    shell = next(d for d in kube_e2e.examples["app"] if d["metadata"]["name"] == "debug-shell")
+    _, resp = kube_e2e.review(shell)
+    assert resp["allowed"] and "patch" not in resp, resp
+    kube_e2e.timer.phase("example app, opted-out pod")
+
+
+def test_helm_test_pod_passes(kube_e2e: Stage) -> None:
+    """`helm test`: the chart's test pod reaches the injector through its Service, trusting the chart's CA."""
+    obj = next(d for d in kube_e2e.docs if d["kind"] == "Pod" and
+               d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test")
+    test = kube_e2e.cluster.run_pod("helm-test", obj, obj["spec"], kube_e2e.docs)
+    codes = test.complete()
+    assert set(codes.values()) == {0}, (codes, test.logs(obj["spec"]["containers"][0]["name"]))
+    kube_e2e.timer.phase("helm test pod")
