@@ -16,15 +16,16 @@ BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "the sa
 async def _burst(url: str, count: int, body: dict, stream: bool = False, headers: dict | None = None):
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=count)) as client:
         async def one() -> tuple[int, str, bytes, float]:
-            started = time.perf_counter()
+            """Status, cache status, body, and how long before the end the first byte came."""
             async with client.stream("POST", url + "/chat/completions", json={**body, "stream": stream},
                                      headers=headers) as response:
                 first = None
                 data = b""
                 async for chunk in response.aiter_bytes():
-                    first = first or time.perf_counter() - started
+                    first = first or time.perf_counter()
                     data += chunk
-                return response.status_code, response.headers.get("x-llm-sidecar-cache", ""), data, first or 0.0
+                ahead = time.perf_counter() - first if first is not None else 0.0
+                return response.status_code, response.headers.get("x-llm-sidecar-cache", ""), data, ahead
 
         return await asyncio.gather(*(one() for _ in range(count)))
 
@@ -48,8 +49,10 @@ async def test_streaming_followers_get_frames_as_the_leader_does(cached_sidecar,
     assert mock_provider.calls() == 1
     followers = [r for r in results if r[1] == "coalesced"]
     assert len(followers) == 19
-    # Fan-out: a follower's first byte comes with the leader's first token, long before the end.
-    assert max(first for *_, first in followers) < 0.5, [round(f, 3) for *_, f in followers]
+    # Fan-out: a follower's first byte comes with the leader's first token, long before the end
+    # (the 10 chunks take 450 ms; a follower answered only at the end would get its first byte then).
+    # Measured from the follower's own first byte, so a loaded machine's slow start cannot fail it.
+    assert min(ahead for *_, ahead in followers) > 0.3, [round(a, 3) for *_, a in followers]
     assert len({data for *_, data, _ in results}) == 1
     assert results[0][2].endswith(b"data: [DONE]\n\n")
 
