@@ -121,13 +121,15 @@ async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> w
         # The client left (aiohttp cancels the handler, or a write found the connection
         # closed): before the end, nothing is stored unless coalesced calls follow this one,
         # which get the rest of the answer; after the end, nothing is lost.
+        cancelled = isinstance(exc, asyncio.CancelledError)
         if not settled:
-            call.error_type = "client_closed"
+            if not cancelled:  # a call its client cancelled is not counted as an error anywhere else either
+                call.error_type = "client_closed"
             if recorder.followed:
                 await _read_on(call, upstream, answer, recorder, headers)
             else:
                 recorder.abort()
-        if isinstance(exc, asyncio.CancelledError):
+        if cancelled:
             raise
     except TimeoutError:
         call.error_type = "client_stalled"
