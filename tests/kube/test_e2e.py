@@ -1,7 +1,7 @@
 """End to end, as on a cluster: the image built, the chart rendered, the injector run, pods injected and run.
 
-``make e2e`` runs this module (it is skipped in the default suite: 2½-5
-minutes here, most of it building images and removing vfs copies). The steps,
+``make e2e`` runs this module (it is skipped in the default suite: 2-3
+minutes here, half of it building the image). The steps,
 in the order a cluster runs them (the set-up is :mod:`tests.kube.e2e`):
 
 1. build the image from the Dockerfile (buildah), and an app image with the
