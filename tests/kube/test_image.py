@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ import pytest
 from tests.kube.conftest import ROOT
 
 pytestmark = pytest.mark.slow
-IMAGE = "localhost/llm-sidecar:test"
+#: this run's tag: another run of the suite (another checkout, other code) may build at the same time
+IMAGE = f"localhost/llm-sidecar:test-{uuid.uuid4().hex[:8]}"
 VFS = ["--storage-driver", "vfs"]
 
 
@@ -35,7 +37,7 @@ def _port() -> int:
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> str:
+def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if reason := _missing():
         pytest.skip(reason)
     subprocess.run([str(ROOT / "scripts" / "make-base-image.sh")], check=True, timeout=900)
@@ -49,7 +51,8 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
     subprocess.run(["buildah", *VFS, "bud", "--isolation", "chroot", "--pull=never",
                     "-v", "/etc/ssl/certs:/etc/ssl/certs:ro", "-t", IMAGE, str(ctx)],
                    check=True, timeout=1200)
-    return IMAGE
+    yield IMAGE
+    subprocess.run(["podman", *VFS, "rmi", "-f", IMAGE], capture_output=True, timeout=300)
 
 
 def _podman_script(script: str, timeout: float) -> subprocess.CompletedProcess[str]:
