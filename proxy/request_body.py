@@ -5,8 +5,8 @@ The server reads bodies raw (aiohttp's own decoding answers unknown codings with
 plain-text 400 before the call reaches a handler), so a coding is decoded here and
 its errors are the caller's, in its dialect:
 
-- ``gzip``, ``deflate`` (zlib or raw) and ``zstd`` are decoded; the body is then
-  forwarded plain, without the header (``br`` is not: no Brotli module is installed);
+- ``gzip``, ``deflate`` (zlib or raw), ``br`` and ``zstd`` are decoded; the body is then
+  forwarded plain, without the header;
 - any other coding, or a list of codings, is a 415 naming the ones supported;
 - a body that decodes to more than ``max_body_bytes`` is a 413, found while
   decoding (a small "zip bomb" is never expanded past the limit); a corrupt one a 400.
@@ -25,6 +25,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+import brotli
 import orjson
 import zstandard
 
@@ -66,8 +67,25 @@ def _zstd(data: bytes, limit: int) -> bytes:
     return bytes(out)
 
 
-DECODERS: dict[str, Callable[[bytes, int], bytes]] = {"gzip": _gzip, "x-gzip": _gzip, "deflate": _deflate, "zstd": _zstd}
-_ERRORS = (zlib.error, zstandard.ZstdError)
+def _br(data: bytes, limit: int) -> bytes:
+    # The output buffer limit keeps a bomb from expanding past the limit in one call.
+    decoder = brotli.Decompressor()
+    out = bytearray(decoder.process(data, output_buffer_limit=_CHUNK))
+    while not decoder.is_finished() and not decoder.can_accept_more_data():
+        if len(out) > limit:
+            raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes once decoded")
+        out += decoder.process(b"", output_buffer_limit=_CHUNK)
+    if len(out) > limit:
+        raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes once decoded")
+    if not decoder.is_finished():
+        raise BadRequest("request body ends before its compressed stream does")
+    return bytes(out)
+
+
+DECODERS: dict[str, Callable[[bytes, int], bytes]] = {
+    "gzip": _gzip, "x-gzip": _gzip, "deflate": _deflate, "br": _br, "zstd": _zstd,
+}
+_ERRORS = (zlib.error, zstandard.ZstdError, brotli.error)
 
 _SUPPORTED = ", ".join(sorted(DECODERS))
 
