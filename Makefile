@@ -45,9 +45,10 @@ test: setup test-tools
 test-quick: setup redis-server
 	$(BIN)/python -m pytest -m 'not slow' -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
-## lint: ruff (mistakes, import order) and mypy (types), configured in pyproject.toml
+## lint: ruff (mistakes, import order, formatting) and mypy (types), configured in pyproject.toml
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 ## e2e: the image built, the chart rendered, the injector run, injected pods run with podman (a few minutes)

@@ -90,7 +90,9 @@ REDIS = "sidecar, Redis hit (local tier off)"
 REDIS_LOCAL = "sidecar, Redis hit (local tier on)"
 
 
-def _measure(proc: procs.Proc, url: str, body: bytes, concurrency: int, duration: float) -> tuple[load.LoadResult, float]:
+def _measure(
+    proc: procs.Proc, url: str, body: bytes, concurrency: int, duration: float
+) -> tuple[load.LoadResult, float]:
     before = proc.cpu_seconds()
     result = load.run(url, body, concurrency, duration)
     spent = proc.cpu_seconds() - before
@@ -107,12 +109,19 @@ def run_hits(duration: float, concurrencies: list[int], rounds: int) -> tuple[li
     path = "/v1/chat/completions"
     with upstream_proc, start_redis() as redis, tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
         redis_url = f"redis://127.0.0.1:{redis.port}/0"
-        with procs.start_passthrough(upstream_proc.url) as bare, \
-                _sidecar(Path(tmp), upstream_proc.url, {"backend": "memory"}, "memory") as memory, \
-                _sidecar(Path(tmp), upstream_proc.url, {"backend": "redis", "redis_url": redis_url, "local_ttl": 0},
-                         "redis") as red, \
-                _sidecar(Path(tmp), upstream_proc.url, {"backend": "redis", "redis_url": redis_url, "local_ttl": 5},
-                         "redis-local") as local:
+        with (
+            procs.start_passthrough(upstream_proc.url) as bare,
+            _sidecar(Path(tmp), upstream_proc.url, {"backend": "memory"}, "memory") as memory,
+            _sidecar(
+                Path(tmp), upstream_proc.url, {"backend": "redis", "redis_url": redis_url, "local_ttl": 0}, "redis"
+            ) as red,
+            _sidecar(
+                Path(tmp),
+                upstream_proc.url,
+                {"backend": "redis", "redis_url": redis_url, "local_ttl": 5},
+                "redis-local",
+            ) as local,
+        ):
             targets = {PASS_THROUGH: bare, MEMORY: memory, REDIS: red, REDIS_LOCAL: local}
             for proc in targets.values():
                 load.run(proc.url + path, body, max(concurrencies), 1.0)  # warm-up; fills the caches
@@ -123,24 +132,31 @@ def run_hits(duration: float, concurrencies: list[int], rounds: int) -> tuple[li
                         result, cpu_ms = _measure(proc, proc.url + path, body, concurrency, duration)
                         kept = best.get(target)
                         best[target] = HitRow(
-                            target, concurrency,
+                            target,
+                            concurrency,
                             result if kept is None or result.rate > kept.result.rate else kept.result,
-                            cpu_ms if kept is None else min(cpu_ms, kept.cpu_ms))
+                            cpu_ms if kept is None else min(cpu_ms, kept.cpu_ms),
+                        )
                 for row in best.values():
                     rows.append(row)
-                    print(f"hit  {row.target:36} c={concurrency:<3} {row.result.rate:9,.0f}/s "
-                          f"p50 {row.result.p50_ms:.3f} ms p99 {row.result.p99_ms:.3f} ms "
-                          f"CPU {row.cpu_ms:.3f} ms/call", flush=True)
+                    print(
+                        f"hit  {row.target:36} c={concurrency:<3} {row.result.rate:9,.0f}/s "
+                        f"p50 {row.result.p50_ms:.3f} ms p99 {row.result.p99_ms:.3f} ms "
+                        f"CPU {row.cpu_ms:.3f} ms/call",
+                        flush=True,
+                    )
     return rows, upstream_name
 
 
 async def _burst(url: str, count: int, prompt: str) -> list[tuple[str, float]]:
     import aiohttp
 
-    body = orjson.dumps({"model": MODEL, "stream": True, "temperature": 0,
-                         "messages": [{"role": "user", "content": prompt}]})
+    body = orjson.dumps(
+        {"model": MODEL, "stream": True, "temperature": 0, "messages": [{"role": "user", "content": prompt}]}
+    )
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+
         async def one() -> tuple[str, float]:
             started = time.perf_counter()
             async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
@@ -160,9 +176,11 @@ def _upstream_calls(mock: procs.Proc) -> int:
 def run_coalescing(bursts: list[int]) -> list[BurstRow]:
     rows = []
     behaviour = f"{MODEL}:ttft_ms={TTFT_MS},chunks=20,chunk_delay_ms=5"
-    with procs.start_mock(procs.LOAD_CORES, behaviour) as mock, \
-            tempfile.TemporaryDirectory(prefix="bench-coalesce-") as tmp, \
-            _sidecar(Path(tmp), mock.url, {"backend": "memory"}, "memory") as sidecar:
+    with (
+        procs.start_mock(procs.LOAD_CORES, behaviour) as mock,
+        tempfile.TemporaryDirectory(prefix="bench-coalesce-") as tmp,
+        _sidecar(Path(tmp), mock.url, {"backend": "memory"}, "memory") as sidecar,
+    ):
         for count in bursts:
             before = _upstream_calls(mock)
             results = asyncio.run(_burst(sidecar.url + "/v1/chat/completions", count, f"burst of {count}"))
@@ -172,11 +190,20 @@ def run_coalescing(bursts: list[int]) -> list[BurstRow]:
             statuses: dict[str, int] = {}
             for status, _ in results:
                 statuses[status] = statuses.get(status, 0) + 1
-            row = BurstRow(count, upstream_calls, (leader[0] if leader else float("nan")) * 1000,
-                           load.percentile(followers, 50) * 1000, (max(followers) if followers else 0) * 1000, statuses)
+            row = BurstRow(
+                count,
+                upstream_calls,
+                (leader[0] if leader else float("nan")) * 1000,
+                load.percentile(followers, 50) * 1000,
+                (max(followers) if followers else 0) * 1000,
+                statuses,
+            )
             rows.append(row)
-            print(f"coalesce N={count:<4} upstream calls {upstream_calls}  leader TTFB {row.leader_ttfb_ms:.1f} ms  "
-                  f"followers p50 {row.follower_ttfb_p50_ms:.1f} ms max {row.follower_ttfb_max_ms:.1f} ms", flush=True)
+            print(
+                f"coalesce N={count:<4} upstream calls {upstream_calls}  leader TTFB {row.leader_ttfb_ms:.1f} ms  "
+                f"followers p50 {row.follower_ttfb_p50_ms:.1f} ms max {row.follower_ttfb_max_ms:.1f} ms",
+                flush=True,
+            )
     return rows
 
 
@@ -205,9 +232,11 @@ def report(hits: list[HitRow], upstream: str, bursts: list[BurstRow], duration: 
         bare = get(PASS_THROUGH, row.concurrency)
         ratio = row.result.rate / bare.result.rate if bare and bare.result.rate else float("nan")
         cpu_ratio = bare.cpu_ms / row.cpu_ms if bare and row.cpu_ms else float("nan")
-        lines.append(f"| {row.target} | {row.concurrency} | {row.result.rate:,.0f} | {ratio:.2f} | "
-                     f"{row.result.p50_ms:.3f} | {row.result.p99_ms:.3f} | {row.cpu_ms:.3f} | {cpu_ratio:.2f} | "
-                     f"{row.result.errors} |")
+        lines.append(
+            f"| {row.target} | {row.concurrency} | {row.result.rate:,.0f} | {ratio:.2f} | "
+            f"{row.result.p50_ms:.3f} | {row.result.p99_ms:.3f} | {row.cpu_ms:.3f} | {cpu_ratio:.2f} | "
+            f"{row.result.errors} |"
+        )
     checks = []
     for concurrency in sorted({r.concurrency for r in hits}):
         bare = get(PASS_THROUGH, concurrency)
@@ -215,27 +244,43 @@ def report(hits: list[HitRow], upstream: str, bursts: list[BurstRow], duration: 
             continue
         memory = get(MEMORY, concurrency)
         if memory:
-            checks.append((f"memory hit throughput ≥ 2× pass-through, c={concurrency}",
-                           f"{memory.result.rate / bare.result.rate:.2f}× (CPU: {bare.cpu_ms / memory.cpu_ms:.2f}×)",
-                           memory.result.rate >= 2 * bare.result.rate))
+            checks.append(
+                (
+                    f"memory hit throughput ≥ 2× pass-through, c={concurrency}",
+                    f"{memory.result.rate / bare.result.rate:.2f}× (CPU: {bare.cpu_ms / memory.cpu_ms:.2f}×)",
+                    memory.result.rate >= 2 * bare.result.rate,
+                )
+            )
         for target in (REDIS, REDIS_LOCAL):
             redis = get(target, concurrency)
             if redis:
-                checks.append((f"{target.removeprefix('sidecar, ')} throughput ≥ pass-through, c={concurrency}",
-                               f"{redis.result.rate / bare.result.rate:.2f}× (CPU: {bare.cpu_ms / redis.cpu_ms:.2f}×)",
-                               redis.result.rate >= bare.result.rate))
+                checks.append(
+                    (
+                        f"{target.removeprefix('sidecar, ')} throughput ≥ pass-through, c={concurrency}",
+                        f"{redis.result.rate / bare.result.rate:.2f}× (CPU: {bare.cpu_ms / redis.cpu_ms:.2f}×)",
+                        redis.result.rate >= bare.result.rate,
+                    )
+                )
     memory1 = get(MEMORY, 1)
     if memory1:
-        checks.append(("memory hit p50 at c=1 < 0.3 ms", f"{memory1.result.p50_ms:.3f} ms",
-                       memory1.result.p50_ms < 0.3))
+        checks.append(
+            ("memory hit p50 at c=1 < 0.3 ms", f"{memory1.result.p50_ms:.3f} ms", memory1.result.p50_ms < 0.3)
+        )
     lines += ["", "| target (issue 3) | measured (calls/s ratio; CPU-per-call ratio) | |", "|---|---|---|"]
     lines += [f"| {name} | {measured} | {'met' if ok else '**missed**'} |" for name, measured, ok in checks]
-    lines += ["", f"## Coalescing (identical streaming calls, mock provider with {TTFT_MS} ms to first token)", "",
-              "| concurrent calls | upstream calls | leader TTFB ms | followers TTFB p50 ms | followers TTFB max ms "
-              "| cache statuses |", "|---:|---:|---:|---:|---:|---|"]
+    lines += [
+        "",
+        f"## Coalescing (identical streaming calls, mock provider with {TTFT_MS} ms to first token)",
+        "",
+        "| concurrent calls | upstream calls | leader TTFB ms | followers TTFB p50 ms | followers TTFB max ms "
+        "| cache statuses |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
     for b in bursts:
-        lines.append(f"| {b.calls} | {b.upstream_calls} | {b.leader_ttfb_ms:.1f} | {b.follower_ttfb_p50_ms:.1f} | "
-                     f"{b.follower_ttfb_max_ms:.1f} | {', '.join(f'{k} {v}' for k, v in sorted(b.statuses.items()))} |")
+        lines.append(
+            f"| {b.calls} | {b.upstream_calls} | {b.leader_ttfb_ms:.1f} | {b.follower_ttfb_p50_ms:.1f} | "
+            f"{b.follower_ttfb_max_ms:.1f} | {', '.join(f'{k} {v}' for k, v in sorted(b.statuses.items()))} |"
+        )
     return "\n".join(lines) + "\n"
 
 

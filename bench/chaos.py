@@ -54,12 +54,18 @@ ROUTER = {
 }
 
 
-def _write_config(directory: Path, endpoints: list[dict[str, Any]], router: dict[str, Any] | None = None,
-                  group: str = MODEL) -> tuple[Path, int, int]:
+def _write_config(
+    directory: Path, endpoints: list[dict[str, Any]], router: dict[str, Any] | None = None, group: str = MODEL
+) -> tuple[Path, int, int]:
     port, admin_port = procs.free_port(), procs.free_port()
     config = {
-        "server": {"host": "127.0.0.1", "port": port, "admin_host": "127.0.0.1", "admin_port": admin_port,
-                   "drain_timeout": 1},
+        "server": {
+            "host": "127.0.0.1",
+            "port": port,
+            "admin_host": "127.0.0.1",
+            "admin_port": admin_port,
+            "drain_timeout": 1,
+        },
         "model_groups": {group: {"endpoints": endpoints}},
         "router": router or {},
         "cache": {"backend": "none"},
@@ -71,14 +77,29 @@ def _write_config(directory: Path, endpoints: list[dict[str, Any]], router: dict
 
 
 def _endpoint(name: str, url: str) -> dict[str, Any]:
-    return {"name": name, "url": url + "/v1", "dialect": "openai", "api_key": "sk-bench-not-a-real-key",
-            "max_concurrent": 256}
+    return {
+        "name": name,
+        "url": url + "/v1",
+        "dialect": "openai",
+        "api_key": "sk-bench-not-a-real-key",
+        "max_concurrent": 256,
+    }
 
 
 def _mock(port: int | None = None) -> procs.Proc:
     port = port or procs.free_port()
-    argv = [procs.PYTHON, "-m", "proxy", "mock-provider", "--host", "127.0.0.1", "--port", str(port),
-            "--behaviour", f"{MODEL}:latency_ms=20,chunks=20"]
+    argv = [
+        procs.PYTHON,
+        "-m",
+        "proxy",
+        "mock-provider",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--behaviour",
+        f"{MODEL}:latency_ms=20,chunks=20",
+    ]
     return procs.Proc("mock provider", argv, port, procs.LOAD_CORES, ready=f"http://127.0.0.1:{port}/v1/models")
 
 
@@ -128,8 +149,9 @@ async def _load(url: str, body: bytes, concurrency: int, stop_at: float, timelin
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def _chaos_script(victim: procs.Proc, timeline: Timeline, t0: float, steady: float, outage: float,
-                        recovery_limit: float) -> procs.Proc:
+async def _chaos_script(
+    victim: procs.Proc, timeline: Timeline, t0: float, steady: float, outage: float, recovery_limit: float
+) -> procs.Proc:
     await asyncio.sleep(steady)
     timeline.killed_at = time.monotonic() - t0
     victim.process.kill()  # a crash, not a graceful drain
@@ -154,7 +176,8 @@ def chaos(steady: float = 3.0, outage: float = 5.0, tail: float = 4.0) -> dict[s
         revived: procs.Proc | None = None
         try:
             config, port, admin_port = _write_config(
-                Path(tmp), [_endpoint("mock-1", survivor.url), _endpoint("mock-2", victim.url)], ROUTER)
+                Path(tmp), [_endpoint("mock-1", survivor.url), _endpoint("mock-2", victim.url)], ROUTER
+            )
             with procs.start_sidecar(config, port, admin_port) as sidecar:
                 url = sidecar.url + "/v1/chat/completions"
                 body = orjson.dumps({"model": MODEL, "messages": PROMPT})
@@ -175,8 +198,12 @@ def chaos(steady: float = 3.0, outage: float = 5.0, tail: float = 4.0) -> dict[s
 
     def stats(calls: list[tuple[float, float, bool]]) -> dict[str, float]:
         latencies = [c[1] * 1000 for c in calls]
-        return {"calls": len(calls), "failed": sum(not c[2] for c in calls),
-                "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
+        return {
+            "calls": len(calls),
+            "failed": sum(not c[2] for c in calls),
+            "p50_ms": percentile(latencies, 50),
+            "p99_ms": percentile(latencies, 99),
+        }
 
     return {
         "all": stats(timeline.calls),
@@ -240,12 +267,16 @@ def main() -> int:
         s = result[phase]
         print(f"| {phase} | {s['calls']} | {s['failed']} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} |")
     returned = result["returned_after_s"]
-    print(f"\ntraffic back on the restarted endpoint after: "
-          f"{'never (within the run)' if returned is None else f'{returned:.2f} s'}")
+    print(
+        f"\ntraffic back on the restarted endpoint after: "
+        f"{'never (within the run)' if returned is None else f'{returned:.2f} s'}"
+    )
     o = result["outcomes"]
     print(f"calls attempted {sum(o.values())} / succeeded {o['succeeded']} / failed {o['failed']} / lost {o['lost']}")
     ok = result["all"]["failed"] == 0 and returned is not None
-    print(f"verdict: failed calls {result['all']['failed']} (target 0) → {'PASS' if result['all']['failed'] == 0 else 'FAIL'}")
+    print(
+        f"verdict: failed calls {result['all']['failed']} (target 0) → {'PASS' if result['all']['failed'] == 0 else 'FAIL'}"
+    )
 
     if not args.skip_overhead:
         routing = overhead(args.duration)
@@ -253,8 +284,10 @@ def main() -> int:
         print("| endpoints in the group | calls/s |\n|---|---|")
         print(f"| 1 | {routing['one']:.0f} |\n| 4 | {routing['four']:.0f} |")
         within = routing["ratio"] >= 1 - MAX_OVERHEAD
-        print(f"\nverdict: 4 endpoints at {routing['ratio']:.1%} of 1 endpoint (target ≥ {1 - MAX_OVERHEAD:.0%}) "
-              f"→ {'PASS' if within else 'FAIL'}")
+        print(
+            f"\nverdict: 4 endpoints at {routing['ratio']:.1%} of 1 endpoint (target ≥ {1 - MAX_OVERHEAD:.0%}) "
+            f"→ {'PASS' if within else 'FAIL'}"
+        )
         ok = ok and within
     if args.faults:
         from bench import faults

@@ -40,8 +40,10 @@ MIN_THROUGHPUT_RATIO = 0.60  # sidecar / bare pass-through, calls/s at concurren
 MAX_ADDED_P50_RATIO = 1.5  # sidecar / bare pass-through, added p50 at concurrency 1
 MAX_RSS_MB = 70.0
 
-PROMPT = [{"role": "system", "content": "You are a concise assistant."},
-          {"role": "user", "content": "Name twenty things that make a good benchmark, one word each."}]
+PROMPT = [
+    {"role": "system", "content": "You are a concise assistant."},
+    {"role": "user", "content": "Name twenty things that make a good benchmark, one word each."},
+]
 
 
 @dataclass(frozen=True)
@@ -84,23 +86,29 @@ def _targets(upstream: str, model: str) -> Iterator[dict[str, tuple[str, procs.P
     with tempfile.TemporaryDirectory(prefix="bench-sidecar-") as tmp:
         config, port, admin_port = procs.sidecar_config(Path(tmp), {model: upstream + "/v1"})
         with procs.start_passthrough(upstream) as bare, procs.start_sidecar(config, port, admin_port) as sidecar:
-            yield {"direct": (upstream + path, None), "pass-through": (bare.url + path, bare),
-                   "sidecar": (sidecar.url + path, sidecar)}
+            yield {
+                "direct": (upstream + path, None),
+                "pass-through": (bare.url + path, bare),
+                "sidecar": (sidecar.url + path, sidecar),
+            }
 
 
-def _cell(scenario: str, target: str, url: str, proc: procs.Proc | None, body: bytes, concurrency: int,
-          duration: float) -> Row:
+def _cell(
+    scenario: str, target: str, url: str, proc: procs.Proc | None, body: bytes, concurrency: int, duration: float
+) -> Row:
     cpu_before = proc.cpu_seconds() if proc else 0.0
     result = load.run(url, body, concurrency, duration)
     if proc is None:
         return Row(scenario, target, concurrency, result)
     cpu = proc.cpu_seconds() - cpu_before
-    return Row(scenario, target, concurrency, result, proc.peak_rss_mb(),
-               cpu / result.calls * 1000 if result.calls else None)
+    return Row(
+        scenario, target, concurrency, result, proc.peak_rss_mb(), cpu / result.calls * 1000 if result.calls else None
+    )
 
 
-def run(duration: float, concurrencies: list[int], rounds: int = 3,
-        warmup: float = 1.0) -> tuple[list[Row], dict[str, str]]:
+def run(
+    duration: float, concurrencies: list[int], rounds: int = 3, warmup: float = 1.0
+) -> tuple[list[Row], dict[str, str]]:
     """Every cell ``rounds`` times, targets alternating; each cell keeps its best round (highest rate).
 
     Other work on a shared machine only ever slows a cell down, so the best of a few
@@ -132,8 +140,10 @@ def run(duration: float, concurrencies: list[int], rounds: int = 3,
 
 
 def _direct(row: Row, rows: list[Row]) -> Row | None:
-    return next((r for r in rows if r.scenario == row.scenario and r.concurrency == row.concurrency
-                 and r.target == "direct"), None)
+    return next(
+        (r for r in rows if r.scenario == row.scenario and r.concurrency == row.concurrency and r.target == "direct"),
+        None,
+    )
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -145,16 +155,35 @@ def _cells(row: Row, rows: list[Row]) -> list[str]:
     added = direct is not None and row.target != "direct"
     r = row.result
     return [
-        row.scenario, row.target, str(row.concurrency), f"{r.rate:,.0f}", _fmt(r.p50_ms), _fmt(r.p99_ms),
+        row.scenario,
+        row.target,
+        str(row.concurrency),
+        f"{r.rate:,.0f}",
+        _fmt(r.p50_ms),
+        _fmt(r.p99_ms),
         _fmt(r.p50_ms - direct.result.p50_ms) if added else "–",
         _fmt(r.p99_ms - direct.result.p99_ms) if added else "–",
-        _fmt(row.rss_mb, 1), _fmt(row.cpu_ms_per_call, 3),
-        "–" if row.cpu_ms_per_call is None else f"{row.cpu_ms_per_call * r.rate / 10:.0f}", str(r.errors),
+        _fmt(row.rss_mb, 1),
+        _fmt(row.cpu_ms_per_call, 3),
+        "–" if row.cpu_ms_per_call is None else f"{row.cpu_ms_per_call * r.rate / 10:.0f}",
+        str(r.errors),
     ]
 
 
-HEADER = ["scenario", "target", "conc.", "calls/s", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms",
-          "peak RSS MB", "CPU ms/call", "proxy CPU %", "errors"]
+HEADER = [
+    "scenario",
+    "target",
+    "conc.",
+    "calls/s",
+    "p50 ms",
+    "p99 ms",
+    "added p50 ms",
+    "added p99 ms",
+    "peak RSS MB",
+    "CPU ms/call",
+    "proxy CPU %",
+    "errors",
+]
 
 
 def _row_line(row: Row, rows: list[Row]) -> str:
@@ -162,7 +191,10 @@ def _row_line(row: Row, rows: list[Row]) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---:" if i > 1 else "---" for i in range(len(HEADER))) + "|"]
+    lines = [
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "|".join("---:" if i > 1 else "---" for i in range(len(HEADER))) + "|",
+    ]
     lines += [_row_line(row, rows) for row in rows]
     return "\n".join(lines)
 
@@ -178,20 +210,30 @@ def verdicts(rows: list[Row]) -> list[tuple[str, str, bool | None]]:
         side, bare = _get(rows, scenario, "sidecar", 16), _get(rows, scenario, "pass-through", 16)
         if side and bare and bare.result.rate:
             ratio = side.result.rate / bare.result.rate
-            out.append((f"{scenario}: throughput at c=16 ≥ {MIN_THROUGHPUT_RATIO:.0%} of the pass-through's",
-                        f"{side.result.rate:,.0f} / {bare.result.rate:,.0f} calls/s = {ratio:.0%}",
-                        ratio >= MIN_THROUGHPUT_RATIO))
+            out.append(
+                (
+                    f"{scenario}: throughput at c=16 ≥ {MIN_THROUGHPUT_RATIO:.0%} of the pass-through's",
+                    f"{side.result.rate:,.0f} / {bare.result.rate:,.0f} calls/s = {ratio:.0%}",
+                    ratio >= MIN_THROUGHPUT_RATIO,
+                )
+            )
         side, bare, direct = (_get(rows, scenario, t, 1) for t in ("sidecar", "pass-through", "direct"))
         if side and bare and direct:
             added_side = side.result.p50_ms - direct.result.p50_ms
             added_bare = bare.result.p50_ms - direct.result.p50_ms
             ratio = added_side / added_bare if added_bare > 0 else float("inf")
-            out.append((f"{scenario}: added p50 at c=1 ≤ {MAX_ADDED_P50_RATIO}× the pass-through's",
-                        f"{added_side:.3f} / {added_bare:.3f} ms = {ratio:.2f}×", ratio <= MAX_ADDED_P50_RATIO))
+            out.append(
+                (
+                    f"{scenario}: added p50 at c=1 ≤ {MAX_ADDED_P50_RATIO}× the pass-through's",
+                    f"{added_side:.3f} / {added_bare:.3f} ms = {ratio:.2f}×",
+                    ratio <= MAX_ADDED_P50_RATIO,
+                )
+            )
     peaks = [r.rss_mb for r in rows if r.target == "sidecar" and r.rss_mb is not None]
     if peaks:
-        out.append((f"sidecar peak RSS under load < {MAX_RSS_MB:.0f} MB", f"{max(peaks):.1f} MB",
-                    max(peaks) < MAX_RSS_MB))
+        out.append(
+            (f"sidecar peak RSS under load < {MAX_RSS_MB:.0f} MB", f"{max(peaks):.1f} MB", max(peaks) < MAX_RSS_MB)
+        )
     return out
 
 
@@ -202,20 +244,27 @@ def headroom(rows: list[Row]) -> list[str]:
         direct = max((r.result.rate for r in rows if r.scenario == scenario and r.target == "direct"), default=0)
         proxied = max((r.result.rate for r in rows if r.scenario == scenario and r.target != "direct"), default=0)
         if direct and proxied:
-            lines.append(f"- {scenario}: the upstream answered {direct:,.0f} calls/s directly, "
-                         f"{direct / proxied:.1f}× the fastest proxy ({proxied:,.0f} calls/s).")
+            lines.append(
+                f"- {scenario}: the upstream answered {direct:,.0f} calls/s directly, "
+                f"{direct / proxied:.1f}× the fastest proxy ({proxied:,.0f} calls/s)."
+            )
     return lines
 
 
 def disturbed(rows: list[Row]) -> list[str]:
     """Proxy cells at concurrency ≥ 16 whose proxy did not keep its core busy: something else ran there."""
-    cells = [f"{r.scenario}/{r.target}/c={r.concurrency} ({r.cpu_ms_per_call * r.result.rate / 10:.0f}%)"
-             for r in rows if r.cpu_ms_per_call is not None and r.concurrency >= 16
-             and r.cpu_ms_per_call * r.result.rate / 10 < 80]
+    cells = [
+        f"{r.scenario}/{r.target}/c={r.concurrency} ({r.cpu_ms_per_call * r.result.rate / 10:.0f}%)"
+        for r in rows
+        if r.cpu_ms_per_call is not None and r.concurrency >= 16 and r.cpu_ms_per_call * r.result.rate / 10 < 80
+    ]
     if not cells:
         return []
-    return ["", f"Disturbed cells (the proxy used < 80% of its core under load, so other work shared it; "
-                f"compare CPU ms/call there, not calls/s): {', '.join(cells)}."]
+    return [
+        "",
+        f"Disturbed cells (the proxy used < 80% of its core under load, so other work shared it; "
+        f"compare CPU ms/call there, not calls/s): {', '.join(cells)}.",
+    ]
 
 
 def report(rows: list[Row], upstreams: dict[str, str], duration: float, rounds: int, elapsed: float) -> str:

@@ -46,14 +46,32 @@ CONCURRENCY = 16
 class Tally(Counter):
     def line(self, name: str) -> str:
         attempted = self["succeeded"] + self["failed"] + self["lost"]
-        return (f"| {name} | {attempted} | {self['succeeded']} | {self['failed']} | {self['lost']} |")
+        return f"| {name} | {attempted} | {self['succeeded']} | {self['failed']} | {self['lost']} |"
 
 
 def _config(directory: Path, mock_url: str, **sections: Any) -> tuple[Path, int, int]:
-    endpoints = {"gpt-4o-mini": [{"name": "mock-openai", "url": mock_url + "/v1", "dialect": "openai",
-                                  "model": "mock-gpt", "api_key": KEY, "max_concurrent": 256}],
-                 "claude-sonnet": [{"name": "mock-anthropic", "url": mock_url, "dialect": "anthropic",
-                                    "model": "mock-claude", "api_key": KEY, "max_concurrent": 256}]}
+    endpoints = {
+        "gpt-4o-mini": [
+            {
+                "name": "mock-openai",
+                "url": mock_url + "/v1",
+                "dialect": "openai",
+                "model": "mock-gpt",
+                "api_key": KEY,
+                "max_concurrent": 256,
+            }
+        ],
+        "claude-sonnet": [
+            {
+                "name": "mock-anthropic",
+                "url": mock_url,
+                "dialect": "anthropic",
+                "model": "mock-claude",
+                "api_key": KEY,
+                "max_concurrent": 256,
+            }
+        ],
+    }
     path, port, admin_port = procs.sidecar_config(directory, {}, **sections)
     config = orjson.loads(path.read_bytes())
     config["model_groups"] = {name: {"endpoints": e} for name, e in endpoints.items()}
@@ -62,8 +80,9 @@ def _config(directory: Path, mock_url: str, **sections: Any) -> tuple[Path, int,
     return path, port, admin_port
 
 
-def _sidecar(config: Path, port: int, admin_port: int, nofile: int | None = None,
-             drain_timeout: float | None = None) -> procs.Proc:
+def _sidecar(
+    config: Path, port: int, admin_port: int, nofile: int | None = None, drain_timeout: float | None = None
+) -> procs.Proc:
     if drain_timeout is not None:
         data = orjson.loads(config.read_bytes())
         data["server"]["drain_timeout"] = drain_timeout
@@ -100,13 +119,19 @@ async def _call(session: aiohttp.ClientSession, url: str, body: dict[str, Any], 
         tally["lost"] += 1
 
 
-async def _load(url: str, bodies: Callable[[int], dict[str, Any]], until: Callable[[], bool],
-                tally: Callable[[], Tally], concurrency: int = CONCURRENCY,
-                headers: dict[str, str] | None = None) -> None:
+async def _load(
+    url: str,
+    bodies: Callable[[int], dict[str, Any]],
+    until: Callable[[], bool],
+    tally: Callable[[], Tally],
+    concurrency: int = CONCURRENCY,
+    headers: dict[str, str] | None = None,
+) -> None:
     """Closed-loop calls until ``until()``; each counts in ``tally()`` as of its start."""
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout,
-                                     headers=headers) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=timeout, headers=headers
+    ) as session:
         counter = iter(range(10**9))
 
         async def worker() -> None:
@@ -128,21 +153,41 @@ def redis_fault(tmp: Path) -> dict[str, Tally]:
     redis_dir = tempfile.mkdtemp(prefix="bench-redis-", dir=tmp)
 
     def start_redis() -> procs.Proc:
-        argv = [shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", redis_dir]
+        argv = [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            redis_dir,
+        ]
         return procs.Proc("redis-server", argv, redis_port, procs.LOAD_CORES)
 
     redis = start_redis()
     with procs.start_mock(procs.LOAD_CORES, "mock-gpt:latency_ms=20") as mock:
-        config, port, admin_port = _config(tmp, mock.url, cache={
-            "backend": "redis", "redis_url": f"redis://127.0.0.1:{redis_port}/0", "local_ttl": 0,
-            "operation_timeout": 0.1, "breaker_cooldown": 0.5})
+        config, port, admin_port = _config(
+            tmp,
+            mock.url,
+            cache={
+                "backend": "redis",
+                "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+                "local_ttl": 0,
+                "operation_timeout": 0.1,
+                "breaker_cooldown": 0.5,
+            },
+        )
         data = orjson.loads(config.read_bytes())
         data["model_groups"]["gpt-4o-mini"]["cache"] = {"mode": "always", "ttl": 600}
         config.write_bytes(orjson.dumps(data))
         tallies = {"before": Tally(), "Redis down": Tally(), "after restart": Tally()}
         phase = ["before"]
         with _sidecar(config, port, admin_port):
+
             async def main() -> None:
                 stop_at = time.monotonic() + 9
 
@@ -156,8 +201,10 @@ def redis_fault(tmp: Path) -> dict[str, Tally]:
                     redis = await asyncio.to_thread(start_redis)
                     phase[0] = "after restart"
 
-                await asyncio.gather(script(), _load(port_url(port), _chat, lambda: time.monotonic() > stop_at,
-                                                     lambda: tallies[phase[0]]))
+                await asyncio.gather(
+                    script(),
+                    _load(port_url(port), _chat, lambda: time.monotonic() > stop_at, lambda: tallies[phase[0]]),
+                )
 
             asyncio.run(main())
     redis.stop()
@@ -186,11 +233,18 @@ def sigterm_fault(tmp: Path) -> dict[str, Tally]:
                 return time.monotonic() - sent
 
             def streams(delay_ms: int, tally: Tally) -> Any:
-                return _load(port_url(port), lambda i: _chat(i, stream=True), terminated.is_set, lambda: tally,
-                             CONCURRENCY // 2, {"x-mock-chunk-delay-ms": str(delay_ms), "x-mock-chunks": "20"})
+                return _load(
+                    port_url(port),
+                    lambda i: _chat(i, stream=True),
+                    terminated.is_set,
+                    lambda: tally,
+                    CONCURRENCY // 2,
+                    {"x-mock-chunk-delay-ms": str(delay_ms), "x-mock-chunks": "20"},
+                )
 
-            took, *_ = await asyncio.gather(term(), streams(50, tallies["short streams (1 s)"]),
-                                            streams(500, tallies["long streams (10 s)"]))
+            took, *_ = await asyncio.gather(
+                term(), streams(50, tallies["short streams (1 s)"]), streams(500, tallies["long streams (10 s)"])
+            )
             return took
 
         took = asyncio.run(main())
@@ -226,8 +280,9 @@ def flood_fault(tmp: Path) -> dict[str, Any]:
                         while time.monotonic() < stop_at:
                             # A new connection each time, as the kubelet's probes make.
                             try:
-                                async with session.get(f"http://127.0.0.1:{admin_port}/healthz",
-                                                       headers={"Connection": "close"}) as response:
+                                async with session.get(
+                                    f"http://127.0.0.1:{admin_port}/healthz", headers={"Connection": "close"}
+                                ) as response:
                                     probes["succeeded" if response.status == 200 else "failed"] += 1
                             except aiohttp.ClientConnectorError:
                                 probes["failed"] += 1
@@ -235,8 +290,9 @@ def flood_fault(tmp: Path) -> dict[str, Any]:
                                 probes["lost"] += 1
                             await asyncio.sleep(0.2)
 
-                await asyncio.gather(probe(), _load(port_url(port), _chat, lambda: time.monotonic() > stop_at,
-                                                    lambda: calls))
+                await asyncio.gather(
+                    probe(), _load(port_url(port), _chat, lambda: time.monotonic() > stop_at, lambda: calls)
+                )
 
             asyncio.run(main())
             held = len(flood)
@@ -247,18 +303,27 @@ def flood_fault(tmp: Path) -> dict[str, Any]:
 
 def echo_fault(tmp: Path) -> dict[str, Any]:
     tally, leaks = Tally(), 0
-    with procs.start_mock(procs.LOAD_CORES, "mock-gpt:status=401,echo_key=1",
-                          "mock-claude:status=401,echo_key=1") as mock:
+    with procs.start_mock(
+        procs.LOAD_CORES, "mock-gpt:status=401,echo_key=1", "mock-claude:status=401,echo_key=1"
+    ) as mock:
         config, port, admin_port = _config(tmp, mock.url)
         with _sidecar(config, port, admin_port):
+
             async def main() -> None:
                 nonlocal leaks
                 async with aiohttp.ClientSession() as session:
                     for index in range(100):
                         openai = index % 2 == 0
                         url = port_url(port) if openai else f"http://127.0.0.1:{port}/anthropic/v1/messages"
-                        body = _chat(index) if openai else {"model": "claude-sonnet", "max_tokens": 5,
-                                                           "messages": [{"role": "user", "content": "x"}]}
+                        body = (
+                            _chat(index)
+                            if openai
+                            else {
+                                "model": "claude-sonnet",
+                                "max_tokens": 5,
+                                "messages": [{"role": "user", "content": "x"}],
+                            }
+                        )
                         async with session.post(url, json=body) as response:
                             text = await response.text()
                             leaked = KEY in text or any(KEY in v for v in response.headers.values())
@@ -318,13 +383,19 @@ def _stream_phase(port: int, number: int, headers: dict[str, str], stream: bool,
 def _streams_ok(result: dict[str, Any]) -> bool:
     broken = [p for p in STREAM_FAULTS if not p.startswith("every line end")]
     whole = "every line end cut between \\r and \\n"
-    return (all(result[p]["succeeded"] == 0 for p in broken)
-            and all(result[f"_stored: {p}"] == 0 for p in broken)
-            and result[whole]["failed"] == 0 and result[f"_stored: {whole}"] == result[whole]["succeeded"])
+    return (
+        all(result[p]["succeeded"] == 0 for p in broken)
+        and all(result[f"_stored: {p}"] == 0 for p in broken)
+        and result[whole]["failed"] == 0
+        and result[f"_stored: {whole}"] == result[whole]["succeeded"]
+    )
 
 
 SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
-    "redis": redis_fault, "sigterm": sigterm_fault, "flood": flood_fault, "echo": echo_fault,
+    "redis": redis_fault,
+    "sigterm": sigterm_fault,
+    "flood": flood_fault,
+    "echo": echo_fault,
     "streams": stream_fault,
 }
 

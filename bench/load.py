@@ -27,7 +27,9 @@ import orjson
 from bench.procs import LOAD_CORES, PYTHON, ROOT, pinned
 
 WRK = shutil.which("wrk")
-GENERATOR = "wrk (1 thread, Lua script for the POST body)" if WRK else "async Python client (aiohttp + uvloop, own process)"
+GENERATOR = (
+    "wrk (1 thread, Lua script for the POST body)" if WRK else "async Python client (aiohttp + uvloop, own process)"
+)
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -52,8 +54,14 @@ class LoadResult:
         return self.calls / self.seconds if self.seconds else 0.0
 
 
-def run(url: str, body: bytes, concurrency: int, duration: float,
-        headers: dict[str, str] | None = None, cores: list[int] = LOAD_CORES) -> LoadResult:
+def run(
+    url: str,
+    body: bytes,
+    concurrency: int,
+    duration: float,
+    headers: dict[str, str] | None = None,
+    cores: list[int] = LOAD_CORES,
+) -> LoadResult:
     """POST ``body`` to ``url`` from ``concurrency`` connections for ``duration`` seconds."""
     if not url.startswith(("http://127.0.0.1:", "http://localhost:")):
         raise ValueError("the benchmark only loads loopback servers")
@@ -78,15 +86,15 @@ end
 """
 
 
-def _wrk(tmp: Path, url: str, body: bytes, concurrency: int, duration: float,
-         headers: dict[str, str], cores: list[int]) -> LoadResult:
+def _wrk(
+    tmp: Path, url: str, body: bytes, concurrency: int, duration: float, headers: dict[str, str], cores: list[int]
+) -> LoadResult:
     if b"]==]" in body:
         raise ValueError("body cannot be embedded in the Lua script")
     lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     script = tmp / "post.lua"
     script.write_text(_LUA.replace("@BODY@", body.decode()).replace("@HEADERS@", lines))
-    argv = [WRK, "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
-            "-s", str(script), url]
+    argv = [WRK, "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "10s", "-s", str(script), url]
     out = subprocess.run(pinned(argv, cores), capture_output=True, text=True, timeout=duration + 30)
     for line in out.stdout.splitlines():
         if line.startswith("BENCH "):
@@ -98,12 +106,25 @@ def _wrk(tmp: Path, url: str, body: bytes, concurrency: int, duration: float,
 # ---------------------------------------------------------------- Python client
 
 
-def _python(tmp: Path, url: str, body: bytes, concurrency: int, duration: float,
-            headers: dict[str, str], cores: list[int]) -> LoadResult:
+def _python(
+    tmp: Path, url: str, body: bytes, concurrency: int, duration: float, headers: dict[str, str], cores: list[int]
+) -> LoadResult:
     (tmp / "body").write_bytes(body)
-    argv = [PYTHON, "-m", "bench.load", "--url", url, "--body-file", str(tmp / "body"),
-            "--concurrency", str(concurrency), "--duration", str(duration),
-            "--headers", orjson.dumps(headers).decode()]
+    argv = [
+        PYTHON,
+        "-m",
+        "bench.load",
+        "--url",
+        url,
+        "--body-file",
+        str(tmp / "body"),
+        "--concurrency",
+        str(concurrency),
+        "--duration",
+        str(duration),
+        "--headers",
+        orjson.dumps(headers).decode(),
+    ]
     out = subprocess.run(pinned(argv, cores), capture_output=True, text=True, timeout=duration + 30, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"load client failed: {out.stderr}")
@@ -139,8 +160,9 @@ async def _client(url: str, body: bytes, concurrency: int, duration: float, head
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         seconds = time.perf_counter() - start
-    return LoadResult(len(latencies), errors, seconds, percentile(latencies, 50) * 1000,
-                      percentile(latencies, 99) * 1000)
+    return LoadResult(
+        len(latencies), errors, seconds, percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+    )
 
 
 def main() -> None:
@@ -151,8 +173,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--headers", default="{}")
     args = parser.parse_args()
-    coro = _client(args.url, Path(args.body_file).read_bytes(), args.concurrency, args.duration,
-                   orjson.loads(args.headers))
+    coro = _client(
+        args.url, Path(args.body_file).read_bytes(), args.concurrency, args.duration, orjson.loads(args.headers)
+    )
     try:
         import uvloop
     except ImportError:

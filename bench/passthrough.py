@@ -21,8 +21,9 @@ UPSTREAM = web.AppKey("upstream", str)
 
 
 async def session_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                         timeout=aiohttp.ClientTimeout(total=None))
+    app[SESSION] = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
+    )
     yield
     await app[SESSION].close()
 
@@ -31,8 +32,10 @@ async def forward(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
     async with request.app[SESSION].post(request.app[UPSTREAM] + request.path, data=body, headers=headers) as answer:
-        response = web.StreamResponse(status=answer.status, headers={"Content-Type": answer.headers.get(
-            "Content-Type", "application/octet-stream")})
+        response = web.StreamResponse(
+            status=answer.status,
+            headers={"Content-Type": answer.headers.get("Content-Type", "application/octet-stream")},
+        )
         await response.prepare(request)
         async for chunk in answer.content.iter_any():
             await response.write(chunk)
@@ -59,8 +62,7 @@ def main() -> None:
         loop = asyncio.new_event_loop()
     else:
         loop = uvloop.new_event_loop()
-    web.run_app(build_app(args.upstream), host="127.0.0.1", port=args.port, access_log=None, print=None,
-                loop=loop)
+    web.run_app(build_app(args.upstream), host="127.0.0.1", port=args.port, access_log=None, print=None, loop=loop)
 
 
 if __name__ == "__main__":

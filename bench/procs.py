@@ -49,8 +49,10 @@ def layout() -> str:
     """One line for reports: how processes were placed on cores."""
     if not PINNED:
         return f"not pinned ({len(_CORES)} usable core(s))"
-    return (f"proxy under test pinned to core {PROXY_CORES[0]}; load generator and upstreams "
-            f"on core(s) {','.join(map(str, LOAD_CORES))} (taskset)")
+    return (
+        f"proxy under test pinned to core {PROXY_CORES[0]}; load generator and upstreams "
+        f"on core(s) {','.join(map(str, LOAD_CORES))} (taskset)"
+    )
 
 
 # ---------------------------------------------------------------- /proc
@@ -85,14 +87,23 @@ def peak_rss_mb(pid: int) -> float:
 class Proc:
     """A server subprocess on a loopback port; ``ready`` is a URL that answers once it listens."""
 
-    def __init__(self, name: str, argv: list[str], port: int, cores: list[int], ready: str | None = None,
-                 cwd: Path | None = None, timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        cores: list[int],
+        ready: str | None = None,
+        cwd: Path | None = None,
+        timeout: float = 20.0,
+    ) -> None:
         self.name = name
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(pinned(argv, cores), stdout=self.log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, cwd=cwd or ROOT)
+        self.process = subprocess.Popen(
+            pinned(argv, cores), stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd or ROOT
+        )
         try:
             self._wait(ready, timeout)
         except BaseException:
@@ -173,11 +184,25 @@ def sidecar_config(directory: Path, model_groups: dict[str, str], **sections: An
     """
     port, admin_port = free_port(), free_port()
     config: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "port": port, "admin_host": "127.0.0.1", "admin_port": admin_port,
-                   "drain_timeout": 1},
+        "server": {
+            "host": "127.0.0.1",
+            "port": port,
+            "admin_host": "127.0.0.1",
+            "admin_port": admin_port,
+            "drain_timeout": 1,
+        },
         "model_groups": {
-            name: {"endpoints": [{"name": f"{name}-upstream", "url": url, "dialect": "openai",
-                                  "api_key": "sk-bench-not-a-real-key", "max_concurrent": 1024}]}
+            name: {
+                "endpoints": [
+                    {
+                        "name": f"{name}-upstream",
+                        "url": url,
+                        "dialect": "openai",
+                        "api_key": "sk-bench-not-a-real-key",
+                        "max_concurrent": 1024,
+                    }
+                ]
+            }
             for name, url in model_groups.items()
         },
         "cache": {"backend": "none"},

@@ -136,16 +136,20 @@ def run(duration: float, concurrencies: list[int], rounds: int) -> tuple[dict, s
                         extra["exposition_bytes"] = scraper.bytes
             for name in sidecars:
                 row = results[(name, concurrency)]
-                print(f"c={concurrency:<3} {name:<20} {row.result.rate:8.0f} calls/s  p50 {row.result.p50_ms:6.2f} ms"
-                      f"  p99 {row.result.p99_ms:6.2f} ms  cpu {row.cpu_ms_per_call or 0:5.3f} ms/call"
-                      f"  rss {row.rss_mb or 0:5.1f} MB", flush=True)
+                print(
+                    f"c={concurrency:<3} {name:<20} {row.result.rate:8.0f} calls/s  p50 {row.result.p50_ms:6.2f} ms"
+                    f"  p99 {row.result.p99_ms:6.2f} ms  cpu {row.cpu_ms_per_call or 0:5.3f} ms/call"
+                    f"  rss {row.rss_mb or 0:5.1f} MB",
+                    flush=True,
+                )
         with urllib.request.urlopen(receiver.url + "/stats", timeout=5) as response:
             extra["otlp"] = orjson.loads(response.read())
     return results, upstream_name, extra
 
 
-def report(results: dict, upstream: str, extra: dict, concurrencies: list[int], duration: float,
-           rounds: int, elapsed: float) -> tuple[str, bool]:
+def report(
+    results: dict, upstream: str, extra: dict, concurrencies: list[int], duration: float, rounds: int, elapsed: float
+) -> tuple[str, bool]:
     lines = [
         "# Telemetry overhead",
         "",
@@ -162,8 +166,10 @@ def report(results: dict, upstream: str, extra: dict, concurrencies: list[int], 
         for name in VARIANTS:
             row = results[(name, concurrency)]
             ratio = row.result.rate / floor if floor else float("nan")
-            lines.append(f"| {concurrency} | {name} | {row.result.rate:.0f} | {ratio:.2f} | {row.result.p50_ms:.2f} | "
-                         f"{row.result.p99_ms:.2f} | {row.cpu_ms_per_call or 0:.3f} | {row.rss_mb or 0:.1f} |")
+            lines.append(
+                f"| {concurrency} | {name} | {row.result.rate:.0f} | {ratio:.2f} | {row.result.p50_ms:.2f} | "
+                f"{row.result.p99_ms:.2f} | {row.cpu_ms_per_call or 0:.3f} | {row.rss_mb or 0:.1f} |"
+            )
     top = max(concurrencies)
     off, metrics = results[("off", top)], results[("metrics", top)]
     ratio = metrics.result.rate / off.result.rate
@@ -198,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"telemetry benchmark: {load.GENERATOR}; {procs.layout()}", flush=True)
     started = time.monotonic()
     results, upstream, extra = run(args.duration, concurrencies, args.rounds)
-    text, passed = report(results, upstream, extra, concurrencies, args.duration, args.rounds,
-                          time.monotonic() - started)
+    text, passed = report(
+        results, upstream, extra, concurrencies, args.duration, args.rounds, time.monotonic() - started
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "telemetry.md").write_text(text)
     print()

@@ -11,9 +11,18 @@ from proxy.endpoint_config import EndpointConfig
 # RFC 9110 §7.6.1 hop-by-hop fields, plus what the proxy sets itself.
 HOP_BY_HOP = frozenset(
     {
-        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-        "upgrade", "proxy-authorization", "proxy-authenticate",
-        "host", "content-length", "accept-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "host",
+        "content-length",
+        "accept-encoding",
         # the body goes upstream decoded (``proxy/request_body.py``), whatever the client sent
         "content-encoding",
     }

@@ -60,8 +60,13 @@ def cmd_mock_provider(args: argparse.Namespace) -> int:
 
     behaviours = dict(args.behaviour)
     try:
-        web.run_app(build_mock_app(behaviours), host=args.host, port=args.port, access_log=None,
-                    print=lambda _: print(f"mock provider on http://{args.host}:{args.port}", flush=True))
+        web.run_app(
+            build_mock_app(behaviours),
+            host=args.host,
+            port=args.port,
+            access_log=None,
+            print=lambda _: print(f"mock provider on http://{args.host}:{args.port}", flush=True),
+        )
     except OSError as exc:
         raise listen_error(args.host, args.port, "mock-provider --port", exc) from None
     return 0
@@ -71,17 +76,37 @@ def demo_config(mock_url: str, port: int, admin_port: int) -> Config:
     """Two model groups in front of the mock provider, caching every call in memory."""
     # "always", not the default "deterministic": a repeated demo call shows a cache hit.
     cache = {"mode": "always", "ttl": 600}
-    return parse_config({
-        "server": {"port": port, "admin_port": admin_port, "admin_host": "127.0.0.1"},
-        "model_groups": {
-            "gpt-4o-mini": {"cache": cache, "endpoints": [{"name": "mock-openai", "url": f"{mock_url}/v1",
-                                                           "dialect": "openai", "model": "mock-gpt",
-                                                           "api_key": "demo-key"}]},
-            "claude-sonnet": {"cache": cache, "endpoints": [{"name": "mock-anthropic", "url": mock_url,
-                                                             "dialect": "anthropic", "model": "mock-claude",
-                                                             "api_key": "demo-key"}]},
-        },
-    })
+    return parse_config(
+        {
+            "server": {"port": port, "admin_port": admin_port, "admin_host": "127.0.0.1"},
+            "model_groups": {
+                "gpt-4o-mini": {
+                    "cache": cache,
+                    "endpoints": [
+                        {
+                            "name": "mock-openai",
+                            "url": f"{mock_url}/v1",
+                            "dialect": "openai",
+                            "model": "mock-gpt",
+                            "api_key": "demo-key",
+                        }
+                    ],
+                },
+                "claude-sonnet": {
+                    "cache": cache,
+                    "endpoints": [
+                        {
+                            "name": "mock-anthropic",
+                            "url": mock_url,
+                            "dialect": "anthropic",
+                            "model": "mock-claude",
+                            "api_key": "demo-key",
+                        }
+                    ],
+                },
+            },
+        }
+    )
 
 
 DEMO_HELP = """\
@@ -117,8 +142,12 @@ async def _demo(port: int, admin_port: int) -> None:
     servers = Servers(demo_config(f"http://127.0.0.1:{mock_port}", port, admin_port))
     await servers.start(settings=("demo --port", "demo --admin-port"))  # the demo has no config file
     # The interpreter running the demo has the SDKs: the snippet works without activating the venv.
-    print(DEMO_HELP.format(port=servers.port, admin_port=servers.admin_port, mock_port=mock_port,
-                           python=shlex.quote(sys.executable)), flush=True)
+    print(
+        DEMO_HELP.format(
+            port=servers.port, admin_port=servers.admin_port, mock_port=mock_port, python=shlex.quote(sys.executable)
+        ),
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -180,43 +209,69 @@ def build_parser() -> argparse.ArgumentParser:
     mock = commands.add_parser("mock-provider", help="run the mock OpenAI/Anthropic provider")
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=8000)
-    mock.add_argument("--behaviour", action="append", default=[], metavar="MODEL:KEY=VALUE,...", type=_behaviour,
-                      help="per-model behaviour, e.g. slow:ttft_ms=200,chunk_delay_ms=10")
+    mock.add_argument(
+        "--behaviour",
+        action="append",
+        default=[],
+        metavar="MODEL:KEY=VALUE,...",
+        type=_behaviour,
+        help="per-model behaviour, e.g. slow:ttft_ms=200,chunk_delay_ms=10",
+    )
     mock.set_defaults(run=cmd_mock_provider)
 
     # The kube commands import their modules only when run: `serve` never loads them.
     inject = commands.add_parser(
-        "inject", help="add the sidecar to Kubernetes YAML offline",
+        "inject",
+        help="add the sidecar to Kubernetes YAML offline",
         description="Write the YAML with the sidecar injected into every workload's pod template to stdout; "
-                    "a summary goes to stderr. Running the command is the opt-in: only pods annotated "
-                    "llm-sidecar.io/inject: disabled are left alone.")
+        "a summary goes to stderr. Running the command is the opt-in: only pods annotated "
+        "llm-sidecar.io/inject: disabled are left alone.",
+    )
     inject.add_argument("-f", "--filename", required=True, help="YAML file to inject, or - for stdin")
     inject.add_argument("--settings", help="injector.yaml as rendered by the chart (default: chart defaults)")
     inject.add_argument("--image", help="sidecar image (overrides --settings)")
-    inject.add_argument("--kube-version", type=_version, default="1.29",
-                        help="target cluster version; >= 1.29 gets a native sidecar (default 1.29)")
+    inject.add_argument(
+        "--kube-version",
+        type=_version,
+        default="1.29",
+        help="target cluster version; >= 1.29 gets a native sidecar (default 1.29)",
+    )
     inject.add_argument("-n", "--namespace", default="default", help="namespace of objects that name none")
     inject.set_defaults(run=cmd_inject)
 
     webhook = commands.add_parser(
-        "webhook", help="serve the sidecar-injecting admission webhook",
+        "webhook",
+        help="serve the sidecar-injecting admission webhook",
         description="Serve the mutating admission webhook over TLS: POST /mutate (AdmissionReview v1), "
-                    "GET /healthz, GET /readyz.")
+        "GET /healthz, GET /readyz.",
+    )
     webhook.add_argument("--host", default="127.0.0.1", help="address to bind (the chart passes 0.0.0.0)")
     webhook.add_argument("--port", type=int, default=8443)
     webhook.add_argument("--tls-cert-file", required=True, help="serving certificate (PEM), re-read when it changes")
     webhook.add_argument("--tls-key-file", required=True, help="its private key (PEM)")
     webhook.add_argument("--settings", help="injector.yaml rendered by the chart (default: chart defaults)")
-    webhook.add_argument("--cert-reload-interval", type=float, default=30.0,
-                         help="seconds between certificate checks (default 30)")
-    webhook.add_argument("--no-kube", action="store_true",
-                         help="no API access: only pod annotations opt in, objects are assumed present, "
-                              "no namespace sync")
-    webhook.add_argument("--kube-version", type=_version, help="with --no-kube: cluster version (e.g. 1.30) for native sidecars")
-    webhook.add_argument("--source-namespace", default=os.environ.get("POD_NAMESPACE", ""),
-                         help="namespace holding the ConfigMap and Secret to copy (default: $POD_NAMESPACE)")
-    webhook.add_argument("--resync-seconds", type=float, default=60.0,
-                         help="seconds between full resyncs of namespaces and copies (default 60)")
+    webhook.add_argument(
+        "--cert-reload-interval", type=float, default=30.0, help="seconds between certificate checks (default 30)"
+    )
+    webhook.add_argument(
+        "--no-kube",
+        action="store_true",
+        help="no API access: only pod annotations opt in, objects are assumed present, no namespace sync",
+    )
+    webhook.add_argument(
+        "--kube-version", type=_version, help="with --no-kube: cluster version (e.g. 1.30) for native sidecars"
+    )
+    webhook.add_argument(
+        "--source-namespace",
+        default=os.environ.get("POD_NAMESPACE", ""),
+        help="namespace holding the ConfigMap and Secret to copy (default: $POD_NAMESPACE)",
+    )
+    webhook.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=60.0,
+        help="seconds between full resyncs of namespaces and copies (default 60)",
+    )
     webhook.add_argument("--log-level", default="info")
     webhook.set_defaults(run=cmd_webhook)
     return parser

@@ -93,9 +93,12 @@ class Config(BaseModel):
 
     def missing_keys(self) -> list[str]:
         """Endpoints whose key's variable or file is missing, by field path (never a value)."""
-        return [f"model_groups.{name}.endpoints[{i}].{endpoint.missing_key}"
-                for name, group in self.model_groups.items()
-                for i, endpoint in enumerate(group.endpoints) if endpoint.missing_key is not None]
+        return [
+            f"model_groups.{name}.endpoints[{i}].{endpoint.missing_key}"
+            for name, group in self.model_groups.items()
+            for i, endpoint in enumerate(group.endpoints)
+            if endpoint.missing_key is not None
+        ]
 
 
 def _get(node: Any, key: str) -> Any:
@@ -194,8 +197,11 @@ def parse_config(data: Any, unset: Mapping[Loc, list[str]] | None = None, *, req
     ``unset`` holds the environment variables that were not set, by the field that used them;
     those fields are reported as such, not by what their empty value fails.
     """
-    lines = [f"{field_path(loc)}: environment variable{'s' if len(names) > 1 else ''} not set: "
-             f"{', '.join(sorted(set(names)))}" for loc, names in (unset or {}).items()]
+    lines = [
+        f"{field_path(loc)}: environment variable{'s' if len(names) > 1 else ''} not set: "
+        f"{', '.join(sorted(set(names)))}"
+        for loc, names in (unset or {}).items()
+    ]
     unset_paths = [field_path(loc) for loc in unset or {}]
     try:
         config = Config.model_validate(data if data is not None else {}, context={"require_keys": require_keys})

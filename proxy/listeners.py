@@ -97,8 +97,7 @@ def in_request(handler: Any) -> bool:
 class Listener(web.AppRunner):
     """An ``AppRunner`` with the head limits, the keep-alive/header timeout and a connection cap."""
 
-    def __init__(self, app: web.Application, *, max_connections: int, keepalive_timeout: float,
-                 **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, *, max_connections: int, keepalive_timeout: float, **kwargs: Any) -> None:
         super().__init__(app, keepalive_timeout=keepalive_timeout, **HEAD_LIMITS, **kwargs)
         self.max_connections = max_connections
         self.cap: ConnectionCap | None = None
@@ -117,10 +116,23 @@ def listen_error(host: str, port: int, setting: str, exc: OSError) -> ConfigErro
     return ConfigError(f"cannot listen on {host}:{port}: {reason}; change {setting} or stop what holds the port")
 
 
-async def _run(app: web.Application, host: str, port: int, setting: str, ssl_context: ssl.SSLContext | None,
-               max_connections: int, keepalive_timeout: float, shutdown_timeout: float) -> None:
-    runner = Listener(app, max_connections=max_connections, keepalive_timeout=keepalive_timeout,
-                      access_log=None, shutdown_timeout=shutdown_timeout)
+async def _run(
+    app: web.Application,
+    host: str,
+    port: int,
+    setting: str,
+    ssl_context: ssl.SSLContext | None,
+    max_connections: int,
+    keepalive_timeout: float,
+    shutdown_timeout: float,
+) -> None:
+    runner = Listener(
+        app,
+        max_connections=max_connections,
+        keepalive_timeout=keepalive_timeout,
+        access_log=None,
+        shutdown_timeout=shutdown_timeout,
+    )
     await runner.setup()
     loop = asyncio.get_running_loop()
     # Not a TCPSite: it cannot bound the TLS handshake. A connection accepted but never
@@ -128,8 +140,9 @@ async def _run(app: web.Application, host: str, port: int, setting: str, ssl_con
     protocols = runner.server
     assert protocols is not None  # setup() made it
     try:
-        server = await loop.create_server(protocols, host, port, ssl=ssl_context,
-                                          ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl_context else None)
+        server = await loop.create_server(
+            protocols, host, port, ssl=ssl_context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl_context else None
+        )
     except OSError as exc:
         await runner.cleanup()
         raise listen_error(host, port, setting, exc) from None
@@ -143,8 +156,17 @@ async def _run(app: web.Application, host: str, port: int, setting: str, ssl_con
         await runner.cleanup()
 
 
-def run_app(app: web.Application, *, host: str, port: int, setting: str, ssl_context: ssl.SSLContext | None = None,
-            max_connections: int = 256, keepalive_timeout: float = 15.0, shutdown_timeout: float = 5.0) -> None:
+def run_app(
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    setting: str,
+    ssl_context: ssl.SSLContext | None = None,
+    max_connections: int = 256,
+    keepalive_timeout: float = 15.0,
+    shutdown_timeout: float = 5.0,
+) -> None:
     """``web.run_app`` with the listener bounds, until SIGTERM or SIGINT; ``setting`` sets the port."""
     raise_fd_limit()
     asyncio.run(_run(app, host, port, setting, ssl_context, max_connections, keepalive_timeout, shutdown_timeout))

@@ -89,7 +89,11 @@ class Behaviour:
         for key, value in values.items():
             if key not in types:
                 raise ValueError(f"unknown mock behaviour {key!r}")
-            changes[key] = float(value) if key in ("latency_ms", "ttft_ms", "chunk_delay_ms", "retry_after", "linger_ms") else int(value)
+            changes[key] = (
+                float(value)
+                if key in ("latency_ms", "ttft_ms", "chunk_delay_ms", "retry_after", "linger_ms")
+                else int(value)
+            )
         return replace(base or cls(), **changes)
 
 
@@ -104,7 +108,7 @@ class MockState:
     def behaviour(self, model: str, request: web.Request) -> Behaviour:
         base = self.behaviours.get(model, Behaviour())
         overrides = {
-            name[len("x-mock-"):].replace("-", "_"): value
+            name[len("x-mock-") :].replace("-", "_"): value
             for name, value in request.headers.items()
             if name.lower().startswith("x-mock-")
         }
@@ -175,9 +179,16 @@ class Answer:
         def entry(token: str, rank: int) -> dict[str, Any]:
             return {"token": token, "logprob": -0.25 * (rank + len(token) % 3), "bytes": list(token.encode())}
 
-        return {"content": [{**entry(p, 0), "top_logprobs": [entry(p if r == 0 else p.upper(), r)
-                                                              for r in range(self.top_logprobs)]} for p in pieces],
-                "refusal": None}
+        return {
+            "content": [
+                {
+                    **entry(p, 0),
+                    "top_logprobs": [entry(p if r == 0 else p.upper(), r) for r in range(self.top_logprobs)],
+                }
+                for p in pieces
+            ],
+            "refusal": None,
+        }
 
     @property
     def output_tokens(self) -> int:
@@ -195,11 +206,20 @@ def decide(body: dict[str, Any], behaviour: Behaviour) -> Answer:
     if tools and body.get("tool_choice") not in ("none", {"type": "none"}):
         first = tools[0]
         name = first.get("name") or first.get("function", {}).get("name") or "tool"
-        tool = {"id": "call_" + hashlib.sha256(prompt.encode()).hexdigest()[:24], "name": name,
-                "arguments": {"query": " ".join(prompt.split()[:8])}}
+        tool = {
+            "id": "call_" + hashlib.sha256(prompt.encode()).hexdigest()[:24],
+            "name": name,
+            "arguments": {"query": " ".join(prompt.split()[:8])},
+        }
     top = body.get("top_logprobs") if isinstance(body.get("top_logprobs"), int) else 0
-    return Answer(str(body.get("model", "mock")), words, count_tokens(prompt), truncated, tool,
-                  top if body.get("logprobs") is True else None)
+    return Answer(
+        str(body.get("model", "mock")),
+        words,
+        count_tokens(prompt),
+        truncated,
+        tool,
+        top if body.get("logprobs") is True else None,
+    )
 
 
 def _id(prefix: str) -> str:
@@ -213,35 +233,71 @@ def openai_chat(answer: Answer) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": None if answer.tool else answer.text, "refusal": None}
     finish = "length" if answer.truncated else "stop"
     if answer.tool:
-        message["tool_calls"] = [{"id": answer.tool["id"], "type": "function", "function": {
-            "name": answer.tool["name"], "arguments": orjson.dumps(answer.tool["arguments"]).decode()}}]
+        message["tool_calls"] = [
+            {
+                "id": answer.tool["id"],
+                "type": "function",
+                "function": {"name": answer.tool["name"], "arguments": orjson.dumps(answer.tool["arguments"]).decode()},
+            }
+        ]
         finish = "tool_calls"
     return {
-        "id": _id("chatcmpl-"), "object": "chat.completion", "created": int(time.time()), "model": answer.model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish,
-                     "logprobs": None if answer.tool else answer.logprobs(answer.pieces)}],
-        "usage": openai_usage(answer), "system_fingerprint": "fp_mock",
+        "id": _id("chatcmpl-"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": answer.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": finish,
+                "logprobs": None if answer.tool else answer.logprobs(answer.pieces),
+            }
+        ],
+        "usage": openai_usage(answer),
+        "system_fingerprint": "fp_mock",
     }
 
 
 def openai_usage(answer: Answer) -> dict[str, int]:
-    return {"prompt_tokens": answer.input_tokens, "completion_tokens": answer.output_tokens,
-            "total_tokens": answer.input_tokens + answer.output_tokens}
+    return {
+        "prompt_tokens": answer.input_tokens,
+        "completion_tokens": answer.output_tokens,
+        "total_tokens": answer.input_tokens + answer.output_tokens,
+    }
 
 
 def openai_chat_chunks(answer: Answer, include_usage: bool) -> list[bytes]:
-    base = {"id": _id("chatcmpl-"), "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": answer.model, "system_fingerprint": "fp_mock"}
+    base = {
+        "id": _id("chatcmpl-"),
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": answer.model,
+        "system_fingerprint": "fp_mock",
+    }
 
     def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: dict[str, Any] | None = None) -> bytes:
-        return format_frame({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
-                                                  "logprobs": logprobs}]})
+        return format_frame(
+            {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]}
+        )
 
     frames = [chunk({"role": "assistant", "content": ""})]
     if answer.tool:
         arguments = orjson.dumps(answer.tool["arguments"]).decode()
-        frames.append(chunk({"tool_calls": [{"index": 0, "id": answer.tool["id"], "type": "function",
-                                             "function": {"name": answer.tool["name"], "arguments": ""}}]}))
+        frames.append(
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": answer.tool["id"],
+                            "type": "function",
+                            "function": {"name": answer.tool["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            )
+        )
         for piece in _pieces(arguments, 8):
             frames.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
         frames.append(chunk({}, "tool_calls"))
@@ -256,20 +312,38 @@ def openai_chat_chunks(answer: Answer, include_usage: bool) -> list[bytes]:
 
 
 def _pieces(text: str, size: int) -> list[str]:
-    return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
 def openai_completion(answer: Answer) -> dict[str, Any]:
-    return {"id": _id("cmpl-"), "object": "text_completion", "created": int(time.time()), "model": answer.model,
-            "choices": [{"index": 0, "text": answer.text, "finish_reason": "length" if answer.truncated else "stop",
-                         "logprobs": None}], "usage": openai_usage(answer)}
+    return {
+        "id": _id("cmpl-"),
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": answer.model,
+        "choices": [
+            {
+                "index": 0,
+                "text": answer.text,
+                "finish_reason": "length" if answer.truncated else "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": openai_usage(answer),
+    }
 
 
 def openai_completion_chunks(answer: Answer) -> list[bytes]:
     base = {"id": _id("cmpl-"), "object": "text_completion", "created": int(time.time()), "model": answer.model}
-    frames = [format_frame({**base, "choices": [{"index": 0, "text": (" " if i else "") + w, "finish_reason": None,
-                                                 "logprobs": None}]}) for i, w in enumerate(answer.words)]
-    frames.append(format_frame({**base, "choices": [{"index": 0, "text": "", "finish_reason": "stop", "logprobs": None}]}))
+    frames = [
+        format_frame(
+            {**base, "choices": [{"index": 0, "text": (" " if i else "") + w, "finish_reason": None, "logprobs": None}]}
+        )
+        for i, w in enumerate(answer.words)
+    ]
+    frames.append(
+        format_frame({**base, "choices": [{"index": 0, "text": "", "finish_reason": "stop", "logprobs": None}]})
+    )
     return frames + [b"data: [DONE]\n\n"]
 
 
@@ -288,20 +362,42 @@ def openai_embeddings(body: dict[str, Any]) -> dict[str, Any]:
             encoded = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
         data.append({"object": "embedding", "index": index, "embedding": encoded})
     tokens = sum(count_tokens(str(i)) for i in items)
-    return {"object": "list", "data": data, "model": body.get("model"),
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.get("model"),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 def openai_response(answer: Answer, response_id: str, status: str = "completed") -> dict[str, Any]:
     return {
-        "id": response_id, "object": "response", "created_at": int(time.time()), "status": status,
-        "model": answer.model, "output": [{"type": "message", "id": "msg_" + response_id[5:], "status": "completed",
-                                           "role": "assistant", "content": [{"type": "output_text", "text": answer.text,
-                                                                             "annotations": []}]}],
-        "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "error": None, "incomplete_details": None,
-        "usage": {"input_tokens": answer.input_tokens, "output_tokens": answer.output_tokens,
-                  "total_tokens": answer.input_tokens + answer.output_tokens,
-                  "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+        "id": response_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "model": answer.model,
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_" + response_id[5:],
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": answer.text, "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "error": None,
+        "incomplete_details": None,
+        "usage": {
+            "input_tokens": answer.input_tokens,
+            "output_tokens": answer.output_tokens,
+            "total_tokens": answer.input_tokens + answer.output_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        },
     }
 
 
@@ -326,7 +422,9 @@ def openai_response_events(answer: Answer) -> list[bytes]:
         ("response.output_item.done", {"output_index": 0, "item": item}),
         ("response.completed", {"response": whole}),
     ]
-    return [format_frame({"type": name, "sequence_number": n, **data}, event=name) for n, (name, data) in enumerate(events)]
+    return [
+        format_frame({"type": name, "sequence_number": n, **data}, event=name) for n, (name, data) in enumerate(events)
+    ]
 
 
 # ---------------------------------------------------------------- Anthropic
@@ -334,35 +432,66 @@ def openai_response_events(answer: Answer) -> list[bytes]:
 
 def anthropic_message(answer: Answer) -> dict[str, Any]:
     if answer.tool:
-        content = [{"type": "tool_use", "id": "toolu_" + answer.tool["id"][5:], "name": answer.tool["name"],
-                    "input": answer.tool["arguments"]}]
+        content = [
+            {
+                "type": "tool_use",
+                "id": "toolu_" + answer.tool["id"][5:],
+                "name": answer.tool["name"],
+                "input": answer.tool["arguments"],
+            }
+        ]
         stop = "tool_use"
     else:
         content = [{"type": "text", "text": answer.text}]
         stop = "max_tokens" if answer.truncated else "end_turn"
-    return {"id": _id("msg_"), "type": "message", "role": "assistant", "model": answer.model, "content": content,
-            "stop_reason": stop, "stop_sequence": None,
-            "usage": {"input_tokens": answer.input_tokens, "output_tokens": answer.output_tokens}}
+    return {
+        "id": _id("msg_"),
+        "type": "message",
+        "role": "assistant",
+        "model": answer.model,
+        "content": content,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": {"input_tokens": answer.input_tokens, "output_tokens": answer.output_tokens},
+    }
 
 
 def anthropic_events(answer: Answer) -> list[bytes]:
     full = anthropic_message(answer)
-    start = {**full, "content": [], "stop_reason": None, "usage": {"input_tokens": answer.input_tokens, "output_tokens": 1}}
+    start = {
+        **full,
+        "content": [],
+        "stop_reason": None,
+        "usage": {"input_tokens": answer.input_tokens, "output_tokens": 1},
+    }
     events: list[tuple[str, dict[str, Any]]] = [("message_start", {"message": start})]
     if answer.tool:
         block = full["content"][0]
         events.append(("content_block_start", {"index": 0, "content_block": {**block, "input": {}}}))
         for piece in _pieces(orjson.dumps(answer.tool["arguments"]).decode(), 8):
-            events.append(("content_block_delta", {"index": 0, "delta": {"type": "input_json_delta", "partial_json": piece}}))
+            events.append(
+                ("content_block_delta", {"index": 0, "delta": {"type": "input_json_delta", "partial_json": piece}})
+            )
     else:
         events.append(("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}))
         events.append(("ping", {}))
         for i, word in enumerate(answer.words):
-            events.append(("content_block_delta", {"index": 0, "delta": {"type": "text_delta",
-                                                                         "text": word if i == 0 else " " + word}}))
+            events.append(
+                (
+                    "content_block_delta",
+                    {"index": 0, "delta": {"type": "text_delta", "text": word if i == 0 else " " + word}},
+                )
+            )
     events.append(("content_block_stop", {"index": 0}))
-    events.append(("message_delta", {"delta": {"stop_reason": full["stop_reason"], "stop_sequence": None},
-                                     "usage": {"output_tokens": answer.output_tokens}}))
+    events.append(
+        (
+            "message_delta",
+            {
+                "delta": {"stop_reason": full["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": answer.output_tokens},
+            },
+        )
+    )
     events.append(("message_stop", {}))
     return [format_frame({"type": name, **data}, event=name) for name, data in events]
 
@@ -371,8 +500,13 @@ def anthropic_events(answer: Answer) -> list[bytes]:
 
 
 def _error(dialect: str, status: int, message: str) -> bytes:
-    kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-            429: "rate_limit_error", 529: "overloaded_error"}.get(status, "api_error")
+    kind = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        404: "not_found_error",
+        429: "rate_limit_error",
+        529: "overloaded_error",
+    }.get(status, "api_error")
     if dialect == "anthropic":
         return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
     return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}})
@@ -390,7 +524,7 @@ def _faulty(frames: list[bytes], behaviour: Behaviour) -> list[bytes]:
     frames = list(frames)
     if 0 <= behaviour.malformed < len(frames):
         frame = frames[behaviour.malformed]
-        frames[behaviour.malformed] = frame[:frame.rindex(b"\n\n") - 5] + b"\n\n"
+        frames[behaviour.malformed] = frame[: frame.rindex(b"\n\n") - 5] + b"\n\n"
     if behaviour.truncate:
         frames.pop()  # every stream here ends with its end marker's frame
     return frames
@@ -454,7 +588,9 @@ def _handler(dialect: str, kind: str):
         except orjson.JSONDecodeError:
             return web.Response(status=400, body=_error(dialect, 400, "invalid JSON"), content_type="application/json")
         model = str(body.get("model", ""))
-        state.requests.append({"path": request.path, "headers": {k.lower(): v for k, v in request.headers.items()}, "body": body})
+        state.requests.append(
+            {"path": request.path, "headers": {k.lower(): v for k, v in request.headers.items()}, "body": body}
+        )
         state.calls[model] += 1
         state.in_flight[model] += 1
         state.max_in_flight[model] = max(state.max_in_flight[model], state.in_flight[model])
@@ -471,8 +607,12 @@ def _handler(dialect: str, kind: str):
                 if behaviour.echo_key:
                     headers["x-echo-key"] = _caller_key(request)
                     message += f": invalid key {_caller_key(request)}"
-                return web.Response(status=behaviour.status, headers=headers, content_type="application/json",
-                                    body=_error(dialect, behaviour.status, message))
+                return web.Response(
+                    status=behaviour.status,
+                    headers=headers,
+                    content_type="application/json",
+                    body=_error(dialect, behaviour.status, message),
+                )
             return await _answer(request, kind, body, behaviour)
         finally:
             state.in_flight[model] -= 1
@@ -499,7 +639,7 @@ async def _answer(request: web.Request, kind: str, body: dict[str, Any], behavio
             "messages": lambda: anthropic_events(answer),
         }[kind]()
         if 0 <= behaviour.error_after < len(frames):
-            frames = [*frames[:behaviour.error_after], _error_event(kind)]
+            frames = [*frames[: behaviour.error_after], _error_event(kind)]
         return await _stream(request, frames, behaviour)
     if behaviour.ttft_ms:
         await asyncio.sleep(behaviour.ttft_ms / 1000)
@@ -518,14 +658,21 @@ def _dumps(obj: Any) -> str:
 
 async def list_models(request: web.Request) -> web.Response:
     models = sorted(set(request.app[STATE].behaviours) | {"mock-gpt", "mock-claude"})
-    return web.json_response({"object": "list", "data": [
-        {"id": m, "object": "model", "created": 0, "owned_by": "mock"} for m in models]})
+    return web.json_response(
+        {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "mock"} for m in models]}
+    )
 
 
 async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response({"calls": dict(state.calls), "in_flight": dict(state.in_flight),
-                              "max_in_flight": dict(state.max_in_flight), "total_calls": sum(state.calls.values())})
+    return web.json_response(
+        {
+            "calls": dict(state.calls),
+            "in_flight": dict(state.in_flight),
+            "max_in_flight": dict(state.max_in_flight),
+            "total_calls": sum(state.calls.values()),
+        }
+    )
 
 
 async def recent_requests(request: web.Request) -> web.Response:

@@ -59,8 +59,11 @@ class Pipeline:
             # an error in its dialect (not aiohttp's bare text 500) and the proxy keeps serving.
             if call.status:
                 raise
-            EVENTS.error("unexpected error", exc_info=True,
-                         extra={"fields": {"request_id": call.request_id, "model_group": call.model_group}})
+            EVENTS.error(
+                "unexpected error",
+                exc_info=True,
+                extra={"fields": {"request_id": call.request_id, "model_group": call.model_group}},
+            )
             return send_error(call, ProxyError("the sidecar failed to handle this call"))
         finally:
             self.in_flight -= 1

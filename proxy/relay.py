@@ -140,8 +140,9 @@ async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> w
     return response
 
 
-async def _read_on(call: Call, upstream: UpstreamResponse, answer: AnswerStream, recorder: Recorder,
-                   headers: CIMultiDict[str]) -> None:
+async def _read_on(
+    call: Call, upstream: UpstreamResponse, answer: AnswerStream, recorder: Recorder, headers: CIMultiDict[str]
+) -> None:
     """The rest of the upstream's stream, checked, into the recorder only: its client is gone.
 
     Bounded by the attempt's deadline, and by the drain (which cuts the upstream's stream).
@@ -175,10 +176,14 @@ def send_stored(call: Call, stored: Stored) -> web.Response:
     entry = stored.entry
     call.status = entry.status
     call.first_byte_at = time.perf_counter()
-    content_type = "text/event-stream" if call.stream else (
-        "application/json" if entry.stream else entry.content_type)
-    headers = {**call.response_headers, "Content-Type": content_type, "x-request-id": call.request_id,
-               STATUS_HEADER: stored.status, "Age": str(stored.age)}
+    content_type = "text/event-stream" if call.stream else ("application/json" if entry.stream else entry.content_type)
+    headers = {
+        **call.response_headers,
+        "Content-Type": content_type,
+        "x-request-id": call.request_id,
+        STATUS_HEADER: stored.status,
+        "Age": str(stored.age),
+    }
     if call.stream:
         headers["Cache-Control"] = "no-cache"
     return web.Response(status=entry.status, body=stored.body, headers=headers)
@@ -187,9 +192,17 @@ def send_stored(call: Call, stored: Stored) -> web.Response:
 async def send_following(call: Call, following: Following) -> web.StreamResponse:
     """The leader's frames, to a coalesced follower's client as they arrive; its end, or an error event."""
     call.status = 200
-    response = web.StreamResponse(status=200, headers={
-        **call.response_headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-        "x-request-id": call.request_id, STATUS_HEADER: "coalesced", "Age": "0"})
+    response = web.StreamResponse(
+        status=200,
+        headers={
+            **call.response_headers,
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "x-request-id": call.request_id,
+            STATUS_HEADER: "coalesced",
+            "Age": "0",
+        },
+    )
     await response.prepare(call.request)
     try:
         async for data in following.batches():

@@ -55,8 +55,11 @@ class Current:
 def keep_restart_only(running: Config, new: Config) -> tuple[Config, list[str]]:
     """``new`` with the running values of the settings that apply only at start, and the
     names of those among them that ``new`` would change."""
-    changed = [f"server.{name}" for name in ServerConfig.model_fields
-               if name not in LIVE_SERVER_FIELDS and getattr(running.server, name) != getattr(new.server, name)]
+    changed = [
+        f"server.{name}"
+        for name in ServerConfig.model_fields
+        if name not in LIVE_SERVER_FIELDS and getattr(running.server, name) != getattr(new.server, name)
+    ]
     changed += [name for name in ("telemetry", "retrieval") if getattr(running, name) != getattr(new, name)]
     server = running.server.model_copy(update={name: getattr(new.server, name) for name in LIVE_SERVER_FIELDS})
     kept = new.model_copy(update={"server": server, "telemetry": running.telemetry, "retrieval": running.retrieval})
@@ -71,10 +74,12 @@ def log_missing_keys(config: Config) -> None:
 
 def _unknown_corpora(config: Config) -> list[str]:
     """Context injection that names a corpus the running retrieval did not load."""
-    return [f"model_groups.{name}.context.corpus: corpus {group.context.corpus!r} is not loaded "
-            "(retrieval changes need a restart)"
-            for name, group in config.model_groups.items()
-            if group.context is not None and group.context.corpus not in config.retrieval.corpora]
+    return [
+        f"model_groups.{name}.context.corpus: corpus {group.context.corpus!r} is not loaded "
+        "(retrieval changes need a restart)"
+        for name, group in config.model_groups.items()
+        if group.context is not None and group.context.corpus not in config.retrieval.corpora
+    ]
 
 
 class Reloader:
@@ -180,9 +185,14 @@ class Reloader:
             task = asyncio.create_task(self._retire(old), name="config-reload-retire")
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
-        event("config reloaded", path=str(self.path), model_groups=sorted(config.model_groups),
-              endpoints=sum(len(g.endpoints) for g in config.model_groups.values()),
-              cache="new" if cache is not old.cache else "kept", restart_needed=restart or None)
+        event(
+            "config reloaded",
+            path=str(self.path),
+            model_groups=sorted(config.model_groups),
+            endpoints=sum(len(g.endpoints) for g in config.model_groups.values()),
+            cache="new" if cache is not old.cache else "kept",
+            restart_needed=restart or None,
+        )
         self._count(True)
         return "ok"
 
@@ -194,8 +204,11 @@ class Reloader:
             while pipeline.in_flight and loop.time() < deadline:
                 await asyncio.sleep(0.05)
             if pipeline.in_flight:
-                event("config reload: closing the old cache with calls still on it", logging.WARNING,
-                      calls=pipeline.in_flight)
+                event(
+                    "config reload: closing the old cache with calls still on it",
+                    logging.WARNING,
+                    calls=pipeline.in_flight,
+                )
         finally:
             await pipeline.cache.close()
 

@@ -83,7 +83,11 @@ def _br(data: bytes, limit: int) -> bytes:
 
 
 DECODERS: dict[str, Callable[[bytes, int], bytes]] = {
-    "gzip": _gzip, "x-gzip": _gzip, "deflate": _deflate, "br": _br, "zstd": _zstd,
+    "gzip": _gzip,
+    "x-gzip": _gzip,
+    "deflate": _deflate,
+    "br": _br,
+    "zstd": _zstd,
 }
 _ERRORS = (zlib.error, zstandard.ZstdError, brotli.error)
 
@@ -99,8 +103,10 @@ def decode(body: bytes, coding: str | None, limit: int) -> bytes:
         return body
     decoder = DECODERS.get(name)
     if decoder is None:
-        raise UnsupportedMediaType(f"Content-Encoding {coding[:40]!r} is not supported; send the body plain "
-                                   f"or encoded with one of: {_SUPPORTED}")
+        raise UnsupportedMediaType(
+            f"Content-Encoding {coding[:40]!r} is not supported; send the body plain "
+            f"or encoded with one of: {_SUPPORTED}"
+        )
     try:
         return decoder(body, limit)
     except _ERRORS as exc:
@@ -129,4 +135,3 @@ def _int64(text: str) -> int:
     if not -(2**63) <= value < 2**64:
         raise BadRequest(f"the integer {text[:30]}{'…' if len(text) > 30 else ''} is outside the 64-bit range")
     return value
-

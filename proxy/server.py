@@ -122,7 +122,9 @@ def build_app(
     app.router.add_route("*", "/v1/{tail:.*}", partial(not_found, OPENAI))
     app.router.add_route("*", "/anthropic/{tail:.*}", partial(not_found, ANTHROPIC))
     if config_path is not None:
-        app.cleanup_ctx.append(reload_ctx(config_path, server_overrides or {}))  # last: stops first, before what it swaps
+        app.cleanup_ctx.append(
+            reload_ctx(config_path, server_overrides or {})
+        )  # last: stops first, before what it swaps
     return app
 
 
@@ -231,12 +233,20 @@ class Servers:
         # read raw and decoded by the pipeline (``proxy/request_body.py``). The drain
         # keeps its own clock (``stop``); aiohttp's shutdown only gets the last words.
         self._runner = Listener(
-            self.app, max_connections=self.max_connections, keepalive_timeout=server.keepalive_timeout,
-            handler_cancellation=True, access_log=None, auto_decompress=False, shutdown_timeout=LAST_WORDS / 4,
+            self.app,
+            max_connections=self.max_connections,
+            keepalive_timeout=server.keepalive_timeout,
+            handler_cancellation=True,
+            access_log=None,
+            auto_decompress=False,
+            shutdown_timeout=LAST_WORDS / 4,
         )
         self._admin_runner = Listener(
-            self.admin, max_connections=server.admin_max_connections, keepalive_timeout=ADMIN_KEEPALIVE,
-            access_log=None, shutdown_timeout=LAST_WORDS / 4,
+            self.admin,
+            max_connections=server.admin_max_connections,
+            keepalive_timeout=ADMIN_KEEPALIVE,
+            access_log=None,
+            shutdown_timeout=LAST_WORDS / 4,
         )
         self.port = server.port
         self.admin_port = server.admin_port
@@ -258,12 +268,21 @@ class Servers:
         self.port = self._runner.addresses[0][1]
         self.admin_port = self._admin_runner.addresses[0][1]
         # The descriptor budget: the limit in force and the caps that fit in it.
-        event("listening", proxy=f"{server.host}:{self.port}", admin=f"{server.admin_host}:{self.admin_port}",
-              fd_limit=self.fd_limit, proxy_max_connections=self.max_connections,
-              admin_max_connections=server.admin_max_connections)
+        event(
+            "listening",
+            proxy=f"{server.host}:{self.port}",
+            admin=f"{server.admin_host}:{self.admin_port}",
+            fd_limit=self.fd_limit,
+            proxy_max_connections=self.max_connections,
+            admin_max_connections=server.admin_max_connections,
+        )
         if self.max_connections < server.max_connections:
-            event("server.max_connections lowered to fit the file descriptor limit", logging.WARNING,
-                  configured=server.max_connections, fd_limit=self.fd_limit)
+            event(
+                "server.max_connections lowered to fit the file descriptor limit",
+                logging.WARNING,
+                configured=server.max_connections,
+                fd_limit=self.fd_limit,
+            )
 
     def request_reload(self) -> None:
         """Reload soon (SIGHUP): the watcher runs it, one reload at a time."""
@@ -296,7 +315,8 @@ class Servers:
                 await asyncio.sleep(0.05)
             if UPSTREAM in self.app:
                 self.app[UPSTREAM].stop(
-                    f"the sidecar is shutting down: its drain timeout ({timeout:g} s) ended before the answer")
+                    f"the sidecar is shutting down: its drain timeout ({timeout:g} s) ended before the answer"
+                )
                 # The calls it ended answer now with an error in their dialect; give them a moment.
                 while any(map(in_request, server.connections)) and loop.time() < deadline - last_words / 2:
                     await asyncio.sleep(0.02)

@@ -34,8 +34,18 @@ from proxy.errors import (
 # Response headers that describe this hop only, or that the relay sets itself.
 _DROP_RESPONSE_HEADERS = frozenset(
     {
-        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-        "upgrade", "content-length", "content-encoding", "server", "date", "set-cookie",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "server",
+        "date",
+        "set-cookie",
     }
 )
 
@@ -164,8 +174,18 @@ class UpstreamResponse:
     the idle and total timeouts.
     """
 
-    __slots__ = ("status", "headers", "is_stream", "body", "document", "_response", "_first", "_timeouts",
-                 "_deadline", "_redactor")
+    __slots__ = (
+        "status",
+        "headers",
+        "is_stream",
+        "body",
+        "document",
+        "_response",
+        "_first",
+        "_timeouts",
+        "_deadline",
+        "_redactor",
+    )
 
     def __init__(
         self,
@@ -298,9 +318,7 @@ class Upstream:
         except _CAUGHT as exc:
             raise map_client_error(exc, "probe") from None
 
-    async def open(
-        self, url: str, headers: CIMultiDict[str], body: bytes, timeouts: Timeouts
-    ) -> UpstreamResponse:
+    async def open(self, url: str, headers: CIMultiDict[str], body: bytes, timeouts: Timeouts) -> UpstreamResponse:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeouts.total
         response: aiohttp.ClientResponse | None = None
@@ -350,7 +368,8 @@ class Upstream:
                 # Never hand a redirect to the client: its SDK would follow it past the sidecar.
                 raise UpstreamBroken(f"upstream answered a redirect ({response.status}); check the endpoint url")
             raise UpstreamStatus(
-                response.status, redactor.whole(first),
+                response.status,
+                redactor.whole(first),
                 {k.lower(): v for k, v in response_headers(response.headers, redactor).items()},
             )
         try:

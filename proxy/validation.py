@@ -18,8 +18,9 @@ Loc = tuple[str | int, ...]
 
 def problem(loc: Loc, message: str, value: Any = None) -> InitErrorDetails:
     # The message goes in as context, so braces in it (a path, a URL) are not a template.
-    return InitErrorDetails(type=PydanticCustomError("value_error", "{message}", {"message": message}),
-                            loc=loc, input=value)
+    return InitErrorDetails(
+        type=PydanticCustomError("value_error", "{message}", {"message": message}), loc=loc, input=value
+    )
 
 
 def carried(error: ValidationError) -> list[InitErrorDetails]:

@@ -121,10 +121,28 @@ def default_config(mock_url: str, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "server": {"port": 0, "admin_port": 0, "admin_host": "127.0.0.1", "drain_timeout": 5},
         "model_groups": {
-            "gpt-4o-mini": {"endpoints": [{"name": "mock-openai", "url": f"{mock_url}/v1", "dialect": "openai",
-                                           "model": "mock-gpt", "api_key": PROVIDER_KEY}]},
-            "claude-sonnet": {"endpoints": [{"name": "mock-anthropic", "url": mock_url, "dialect": "anthropic",
-                                             "model": "mock-claude", "api_key": PROVIDER_KEY}]},
+            "gpt-4o-mini": {
+                "endpoints": [
+                    {
+                        "name": "mock-openai",
+                        "url": f"{mock_url}/v1",
+                        "dialect": "openai",
+                        "model": "mock-gpt",
+                        "api_key": PROVIDER_KEY,
+                    }
+                ]
+            },
+            "claude-sonnet": {
+                "endpoints": [
+                    {
+                        "name": "mock-anthropic",
+                        "url": mock_url,
+                        "dialect": "anthropic",
+                        "model": "mock-claude",
+                        "api_key": PROVIDER_KEY,
+                    }
+                ]
+            },
         },
     }
     for key, value in overrides.items():
@@ -167,14 +185,16 @@ class Sidecar:
     def anthropic(self, **kwargs: Any):
         import anthropic
 
-        return anthropic.Anthropic(base_url=self.anthropic_base, api_key="sk-ant-client-placeholder",
-                                   max_retries=0, **kwargs)
+        return anthropic.Anthropic(
+            base_url=self.anthropic_base, api_key="sk-ant-client-placeholder", max_retries=0, **kwargs
+        )
 
     def async_anthropic(self, **kwargs: Any):
         import anthropic
 
-        return anthropic.AsyncAnthropic(base_url=self.anthropic_base, api_key="sk-ant-client-placeholder",
-                                        max_retries=0, **kwargs)
+        return anthropic.AsyncAnthropic(
+            base_url=self.anthropic_base, api_key="sk-ant-client-placeholder", max_retries=0, **kwargs
+        )
 
     def stop(self) -> None:
         if not self._stopped:
@@ -199,8 +219,20 @@ class RedisServer:
 
     def command(self) -> list[str]:
         """How the server is started; a subclass (a Sentinel) starts it another way."""
-        return [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", self.dir, *self.extra_args]
+        return [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self.dir,
+            *self.extra_args,
+        ]
 
     def start(self) -> None:
         """Start the server and wait until it answers PING."""

@@ -33,19 +33,26 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 30) -> None
 
 def test_serve_drains_in_flight_streams_on_sigterm(tmp_path: Path, mock_provider) -> None:
     port, admin_port = free_port(), free_port()
-    config = default_config(mock_provider.url, server={"port": port, "admin_port": admin_port,
-                                                       "admin_host": "127.0.0.1", "drain_timeout": 10})
+    config = default_config(
+        mock_provider.url,
+        server={"port": port, "admin_port": admin_port, "admin_host": "127.0.0.1", "drain_timeout": 10},
+    )
     path = tmp_path / "sidecar.yaml"
     path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
         # 15 chunks 200 ms apart: the stream is still running while the test looks at the draining process.
         mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=200, chunks=15)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
-        stream = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
-                                                stream=True)
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True
+        )
         first = next(iter(stream))
         process.send_signal(signal.SIGTERM)
         # The process drains once its loop handles the signal: later on a loaded machine.
@@ -70,13 +77,19 @@ def test_serve_drains_in_flight_streams_on_sigterm(tmp_path: Path, mock_provider
 def test_demo_answers_curl_and_sdk_then_stops_on_ctrl_c() -> None:
     port, admin_port = free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "proxy", "demo", "--port", str(port),
-                                "--admin-port", str(admin_port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "demo", "--port", str(port), "--admin-port", str(admin_port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
-        ask = lambda: httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                                 json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]})
+        ask = lambda: httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]},
+        )
         first, second = ask(), ask()
         assert first.json()["choices"][0]["message"]["content"]
         # The demo caches every call, so the help text's "run it twice" shows a hit.
@@ -85,7 +98,8 @@ def test_demo_answers_curl_and_sdk_then_stops_on_ctrl_c() -> None:
         import anthropic
 
         message = anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}/anthropic", api_key="x").messages.create(
-            model="claude-sonnet", max_tokens=20, messages=[{"role": "user", "content": "Hello"}])
+            model="claude-sonnet", max_tokens=20, messages=[{"role": "user", "content": "Hello"}]
+        )
         assert message.content[0].text
         process.send_signal(signal.SIGINT)
         assert process.wait(10) == 0
@@ -116,7 +130,8 @@ def test_a_busy_port_is_one_line_naming_the_setting(tmp_path: Path, mock_provide
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"llm-sidecar: cannot listen on 127.0.0.1:{busy}: address already in use; "
-        f"change server.{which} (or serve {flag}) or stop what holds the port"]
+        f"change server.{which} (or serve {flag}) or stop what holds the port"
+    ]
 
 
 @pytest.mark.parametrize("flag", ["--port", "--admin-port"])
@@ -129,12 +144,17 @@ def test_a_busy_demo_port_names_the_demos_own_flag(flag: str) -> None:
         holder.listen()
         busy = holder.getsockname()[1]
         ports = {"--port": free_port(), "--admin-port": free_port(), flag: busy}
-        result = subprocess.run([SCRIPT, "demo", *(str(a) for item in ports.items() for a in item)],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [SCRIPT, "demo", *(str(a) for item in ports.items() for a in item)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"llm-sidecar: cannot listen on 127.0.0.1:{busy}: address already in use; "
-        f"change demo {flag} or stop what holds the port"]
+        f"change demo {flag} or stop what holds the port"
+    ]
 
 
 def test_a_busy_mock_provider_port_is_one_line_naming_the_flag() -> None:
@@ -144,18 +164,27 @@ def test_a_busy_mock_provider_port_is_one_line_naming_the_flag() -> None:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         busy = holder.getsockname()[1]
-        result = subprocess.run([SCRIPT, "mock-provider", "--host", "127.0.0.1", "--port", str(busy)],
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [SCRIPT, "mock-provider", "--host", "127.0.0.1", "--port", str(busy)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"llm-sidecar: cannot listen on 127.0.0.1:{busy}: address already in use; "
-        "change mock-provider --port or stop what holds the port"]
+        "change mock-provider --port or stop what holds the port"
+    ]
 
 
 @pytest.mark.parametrize("spec", ["m:latency_ms=abc", "m:no_such=1", "m:latency"])
 def test_a_bad_mock_behaviour_is_a_usage_error(spec: str) -> None:
-    result = subprocess.run([SCRIPT, "mock-provider", "--port", str(free_port()), "--behaviour", spec],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [SCRIPT, "mock-provider", "--port", str(free_port()), "--behaviour", spec],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"argument --behaviour: {spec!r}" in result.stderr and "MODEL:KEY=VALUE" in result.stderr

@@ -27,9 +27,17 @@ def test_a_few_lines_are_enough() -> None:
 
 
 def test_errors_name_the_field_path() -> None:
-    bad = {"model_groups": {"gpt-4o": {"endpoints": [
-        {"name": "a", "url": "http://x/v1"}, {"name": "b", "url": "http://y/v1", "max_concurrent": 0}]}},
-        "server": {"prot": 1}}
+    bad = {
+        "model_groups": {
+            "gpt-4o": {
+                "endpoints": [
+                    {"name": "a", "url": "http://x/v1"},
+                    {"name": "b", "url": "http://y/v1", "max_concurrent": 0},
+                ]
+            }
+        },
+        "server": {"prot": 1},
+    }
     with pytest.raises(ConfigError) as info:
         parse_config(bad)
     text = str(info.value)
@@ -68,7 +76,8 @@ def test_missing_key_sources_are_reported_not_fatal(tmp_path: Path) -> None:
     """A missing key leaves the config usable (serve runs the other groups); check-config and
     serve's log report it by field path (tests/test_missing_key.py runs both commands)."""
     assert parse_config(minimal(api_key_env="NOT_THERE_XYZ")).missing_keys() == [
-        "model_groups.g.endpoints[0].api_key_env: environment variable NOT_THERE_XYZ is not set"]
+        "model_groups.g.endpoints[0].api_key_env: environment variable NOT_THERE_XYZ is not set"
+    ]
     (tmp_path / "empty").write_text("\n")
     for path, why in (("absent", "cannot read"), ("empty", "is empty")):
         (problem,) = parse_config(minimal(api_key_file=str(tmp_path / path))).missing_keys()
@@ -117,8 +126,13 @@ def test_an_empty_key_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_passwords_in_other_sections_stay_out_of_repr() -> None:
-    config = parse_config({**minimal(), "cache": {"backend": "redis", "redis_url": "redis://:hunter2@h:6379/0"},
-                           "telemetry": {"tracing": {"enabled": True, "headers": {"Authorization": "Bearer t0k"}}}})
+    config = parse_config(
+        {
+            **minimal(),
+            "cache": {"backend": "redis", "redis_url": "redis://:hunter2@h:6379/0"},
+            "telemetry": {"tracing": {"enabled": True, "headers": {"Authorization": "Bearer t0k"}}},
+        }
+    )
     assert "hunter2" not in repr(config) and "t0k" not in repr(config)
 
 
@@ -141,27 +155,32 @@ retrieval:
     result = subprocess.run([LLM_SIDECAR, "check-config", str(config)], capture_output=True, text=True)
     assert result.returncode == 2
     reported = [line.strip() for line in result.stderr.splitlines()[1:]]
-    assert sorted(reported) == sorted([
-        "model_groups.a.endpoints[1].url: environment variable not set: UNSET_URL_XYZ",
-        "server.port: Input should be less than or equal to 65535",
-        "server.prot: Extra inputs are not permitted",
-        "model_groups.a.endpoints[0].api_key_env: environment variable NOT_SET_XYZ is not set",
-        "model_groups.a.endpoints[0].max_concurrent: Input should be greater than or equal to 1",
-        "model_groups.a.fallbacks[0]: unknown model group 'zzz'",
-        "model_groups.a.context.corpus: unknown corpus 'nope'",
-        "cache.redis_url: required with backend: redis",
-        f"retrieval.corpora.typo: {tmp_path / 'absent'} is not a directory",
-        f"retrieval.corpora.empty: no .txt or .md files in {tmp_path / 'empty'}",
-    ])
+    assert sorted(reported) == sorted(
+        [
+            "model_groups.a.endpoints[1].url: environment variable not set: UNSET_URL_XYZ",
+            "server.port: Input should be less than or equal to 65535",
+            "server.prot: Extra inputs are not permitted",
+            "model_groups.a.endpoints[0].api_key_env: environment variable NOT_SET_XYZ is not set",
+            "model_groups.a.endpoints[0].max_concurrent: Input should be greater than or equal to 1",
+            "model_groups.a.fallbacks[0]: unknown model group 'zzz'",
+            "model_groups.a.context.corpus: unknown corpus 'nope'",
+            "cache.redis_url: required with backend: redis",
+            f"retrieval.corpora.typo: {tmp_path / 'absent'} is not a directory",
+            f"retrieval.corpora.empty: no .txt or .md files in {tmp_path / 'empty'}",
+        ]
+    )
     assert "sk-secret-in-file-123" not in result.stderr + result.stdout
 
 
 # ---------------------------------------------------------------- parsing bounds
 
-BOMB = "\n".join(
-    [f"l0: &l0 [{', '.join(['lol'] * 9)}]"]
-    + [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, 9)]
-) + "\n"  # nine lines that stand for 9^9 (387 million) strings once the aliases are copied
+BOMB = (
+    "\n".join(
+        [f"l0: &l0 [{', '.join(['lol'] * 9)}]"]
+        + [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, 9)]
+    )
+    + "\n"
+)  # nine lines that stand for 9^9 (387 million) strings once the aliases are copied
 
 
 def _memory_capped() -> None:
@@ -170,20 +189,24 @@ def _memory_capped() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # an unbounded parse ends here, not in the machine
 
 
-@pytest.mark.parametrize("content, error", [
-    (BOMB, "is too large to be a config: more than 100000 values once its aliases are expanded"),
-    ("[" * 5000 + "]" * 5000 + "\n", "is too large to be a config: nested deeper than 32 levels"),
-    ("server: {}\n" + "# padding\n" * 120_000, "is larger than 1024 KiB"),
-    ("server: {}\n# caf\xe9 au lait\n".encode("latin-1"), "is not UTF-8 text (byte 16)"),
-], ids=["alias-bomb", "deep", "huge", "latin-1"])
+@pytest.mark.parametrize(
+    "content, error",
+    [
+        (BOMB, "is too large to be a config: more than 100000 values once its aliases are expanded"),
+        ("[" * 5000 + "]" * 5000 + "\n", "is too large to be a config: nested deeper than 32 levels"),
+        ("server: {}\n" + "# padding\n" * 120_000, "is larger than 1024 KiB"),
+        ("server: {}\n# caf\xe9 au lait\n".encode("latin-1"), "is not UTF-8 text (byte 16)"),
+    ],
+    ids=["alias-bomb", "deep", "huge", "latin-1"],
+)
 def test_config_parsing_is_bounded_with_a_one_line_error(tmp_path: Path, content: str | bytes, error: str) -> None:
     path = tmp_path / "sidecar.yaml"
     if isinstance(content, bytes):
         path.write_bytes(content)
     else:
         path.write_text(content)
-    result = subprocess.run([LLM_SIDECAR, "check-config", str(path)], capture_output=True, text=True, timeout=120,
-                            preexec_fn=_memory_capped)
+    result = subprocess.run(
+        [LLM_SIDECAR, "check-config", str(path)], capture_output=True, text=True, timeout=120, preexec_fn=_memory_capped
+    )
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"llm-sidecar: {path} {error}"]
-

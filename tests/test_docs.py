@@ -61,8 +61,8 @@ def blocks(page: Path) -> list[Block]:
             i += 1
             continue
         end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
-        language, marker, code = opening.group(1), opening.group(2).strip(), "\n".join(lines[i + 1:end]) + "\n"
-        follows = found and previous_end >= 0 and not any(line.strip() for line in lines[previous_end + 1:i])
+        language, marker, code = opening.group(1), opening.group(2).strip(), "\n".join(lines[i + 1 : end]) + "\n"
+        follows = found and previous_end >= 0 and not any(line.strip() for line in lines[previous_end + 1 : i])
         if language == "text" and follows and found[-1].marker == "run":
             found[-1] = Block(found[-1].page, found[-1].line, found[-1].language, "run", found[-1].code, code)
         else:
@@ -86,9 +86,12 @@ class Demo:
 
     def __init__(self) -> None:
         self.port, self.admin_port = free_port(), free_port()
-        self.process = subprocess.Popen([LLM_SIDECAR, "demo", "--port", str(self.port),
-                                         "--admin-port", str(self.admin_port)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.process = subprocess.Popen(
+            [LLM_SIDECAR, "demo", "--port", str(self.port), "--admin-port", str(self.admin_port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 60
         while True:
             assert self.process.poll() is None, self.process.stdout.read() if self.process.stdout else "exited"
@@ -102,7 +105,8 @@ class Demo:
 
     def localize(self, code: str) -> str:
         return code.replace("127.0.0.1:8080", f"127.0.0.1:{self.port}").replace(
-            "127.0.0.1:9090", f"127.0.0.1:{self.admin_port}")
+            "127.0.0.1:9090", f"127.0.0.1:{self.admin_port}"
+        )
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGINT)
@@ -156,9 +160,12 @@ def run(block: Block, demo: Demo | None, workdir: Path) -> str:
 RUNNABLE = {page: [b for b in SNIPPETS if b.page == page and b.marker == "run"] for page in PAGES}
 
 
-@pytest.mark.parametrize("page", [page for page, runnable in RUNNABLE.items() if runnable],
-                         ids=lambda page: str(page.relative_to(ROOT)))
-def test_the_pages_runnable_snippets_run_top_to_bottom(page: Path, workdir: Path, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize(
+    "page", [page for page, runnable in RUNNABLE.items() if runnable], ids=lambda page: str(page.relative_to(ROOT))
+)
+def test_the_pages_runnable_snippets_run_top_to_bottom(
+    page: Path, workdir: Path, request: pytest.FixtureRequest
+) -> None:
     needs_demo = any(block.language != "yaml" for block in RUNNABLE[page])
     demo = request.getfixturevalue("demo") if needs_demo else None
     for block in RUNNABLE[page]:
@@ -193,8 +200,9 @@ def anchors(page: Path) -> set[str]:
 
 
 def test_links_between_the_pages_resolve_to_files_in_the_repository() -> None:
-    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                                 check=True).stdout.splitlines())
+    tracked = set(
+        subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()
+    )
     broken = []
     for page in PAGES:
         for target in LINK.findall(page.read_text()):

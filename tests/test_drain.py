@@ -26,12 +26,19 @@ SCRIPT = str(Path(sys.executable).with_name("llm-sidecar"))
 
 def _serve(tmp_path: Path, mock_url: str, drain_timeout: float, **env: str) -> tuple[subprocess.Popen, int, int]:
     port, admin_port = free_port(), free_port()
-    config = default_config(mock_url, server={"port": port, "admin_port": admin_port, "admin_host": "127.0.0.1",
-                                              "drain_timeout": drain_timeout})
+    config = default_config(
+        mock_url,
+        server={"port": port, "admin_port": admin_port, "admin_host": "127.0.0.1", "drain_timeout": drain_timeout},
+    )
     path = tmp_path / "sidecar.yaml"
     path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen([SCRIPT, "serve", "--config", str(path)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    process = subprocess.Popen(
+        [SCRIPT, "serve", "--config", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
     wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
     return process, port, admin_port
 
@@ -71,9 +78,13 @@ def test_drain_ends_by_its_timeout_and_cut_streams_get_an_error_event(tmp_path: 
         oa = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         an = anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}/anthropic", api_key="x", max_retries=0)
         s1 = oa.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True)
-        s2 = an.messages.create(model="claude-sonnet", max_tokens=500, messages=[{"role": "user", "content": "x"}],
-                                stream=True)
-        readers = [threading.Thread(target=read_openai, args=(s1,)), threading.Thread(target=read_anthropic, args=(s2,))]
+        s2 = an.messages.create(
+            model="claude-sonnet", max_tokens=500, messages=[{"role": "user", "content": "x"}], stream=True
+        )
+        readers = [
+            threading.Thread(target=read_openai, args=(s1,)),
+            threading.Thread(target=read_anthropic, args=(s2,)),
+        ]
         for reader in readers:
             reader.start()
         process.send_signal(signal.SIGTERM)
@@ -86,8 +97,11 @@ def test_drain_ends_by_its_timeout_and_cut_streams_get_an_error_event(tmp_path: 
     # The drain on the sidecar's own clock, from its "draining" line to its "stopped" line: the
     # signal's delivery and the interpreter's exit, slow on a loaded machine, are no part of it.
     assert process.stderr is not None
-    events = {e["msg"]: e["ts"] for e in map(json.loads, process.stderr.read().splitlines())
-              if e.get("msg") in ("draining", "stopped")}
+    events = {
+        e["msg"]: e["ts"]
+        for e in map(json.loads, process.stderr.read().splitlines())
+        if e.get("msg") in ("draining", "stopped")
+    }
     took = events["stopped"] - events["draining"]
     assert took < drain_timeout + 1.0, f"the drain took {took:.1f} s for a timeout of {drain_timeout} s"
     for dialect in ("openai", "anthropic"):
@@ -104,8 +118,9 @@ def test_plain_container_mode_keeps_serving_the_app_until_it_is_idle(tmp_path: P
         # ... while the app's own shutdown calls, on new connections, are still served.
         for _ in range(3):
             with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0) as client:
-                assert client.chat.completions.create(model="gpt-4o-mini",
-                                                      messages=[{"role": "user", "content": "bye"}])
+                assert client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "bye"}]
+                )
             time.sleep(1)  # not a wait: the app's shutdown pauses between calls, with no connection open
         # With no app connection left, the drain ends after its idle window, long before 30 s.
         process.wait(20)
@@ -126,8 +141,7 @@ def test_native_sidecar_mode_stops_accepting_at_once(tmp_path: Path, mock_provid
         httpx.get(f"http://127.0.0.1:{port}/v1/models")
 
 
-def test_a_call_still_waiting_for_its_upstream_when_the_drain_ends_gets_an_error(tmp_path: Path,
-                                                                                  mock_provider) -> None:
+def test_a_call_still_waiting_for_its_upstream_when_the_drain_ends_gets_an_error(tmp_path: Path, mock_provider) -> None:
     process, port, admin_port = _serve(tmp_path, mock_provider.url, 3)
     mock_provider.set_behaviour("mock-gpt", latency_ms=20_000)  # the answer's head would come in 20 s
     outcome: dict[str, Any] = {}
@@ -135,8 +149,9 @@ def test_a_call_still_waiting_for_its_upstream_when_the_drain_ends_gets_an_error
     def call() -> None:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=30)
         try:
-            outcome["answer"] = client.chat.completions.create(model="gpt-4o-mini",
-                                                               messages=[{"role": "user", "content": "x"}])
+            outcome["answer"] = client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+            )
         except openai.APIError as error:
             outcome["error"] = error
 
@@ -163,8 +178,12 @@ def test_coalesced_streams_cut_by_the_drain_are_told_why(tmp_path: Path, mock_pr
     """The leader's stream and the identical call that follows it end with the drain's own error."""
     process, port, admin_port = _serve(tmp_path, mock_provider.url, 3.0)
     mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=200, chunks=100)  # 20 s of answer
-    body = {"model": "gpt-4o-mini", "stream": True, "temperature": 0,  # cacheable, so the second call follows
-            "messages": [{"role": "user", "content": "drained together"}]}
+    body = {
+        "model": "gpt-4o-mini",
+        "stream": True,
+        "temperature": 0,  # cacheable, so the second call follows
+        "messages": [{"role": "user", "content": "drained together"}],
+    }
     results: dict[str, tuple[str, bytes]] = {}
 
     def call(name: str) -> None:
@@ -173,8 +192,9 @@ def test_coalesced_streams_cut_by_the_drain_are_told_why(tmp_path: Path, mock_pr
 
     def in_flight() -> float:
         metrics = httpx.get(f"http://127.0.0.1:{admin_port}/metrics").text
-        return float(next(line.split()[-1] for line in metrics.splitlines()
-                          if line.startswith("llm_sidecar_calls_in_flight")))
+        return float(
+            next(line.split()[-1] for line in metrics.splitlines() if line.startswith("llm_sidecar_calls_in_flight"))
+        )
 
     callers = [threading.Thread(target=call, args=(name,)) for name in ("first", "second")]
     try:

@@ -19,8 +19,10 @@ def test_malformed_json_and_missing_model(sidecar: Sidecar) -> None:
     assert response.json()["error"]["type"] == "invalid_request_error"
     response = httpx.post(sidecar.anthropic_base + "/v1/messages", json={"messages": []})
     assert response.status_code == 400
-    assert response.json() == {"type": "error", "error": {"type": "invalid_request_error",
-                                                          "message": "you must provide a model parameter"}}
+    assert response.json() == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": "you must provide a model parameter"},
+    }
     with pytest.raises(openai.BadRequestError):
         sidecar.openai().chat.completions.create(model="", messages=[])
 
@@ -30,7 +32,9 @@ def test_unknown_model_group(sidecar: Sidecar) -> None:
         sidecar.openai().chat.completions.create(model="gpt-99", messages=[{"role": "user", "content": "x"}])
     assert "gpt-99" in info.value.message
     with pytest.raises(anthropic.NotFoundError):
-        sidecar.anthropic().messages.create(model="claude-99", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        sidecar.anthropic().messages.create(
+            model="claude-99", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
 
 
 def test_body_over_the_limit(make_sidecar) -> None:
@@ -40,21 +44,28 @@ def test_body_over_the_limit(make_sidecar) -> None:
         sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": big}])
     assert info.value.status_code == 413
     with pytest.raises(anthropic.APIStatusError) as info2:
-        sidecar.anthropic().messages.create(model="claude-sonnet", max_tokens=5, messages=[{"role": "user", "content": big}])
+        sidecar.anthropic().messages.create(
+            model="claude-sonnet", max_tokens=5, messages=[{"role": "user", "content": big}]
+        )
     assert info2.value.status_code == 413
     assert info2.value.body["error"]["type"] == "request_too_large"
 
 
 def test_upstream_connect_error_is_502(make_sidecar, refused_port) -> None:
     dead = refused_port.url
-    sidecar = make_sidecar(model_groups={"gpt-4o-mini": {"endpoints": [{"name": "dead", "url": dead + "/v1"}]},
-                                         "claude-sonnet": {"endpoints": [{"name": "dead-a", "url": dead,
-                                                                          "dialect": "anthropic"}]}})
+    sidecar = make_sidecar(
+        model_groups={
+            "gpt-4o-mini": {"endpoints": [{"name": "dead", "url": dead + "/v1"}]},
+            "claude-sonnet": {"endpoints": [{"name": "dead-a", "url": dead, "dialect": "anthropic"}]},
+        }
+    )
     with pytest.raises(openai.InternalServerError) as info:
         sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
     assert info.value.status_code == 502
     with pytest.raises(anthropic.APIStatusError) as info2:
-        sidecar.anthropic().messages.create(model="claude-sonnet", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        sidecar.anthropic().messages.create(
+            model="claude-sonnet", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
     assert info2.value.status_code == 502
 
 
@@ -68,13 +79,17 @@ def test_upstream_connect_error_is_502(make_sidecar, refused_port) -> None:
 )
 def test_upstream_timeouts_are_504(make_sidecar, mock_provider, timeouts, behaviour, stream) -> None:
     mock_provider.set_behaviour("mock-gpt", **behaviour)
-    groups = {"gpt-4o-mini": {"endpoints": [{"name": "slow", "url": mock_provider.url + "/v1", "model": "mock-gpt",
-                                             "timeouts": timeouts}]}}
+    groups = {
+        "gpt-4o-mini": {
+            "endpoints": [{"name": "slow", "url": mock_provider.url + "/v1", "model": "mock-gpt", "timeouts": timeouts}]
+        }
+    }
     sidecar = make_sidecar(model_groups=groups)
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as info:
-        sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
-                                                 stream=stream)
+        sidecar.openai().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=stream
+        )
     assert info.value.status_code == 504
     # Cut by the timeout: far sooner than the upstream's 5 s, with room for a loaded machine.
     assert time.monotonic() - started < 3.0
@@ -82,11 +97,17 @@ def test_upstream_timeouts_are_504(make_sidecar, mock_provider, timeouts, behavi
 
 def test_idle_timeout_mid_stream_ends_with_error_event(make_sidecar, mock_provider) -> None:
     mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=1000)
-    groups = {"gpt-4o-mini": {"endpoints": [{"name": "idle", "url": mock_provider.url + "/v1", "model": "mock-gpt",
-                                             "timeouts": {"idle": 0.3}}]}}
+    groups = {
+        "gpt-4o-mini": {
+            "endpoints": [
+                {"name": "idle", "url": mock_provider.url + "/v1", "model": "mock-gpt", "timeouts": {"idle": 0.3}}
+            ]
+        }
+    }
     sidecar = make_sidecar(model_groups=groups)
-    stream = sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
-                                                      stream=True)
+    stream = sidecar.openai().chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True
+    )
     with pytest.raises(openai.APIError, match="idle"):
         list(stream)
 
@@ -99,14 +120,17 @@ def test_upstream_error_status_passes_through(sidecar: Sidecar, mock_provider) -
     assert info.value.message.endswith("mock error 429")
     mock_provider.set_behaviour("mock-claude", status=529)
     with pytest.raises(anthropic.APIStatusError) as info2:
-        sidecar.anthropic().messages.create(model="claude-sonnet", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        sidecar.anthropic().messages.create(
+            model="claude-sonnet", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
     assert info2.value.status_code == 529
 
 
 def test_upstream_dies_mid_stream(sidecar: Sidecar, mock_provider) -> None:
     mock_provider.set_behaviour("mock-gpt", cut_after=5)
-    stream = sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
-                                                      stream=True)
+    stream = sidecar.openai().chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True
+    )
     received = []
     with pytest.raises(openai.APIError, match="cut|closed"):
         for chunk in stream:
@@ -114,8 +138,9 @@ def test_upstream_dies_mid_stream(sidecar: Sidecar, mock_provider) -> None:
     assert len(received) == 5  # the role chunk and four words, then the error event
     mock_provider.set_behaviour("mock-claude", cut_after=4)
     with pytest.raises(anthropic.APIStatusError):
-        with sidecar.anthropic().messages.stream(model="claude-sonnet", max_tokens=50,
-                                                 messages=[{"role": "user", "content": "x"}]) as s:
+        with sidecar.anthropic().messages.stream(
+            model="claude-sonnet", max_tokens=50, messages=[{"role": "user", "content": "x"}]
+        ) as s:
             list(s.text_stream)
     # ... and the proxy keeps serving.
     mock_provider.set_behaviour("mock-gpt")
@@ -124,10 +149,12 @@ def test_upstream_dies_mid_stream(sidecar: Sidecar, mock_provider) -> None:
 
 def test_client_disconnect_cancels_upstream(sidecar: Sidecar, mock_provider) -> None:
     mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=200, chunks=50)
-    body = (b'{"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "x"}]}')
+    body = b'{"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "x"}]}'
     with socket.create_connection(("127.0.0.1", sidecar.servers.port)) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline and mock_provider.stats()["in_flight"].get("mock-gpt"):
@@ -152,8 +179,9 @@ def test_an_unknown_path_is_not_an_unknown_model(sidecar: Sidecar) -> None:
 
 def test_an_upstream_that_closes_mid_stream_is_reported_as_such(sidecar: Sidecar, mock_provider) -> None:
     mock_provider.set_behaviour("mock-gpt", cut_after=3)
-    stream = sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
-                                                      stream=True)
+    stream = sidecar.openai().chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True
+    )
     with pytest.raises(openai.APIError) as info:
         list(stream)
     assert "mid-stream" in info.value.message and "idle" not in info.value.message
@@ -161,8 +189,11 @@ def test_an_upstream_that_closes_mid_stream_is_reported_as_such(sidecar: Sidecar
 
 def test_upstream_error_keeps_the_sidecars_request_id(sidecar: Sidecar, mock_provider) -> None:
     mock_provider.set_behaviour("mock-gpt", status=500)
-    response = httpx.post(sidecar.openai_base + "/chat/completions", headers={"x-request-id": "ours-1"},
-                          json={"model": "gpt-4o-mini", "messages": []})
+    response = httpx.post(
+        sidecar.openai_base + "/chat/completions",
+        headers={"x-request-id": "ours-1"},
+        json={"model": "gpt-4o-mini", "messages": []},
+    )
     assert response.status_code == 500 and response.headers["x-request-id"] == "ours-1"
 
 
@@ -175,8 +206,19 @@ def test_upstream_redirect_is_502_and_never_reaches_the_client(sidecar: Sidecar,
 
 
 def test_malformed_call_to_a_translated_endpoint_is_400(make_sidecar, mock_provider) -> None:
-    groups = {"gpt-4o-mini": {"endpoints": [{"name": "claude", "url": mock_provider.url, "dialect": "anthropic",
-                                             "model": "mock-claude", "api_key": "k"}]}}
+    groups = {
+        "gpt-4o-mini": {
+            "endpoints": [
+                {
+                    "name": "claude",
+                    "url": mock_provider.url,
+                    "dialect": "anthropic",
+                    "model": "mock-claude",
+                    "api_key": "k",
+                }
+            ]
+        }
+    }
     sidecar = make_sidecar(model_groups=groups)
     for body in ({"messages": ["hi"]}, {"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}):
         response = httpx.post(sidecar.openai_base + "/chat/completions", json={"model": "gpt-4o-mini", **body})
@@ -192,27 +234,47 @@ def test_an_unexpected_failure_still_answers_in_the_dialect(sidecar: Sidecar, mo
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(proxy.pipeline, "relay", broken)
-    response = httpx.post(sidecar.anthropic_base + "/v1/messages",
-                          json={"model": "claude-sonnet", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+    response = httpx.post(
+        sidecar.anthropic_base + "/v1/messages",
+        json={"model": "claude-sonnet", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+    )
     assert response.status_code == 500
-    assert response.json() == {"type": "error", "error": {"type": "api_error",
-                                                          "message": "the sidecar failed to handle this call"}}
+    assert response.json() == {
+        "type": "error",
+        "error": {"type": "api_error", "message": "the sidecar failed to handle this call"},
+    }
     monkeypatch.undo()
-    assert sidecar.anthropic().messages.create(model="claude-sonnet", max_tokens=5,
-                                               messages=[{"role": "user", "content": "x"}]).content
+    assert (
+        sidecar.anthropic()
+        .messages.create(model="claude-sonnet", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        .content
+    )
 
 
 def test_a_client_that_stops_reading_frees_the_slot_after_the_total_timeout(make_sidecar, mock_provider) -> None:
-    groups = {"gpt-4o-mini": {"endpoints": [{"name": "m", "url": mock_provider.url + "/v1", "model": "mock-gpt",
-                                             "max_concurrent": 1, "timeouts": {"total": 1.0}}]}}
+    groups = {
+        "gpt-4o-mini": {
+            "endpoints": [
+                {
+                    "name": "m",
+                    "url": mock_provider.url + "/v1",
+                    "model": "mock-gpt",
+                    "max_concurrent": 1,
+                    "timeouts": {"total": 1.0},
+                }
+            ]
+        }
+    }
     sidecar = make_sidecar(model_groups=groups)
     mock_provider.set_behaviour("mock-gpt", chunks=60000)  # ~14 MB of frames: more than the socket buffers hold
     body = b'{"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "x"}]}'
     with socket.socket() as stalled:
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.connect(("127.0.0.1", sidecar.servers.port))
-        stalled.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        stalled.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         assert stalled.recv(64).startswith(b"HTTP/1.1 200")
         # ...and reads no more. The endpoint's one slot must come free once the total timeout
         # (1 s) and the grace for last words (5 s) have passed, while this socket stays open.
@@ -224,5 +286,7 @@ def test_a_client_that_stops_reading_frees_the_slot_after_the_total_timeout(make
                 break
             assert time.monotonic() < deadline, status
             time.sleep(0.2)
-        reply = sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "y"}])
+        reply = sidecar.openai().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "y"}]
+        )
         assert reply.choices[0].message.content

@@ -40,7 +40,8 @@ def _is_type_checking(test: ast.expr) -> bool:
     if TYPE_LEVEL:
         return False
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _top_level(body: list[ast.stmt]):
@@ -66,13 +67,18 @@ def _imports(name: str, path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # a submodule, if it is one
         elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
             # lazy exports: {"Name": "proxy.module"}
-            found.update(v.value for v in node.value.values
-                         if isinstance(v, ast.Constant) and isinstance(v.value, str) and v.value.startswith("proxy."))
+            found.update(
+                v.value
+                for v in node.value.values
+                if isinstance(v, ast.Constant) and isinstance(v.value, str) and v.value.startswith("proxy.")
+            )
     edges = set()
     own = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 2)}
     for target in found:
@@ -143,8 +149,18 @@ def test_the_graph_sees_a_cycle(tmp_path) -> None:
     assert _cycles(graph)
 
 
-@pytest.mark.parametrize("module", ["proxy.upstream", "proxy.auth", "proxy.call", "proxy.telemetry.metrics",
-                                    "proxy.router.config", "proxy.config", "proxy.server"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "proxy.upstream",
+        "proxy.auth",
+        "proxy.call",
+        "proxy.telemetry.metrics",
+        "proxy.router.config",
+        "proxy.config",
+        "proxy.server",
+    ],
+)
 def test_module_imports_alone(module: str) -> None:
     """A fresh interpreter imports the module first, before anything else of ``proxy``."""
     subprocess.run([sys.executable, "-c", f"import {module}"], check=True, timeout=60)

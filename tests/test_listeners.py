@@ -33,12 +33,19 @@ def _nofile_1024() -> None:
 @pytest.fixture
 def served(tmp_path: Path, mock_provider) -> Iterator[tuple[int, int, subprocess.Popen]]:
     port, admin_port = free_port(), free_port()
-    config = default_config(mock_provider.url, server={"port": port, "admin_port": admin_port,
-                                                       "admin_host": "127.0.0.1", "drain_timeout": 2})
+    config = default_config(
+        mock_provider.url,
+        server={"port": port, "admin_port": admin_port, "admin_host": "127.0.0.1", "drain_timeout": 2},
+    )
     path = tmp_path / "sidecar.yaml"
     path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen([SCRIPT, "serve", "--config", str(path)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, preexec_fn=_nofile_1024)
+    process = subprocess.Popen(
+        [SCRIPT, "serve", "--config", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_nofile_1024,
+    )
     try:
         wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
         yield port, admin_port, process
@@ -92,21 +99,25 @@ def test_a_connection_flood_does_not_starve_the_calls(served, target: str, head:
 
 def test_the_descriptor_budget_is_logged_and_the_soft_limit_raised(tmp_path: Path, mock_provider) -> None:
     port, admin_port = free_port(), free_port()
-    config = default_config(mock_provider.url, server={"port": port, "admin_port": admin_port,
-                                                       "admin_host": "127.0.0.1", "drain_timeout": 1})
+    config = default_config(
+        mock_provider.url,
+        server={"port": port, "admin_port": admin_port, "admin_host": "127.0.0.1", "drain_timeout": 1},
+    )
     path = tmp_path / "sidecar.yaml"
     path.write_text(yaml.safe_dump(config))
 
     def soft_512_hard_2048() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (512, 2048))
 
-    process = subprocess.Popen([SCRIPT, "serve", "--config", str(path)], stderr=subprocess.PIPE, text=True,
-                               preexec_fn=soft_512_hard_2048)
+    process = subprocess.Popen(
+        [SCRIPT, "serve", "--config", str(path)], stderr=subprocess.PIPE, text=True, preexec_fn=soft_512_hard_2048
+    )
     try:
         wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
         limits = Path(f"/proc/{process.pid}/limits").read_text()
-        assert any(line.startswith("Max open files") and line.split()[3:5] == ["2048", "2048"]
-                   for line in limits.splitlines())
+        assert any(
+            line.startswith("Max open files") and line.split()[3:5] == ["2048", "2048"] for line in limits.splitlines()
+        )
     finally:
         process.terminate()
         _, err = process.communicate(timeout=15)
@@ -147,8 +158,10 @@ def test_past_the_cap_idle_connections_make_room_and_busy_ones_are_kept(make_sid
     port = sidecar.servers.port
     mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=100, chunks=30)  # 3 s streams
     body = b'{"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "x"}]}'
-    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
     idle = socket.create_connection(("127.0.0.1", port), timeout=10)
     busy = socket.create_connection(("127.0.0.1", port), timeout=10)
     busy.sendall(request)

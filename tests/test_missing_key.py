@@ -46,11 +46,13 @@ def env_without_anthropic_key() -> dict[str, str]:
 
 def test_check_config_still_reports_it(tmp_path: Path) -> None:
     path = write_config(tmp_path, "http://127.0.0.1:9")
-    done = subprocess.run([EXE, "check-config", str(path)], capture_output=True, text=True,
-                          env=env_without_anthropic_key())
+    done = subprocess.run(
+        [EXE, "check-config", str(path)], capture_output=True, text=True, env=env_without_anthropic_key()
+    )
     assert done.returncode == 2
-    assert ("model_groups.claude-sonnet.endpoints[0].api_key_env: environment variable ANTHROPIC_API_KEY "
-            "is not set") in done.stderr
+    assert (
+        "model_groups.claude-sonnet.endpoints[0].api_key_env: environment variable ANTHROPIC_API_KEY is not set"
+    ) in done.stderr
     assert OPENAI_KEY not in done.stderr + done.stdout
 
 
@@ -60,8 +62,12 @@ def sidecar(tmp_path: Path, mock_provider: MockProvider):
     path = write_config(tmp_path, mock_provider.url, port, admin_port)
     log = tmp_path / "stderr.log"
     with log.open("w") as stderr:
-        process = subprocess.Popen([EXE, "serve", "--config", str(path)], stdout=subprocess.DEVNULL, stderr=stderr,
-                                   env=env_without_anthropic_key())
+        process = subprocess.Popen(
+            [EXE, "serve", "--config", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=env_without_anthropic_key(),
+        )
     try:
         wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
         yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", log
@@ -81,8 +87,9 @@ def test_serve_starts_and_serves_the_other_groups(sidecar, mock_provider: MockPr
     # The keyless group: one error in the caller's dialect, naming the variable; not retried by the SDK.
     sent: list[httpx.Request] = []
     hooks = {"request": [sent.append]}
-    claude = anthropic.Anthropic(base_url=url + "/anthropic", api_key="unused",
-                                 http_client=anthropic.DefaultHttpxClient(event_hooks=hooks))
+    claude = anthropic.Anthropic(
+        base_url=url + "/anthropic", api_key="unused", http_client=anthropic.DefaultHttpxClient(event_hooks=hooks)
+    )
     with pytest.raises(anthropic.InternalServerError) as caught:
         claude.messages.create(model="claude-sonnet", max_tokens=10, messages=HELLO)
     assert caught.value.body["error"]["type"] == "api_error"
@@ -109,8 +116,9 @@ def test_serve_starts_and_serves_the_other_groups(sidecar, mock_provider: MockPr
     assert OPENAI_KEY not in everything
 
 
-def test_a_keyless_group_falls_back_to_a_group_with_its_key(make_sidecar, mock_provider: MockProvider,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_keyless_group_falls_back_to_a_group_with_its_key(
+    make_sidecar, mock_provider: MockProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     config = default_config(mock_provider.url)
     claude = config["model_groups"]["claude-sonnet"]

@@ -35,17 +35,26 @@ def test_answers_are_deterministic_per_prompt(mock_provider) -> None:
 def test_tool_calls_in_both_dialects(mock_provider) -> None:
     tools = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]
     reply = openai_client(mock_provider).chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "find it"}], tools=tools)
+        model="m", messages=[{"role": "user", "content": "find it"}], tools=tools
+    )
     assert reply.choices[0].finish_reason == "tool_calls"
     assert reply.choices[0].message.tool_calls[0].function.name == "search"
     stream = openai_client(mock_provider).chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "find it"}], tools=tools, stream=True)
-    arguments = "".join(c.choices[0].delta.tool_calls[0].function.arguments or ""
-                        for c in stream if c.choices and c.choices[0].delta.tool_calls)
+        model="m", messages=[{"role": "user", "content": "find it"}], tools=tools, stream=True
+    )
+    arguments = "".join(
+        c.choices[0].delta.tool_calls[0].function.arguments or ""
+        for c in stream
+        if c.choices and c.choices[0].delta.tool_calls
+    )
     assert arguments == reply.choices[0].message.tool_calls[0].function.arguments
     client = anthropic.Anthropic(base_url=mock_provider.url, api_key="k", max_retries=0)
-    with client.messages.stream(model="c", max_tokens=50, messages=[{"role": "user", "content": "find it"}],
-                                tools=[{"name": "search", "input_schema": {"type": "object"}}]) as s:
+    with client.messages.stream(
+        model="c",
+        max_tokens=50,
+        messages=[{"role": "user", "content": "find it"}],
+        tools=[{"name": "search", "input_schema": {"type": "object"}}],
+    ) as s:
         final = s.get_final_message()
     assert final.stop_reason == "tool_use" and final.content[0].input == {"query": "find it"}
 
@@ -55,15 +64,17 @@ def test_programmable_errors_and_retry_after(mock_provider) -> None:
     with pytest.raises(openai.RateLimitError) as info:
         openai_client(mock_provider).chat.completions.create(model="limited", messages=[])
     assert info.value.response.headers["retry-after"] == "3"
-    response = httpx.post(mock_provider.url + "/v1/messages", json={"model": "m", "messages": []},
-                          headers={"x-mock-status": "529"})
+    response = httpx.post(
+        mock_provider.url + "/v1/messages", json={"model": "m", "messages": []}, headers={"x-mock-status": "529"}
+    )
     assert response.status_code == 529 and response.json()["error"]["type"] == "overloaded_error"
 
 
 def test_latency_and_time_to_first_token(mock_provider) -> None:
     started = time.perf_counter()
     stream = openai_client(mock_provider).chat.completions.create(
-        model="m", messages=[], stream=True, extra_headers={"x-mock-ttft-ms": "300", "x-mock-chunks": "3"})
+        model="m", messages=[], stream=True, extra_headers={"x-mock-ttft-ms": "300", "x-mock-chunks": "3"}
+    )
     chunks = list(stream)
     assert time.perf_counter() - started >= 0.3
     assert len(chunks) == 1 + 3 + 1  # role, three words, finish
@@ -102,19 +113,39 @@ def test_faults_on_demand_from_the_command_line() -> None:
     """``llm-sidecar mock-provider --behaviour`` plays each stream fault, as documented."""
     script = str(Path(sys.executable).with_name("llm-sidecar"))
     port = free_port()
-    specs = ["cut:truncate=1", "bad:malformed=2", "none:empty=1", "split:crlf=1", "slow:linger_ms=300",
-             "busy:error_after=3"]
-    process = subprocess.Popen([script, "mock-provider", "--host", "127.0.0.1", "--port", str(port),
-                                *(arg for spec in specs for arg in ("--behaviour", spec))],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    specs = [
+        "cut:truncate=1",
+        "bad:malformed=2",
+        "none:empty=1",
+        "split:crlf=1",
+        "slow:linger_ms=300",
+        "busy:error_after=3",
+    ]
+    process = subprocess.Popen(
+        [
+            script,
+            "mock-provider",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *(arg for spec in specs for arg in ("--behaviour", spec)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url + "/v1/models", process)
 
         def stream(model: str) -> tuple[bytes, float]:
             started = time.monotonic()
-            response = httpx.post(url + "/v1/chat/completions", timeout=10, json={
-                "model": model, "stream": True, "messages": [{"role": "user", "content": "x"}]})
+            response = httpx.post(
+                url + "/v1/chat/completions",
+                timeout=10,
+                json={"model": model, "stream": True, "messages": [{"role": "user", "content": "x"}]},
+            )
             assert response.status_code == 200
             return response.content, time.monotonic() - started
 

@@ -21,7 +21,9 @@ def test_openai_chat_completion(sidecar: Sidecar, mock_provider) -> None:
 
 def test_openai_stream_arrives_frame_by_frame(sidecar: Sidecar) -> None:
     stream = sidecar.openai().chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "Stream please"}], stream=True,
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Stream please"}],
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -37,7 +39,8 @@ def test_stream_is_not_buffered(sidecar: Sidecar, mock_provider) -> None:
     mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=100, chunks=10)
     started = time.perf_counter()
     stream = sidecar.openai().chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "slow"}], stream=True)
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "slow"}], stream=True
+    )
     arrivals = [time.perf_counter() - started for _ in stream]
     # The mock sends a chunk every 100 ms: the second chunk comes ~0.8 s before the last one,
     # where a buffered stream would bring them together. Measured between chunks, not from the
@@ -65,14 +68,16 @@ def test_models_lists_model_groups(sidecar: Sidecar) -> None:
 
 def test_anthropic_message_and_stream(sidecar: Sidecar, mock_provider) -> None:
     client = sidecar.anthropic()
-    message = client.messages.create(model="claude-sonnet", max_tokens=100,
-                                     messages=[{"role": "user", "content": "Hello"}])
+    message = client.messages.create(
+        model="claude-sonnet", max_tokens=100, messages=[{"role": "user", "content": "Hello"}]
+    )
     assert message.content[0].text
     sent = mock_provider.requests()[-1]
     assert sent["headers"]["x-api-key"] == PROVIDER_KEY
     assert sent["body"]["model"] == "mock-claude"
-    with client.messages.stream(model="claude-sonnet", max_tokens=100,
-                                messages=[{"role": "user", "content": "Hello"}]) as stream:
+    with client.messages.stream(
+        model="claude-sonnet", max_tokens=100, messages=[{"role": "user", "content": "Hello"}]
+    ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == message.content[0].text
@@ -81,7 +86,8 @@ def test_anthropic_message_and_stream(sidecar: Sidecar, mock_provider) -> None:
 
 def test_anthropic_count_tokens(sidecar: Sidecar) -> None:
     count = sidecar.anthropic().messages.count_tokens(
-        model="claude-sonnet", messages=[{"role": "user", "content": "Hello world, how are you?"}])
+        model="claude-sonnet", messages=[{"role": "user", "content": "Hello world, how are you?"}]
+    )
     assert count.input_tokens > 0
 
 
@@ -91,35 +97,46 @@ async def test_async_clients(sidecar: Sidecar) -> None:
     assert reply.choices[0].message.content
     async with sidecar.async_anthropic() as client:
         stream = await client.messages.create(
-            model="claude-sonnet", max_tokens=50, messages=[{"role": "user", "content": "async"}], stream=True)
+            model="claude-sonnet", max_tokens=50, messages=[{"role": "user", "content": "async"}], stream=True
+        )
         kinds = [event.type async for event in stream]
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
 
 
 def test_request_id_is_kept_and_forwarded(sidecar: Sidecar, mock_provider) -> None:
     raw = sidecar.openai().chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "id"}], extra_headers={"x-request-id": "req-42"})
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "id"}], extra_headers={"x-request-id": "req-42"}
+    )
     assert raw.headers["x-request-id"] == "req-42"
     assert mock_provider.requests()[-1]["headers"]["x-request-id"] == "req-42"
     generated = sidecar.openai().chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "id"}])
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "id"}]
+    )
     assert len(generated.headers["x-request-id"]) == 32
 
 
 def test_hop_by_hop_and_control_headers_stay_here(sidecar: Sidecar, mock_provider) -> None:
     import httpx
 
-    httpx.post(sidecar.openai_base + "/chat/completions", json={"model": "gpt-4o-mini", "messages": []},
-               headers={"Connection": "keep-alive, x-secret-hop", "x-secret-hop": "1", "x-llm-sidecar-cache": "no",
-                        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+    httpx.post(
+        sidecar.openai_base + "/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": []},
+        headers={
+            "Connection": "keep-alive, x-secret-hop",
+            "x-secret-hop": "1",
+            "x-llm-sidecar-cache": "no",
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        },
+    )
     sent = {k.lower(): v for k, v in mock_provider.requests()[-1]["headers"].items()}
     assert "x-secret-hop" not in sent and "x-llm-sidecar-cache" not in sent
     assert sent["traceparent"] == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 def test_pass_through_key(make_sidecar, mock_provider) -> None:
-    config_groups = {"gpt-4o-mini": {"endpoints": [{"name": "m", "url": f"{mock_provider.url}/v1",
-                                                    "pass_through_key": True}]}}
+    config_groups = {
+        "gpt-4o-mini": {"endpoints": [{"name": "m", "url": f"{mock_provider.url}/v1", "pass_through_key": True}]}
+    }
     sidecar = make_sidecar(model_groups=config_groups)
     sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
     assert mock_provider.requests()[-1]["headers"]["authorization"] == "Bearer sk-client-placeholder"
@@ -132,8 +149,10 @@ def test_never_an_open_proxy(sidecar: Sidecar, mock_provider) -> None:
     for path in ("/v1/../../etc/passwd", "/v1/http://169.254.169.254/latest", "/v1/chat/completions/../../x"):
         response = httpx.post(sidecar.url + path, json={"model": "gpt-4o-mini"})
         assert response.status_code == 404
-    response = httpx.post(sidecar.openai_base + "/chat/completions",
-                          json={"model": "gpt-4o-mini", "messages": [], "url": "http://example.invalid"},
-                          headers={"Host": "example.invalid", "X-Forwarded-Host": "example.invalid"})
+    response = httpx.post(
+        sidecar.openai_base + "/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [], "url": "http://example.invalid"},
+        headers={"Host": "example.invalid", "X-Forwarded-Host": "example.invalid"},
+    )
     assert response.status_code == 200
     assert mock_provider.requests()[-1]["path"] == "/v1/chat/completions"

@@ -4,8 +4,9 @@ import proxy
 
 
 def test_public_names_are_pinned() -> None:
-    assert proxy.__all__ == sorted(["AsyncRAGGenerator", "ConcurrentRouter", "DistributedCacheDecorator",
-                                   "ModelEndpoint"])
+    assert proxy.__all__ == sorted(
+        ["AsyncRAGGenerator", "ConcurrentRouter", "DistributedCacheDecorator", "ModelEndpoint"]
+    )
 
 
 def test_every_public_name_imports() -> None:

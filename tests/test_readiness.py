@@ -23,17 +23,22 @@ from tests.test_cli import wait_ready
 EXE = str(Path(sys.executable).with_name("llm-sidecar"))
 
 
-def test_a_dead_upstream_shows_in_status_never_in_readiness(tmp_path: Path, mock_provider: MockProvider,
-                                                            refused_port: RefusedPort) -> None:
+def test_a_dead_upstream_shows_in_status_never_in_readiness(
+    tmp_path: Path, mock_provider: MockProvider, refused_port: RefusedPort
+) -> None:
     port, admin_port = free_port(), free_port()
     config = default_config(mock_provider.url, server={"port": port, "admin_port": admin_port})
-    config["model_groups"]["solo"] = {"endpoints": [{"name": "dead", "url": refused_port.url + "/v1",
-                                                     "dialect": "openai", "api_key": "sk-test-0123456789"}]}
+    config["model_groups"]["solo"] = {
+        "endpoints": [
+            {"name": "dead", "url": refused_port.url + "/v1", "dialect": "openai", "api_key": "sk-test-0123456789"}
+        ]
+    }
     config["router"] = {"health": {"interval": 0.1, "timeout": 0.5, "unhealthy_after": 2}}
     path = tmp_path / "sidecar.yaml"
     path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen([EXE, "serve", "--config", str(path)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [EXE, "serve", "--config", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     admin = f"http://127.0.0.1:{admin_port}"
     try:
         wait_ready(admin + "/readyz", process)
@@ -45,10 +50,14 @@ def test_a_dead_upstream_shows_in_status_never_in_readiness(tmp_path: Path, mock
         assert status["solo"]["ready"] is False and status["gpt-4o-mini"]["ready"] is True
         ready = httpx.get(admin + "/readyz")
         assert ready.status_code == 200, ready.text
-        assert ready.json()["checks"] == {"config": True, "listeners": True, "upstream_session": True,
-                                          "not_draining": True}
+        assert ready.json()["checks"] == {
+            "config": True,
+            "listeners": True,
+            "upstream_session": True,
+            "not_draining": True,
+        }
         # The metrics carry the upstream's health for the dashboard and alerts.
-        assert 'llm_sidecar_endpoint_healthy{' in httpx.get(admin + "/metrics").text
+        assert "llm_sidecar_endpoint_healthy{" in httpx.get(admin + "/metrics").text
         # The app's other calls work.
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])

@@ -74,8 +74,12 @@ class SidecarProcess:
         self.files.write(self.config)
         self.log = tmp_path / "stderr.log"
         with self.log.open("w") as stderr:
-            self.process = subprocess.Popen([LLM_SIDECAR, "serve", "--config", str(self.files.path), *ports],
-                                            stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+            self.process = subprocess.Popen(
+                [LLM_SIDECAR, "serve", "--config", str(self.files.path), *ports],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                text=True,
+            )
         wait_ready(self.admin + "/readyz", self.process)
         self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="x", max_retries=0)
 
@@ -100,8 +104,9 @@ class SidecarProcess:
 
     def events(self) -> list[dict[str, Any]]:
         lines = self.log.read_text().splitlines()
-        return [e for e in map(json.loads, filter(lambda line: line.startswith("{"), lines))
-                if e["logger"] == "llm_sidecar"]
+        return [
+            e for e in map(json.loads, filter(lambda line: line.startswith("{"), lines)) if e["logger"] == "llm_sidecar"
+        ]
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -140,13 +145,15 @@ def add_group_and_change_model(config: dict[str, Any]) -> None:
 
 
 def test_a_changed_file_applies_to_new_calls_while_a_stream_in_flight_finishes_whole(
-        start: Callable[..., SidecarProcess], mock_provider: MockProvider) -> None:
+    start: Callable[..., SidecarProcess], mock_provider: MockProvider
+) -> None:
     sidecar = start()
     assert sidecar.ask("gpt-4o-mini") and last_upstream_model(mock_provider) == "mock-gpt"
     # 20 chunks 100 ms apart: the stream outlives the reload.
     mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=100, chunks=20)
     stream = sidecar.client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True)
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True
+    )
     chunks = iter(stream)
     first = next(chunks)
     sidecar.rewrite(add_group_and_change_model)
@@ -163,14 +170,15 @@ def test_a_changed_file_applies_to_new_calls_while_a_stream_in_flight_finishes_w
     assert [e["name"] for e in status["gpt-4o"]["endpoints"]] == ["mock-big"]
     metrics = httpx.get(sidecar.admin + "/metrics").text
     assert 'llm_sidecar_endpoint_slots{model_group="gpt-4o",upstream="mock-big"}' in metrics
-    assert metrics.count('llm_sidecar_endpoint_slots{') == 3  # one collector, re-bound: no stale endpoints
+    assert metrics.count("llm_sidecar_endpoint_slots{") == 3  # one collector, re-bound: no stale endpoints
     assert "gpt-4o" in [m.id for m in sidecar.client.models.list()]
     reloaded = [e for e in sidecar.events() if e["msg"] == "config reloaded"]
     assert len(reloaded) == 1 and reloaded[0]["cache"] == "kept"
 
 
 def test_an_invalid_file_keeps_the_running_config_and_logs_the_field_path(
-        start: Callable[..., SidecarProcess], mock_provider: MockProvider) -> None:
+    start: Callable[..., SidecarProcess], mock_provider: MockProvider
+) -> None:
     sidecar = start()
 
     def break_it(config: dict[str, Any]) -> None:
@@ -208,8 +216,9 @@ def test_sighup_reloads_when_watching_is_off(start: Callable[..., SidecarProcess
     assert sidecar.process.poll() is None
 
 
-def test_restart_only_settings_warn_and_the_rest_applies(start: Callable[..., SidecarProcess],
-                                                         mock_provider: MockProvider) -> None:
+def test_restart_only_settings_warn_and_the_rest_applies(
+    start: Callable[..., SidecarProcess], mock_provider: MockProvider
+) -> None:
     sidecar = start()
 
     def change(config: dict[str, Any]) -> None:
@@ -219,15 +228,18 @@ def test_restart_only_settings_warn_and_the_rest_applies(start: Callable[..., Si
     sidecar.rewrite(change)
     sidecar.wait_reloads("ok", 1)
     assert sidecar.ask("gpt-4o-mini") and last_upstream_model(mock_provider) == "mock-gpt-v2"
-    big = httpx.post(sidecar.url + "/v1/chat/completions",
-                     json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 5000}]})
+    big = httpx.post(
+        sidecar.url + "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 5000}]},
+    )
     assert big.status_code == 200  # the listener's body limit stays until a restart
     warned = [e for e in sidecar.events() if e["msg"] == "config reload: restart needed"]
     assert warned and warned[0]["sections"] == ["server.max_body_bytes"] and warned[0]["level"] == "warning"
 
 
-def test_no_call_fails_while_the_config_changes_under_load(start: Callable[..., SidecarProcess],
-                                                           mock_provider: MockProvider) -> None:
+def test_no_call_fails_while_the_config_changes_under_load(
+    start: Callable[..., SidecarProcess], mock_provider: MockProvider
+) -> None:
     sidecar = start(reload_interval=0.05)
     mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=5, chunks=10)
     mock_provider.set_behaviour("mock-gpt-v2", chunk_delay_ms=5, chunks=10)
@@ -278,8 +290,9 @@ def test_no_call_fails_while_the_config_changes_under_load(start: Callable[..., 
     assert not [e for e in sidecar.events() if e["level"] in ("error", "warning")]
 
 
-def test_an_alias_bomb_or_a_non_utf8_reload_keeps_the_running_config(start: Callable[..., SidecarProcess],
-                                                                      mock_provider: MockProvider) -> None:
+def test_an_alias_bomb_or_a_non_utf8_reload_keeps_the_running_config(
+    start: Callable[..., SidecarProcess], mock_provider: MockProvider
+) -> None:
     from tests.test_config import BOMB
 
     sidecar = start()
@@ -287,7 +300,8 @@ def test_an_alias_bomb_or_a_non_utf8_reload_keeps_the_running_config(start: Call
     sidecar.wait_reloads("error", 1, timeout=30)
     assert sidecar.ask("gpt-4o-mini")
     (sidecar.files.current / "sidecar.yaml").write_bytes(
-        (yaml.safe_dump(sidecar.config) + "# caf\xe9\n").encode("latin-1"))
+        (yaml.safe_dump(sidecar.config) + "# caf\xe9\n").encode("latin-1")
+    )
     sidecar.wait_reloads("error", 2, timeout=30)
     assert sidecar.ask("gpt-4o-mini")
     sidecar.stop()
@@ -296,8 +310,9 @@ def test_an_alias_bomb_or_a_non_utf8_reload_keeps_the_running_config(start: Call
     assert failed[1]["errors"] == ["the config is not UTF-8 text"]
 
 
-def test_ports_from_the_command_line_outlive_a_reload(start: Callable[..., SidecarProcess],
-                                                      mock_provider: MockProvider) -> None:
+def test_ports_from_the_command_line_outlive_a_reload(
+    start: Callable[..., SidecarProcess], mock_provider: MockProvider
+) -> None:
     """An injected sidecar's ports are its args (per pod); the shared ConfigMap holds the chart's.
     A reload applies the rest, keeps listening where it was told, and asks for no restart."""
     sidecar = start(injected=True)

@@ -46,8 +46,9 @@ def _error_type(dialect: str, response: httpx.Response) -> str:
 
 @pytest.mark.parametrize("dialect", ["openai", "anthropic"])
 @pytest.mark.parametrize("coding", sorted(ENCODERS))
-def test_encoded_body_is_decoded_and_forwarded_plain(sidecar: Sidecar, mock_provider: MockProvider,
-                                                     dialect: str, coding: str) -> None:
+def test_encoded_body_is_decoded_and_forwarded_plain(
+    sidecar: Sidecar, mock_provider: MockProvider, dialect: str, coding: str
+) -> None:
     payload = CHAT if dialect == "openai" else MESSAGES
     encoding = "deflate" if coding == "raw-deflate" else coding
     for _ in range(3):  # an upstream 500 each time would also open the circuit
@@ -61,8 +62,9 @@ def test_encoded_body_is_decoded_and_forwarded_plain(sidecar: Sidecar, mock_prov
 
 @pytest.mark.parametrize("dialect", ["openai", "anthropic"])
 @pytest.mark.parametrize("encoding", ["compress", "gzip, gzip", "x-unknown"])
-def test_unknown_encoding_is_415_before_any_upstream_call(sidecar: Sidecar, mock_provider: MockProvider,
-                                                          dialect: str, encoding: str) -> None:
+def test_unknown_encoding_is_415_before_any_upstream_call(
+    sidecar: Sidecar, mock_provider: MockProvider, dialect: str, encoding: str
+) -> None:
     payload = CHAT if dialect == "openai" else MESSAGES
     response = _post(sidecar, dialect, orjson.dumps(payload), encoding)
     assert response.status_code == 415

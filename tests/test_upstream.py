@@ -47,8 +47,16 @@ def test_anything_else_is_a_bug_not_an_upstream_error() -> None:
 
 
 def test_error_tree_statuses_and_types() -> None:
-    for cls in (errors.BadRequest, errors.NotFound, errors.PayloadTooLarge, errors.Overloaded,
-                errors.NoEndpointAvailable, errors.UpstreamConnectError, errors.UpstreamTimeout, errors.UpstreamBroken):
+    for cls in (
+        errors.BadRequest,
+        errors.NotFound,
+        errors.PayloadTooLarge,
+        errors.Overloaded,
+        errors.NoEndpointAvailable,
+        errors.UpstreamConnectError,
+        errors.UpstreamTimeout,
+        errors.UpstreamBroken,
+    ):
         error = cls("x")
         assert 400 <= error.status < 600 and error.type.endswith(("_error", "_large"))
         # Every class appears in the tree drawn in the module docstring.
@@ -63,12 +71,15 @@ def test_a_401_that_echoes_the_key_reaches_the_client_redacted(sidecar, mock_pro
 
     from tests.servers import PROVIDER_KEY
 
-    for model, path, group in (("mock-gpt", "/chat/completions", "gpt-4o-mini"),
-                               ("mock-claude", "/v1/messages", "claude-sonnet")):
+    for model, path, group in (
+        ("mock-gpt", "/chat/completions", "gpt-4o-mini"),
+        ("mock-claude", "/v1/messages", "claude-sonnet"),
+    ):
         mock_provider.set_behaviour(model, status=401, echo_key=1)
         base = sidecar.openai_base if model == "mock-gpt" else sidecar.anthropic_base
-        response = httpx.post(base + path, json={"model": group, "max_tokens": 5,
-                                                 "messages": [{"role": "user", "content": "x"}]})
+        response = httpx.post(
+            base + path, json={"model": group, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+        )
         assert response.status_code == 401
         assert PROVIDER_KEY not in response.text and PROVIDER_KEY not in str(response.headers)
         assert "invalid key [redacted]" in response.text

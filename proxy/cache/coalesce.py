@@ -31,8 +31,7 @@ def shared_failure(error: BaseException | None) -> ProxyError | None:
 
 
 class Flight:
-    __slots__ = ("stream", "has_usage", "frames", "entry", "error", "cut_by", "told", "done", "followers",
-                 "_changed")
+    __slots__ = ("stream", "has_usage", "frames", "entry", "error", "cut_by", "told", "done", "followers", "_changed")
 
     def __init__(self, stream: bool, has_usage: bool) -> None:
         #: the leader streams, so frames arrive as it reads them

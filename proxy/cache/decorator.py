@@ -94,8 +94,11 @@ def _canonical(value: Any) -> Any:
     """``default`` for orjson: stable spellings for common non-JSON argument types."""
     if isinstance(value, (tuple, frozenset, set)):
         items = list(value)
-        return sorted(items, key=lambda v: orjson.dumps(v, default=_canonical, option=orjson.OPT_SORT_KEYS)) \
-            if isinstance(value, (set, frozenset)) else items
+        return (
+            sorted(items, key=lambda v: orjson.dumps(v, default=_canonical, option=orjson.OPT_SORT_KEYS))
+            if isinstance(value, (set, frozenset))
+            else items
+        )
     if isinstance(value, bytes):
         return {"__bytes__": base64.b64encode(value).decode()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -223,8 +226,9 @@ class _Cached:
         if self.skip_first:
             arguments.pop(next(iter(self.signature.parameters)))
         try:
-            canonical = orjson.dumps(arguments, default=_canonical,
-                                     option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+            canonical = orjson.dumps(
+                arguments, default=_canonical, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+            )
         except (_Unhashable, TypeError):
             self.count("unhashable")
             return None
@@ -347,12 +351,14 @@ class _Cached:
 
     def wrapper(self) -> Callable[..., Any]:
         if self.is_async:
+
             @functools.wraps(self.function)
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
                 return await self.call_async(*args, **kwargs)
 
             handles: dict[str, Any] = {"invalidate": self.invalidate_async, "cache_clear": self.clear_async}
         else:
+
             @functools.wraps(self.function)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 return self.call_sync(*args, **kwargs)

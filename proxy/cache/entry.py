@@ -46,8 +46,16 @@ class Entry:
 
     def encode(self, compress_threshold: int) -> bytes:
         header = orjson.dumps(
-            [self.status, self.content_type, self.stream, self.created, self.ttl,
-             self.input_tokens, self.output_tokens, self.has_usage]
+            [
+                self.status,
+                self.content_type,
+                self.stream,
+                self.created,
+                self.ttl,
+                self.input_tokens,
+                self.output_tokens,
+                self.has_usage,
+            ]
         )
         return pack(_LENGTH.pack(len(header)) + header + self.body, compress_threshold)
 
@@ -56,10 +64,10 @@ class Entry:
         data = unpack(value)
         try:
             (length,) = _LENGTH.unpack_from(data)
-            status, content_type, stream, created, ttl, tin, tout, has_usage = orjson.loads(data[4:4 + length])
+            status, content_type, stream, created, ttl, tin, tout, has_usage = orjson.loads(data[4 : 4 + length])
         except (struct.error, orjson.JSONDecodeError, ValueError, TypeError) as exc:
             raise CorruptValue(f"bad entry header: {exc}") from None
-        return cls(status, content_type, bytes(data[4 + length:]), stream, created, ttl, tin, tout, has_usage)
+        return cls(status, content_type, bytes(data[4 + length :]), stream, created, ttl, tin, tout, has_usage)
 
 
 @dataclass(frozen=True, slots=True)

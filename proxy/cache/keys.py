@@ -25,9 +25,15 @@ import orjson
 NOT_THE_ANSWER = frozenset(
     {
         # who asks (abuse tracking) and how the provider files the call
-        "user", "safety_identifier", "metadata", "store", "service_tier", "prompt_cache_key",
+        "user",
+        "safety_identifier",
+        "metadata",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
         # how the answer is delivered: a stored answer is replayed in either form
-        "stream", "stream_options",
+        "stream",
+        "stream_options",
     }
 )
 

@@ -49,7 +49,11 @@ class EntryRecorder(Recorder):
     __slots__ = ("_done", "_flight", "_frames", "_size", "_limit", "_ttl", "_clock")
 
     def __init__(
-        self, done: Callable[[Entry | None], None], flight: Flight | None, limit: int, ttl: float,
+        self,
+        done: Callable[[Entry | None], None],
+        flight: Flight | None,
+        limit: int,
+        ttl: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._done = done
@@ -84,8 +88,19 @@ class EntryRecorder(Recorder):
         content_type = headers.get("Content-Type", "text/event-stream" if stream else "application/json")
         # OpenAI sends its usage chunk only to calls that asked for it (stream_options).
         has_usage = not stream or bool(usage)
-        self._done(Entry(status, content_type, body, stream, self._clock(), self._ttl,
-                         usage.get("input_tokens", 0), usage.get("output_tokens", 0), has_usage))
+        self._done(
+            Entry(
+                status,
+                content_type,
+                body,
+                stream,
+                self._clock(),
+                self._ttl,
+                usage.get("input_tokens", 0),
+                usage.get("output_tokens", 0),
+                has_usage,
+            )
+        )
 
     def abort(self, failure: ProxyError | None = None, told: bool = False) -> None:
         if self._flight is not None:

@@ -93,8 +93,13 @@ class Breaker:
             opened = self.opened_at is None
             self.opened_at = time.monotonic()
             if opened:
-                event("redis unavailable", logging.WARNING, failures=self.failures,
-                      error=type(error).__name__ if error is not None else None, retry_every_s=self.cooldown)
+                event(
+                    "redis unavailable",
+                    logging.WARNING,
+                    failures=self.failures,
+                    error=type(error).__name__ if error is not None else None,
+                    retry_every_s=self.cooldown,
+                )
             return opened
         return False
 
@@ -130,7 +135,8 @@ def async_client(config: CacheConfig) -> Any:
     options["socket_timeout"] = None
     if config.redis_mode == "cluster":
         return redis.asyncio.cluster.RedisCluster.from_url(
-            _url(config), **options, retry=redis.asyncio.retry.Retry(NoBackoff(), 1))
+            _url(config), **options, retry=redis.asyncio.retry.Retry(NoBackoff(), 1)
+        )
     retry = redis.asyncio.retry.Retry(NoBackoff(), 1)  # one retry on a fresh connection after a restart
     if config.redis_mode == "sentinel":
         sentinel = redis.asyncio.sentinel.Sentinel(_sentinel_hosts(config), sentinel_kwargs=options, **options)
@@ -228,8 +234,9 @@ class PipelinedGets:
     without closing is not reused).
     """
 
-    def __init__(self, host: str, port: int, username: str | None = None, password: str | None = None,
-                 db: int = 0) -> None:
+    def __init__(
+        self, host: str, port: int, username: str | None = None, password: str | None = None, db: int = 0
+    ) -> None:
         self.host = host
         self.port = port
         self._hello: list[bytes] = []
@@ -247,8 +254,13 @@ class PipelinedGets:
         if hiredis is None or config.redis_mode != "single" or not (config.redis_url or "").startswith("redis://"):
             return None
         parsed = redis.connection.parse_url(config.redis_url)
-        return cls(parsed.get("host", "localhost"), parsed.get("port", 6379), parsed.get("username"),
-                   parsed.get("password"), parsed.get("db", 0))
+        return cls(
+            parsed.get("host", "localhost"),
+            parsed.get("port", 6379),
+            parsed.get("username"),
+            parsed.get("password"),
+            parsed.get("db", 0),
+        )
 
     async def _connected(self) -> _Replies:
         async with self._lock:  # one connect at a time; the lookups behind it use the result
@@ -288,8 +300,14 @@ class RedisBackend:
 
     distributed = True
 
-    def __init__(self, client: Any, operation_timeout: float = 0.1, breaker_failures: int = 5,
-                 breaker_cooldown: float = 2.0, gets: PipelinedGets | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        operation_timeout: float = 0.1,
+        breaker_failures: int = 5,
+        breaker_cooldown: float = 2.0,
+        gets: PipelinedGets | None = None,
+    ) -> None:
         self.client = client
         #: the lookups' road (``PipelinedGets``), or redis-py's ``GET``
         self.gets = gets
@@ -303,8 +321,13 @@ class RedisBackend:
 
     @classmethod
     def from_config(cls, config: CacheConfig) -> RedisBackend:
-        return cls(async_client(config), config.operation_timeout, config.breaker_failures, config.breaker_cooldown,
-                   PipelinedGets.for_config(config))
+        return cls(
+            async_client(config),
+            config.operation_timeout,
+            config.breaker_failures,
+            config.breaker_cooldown,
+            PipelinedGets.for_config(config),
+        )
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisBackend:

@@ -112,8 +112,13 @@ class ResponseCache:
             return None
         name = tenant(self.config.namespace, call.client_key, group.per_credential)
         scope = f"{call.dialect.name}{call.operation.path}:{call.model_group}"
-        return Ticket(request_key(name, scope, payload), group.policy, parse_directives(call.request.headers),
-                      form_of(call.dialect.name, call.operation.path), call.stream and wants_usage(payload))
+        return Ticket(
+            request_key(name, scope, payload),
+            group.policy,
+            parse_directives(call.request.headers),
+            form_of(call.dialect.name, call.operation.path),
+            call.stream and wants_usage(payload),
+        )
 
     async def lookup(self, call: Call) -> Stored | None:
         """A stored answer to replay; ``None`` on a miss or a bypass."""
@@ -295,8 +300,9 @@ class ResponseCache:
         if ticket is None or (ticket.directives.no_store and ticket.flight is None):
             return NULL_RECORDER
         ttl = ticket.directives.ttl or ticket.policy.ttl
-        return EntryRecorder(lambda entry: self._recorded(ticket, entry), ticket.flight,
-                             ticket.policy.max_entry_bytes, ttl, self.clock)
+        return EntryRecorder(
+            lambda entry: self._recorded(ticket, entry), ticket.flight, ticket.policy.max_entry_bytes, ttl, self.clock
+        )
 
     def _recorded(self, ticket: Ticket, entry: Entry | None) -> None:
         if ticket.flight is not None:

@@ -1,13 +1,13 @@
 """Wire formats the proxy speaks: OpenAI and Anthropic. What knows their bytes lives here only.
 
-    base.py        ``Dialect`` and ``Operation``
-    openai.py      OpenAI's operations, errors and credentials
-    anthropic.py   Anthropic's
-    sse.py         server-sent events: frames in, frames out
-    stream.py      a streamed answer checked frame by frame: end markers, faults
-    usage.py       token counts in answers
-    forms.py       an answer in the other form (SSE ⇄ JSON), for cache replay
-    translate.py   OpenAI chat ⇄ Anthropic messages, for cross-dialect fallback
+base.py        ``Dialect`` and ``Operation``
+openai.py      OpenAI's operations, errors and credentials
+anthropic.py   Anthropic's
+sse.py         server-sent events: frames in, frames out
+stream.py      a streamed answer checked frame by frame: end markers, faults
+usage.py       token counts in answers
+forms.py       an answer in the other form (SSE ⇄ JSON), for cache replay
+translate.py   OpenAI chat ⇄ Anthropic messages, for cross-dialect fallback
 """
 
 from proxy.dialects.anthropic import ANTHROPIC

@@ -82,8 +82,9 @@ class OpenAIChoices(Form):
                 usage = chunk["usage"]
             for delta_choice in chunk.get("choices") or ():
                 index = delta_choice.get("index", 0)
-                choice = choices.setdefault(index, {"parts": [], "tools": {}, "finish_reason": None,
-                                                    "logprobs": None, "refusal": None})
+                choice = choices.setdefault(
+                    index, {"parts": [], "tools": {}, "finish_reason": None, "logprobs": None, "refusal": None}
+                )
                 if delta_choice.get("logprobs"):
                     choice["logprobs"] = _add_logprobs(choice["logprobs"], delta_choice["logprobs"])
                 if delta_choice.get("finish_reason"):
@@ -97,8 +98,10 @@ class OpenAIChoices(Form):
                 if delta.get("refusal"):
                     choice["refusal"] = (choice["refusal"] or "") + delta["refusal"]
                 for call in delta.get("tool_calls") or ():
-                    tool = choice["tools"].setdefault(call.get("index", 0), {"id": None, "type": "function",
-                                                                           "function": {"name": "", "arguments": ""}})
+                    tool = choice["tools"].setdefault(
+                        call.get("index", 0),
+                        {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+                    )
                     if call.get("id"):
                         tool["id"] = call["id"]
                     function = call.get("function") or {}
@@ -106,8 +109,13 @@ class OpenAIChoices(Form):
                     tool["function"]["arguments"] += function.get("arguments") or ""
         if head is None:
             return None
-        document: Doc = {"id": head.get("id"), "object": self.object, "created": head.get("created"),
-                         "model": head.get("model"), "choices": []}
+        document: Doc = {
+            "id": head.get("id"),
+            "object": self.object,
+            "created": head.get("created"),
+            "model": head.get("model"),
+            "choices": [],
+        }
         for index in sorted(choices):
             choice = choices[index]
             text = "".join(choice["parts"])
@@ -115,11 +123,23 @@ class OpenAIChoices(Form):
                 message: Doc = {"role": "assistant", "content": text or None, "refusal": choice["refusal"]}
                 if choice["tools"]:
                     message["tool_calls"] = [choice["tools"][i] for i in sorted(choice["tools"])]
-                document["choices"].append({"index": index, "message": message,
-                                            "finish_reason": choice["finish_reason"], "logprobs": choice["logprobs"]})
+                document["choices"].append(
+                    {
+                        "index": index,
+                        "message": message,
+                        "finish_reason": choice["finish_reason"],
+                        "logprobs": choice["logprobs"],
+                    }
+                )
             else:
-                document["choices"].append({"index": index, "text": text, "finish_reason": choice["finish_reason"],
-                                            "logprobs": choice["logprobs"]})
+                document["choices"].append(
+                    {
+                        "index": index,
+                        "text": text,
+                        "finish_reason": choice["finish_reason"],
+                        "logprobs": choice["logprobs"],
+                    }
+                )
         if usage is not None:
             document["usage"] = usage
         if "system_fingerprint" in head:
@@ -127,8 +147,12 @@ class OpenAIChoices(Form):
         return document
 
     def to_frames(self, document: Doc, include_usage: bool) -> bytes | None:
-        base = {"id": document.get("id"), "object": self.chunk_object, "created": document.get("created"),
-                "model": document.get("model")}
+        base = {
+            "id": document.get("id"),
+            "object": self.chunk_object,
+            "created": document.get("created"),
+            "model": document.get("model"),
+        }
         if "system_fingerprint" in document:
             base["system_fingerprint"] = document["system_fingerprint"]
         frames: list[bytes] = []
@@ -136,8 +160,11 @@ class OpenAIChoices(Form):
             index = choice.get("index", 0)
 
             def chunk(body: Doc, finish: str | None = None, logprobs: Doc | None = None, index: Any = index) -> None:
-                frames.append(format_frame({**base, "choices": [{"index": index, **body, "finish_reason": finish,
-                                                                  "logprobs": logprobs}]}))
+                frames.append(
+                    format_frame(
+                        {**base, "choices": [{"index": index, **body, "finish_reason": finish, "logprobs": logprobs}]}
+                    )
+                )
 
             # The whole text goes in one chunk, and its log probabilities with it.
             logprobs = choice.get("logprobs")
@@ -186,21 +213,28 @@ class OpenAIResponses(Form):
         return None
 
     def to_frames(self, document: Doc, include_usage: bool) -> bytes | None:
-        events: list[Doc] = [{"type": "response.created",
-                              "response": {**document, "status": "in_progress", "output": [], "usage": None}}]
+        events: list[Doc] = [
+            {"type": "response.created", "response": {**document, "status": "in_progress", "output": [], "usage": None}}
+        ]
         for output_index, item in enumerate(document.get("output") or ()):
-            events.append({"type": "response.output_item.added", "output_index": output_index,
-                           "item": {**item, "status": "in_progress", "content": []} if item.get("type") == "message"
-                           else item})
+            events.append(
+                {
+                    "type": "response.output_item.added",
+                    "output_index": output_index,
+                    "item": {**item, "status": "in_progress", "content": []} if item.get("type") == "message" else item,
+                }
+            )
             for content_index, part in enumerate(item.get("content") or ()):
                 if part.get("type") != "output_text":
                     continue
                 ids = {"item_id": item.get("id"), "output_index": output_index, "content_index": content_index}
                 events.append({"type": "response.content_part.added", **ids, "part": {**part, "text": ""}})
-                events.append({"type": "response.output_text.delta", **ids, "delta": part.get("text", ""),
-                               "logprobs": []})
-                events.append({"type": "response.output_text.done", **ids, "text": part.get("text", ""),
-                               "logprobs": []})
+                events.append(
+                    {"type": "response.output_text.delta", **ids, "delta": part.get("text", ""), "logprobs": []}
+                )
+                events.append(
+                    {"type": "response.output_text.done", **ids, "text": part.get("text", ""), "logprobs": []}
+                )
                 events.append({"type": "response.content_part.done", **ids, "part": part})
             events.append({"type": "response.output_item.done", "output_index": output_index, "item": item})
         events.append({"type": "response.completed", "response": document})
@@ -248,34 +282,69 @@ class AnthropicMessages(Form):
 
     def to_frames(self, document: Doc, include_usage: bool) -> bytes | None:
         usage = document.get("usage") or {}
-        start = {**document, "content": [], "stop_reason": None, "stop_sequence": None,
-                 "usage": {**usage, "output_tokens": 1}}
+        start = {
+            **document,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {**usage, "output_tokens": 1},
+        }
         events: list[Doc] = [{"type": "message_start", "message": start}]
         for index, block in enumerate(document.get("content") or ()):
             kind = block.get("type")
             if kind == "text":
                 events.append({"type": "content_block_start", "index": index, "content_block": {**block, "text": ""}})
-                events.append({"type": "content_block_delta", "index": index,
-                               "delta": {"type": "text_delta", "text": block.get("text", "")}})
+                events.append(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "text_delta", "text": block.get("text", "")},
+                    }
+                )
             elif kind in ("tool_use", "server_tool_use"):
                 events.append({"type": "content_block_start", "index": index, "content_block": {**block, "input": {}}})
-                events.append({"type": "content_block_delta", "index": index,
-                               "delta": {"type": "input_json_delta",
-                                         "partial_json": orjson.dumps(block.get("input", {})).decode()}})
+                events.append(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {
+                            "type": "input_json_delta",
+                            "partial_json": orjson.dumps(block.get("input", {})).decode(),
+                        },
+                    }
+                )
             elif kind == "thinking":
-                events.append({"type": "content_block_start", "index": index,
-                               "content_block": {**block, "thinking": "", "signature": ""}})
-                events.append({"type": "content_block_delta", "index": index,
-                               "delta": {"type": "thinking_delta", "thinking": block.get("thinking", "")}})
-                events.append({"type": "content_block_delta", "index": index,
-                               "delta": {"type": "signature_delta", "signature": block.get("signature", "")}})
+                events.append(
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {**block, "thinking": "", "signature": ""},
+                    }
+                )
+                events.append(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "thinking_delta", "thinking": block.get("thinking", "")},
+                    }
+                )
+                events.append(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "signature_delta", "signature": block.get("signature", "")},
+                    }
+                )
             else:
                 events.append({"type": "content_block_start", "index": index, "content_block": block})
             events.append({"type": "content_block_stop", "index": index})
-        events.append({"type": "message_delta",
-                       "delta": {"stop_reason": document.get("stop_reason"),
-                                 "stop_sequence": document.get("stop_sequence")},
-                       "usage": {"output_tokens": usage.get("output_tokens", 0)}})
+        events.append(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": document.get("stop_reason"), "stop_sequence": document.get("stop_sequence")},
+                "usage": {"output_tokens": usage.get("output_tokens", 0)},
+            }
+        )
         events.append({"type": "message_stop"})
         return b"".join(format_frame(e, event=e["type"]) for e in events)
 

@@ -33,7 +33,8 @@ class OpenAIDialect:
                 "type": error.type,
                 "param": error.param,
                 # A 404 about the model is OpenAI's model_not_found; an unknown path has no code.
-                "code": "model_not_found" if error.status == 404 and error.param == "model"
+                "code": "model_not_found"
+                if error.status == 404 and error.param == "model"
                 else _CODES.get(error.status),
             }
         }

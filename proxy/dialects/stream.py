@@ -174,4 +174,4 @@ class AnswerStream:
             index -= 1  # the malformed frame itself does not go out
         # Where frame ``index`` ends: ``data: `` and a blank line around each data, or each frame and its blank line.
         sizes = [len(data) + 8 for data in datas] if frames is None else [len(frame) + 2 for frame in frames]
-        return whole[:sum(sizes[:index + 1])]
+        return whole[: sum(sizes[: index + 1])]

@@ -51,13 +51,20 @@ _PATHS = {
 DEFAULT_MAX_TOKENS = 4096
 
 _TO_OPENAI_FINISH = {
-    "end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
-    "max_tokens": "length", "model_context_window_exceeded": "length", "tool_use": "tool_calls",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
 _TO_ANTHROPIC_STOP = {
-    "stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
-    "function_call": "tool_use", "content_filter": "refusal",
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
 }
 
 
@@ -69,17 +76,53 @@ _LEFT_OUT = {
 }
 #: fields that ask for nothing at these values (and at null); any other value has no counterpart
 _NEUTRAL: dict[str, dict[str, tuple[Any, ...]]] = {
-    "openai": {"n": (1,), "logprobs": (False,), "top_logprobs": (0,), "presence_penalty": (0,),
-               "frequency_penalty": (0,), "logit_bias": ({},), "modalities": (["text"],)},
+    "openai": {
+        "n": (1,),
+        "logprobs": (False,),
+        "top_logprobs": (0,),
+        "presence_penalty": (0,),
+        "frequency_penalty": (0,),
+        "logit_bias": ({},),
+        "modalities": (["text"],),
+    },
     "anthropic": {"thinking": ({"type": "disabled"},)},
 }
 #: the fields each direction reads and restates
 _READ = {
-    "openai": frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
-                         "stream", "stream_options", "user", "tools", "tool_choice", "parallel_tool_calls",
-                         "response_format"}),
-    "anthropic": frozenset({"model", "messages", "system", "max_tokens", "temperature", "top_p", "stop_sequences",
-                            "stream", "metadata", "tools", "tool_choice", "output_config"}),
+    "openai": frozenset(
+        {
+            "model",
+            "messages",
+            "max_tokens",
+            "max_completion_tokens",
+            "temperature",
+            "top_p",
+            "stop",
+            "stream",
+            "stream_options",
+            "user",
+            "tools",
+            "tool_choice",
+            "parallel_tool_calls",
+            "response_format",
+        }
+    ),
+    "anthropic": frozenset(
+        {
+            "model",
+            "messages",
+            "system",
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "stop_sequences",
+            "stream",
+            "metadata",
+            "tools",
+            "tool_choice",
+            "output_config",
+        }
+    ),
 }
 #: OpenAI takes at most this many stop sequences
 _OPENAI_MAX_STOPS = 4
@@ -134,8 +177,10 @@ class Translation:
             raise
         except (AttributeError, TypeError, ValueError, KeyError) as exc:
             # The translators read well-formed calls; anything else cannot be restated.
-            raise BadRequest(f"the request cannot be translated for a {self.target} endpoint: "
-                             f"a field has an unexpected shape ({type(exc).__name__})") from None
+            raise BadRequest(
+                f"the request cannot be translated for a {self.target} endpoint: "
+                f"a field has an unexpected shape ({type(exc).__name__})"
+            ) from None
 
     def response(self, body: bytes) -> bytes:
         document = _loads(body)
@@ -179,7 +224,9 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") in ("text", "input_text"))
+        return "".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") in ("text", "input_text")
+        )
     return ""
 
 
@@ -205,8 +252,11 @@ def _json_output(response_format: Any) -> dict[str, Any] | None:
         schema = (response_format.get("json_schema") or {}).get("schema")
         if isinstance(schema, dict):
             return {"type": "json_schema", "schema": schema}
-    raise Untranslatable("anthropic", f"`response_format` {kind!r} has no counterpart there "
-                         "(JSON output needs a schema: use type json_schema)", "response_format")
+    raise Untranslatable(
+        "anthropic",
+        f"`response_format` {kind!r} has no counterpart there (JSON output needs a schema: use type json_schema)",
+        "response_format",
+    )
 
 
 def openai_to_anthropic_request(payload: dict[str, Any], model: str) -> dict[str, Any]:
@@ -227,8 +277,10 @@ def openai_to_anthropic_request(payload: dict[str, Any], model: str) -> dict[str
         if role in ("system", "developer"):
             system.append(_text_of(content))
         elif role == "tool":
-            add("user", [{"type": "tool_result", "tool_use_id": message.get("tool_call_id", ""),
-                          "content": _text_of(content)}])
+            add(
+                "user",
+                [{"type": "tool_result", "tool_use_id": message.get("tool_call_id", ""), "content": _text_of(content)}],
+            )
         else:
             blocks: list[dict[str, Any]] = []
             if isinstance(content, str):
@@ -242,8 +294,9 @@ def openai_to_anthropic_request(payload: dict[str, Any], model: str) -> dict[str
                     arguments = orjson.loads(function.get("arguments") or "{}")
                 except orjson.JSONDecodeError:
                     arguments = {}
-                blocks.append({"type": "tool_use", "id": call.get("id", ""), "name": function.get("name", ""),
-                               "input": arguments})
+                blocks.append(
+                    {"type": "tool_use", "id": call.get("id", ""), "name": function.get("name", ""), "input": arguments}
+                )
             add("assistant" if role == "assistant" else "user", blocks)
 
     out: dict[str, Any] = {
@@ -276,8 +329,11 @@ def openai_to_anthropic_request(payload: dict[str, Any], model: str) -> dict[str
         if any(t.get("type", "function") != "function" for t in tools):
             raise Untranslatable("anthropic", "only `function` tools have a counterpart there", "tools")
         out["tools"] = [
-            {"name": f.get("name", ""), "description": f.get("description", ""),
-             "input_schema": f.get("parameters") or {"type": "object", "properties": {}}}
+            {
+                "name": f.get("name", ""),
+                "description": f.get("description", ""),
+                "input_schema": f.get("parameters") or {"type": "object", "properties": {}},
+            }
             for f in (t.get("function") or {} for t in tools)
         ]
         choice = payload.get("tool_choice")
@@ -306,7 +362,10 @@ def _anthropic_block_to_part(block: dict[str, Any]) -> dict[str, Any]:
     if kind == "image":
         source = block.get("source") or {}
         if source.get("type") == "base64":
-            return {"type": "image_url", "image_url": {"url": f"data:{source.get('media_type')};base64,{source.get('data')}"}}
+            return {
+                "type": "image_url",
+                "image_url": {"url": f"data:{source.get('media_type')};base64,{source.get('data')}"},
+            }
         if source.get("type") == "url":
             return {"type": "image_url", "image_url": {"url": source.get("url", "")}}
         kind = f"{source.get('type')} image"
@@ -350,12 +409,19 @@ def anthropic_to_openai_request(payload: dict[str, Any], model: str) -> dict[str
         if role == "assistant":
             for block in blocks:
                 if block.get("type") not in ("text", "tool_use", *_ANTHROPIC_ONLY_BLOCKS):
-                    raise Untranslatable("openai", f"a `{block.get('type')}` content block has no counterpart there",
-                                         "messages")
+                    raise Untranslatable(
+                        "openai", f"a `{block.get('type')}` content block has no counterpart there", "messages"
+                    )
             text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
-            calls = [{"id": b.get("id", ""), "type": "function",
-                      "function": {"name": b.get("name", ""), "arguments": orjson.dumps(b.get("input") or {}).decode()}}
-                     for b in blocks if b.get("type") == "tool_use"]
+            calls = [
+                {
+                    "id": b.get("id", ""),
+                    "type": "function",
+                    "function": {"name": b.get("name", ""), "arguments": orjson.dumps(b.get("input") or {}).decode()},
+                }
+                for b in blocks
+                if b.get("type") == "tool_use"
+            ]
             entry: dict[str, Any] = {"role": "assistant", "content": text or None}
             if calls:
                 entry["tool_calls"] = calls
@@ -364,8 +430,13 @@ def anthropic_to_openai_request(payload: dict[str, Any], model: str) -> dict[str
         # Tool results become ``tool`` messages, which OpenAI wants right after the call.
         for block in blocks:
             if block.get("type") == "tool_result":
-                messages.append({"role": "tool", "tool_call_id": block.get("tool_use_id", ""),
-                                 "content": _tool_result_text(block.get("content"))})
+                messages.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": block.get("tool_use_id", ""),
+                        "content": _tool_result_text(block.get("content")),
+                    }
+                )
         parts = [_anthropic_block_to_part(b) for b in blocks if b.get("type") != "tool_result"]
         if parts:
             only_text = all(p["type"] == "text" for p in parts)
@@ -379,8 +450,9 @@ def anthropic_to_openai_request(payload: dict[str, Any], model: str) -> dict[str
             out[key] = payload[key]
     if payload.get("stop_sequences"):
         if len(payload["stop_sequences"]) > _OPENAI_MAX_STOPS:
-            raise Untranslatable("openai", f"more than {_OPENAI_MAX_STOPS} `stop_sequences` have no counterpart there",
-                                 "stop_sequences")
+            raise Untranslatable(
+                "openai", f"more than {_OPENAI_MAX_STOPS} `stop_sequences` have no counterpart there", "stop_sequences"
+            )
         out["stop"] = payload["stop_sequences"]
     if payload.get("stream") is True:
         out["stream"] = True
@@ -394,10 +466,20 @@ def anthropic_to_openai_request(payload: dict[str, Any], model: str) -> dict[str
     tools = payload.get("tools")
     if tools:
         if any(t.get("type") not in (None, "custom") for t in tools):
-            raise Untranslatable("openai", "only client tools (with an `input_schema`) have a counterpart there", "tools")
-        out["tools"] = [{"type": "function", "function": {"name": t.get("name", ""), "description": t.get("description", ""),
-                                                          "parameters": t.get("input_schema") or {}}}
-                        for t in tools]
+            raise Untranslatable(
+                "openai", "only client tools (with an `input_schema`) have a counterpart there", "tools"
+            )
+        out["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.get("name", ""),
+                    "description": t.get("description", ""),
+                    "parameters": t.get("input_schema") or {},
+                },
+            }
+            for t in tools
+        ]
         choice = payload.get("tool_choice") or {}
         kind = choice.get("type")
         if kind == "auto":
@@ -421,9 +503,15 @@ def anthropic_to_openai_request(payload: dict[str, Any], model: str) -> dict[str
 def anthropic_to_openai_response(message: dict[str, Any]) -> dict[str, Any]:
     blocks = message.get("content") or []
     text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
-    calls = [{"id": b.get("id", ""), "type": "function",
-              "function": {"name": b.get("name", ""), "arguments": orjson.dumps(b.get("input") or {}).decode()}}
-             for b in blocks if b.get("type") == "tool_use"]
+    calls = [
+        {
+            "id": b.get("id", ""),
+            "type": "function",
+            "function": {"name": b.get("name", ""), "arguments": orjson.dumps(b.get("input") or {}).decode()},
+        }
+        for b in blocks
+        if b.get("type") == "tool_use"
+    ]
     reply: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else ""), "refusal": None}
     if calls:
         reply["tool_calls"] = calls
@@ -432,8 +520,14 @@ def anthropic_to_openai_response(message: dict[str, Any]) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": message.get("model", ""),
-        "choices": [{"index": 0, "message": reply, "logprobs": None,
-                     "finish_reason": _TO_OPENAI_FINISH.get(message.get("stop_reason") or "end_turn", "stop")}],
+        "choices": [
+            {
+                "index": 0,
+                "message": reply,
+                "logprobs": None,
+                "finish_reason": _TO_OPENAI_FINISH.get(message.get("stop_reason") or "end_turn", "stop"),
+            }
+        ],
         "usage": _openai_usage(message.get("usage") or {}),
     }
 
@@ -441,10 +535,16 @@ def anthropic_to_openai_response(message: dict[str, Any]) -> dict[str, Any]:
 def _openai_usage(usage: dict[str, Any]) -> dict[str, Any]:
     # Anthropic counts cache reads and writes apart from input_tokens; OpenAI's prompt_tokens
     # holds all three, the cache reads named again in its details.
-    prompt = sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+    prompt = sum(
+        int(usage.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    )
     completion = int(usage.get("output_tokens") or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": int(usage.get("cache_read_input_tokens") or 0)}}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": int(usage.get("cache_read_input_tokens") or 0)},
+    }
 
 
 def _anthropic_usage(usage: dict[str, Any]) -> dict[str, int]:
@@ -469,7 +569,9 @@ def openai_to_anthropic_response(completion: dict[str, Any]) -> dict[str, Any]:
             arguments = orjson.loads(function.get("arguments") or "{}")
         except orjson.JSONDecodeError:
             arguments = {}
-        blocks.append({"type": "tool_use", "id": call.get("id", ""), "name": function.get("name", ""), "input": arguments})
+        blocks.append(
+            {"type": "tool_use", "id": call.get("id", ""), "name": function.get("name", ""), "input": arguments}
+        )
     usage = completion.get("usage") or {}
     return {
         "id": "msg_" + str(completion.get("id", uuid.uuid4().hex)).removeprefix("chatcmpl-"),
@@ -524,9 +626,15 @@ class AnthropicToOpenAIStream(StreamTranslator):
         self.done = False
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return format_frame({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                             "model": self.model, "choices": [{"index": 0, "delta": delta,
-                                                               "finish_reason": finish, "logprobs": None}]})
+        return format_frame(
+            {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            }
+        )
 
     def frame(self, event: str | None, data: bytes) -> bytes:
         document = _loads(data)
@@ -541,8 +649,18 @@ class AnthropicToOpenAIStream(StreamTranslator):
             block = document.get("content_block") or {}
             if block.get("type") == "tool_use":
                 index = self.tools[document.get("index", 0)] = len(self.tools)
-                return self._chunk({"tool_calls": [{"index": index, "id": block.get("id", ""), "type": "function",
-                                                    "function": {"name": block.get("name", ""), "arguments": ""}}]})
+                return self._chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": index,
+                                "id": block.get("id", ""),
+                                "type": "function",
+                                "function": {"name": block.get("name", ""), "arguments": ""},
+                            }
+                        ]
+                    }
+                )
             if block.get("type") == "text" and block.get("text"):
                 return self._chunk({"content": block["text"]})
             return b""
@@ -552,7 +670,9 @@ class AnthropicToOpenAIStream(StreamTranslator):
                 return self._chunk({"content": delta.get("text", "")})
             if delta.get("type") == "input_json_delta":
                 index = self.tools.get(document.get("index", 0), 0)
-                return self._chunk({"tool_calls": [{"index": index, "function": {"arguments": delta.get("partial_json", "")}}]})
+                return self._chunk(
+                    {"tool_calls": [{"index": index, "function": {"arguments": delta.get("partial_json", "")}}]}
+                )
             return b""  # thinking and signatures have no OpenAI counterpart
         if kind == "message_delta":
             self.usage.update({k: v for k, v in (document.get("usage") or {}).items() if v is not None})
@@ -562,8 +682,16 @@ class AnthropicToOpenAIStream(StreamTranslator):
             return self.finish()
         if kind == "error":
             error = document.get("error") or {}
-            return format_frame({"error": {"message": error.get("message", ""), "type": error.get("type", "api_error"),
-                                           "param": None, "code": None}})
+            return format_frame(
+                {
+                    "error": {
+                        "message": error.get("message", ""),
+                        "type": error.get("type", "api_error"),
+                        "param": None,
+                        "code": None,
+                    }
+                }
+            )
         return b""  # ping
 
     def finish(self) -> bytes:
@@ -572,8 +700,16 @@ class AnthropicToOpenAIStream(StreamTranslator):
         self.done = True
         out = b""
         if self.include_usage:
-            out += format_frame({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                                 "model": self.model, "choices": [], "usage": _openai_usage(self.usage)})
+            out += format_frame(
+                {
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": [],
+                    "usage": _openai_usage(self.usage),
+                }
+            )
         return out + b"data: [DONE]\n\n"
 
 
@@ -596,9 +732,16 @@ class OpenAIToAnthropicStream(StreamTranslator):
 
     def _start(self, chunk: dict[str, Any]) -> bytes:
         self.started = True
-        message = {"id": "msg_" + str(chunk.get("id", uuid.uuid4().hex)).removeprefix("chatcmpl-"),
-                   "type": "message", "role": "assistant", "model": chunk.get("model", ""), "content": [],
-                   "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
+        message = {
+            "id": "msg_" + str(chunk.get("id", uuid.uuid4().hex)).removeprefix("chatcmpl-"),
+            "type": "message",
+            "role": "assistant",
+            "model": chunk.get("model", ""),
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
         return self._event("message_start", {"message": message})
 
     def _close_block(self) -> bytes:
@@ -619,8 +762,9 @@ class OpenAIToAnthropicStream(StreamTranslator):
         chunk = _loads(data)
         if "error" in chunk:
             error = chunk.get("error") or {}
-            return self._event("error", {"error": {"type": error.get("type") or "api_error",
-                                                   "message": error.get("message", "")}})
+            return self._event(
+                "error", {"error": {"type": error.get("type") or "api_error", "message": error.get("message", "")}}
+            )
         out = b"" if self.started else self._start(chunk)
         if chunk.get("usage"):
             self.usage = chunk["usage"]
@@ -629,15 +773,24 @@ class OpenAIToAnthropicStream(StreamTranslator):
             if delta.get("content"):
                 if self.open_block != "text":
                     out += self._open({"type": "text", "text": ""})
-                out += self._event("content_block_delta", {"index": self.index,
-                                                           "delta": {"type": "text_delta", "text": delta["content"]}})
+                out += self._event(
+                    "content_block_delta",
+                    {"index": self.index, "delta": {"type": "text_delta", "text": delta["content"]}},
+                )
             for call in delta.get("tool_calls") or []:
                 function = call.get("function") or {}
                 if call.get("id"):
-                    out += self._open({"type": "tool_use", "id": call["id"], "name": function.get("name", ""), "input": {}})
+                    out += self._open(
+                        {"type": "tool_use", "id": call["id"], "name": function.get("name", ""), "input": {}}
+                    )
                 if function.get("arguments"):
-                    out += self._event("content_block_delta", {
-                        "index": self.index, "delta": {"type": "input_json_delta", "partial_json": function["arguments"]}})
+                    out += self._event(
+                        "content_block_delta",
+                        {
+                            "index": self.index,
+                            "delta": {"type": "input_json_delta", "partial_json": function["arguments"]},
+                        },
+                    )
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
         return out
@@ -648,6 +801,8 @@ class OpenAIToAnthropicStream(StreamTranslator):
         self.done = True
         usage = _anthropic_usage(self.usage)
         stop = _TO_ANTHROPIC_STOP.get(self.finish_reason or "stop", "end_turn")
-        return (self._close_block()
-                + self._event("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None}, "usage": usage})
-                + self._event("message_stop", {}))
+        return (
+            self._close_block()
+            + self._event("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None}, "usage": usage})
+            + self._event("message_stop", {})
+        )

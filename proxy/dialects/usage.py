@@ -31,9 +31,7 @@ def merge_usage(usage: dict[str, int], found: Any) -> None:
     for key in _INPUT_KEYS:
         value = found.get(key)
         if isinstance(value, int):
-            usage["input_tokens"] = value + sum(
-                v for k in _CACHED_INPUT_KEYS if isinstance(v := found.get(k), int)
-            )
+            usage["input_tokens"] = value + sum(v for k in _CACHED_INPUT_KEYS if isinstance(v := found.get(k), int))
             break
     for key in _OUTPUT_KEYS:
         value = found.get(key)

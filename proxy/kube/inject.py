@@ -82,9 +82,7 @@ def _template(doc: MutableMapping[str, Any]) -> MutableMapping[str, Any] | None:
     return node
 
 
-def inject_object(
-    doc: MutableMapping[str, Any], settings: SidecarSettings, ctx_for: Any, log: list[str]
-) -> bool:
+def inject_object(doc: MutableMapping[str, Any], settings: SidecarSettings, ctx_for: Any, log: list[str]) -> bool:
     """Inject one object (or each item of a ``List``) in place; True if anything changed."""
     if doc.get("kind") == "List" or (doc.get("kind", "").endswith("List") and "items" in doc):
         changed = False

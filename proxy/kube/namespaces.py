@@ -166,8 +166,11 @@ class KubeNamespaces:
         owned: dict[str, set[str]] = {}
         for obj in required_objects(self.settings):
             kind, name = obj.split("/", 1)
-            lister = (self._core.list_config_map_for_all_namespaces if kind == "configmap"
-                      else self._core.list_secret_for_all_namespaces)
+            lister = (
+                self._core.list_config_map_for_all_namespaces
+                if kind == "configmap"
+                else self._core.list_secret_for_all_namespaces
+            )
             for item in lister(field_selector=f"metadata.name={name}").items:
                 ns = item.metadata.namespace
                 present.setdefault(ns, set()).add(obj)
@@ -213,8 +216,7 @@ class KubeNamespaces:
 
     def _delete(self, namespace: str, obj: str) -> None:
         kind, name = obj.split("/", 1)
-        delete = (self._core.delete_namespaced_config_map if kind == "configmap"
-                  else self._core.delete_namespaced_secret)
+        delete = self._core.delete_namespaced_config_map if kind == "configmap" else self._core.delete_namespaced_secret
         try:
             delete(name, namespace)
             log.info("removed %s from namespace %s (opted out)", obj, namespace)

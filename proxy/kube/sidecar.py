@@ -45,7 +45,7 @@ NATIVE_SIDECAR_MIN = (1, 29)
 ANNOTATIONS: dict[str, str] = {
     "inject": "`enabled` or `disabled`: opt this pod in or out, whatever the namespace says",
     "image": "sidecar image (e.g. a canary tag); only where the chart allows it (`sidecar.allowImageOverride`): "
-             "that container receives the provider keys",
+    "that container receives the provider keys",
     "proxy-port": "port of the proxy on 127.0.0.1 (when the app needs the default)",
     "admin-port": "port of the admin listener: probes, `/metrics` (when the app needs the default)",
     "native-sidecar": "`true` / `false`: init container with `restartPolicy: Always`, or a plain container",
@@ -221,8 +221,10 @@ def effective(settings: SidecarSettings, pod: Mapping[str, Any]) -> SidecarSetti
     changes: dict[str, Any] = {}
     if (v := get("image")) is not None:
         if not settings.allow_image_override:
-            raise SettingsError(f"annotation {PREFIX}image: not allowed here (the chart's "
-                                f"sidecar.allowImageOverride is false; the sidecar holds the provider keys)")
+            raise SettingsError(
+                f"annotation {PREFIX}image: not allowed here (the chart's "
+                f"sidecar.allowImageOverride is false; the sidecar holds the provider keys)"
+            )
         changes["image"] = v
     for name, attr in (("proxy-port", "proxy_port"), ("admin-port", "admin_port")):
         if (v := get(name)) is not None:
@@ -251,10 +253,27 @@ def effective(settings: SidecarSettings, pod: Mapping[str, Any]) -> SidecarSetti
 # (Ki..Ei), decimal (n..E) or exponent suffix. Parsed here rather than with the kubernetes
 # client, which ``llm-sidecar inject`` does not need.
 _QUANTITY = re.compile(r"(?P<number>\+?(?:\d+\.?\d*|\.\d+))(?P<suffix>[KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?")
-_SUFFIX = {suffix: Decimal(base) ** power for suffix, base, power in (
-    ("Ki", 2, 10), ("Mi", 2, 20), ("Gi", 2, 30), ("Ti", 2, 40), ("Pi", 2, 50), ("Ei", 2, 60),
-    ("n", 10, -9), ("u", 10, -6), ("m", 10, -3), ("", 10, 0),
-    ("k", 10, 3), ("M", 10, 6), ("G", 10, 9), ("T", 10, 12), ("P", 10, 15), ("E", 10, 18))}
+_SUFFIX = {
+    suffix: Decimal(base) ** power
+    for suffix, base, power in (
+        ("Ki", 2, 10),
+        ("Mi", 2, 20),
+        ("Gi", 2, 30),
+        ("Ti", 2, 40),
+        ("Pi", 2, 50),
+        ("Ei", 2, 60),
+        ("n", 10, -9),
+        ("u", 10, -6),
+        ("m", 10, -3),
+        ("", 10, 0),
+        ("k", 10, 3),
+        ("M", 10, 6),
+        ("G", 10, 9),
+        ("T", 10, 12),
+        ("P", 10, 15),
+        ("E", 10, 18),
+    )
+}
 
 
 def quantity(text: str) -> Decimal | None:
@@ -281,8 +300,10 @@ def _resources(defaults: Mapping[str, Any], get: Any) -> dict[str, Any]:
             name = f"{key}-{suffix}"
             if (v := get(name)) is not None:
                 if quantity(v) is None:
-                    raise SettingsError(f"annotation {PREFIX}{name}: {v!r} is not a Kubernetes quantity "
-                                        f"(e.g. {'250m' if key == 'cpu' else '128Mi'})")
+                    raise SettingsError(
+                        f"annotation {PREFIX}{name}: {v!r} is not a Kubernetes quantity "
+                        f"(e.g. {'250m' if key == 'cpu' else '128Mi'})"
+                    )
                 res.setdefault(kind, {})[key] = v
                 given[kind, key] = name
     for key in ("cpu", "memory"):
@@ -292,8 +313,9 @@ def _resources(defaults: Mapping[str, Any], get: Any) -> dict[str, Any]:
         low, high = quantity(str(request)), quantity(str(limit))
         if low is not None and high is not None and high < low:
             names = [f"{PREFIX}{n}" for n in (given.get(("requests", key)), given.get(("limits", key))) if n]
-            raise SettingsError(f"annotation {' and '.join(names)}: the {key} limit {limit} is below "
-                                f"the request {request}")
+            raise SettingsError(
+                f"annotation {' and '.join(names)}: the {key} limit {limit} is below the request {request}"
+            )
     return res
 
 
@@ -329,8 +351,10 @@ def skip_reasons(pod: Mapping[str, Any], settings: SidecarSettings, ctx: Context
     if ctx.namespace in PROTECTED_NAMESPACES:
         return [f"namespace {ctx.namespace} is never injected"]
     labels = meta.get("labels") or {}
-    if settings.own_namespace and ctx.namespace == settings.own_namespace and (
-        labels.get("app.kubernetes.io/name") == "llm-sidecar"
+    if (
+        settings.own_namespace
+        and ctx.namespace == settings.own_namespace
+        and (labels.get("app.kubernetes.io/name") == "llm-sidecar")
     ):
         return ["the injector's own pods are never injected"]
     on, why = opt_in(pod, ctx)
@@ -383,8 +407,15 @@ def sidecar_container(settings: SidecarSettings, native: bool) -> dict[str, Any]
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         # The ports are arguments, not ConfigMap keys: they are set per pod (annotations).
-        "args": ["serve", "--config", f"{CONFIG_DIR}/sidecar.yaml",
-                 "--port", str(settings.proxy_port), "--admin-port", str(admin)],
+        "args": [
+            "serve",
+            "--config",
+            f"{CONFIG_DIR}/sidecar.yaml",
+            "--port",
+            str(settings.proxy_port),
+            "--admin-port",
+            str(admin),
+        ],
         "ports": [
             {"name": "llm-proxy", "containerPort": settings.proxy_port, "protocol": "TCP"},
             {"name": "llm-admin", "containerPort": admin, "protocol": "TCP"},
@@ -453,9 +484,17 @@ def _env_ops(pod: Mapping[str, Any], settings: SidecarSettings) -> list[dict[str
         index = {e.get("name"): j for j, e in enumerate(env)}
         for name, value in base_urls(settings).items():
             if name not in index:
-                ops.append({"op": "add", "path": f"/spec/containers/{i}/env/-", "value": {"name": name, "value": value}})
+                ops.append(
+                    {"op": "add", "path": f"/spec/containers/{i}/env/-", "value": {"name": name, "value": value}}
+                )
             elif override:
-                ops.append({"op": "replace", "path": f"/spec/containers/{i}/env/{index[name]}", "value": {"name": name, "value": value}})
+                ops.append(
+                    {
+                        "op": "replace",
+                        "path": f"/spec/containers/{i}/env/{index[name]}",
+                        "value": {"name": name, "value": value},
+                    }
+                )
     return ops
 
 

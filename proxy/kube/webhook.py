@@ -198,8 +198,7 @@ def run(args: argparse.Namespace) -> int:
         from proxy.kube.namespaces import KubeNamespaces  # imports the kubernetes client
 
         try:
-            view = KubeNamespaces(settings, source_namespace=args.source_namespace,
-                                  resync_seconds=args.resync_seconds)
+            view = KubeNamespaces(settings, source_namespace=args.source_namespace, resync_seconds=args.resync_seconds)
         except Exception as exc:  # noqa: BLE001 - the client's ConfigException: neither in a pod nor a kubeconfig
             log.error("cannot reach the Kubernetes API (%s): run it in a pod, set KUBECONFIG, or pass --no-kube", exc)
             return 2
@@ -208,6 +207,14 @@ def run(args: argparse.Namespace) -> int:
         app.cleanup_ctx.append(view.cleanup_ctx)
     app.cleanup_ctx.append(_cert_watch(cert, args.cert_reload_interval))
     # Only the API server calls it: a small cap, and a short idle/header timeout.
-    run_app(app, host=args.host, port=args.port, setting="webhook --port", ssl_context=cert.context,
-            max_connections=256, keepalive_timeout=15.0, shutdown_timeout=5)
+    run_app(
+        app,
+        host=args.host,
+        port=args.port,
+        setting="webhook --port",
+        ssl_context=cert.context,
+        max_connections=256,
+        keepalive_timeout=15.0,
+        shutdown_timeout=5,
+    )
     return 0

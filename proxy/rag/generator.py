@@ -258,9 +258,7 @@ class AsyncRAGGenerator:
 
 def _with_scores(chunks: Sequence[Chunk], scores: Sequence[float]) -> list[Passage]:
     if len(scores) != len(chunks):
-        raise RetrievalInputError(
-            f"scorer returned {len(scores)} scores for {len(chunks)} chunks", param="scorer"
-        )
+        raise RetrievalInputError(f"scorer returned {len(scores)} scores for {len(chunks)} chunks", param="scorer")
     return [Passage.of(chunk, float(score)) for chunk, score in zip(chunks, scores)]
 
 

@@ -45,7 +45,6 @@ LOG = logging.getLogger("llm_sidecar.rag")
 CONTEXT_PASSAGES_HEADER = "x-llm-sidecar-context-passages"
 
 
-
 # -- observation seam -------------------------------------------------------------------------
 
 
@@ -85,8 +84,7 @@ def load_corpus(name: str, directory: Path, extensions: Sequence[str], generator
     """Read and index a corpus (blocking; run it in an executor). Document ids are relative paths."""
     fingerprint = scan(directory, extensions)
     documents = {
-        relative: (directory / relative).read_text(encoding="utf-8", errors="replace")
-        for relative, *_ in fingerprint
+        relative: (directory / relative).read_text(encoding="utf-8", errors="replace") for relative, *_ in fingerprint
     }
     return Corpus(name, directory, generator.build_index(documents), fingerprint, len(documents))
 
@@ -322,8 +320,9 @@ async def handle_retrieve(request: web.Request) -> web.StreamResponse:
     """
     retriever = request.app[RETRIEVER]
     try:
-        body = orjson.loads(decode(await request.read(), request.headers.get("Content-Encoding"),
-                                   request.client_max_size))
+        body = orjson.loads(
+            decode(await request.read(), request.headers.get("Content-Encoding"), request.client_max_size)
+        )
     except orjson.JSONDecodeError as exc:
         return _error(400, f"request body is not valid JSON: {exc}", None)
     except ProxyError as exc:  # an undecodable or oversized body

@@ -21,8 +21,15 @@ class Circuit:
     """One endpoint's breaker. Times are ``time.monotonic()`` seconds, passed in."""
 
     __slots__ = (
-        "config", "state", "open_until", "consecutive_failures", "trial_in_flight",
-        "window_start", "window_calls", "window_failures", "times_opened",
+        "config",
+        "state",
+        "open_until",
+        "consecutive_failures",
+        "trial_in_flight",
+        "window_start",
+        "window_calls",
+        "window_failures",
+        "times_opened",
     )
 
     def __init__(self, config: CircuitConfig) -> None:
@@ -79,8 +86,7 @@ class Circuit:
             return None
         too_many = self.consecutive_failures >= config.failures
         too_often = (
-            self.window_calls >= config.min_calls
-            and self.window_failures / self.window_calls >= config.error_rate
+            self.window_calls >= config.min_calls and self.window_failures / self.window_calls >= config.error_rate
         )
         return self._open(now) if too_many or too_often else None
 

@@ -11,8 +11,10 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _OPENAI_RESETS = ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
 _ANTHROPIC_RESETS = (
-    "anthropic-ratelimit-requests-reset", "anthropic-ratelimit-tokens-reset",
-    "anthropic-ratelimit-input-tokens-reset", "anthropic-ratelimit-output-tokens-reset",
+    "anthropic-ratelimit-requests-reset",
+    "anthropic-ratelimit-tokens-reset",
+    "anthropic-ratelimit-input-tokens-reset",
+    "anthropic-ratelimit-output-tokens-reset",
 )
 
 

@@ -55,10 +55,25 @@ class Endpoint:
     """One endpoint of one model group, with its slots, health and history."""
 
     __slots__ = (
-        "config", "group", "name", "upstream_model", "slots", "in_flight",
-        "ewma_ttfb", "ewma_at", "cooldown_until", "circuit", "healthy",
-        "probe_failures", "probe_successes", "last_probe_at", "last_error", "attempts", "failures",
-        "queued", "cooldowns",
+        "config",
+        "group",
+        "name",
+        "upstream_model",
+        "slots",
+        "in_flight",
+        "ewma_ttfb",
+        "ewma_at",
+        "cooldown_until",
+        "circuit",
+        "healthy",
+        "probe_failures",
+        "probe_successes",
+        "last_probe_at",
+        "last_error",
+        "attempts",
+        "failures",
+        "queued",
+        "cooldowns",
     )
 
     def __init__(self, config: EndpointConfig, group: str, circuit: CircuitConfig) -> None:

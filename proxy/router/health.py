@@ -33,7 +33,9 @@ class HealthProber:
         if not self.config.enabled:
             return
         for endpoint in self.endpoints:
-            self._tasks.append(asyncio.create_task(self._loop(endpoint), name=f"probe:{endpoint.group}/{endpoint.name}"))
+            self._tasks.append(
+                asyncio.create_task(self._loop(endpoint), name=f"probe:{endpoint.group}/{endpoint.name}")
+            )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -75,8 +77,12 @@ class HealthProber:
         was = endpoint.healthy
         endpoint.healthy = healthy
         if was is not None or not healthy:
-            event("endpoint health", group=endpoint.group, endpoint=endpoint.name,
-                  health="healthy" if healthy else "unhealthy")
+            event(
+                "endpoint health",
+                group=endpoint.group,
+                endpoint=endpoint.name,
+                health="healthy" if healthy else "unhealthy",
+            )
 
     async def _loop(self, endpoint: Endpoint) -> None:
         # Spread the probes of many endpoints over the interval instead of firing them together.

@@ -92,8 +92,9 @@ class ConcurrentRouter:
             if self._session is None:
                 self._session = Upstream.new_session()
             self._router = Router(self._config, Upstream(self._session))
-            self._prober = HealthProber(list(self._router.endpoints()), self._router.upstream,
-                                        self._config.router.health)
+            self._prober = HealthProber(
+                list(self._router.endpoints()), self._router.upstream, self._config.router.health
+            )
             self._prober.start()
         return self._router
 
@@ -117,8 +118,15 @@ class ConcurrentRouter:
 
     # ------------------------------------------------------------------ calls
 
-    def _call(self, prompt: str | None, preferred_model: str | None, messages: Sequence[Mapping[str, Any]] | None,
-              system: str | None, stream: bool, params: dict[str, Any]) -> Call:
+    def _call(
+        self,
+        prompt: str | None,
+        preferred_model: str | None,
+        messages: Sequence[Mapping[str, Any]] | None,
+        system: str | None,
+        stream: bool,
+        params: dict[str, Any],
+    ) -> Call:
         chat: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
         chat.extend(dict(m) for m in messages or ())
         if prompt is not None:
@@ -169,7 +177,10 @@ class ConcurrentRouter:
             "response": message.get("content") or "",
             "tool_calls": message.get("tool_calls") or [],
             "finish_reason": choice.get("finish_reason"),
-            "usage": {"input_tokens": usage.get("prompt_tokens", 0), "output_tokens": usage.get("completion_tokens", 0)},
+            "usage": {
+                "input_tokens": usage.get("prompt_tokens", 0),
+                "output_tokens": usage.get("completion_tokens", 0),
+            },
             "attempts": _attempts(call),
             "fallbacks": call.fallbacks,
             "retries": call.retries,
@@ -222,5 +233,7 @@ class ConcurrentRouter:
 
 
 def _attempts(call: Call) -> list[dict[str, Any]]:
-    return [{"endpoint": name, "status": status, "seconds": round(seconds, 4), "error": error}
-            for name, status, seconds, error in call.attempt_log]
+    return [
+        {"endpoint": name, "status": status, "seconds": round(seconds, 4), "error": error}
+        for name, status, seconds, error in call.attempt_log
+    ]

@@ -129,7 +129,8 @@ class Router:
         for group in self.groups:
             ready[group] = any(
                 e.config.missing_key is None and e.healthy is not False and e.circuit.allows(now)
-                for name in self.group_order(group) for e in self.groups[name]
+                for name in self.group_order(group)
+                for e in self.groups[name]
             )
         return ready
 
@@ -168,15 +169,18 @@ class Router:
         if plan is None:
             groups = self.group_order(call.model_group)
             serving = [
-                e for g in groups for e in self.groups[g]
+                e
+                for g in groups
+                for e in self.groups[g]
                 if target_path(call.dialect.name, call.operation.path, e.config.dialect or "openai") is not None
             ]
             # An endpoint without its key is never tried (it would send the call unauthenticated).
             endpoints = [e for e in serving if e.config.missing_key is None]
             if serving and not endpoints:
                 reasons = sorted({e.config.missing_key.partition(": ")[2] for e in serving if e.config.missing_key})
-                raise MissingKey(f"the sidecar has no provider key for model group `{call.model_group}`: "
-                                 f"{'; '.join(reasons)}")
+                raise MissingKey(
+                    f"the sidecar has no provider key for model group `{call.model_group}`: {'; '.join(reasons)}"
+                )
             plan = self._plans[key] = (endpoints, {g: i for i, g in enumerate(groups)})
         return plan
 
@@ -216,8 +220,12 @@ class Router:
                     call.observer.event("retry", endpoint=endpoint.name, attempt=number)
                 else:
                     call.fallbacks += 1
-                    call.observer.event("fallback", endpoint=endpoint.name, previous=tried[-1].name,
-                                        reason=last_error.type if last_error else None)
+                    call.observer.event(
+                        "fallback",
+                        endpoint=endpoint.name,
+                        previous=tried[-1].name,
+                        reason=last_error.type if last_error else None,
+                    )
             trial = endpoint.circuit.begin(now)
             endpoint.attempts += 1
             call.attempts += 1
@@ -268,8 +276,14 @@ class Router:
         translation = Translation(call.dialect.name, config.dialect or "openai", path)
         return config.url + path, translation.request(call.payload, endpoint.upstream_model), translation
 
-    async def _try(self, call: Call, endpoint: Endpoint, number: int, remaining: float,
-                   request: tuple[str, bytes, Translation | None]) -> Any:
+    async def _try(
+        self,
+        call: Call,
+        endpoint: Endpoint,
+        number: int,
+        remaining: float,
+        request: tuple[str, bytes, Translation | None],
+    ) -> Any:
         config = endpoint.config
         timeouts = config.timeouts
         if remaining <= 0:
@@ -278,8 +292,13 @@ class Router:
             timeouts = timeouts.model_copy(update={"first_byte": remaining})
         url, body, translation = request
         headers = upstream_headers(call, config)
-        with call.observer.span("upstream.attempt", endpoint=endpoint.name, model_group=endpoint.group,
-                                attempt=number, dialect=config.dialect):
+        with call.observer.span(
+            "upstream.attempt",
+            endpoint=endpoint.name,
+            model_group=endpoint.group,
+            attempt=number,
+            dialect=config.dialect,
+        ):
             call.observer.inject(headers)
             try:
                 response = await self.upstream.open(url, headers, body, timeouts)
@@ -310,8 +329,15 @@ class Router:
         settings = self.settings
         while True:
             now = time.monotonic()
-            ranked = selection.order(endpoints, prefer=prefer, balance=self.routes[call.model_group].balance,
-                                     group_rank=rank, now=now, tried=tried, rng=self._rng)
+            ranked = selection.order(
+                endpoints,
+                prefer=prefer,
+                balance=self.routes[call.model_group].balance,
+                group_rank=rank,
+                now=now,
+                tried=tried,
+                rng=self._rng,
+            )
             if spent:
                 ranked = [e for e in ranked if e not in spent]
             if not ranked:
@@ -353,8 +379,10 @@ class Router:
             return last_error
         cooling = [e.cooldown_until - now for e in endpoints if e.cooldown_until > now]
         if cooling:
-            return Overloaded(f"every endpoint of model group `{call.model_group}` is rate limited",
-                              retry_after=max(1.0, min(cooling)))
+            return Overloaded(
+                f"every endpoint of model group `{call.model_group}` is rate limited",
+                retry_after=max(1.0, min(cooling)),
+            )
         return NoEndpointAvailable(
             f"every endpoint of model group `{call.model_group}` is unhealthy or its circuit is open"
         )

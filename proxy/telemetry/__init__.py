@@ -100,8 +100,16 @@ class Telemetry:
         if self._log_access and ACCESS.isEnabledFor(logging.INFO):
             log_access(access_fields(call, now, self._log_prompts))
         if call.status >= 500:
-            event("call failed", logging.WARNING, request_id=call.request_id, model_group=call.model_group,
-                  endpoint=call.endpoint, status=call.status, error_type=call.error_type, attempts=call.attempts)
+            event(
+                "call failed",
+                logging.WARNING,
+                request_id=call.request_id,
+                model_group=call.model_group,
+                endpoint=call.endpoint,
+                status=call.status,
+                error_type=call.error_type,
+                attempts=call.attempts,
+            )
 
     def exposition(self) -> tuple[bytes, str]:
         """The ``/metrics`` body and its content type."""

@@ -37,8 +37,7 @@ PREFIX = "llm_sidecar"
 #: seconds: LLM calls run from milliseconds (a cache hit) to minutes (a long stream)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 #: seconds: the sidecar's own work, queue waits and cache lookups
-SHORT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
-                 10, 30)
+SHORT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 OUTCOMES = frozenset({"cached", "coalesced", "upstream", "error"})
@@ -105,8 +104,7 @@ class _Family:
 
     __slots__ = ("name", "doc", "labels", "kind", "bounds", "children")
 
-    def __init__(self, name: str, doc: str, labels: Iterable[str], kind: str,
-                 bounds: tuple[float, ...] = ()) -> None:
+    def __init__(self, name: str, doc: str, labels: Iterable[str], kind: str, bounds: tuple[float, ...] = ()) -> None:
         self.name, self.doc, self.labels, self.kind, self.bounds = name, doc, list(labels), kind, bounds
         self.children: dict[tuple[str, ...], Any] = {}
 
@@ -183,45 +181,98 @@ class Metrics:
             families.append(created)
             return created
 
-        self.calls = family(COUNTER, "calls", "Calls by their one outcome (cached, coalesced, upstream, error).",
-                            ("dialect", "model_group", "outcome", "status_class"))
-        self.errors = family(COUNTER, "call_errors", "Calls that ended in an error, by error type.",
-                             ("model_group", "error_type"))
-        self.duration = family(HISTOGRAM, "call_duration_seconds", "Call duration, request read to last byte.",
-                               ("model_group", "outcome"), buckets=LATENCY_BUCKETS)
-        self.ttfb = family(HISTOGRAM, "time_to_first_byte_seconds",
-                           "Time from the request to the answer's first byte sent back (a stream's first token).",
-                           ("model_group", "stream"), buckets=LATENCY_BUCKETS)
-        self.overhead = family(HISTOGRAM, "overhead_seconds",
-                               "The sidecar's own time per call: duration minus time waiting on upstreams.",
-                               ("outcome",), buckets=SHORT_BUCKETS)
-        self.attempts = family(HISTOGRAM, "upstream_attempt_duration_seconds",
-                               "Upstream attempts by endpoint and status class (status_class none: no answer).",
-                               ("model_group", "upstream", "status_class"), buckets=LATENCY_BUCKETS)
-        self.queue_wait = family(HISTOGRAM, "queue_wait_seconds",
-                                 "Time a call waited for an endpoint's concurrency slot.",
-                                 ("model_group",), buckets=SHORT_BUCKETS)
+        self.calls = family(
+            COUNTER,
+            "calls",
+            "Calls by their one outcome (cached, coalesced, upstream, error).",
+            ("dialect", "model_group", "outcome", "status_class"),
+        )
+        self.errors = family(
+            COUNTER, "call_errors", "Calls that ended in an error, by error type.", ("model_group", "error_type")
+        )
+        self.duration = family(
+            HISTOGRAM,
+            "call_duration_seconds",
+            "Call duration, request read to last byte.",
+            ("model_group", "outcome"),
+            buckets=LATENCY_BUCKETS,
+        )
+        self.ttfb = family(
+            HISTOGRAM,
+            "time_to_first_byte_seconds",
+            "Time from the request to the answer's first byte sent back (a stream's first token).",
+            ("model_group", "stream"),
+            buckets=LATENCY_BUCKETS,
+        )
+        self.overhead = family(
+            HISTOGRAM,
+            "overhead_seconds",
+            "The sidecar's own time per call: duration minus time waiting on upstreams.",
+            ("outcome",),
+            buckets=SHORT_BUCKETS,
+        )
+        self.attempts = family(
+            HISTOGRAM,
+            "upstream_attempt_duration_seconds",
+            "Upstream attempts by endpoint and status class (status_class none: no answer).",
+            ("model_group", "upstream", "status_class"),
+            buckets=LATENCY_BUCKETS,
+        )
+        self.queue_wait = family(
+            HISTOGRAM,
+            "queue_wait_seconds",
+            "Time a call waited for an endpoint's concurrency slot.",
+            ("model_group",),
+            buckets=SHORT_BUCKETS,
+        )
         self.retries = family(COUNTER, "retries", "Retries of an upstream attempt.", ("model_group",))
-        self.fallbacks = family(COUNTER, "fallbacks", "Moves to the next endpoint after a failed attempt.",
-                                ("model_group",))
-        self.cache_calls = family(COUNTER, "cache_calls", "Calls by cache status (hit, miss, coalesced, "
-                                  "bypass, stale, off).", ("model_group", "cache_status"))
-        self.tokens = family(COUNTER, "tokens", "Tokens spent upstream, read from the answers.",
-                             ("model_group", "type"))
-        self.cost = family(COUNTER, "cost_usd", "Cost of the tokens spent upstream, from the configured prices.",
-                           ("model_group",))
-        self.saved_tokens = family(COUNTER, "cache_saved_tokens", "Tokens answered from the cache or a "
-                                   "coalesced call instead of upstream.", ("model_group", "type"))
-        self.saved_cost = family(COUNTER, "cache_saved_cost_usd", "Cost saved by cache hits and coalescing, "
-                                 "from the configured prices.", ("model_group",))
-        self.steps = family(HISTOGRAM, "step_duration_seconds",
-                            "Timed steps of a call: cache lookup, queue wait, upstream attempt …",
-                            ("step",), buckets=SHORT_BUCKETS + (60, 120, 300, 600))
-        self.events = family(COUNTER, "call_events", "Moments of calls reported by the router and the cache "
-                             "(fallback, retry, cooldown …).", ("event",))
+        self.fallbacks = family(
+            COUNTER, "fallbacks", "Moves to the next endpoint after a failed attempt.", ("model_group",)
+        )
+        self.cache_calls = family(
+            COUNTER,
+            "cache_calls",
+            "Calls by cache status (hit, miss, coalesced, bypass, stale, off).",
+            ("model_group", "cache_status"),
+        )
+        self.tokens = family(
+            COUNTER, "tokens", "Tokens spent upstream, read from the answers.", ("model_group", "type")
+        )
+        self.cost = family(
+            COUNTER, "cost_usd", "Cost of the tokens spent upstream, from the configured prices.", ("model_group",)
+        )
+        self.saved_tokens = family(
+            COUNTER,
+            "cache_saved_tokens",
+            "Tokens answered from the cache or a coalesced call instead of upstream.",
+            ("model_group", "type"),
+        )
+        self.saved_cost = family(
+            COUNTER,
+            "cache_saved_cost_usd",
+            "Cost saved by cache hits and coalescing, from the configured prices.",
+            ("model_group",),
+        )
+        self.steps = family(
+            HISTOGRAM,
+            "step_duration_seconds",
+            "Timed steps of a call: cache lookup, queue wait, upstream attempt …",
+            ("step",),
+            buckets=SHORT_BUCKETS + (60, 120, 300, 600),
+        )
+        self.events = family(
+            COUNTER,
+            "call_events",
+            "Moments of calls reported by the router and the cache (fallback, retry, cooldown …).",
+            ("event",),
+        )
         self.in_flight = family(GAUGE, "calls_in_flight", "Calls being handled now.", ())()
-        self.reloads = family(COUNTER, "config_reloads", "Config reloads: applied (ok) or rejected (error: "
-                              "the running config kept).", ("result",))
+        self.reloads = family(
+            COUNTER,
+            "config_reloads",
+            "Config reloads: applied (ok) or rejected (error: the running config kept).",
+            ("result",),
+        )
         for result in ("ok", "error"):
             self.reloads(result)
         family(GAUGE, "build_info", "The running version (always 1).", ("version",))(version).inc()
@@ -322,8 +373,19 @@ class NullMetrics:
 
 
 #: the point-in-time moments that ``observer.event`` reports
-EVENTS = frozenset({"fallback", "retry", "cooldown", "circuit_open", "circuit_close", "coalesce.join",
-                    "cache.error", "stream.error", "client.disconnect"})
+EVENTS = frozenset(
+    {
+        "fallback",
+        "retry",
+        "cooldown",
+        "circuit_open",
+        "circuit_close",
+        "coalesce.join",
+        "cache.error",
+        "stream.error",
+        "client.disconnect",
+    }
+)
 
 
 class LiveCollector(Collector):
@@ -344,23 +406,39 @@ class LiveCollector(Collector):
         """From the router's ``Endpoint`` objects (``proxy/router/endpoint.py``)."""
         p = PREFIX
         labels = ["model_group", "upstream"]
-        in_flight = GaugeMetricFamily(f"{p}_endpoint_in_flight", "Upstream attempts in flight (slots in use).",
-                                      labels=labels)
+        in_flight = GaugeMetricFamily(
+            f"{p}_endpoint_in_flight", "Upstream attempts in flight (slots in use).", labels=labels
+        )
         slots = GaugeMetricFamily(f"{p}_endpoint_slots", "Concurrency slots (max_concurrent).", labels=labels)
-        healthy = GaugeMetricFamily(f"{p}_endpoint_healthy", "Active probes' verdict: 1 healthy, 0 unhealthy, "
-                                    "-1 not probed (yet).", labels=labels)
-        usable = GaugeMetricFamily(f"{p}_endpoint_usable", "1 when the endpoint may take a call now (not cooling "
-                                   "down, circuit allowing, not unhealthy).", labels=labels)
-        circuit = GaugeMetricFamily(f"{p}_endpoint_circuit_state", "Circuit breaker state: 1 for the current one.",
-                                    labels=[*labels, "state"])
+        healthy = GaugeMetricFamily(
+            f"{p}_endpoint_healthy",
+            "Active probes' verdict: 1 healthy, 0 unhealthy, -1 not probed (yet).",
+            labels=labels,
+        )
+        usable = GaugeMetricFamily(
+            f"{p}_endpoint_usable",
+            "1 when the endpoint may take a call now (not cooling down, circuit allowing, not unhealthy).",
+            labels=labels,
+        )
+        circuit = GaugeMetricFamily(
+            f"{p}_endpoint_circuit_state", "Circuit breaker state: 1 for the current one.", labels=[*labels, "state"]
+        )
         opened = CounterMetricFamily(f"{p}_endpoint_circuit_opened", "Times the circuit opened.", labels=labels)
-        cooldown = GaugeMetricFamily(f"{p}_endpoint_cooldown_seconds", "Seconds left of a cool-down (Retry-After "
-                                     "or rate-limit reset).", labels=labels)
-        ttfb = GaugeMetricFamily(f"{p}_endpoint_ttfb_estimate_seconds", "The router's moving estimate of time "
-                                 "to first byte, used to balance.", labels=labels)
-        key_missing = GaugeMetricFamily(f"{p}_endpoint_key_missing", "1 when the key the config names (a "
-                                        "variable or file) is missing: the endpoint's calls get an error.",
-                                        labels=labels)
+        cooldown = GaugeMetricFamily(
+            f"{p}_endpoint_cooldown_seconds",
+            "Seconds left of a cool-down (Retry-After or rate-limit reset).",
+            labels=labels,
+        )
+        ttfb = GaugeMetricFamily(
+            f"{p}_endpoint_ttfb_estimate_seconds",
+            "The router's moving estimate of time to first byte, used to balance.",
+            labels=labels,
+        )
+        key_missing = GaugeMetricFamily(
+            f"{p}_endpoint_key_missing",
+            "1 when the key the config names (a variable or file) is missing: the endpoint's calls get an error.",
+            labels=labels,
+        )
         now = time.monotonic()
         for endpoint in self.router.endpoints():
             key = [endpoint.group, endpoint.name]
@@ -387,26 +465,45 @@ class LiveCollector(Collector):
         stats = snapshot()
         p = PREFIX
         events = CounterMetricFamily(
-            f"{p}_cache_events", "What the cache did: hit, miss, coalesced, stale (served on upstream error), "
-            "bypass, store, not_stored, corrupt, store_failed (the backend did not take it).", labels=["event"])
+            f"{p}_cache_events",
+            "What the cache did: hit, miss, coalesced, stale (served on upstream error), "
+            "bypass, store, not_stored, corrupt, store_failed (the backend did not take it).",
+            labels=["event"],
+        )
         for event, key in _CACHE_EVENTS:
             events.add_metric([event], stats.get(key, 0))
         yield events
-        yield CounterMetricFamily(f"{p}_cache_errors", "Cache backend errors and operations skipped while "
-                                  "Redis is down (each a miss or an answer not stored, never a failed call), and "
-                                  "unreadable entries.", value=stats.get("errors", 0))
-        yield CounterMetricFamily(f"{p}_cache_redis_errors", "Redis operations that failed or timed out.",
-                                  value=getattr(getattr(self.cache, "backend", None), "errors", 0))
-        yield CounterMetricFamily(f"{p}_cache_lookups", "Cache lookups (backend reads).",
-                                  value=stats.get("lookups", 0))
-        yield CounterMetricFamily(f"{p}_cache_local_hits", "Hits answered by the in-process tier in front of "
-                                  "Redis without a round trip (also counted as hit).", value=stats.get("local_hits", 0))
-        yield CounterMetricFamily(f"{p}_cache_lookup_seconds", "Time spent in cache lookups, summed.",
-                                  value=stats.get("lookup_seconds", 0.0))
-        yield GaugeMetricFamily(f"{p}_cache_available", "1 while the backend is usable (Redis breaker closed).",
-                                value=1.0 if stats.get("available", True) else 0.0)
-        yield GaugeMetricFamily(f"{p}_cache_flights", "Calls in flight that identical calls can join "
-                                "(coalescing).", value=stats.get("in_flight", 0))
+        yield CounterMetricFamily(
+            f"{p}_cache_errors",
+            "Cache backend errors and operations skipped while "
+            "Redis is down (each a miss or an answer not stored, never a failed call), and "
+            "unreadable entries.",
+            value=stats.get("errors", 0),
+        )
+        yield CounterMetricFamily(
+            f"{p}_cache_redis_errors",
+            "Redis operations that failed or timed out.",
+            value=getattr(getattr(self.cache, "backend", None), "errors", 0),
+        )
+        yield CounterMetricFamily(f"{p}_cache_lookups", "Cache lookups (backend reads).", value=stats.get("lookups", 0))
+        yield CounterMetricFamily(
+            f"{p}_cache_local_hits",
+            "Hits answered by the in-process tier in front of Redis without a round trip (also counted as hit).",
+            value=stats.get("local_hits", 0),
+        )
+        yield CounterMetricFamily(
+            f"{p}_cache_lookup_seconds", "Time spent in cache lookups, summed.", value=stats.get("lookup_seconds", 0.0)
+        )
+        yield GaugeMetricFamily(
+            f"{p}_cache_available",
+            "1 while the backend is usable (Redis breaker closed).",
+            value=1.0 if stats.get("available", True) else 0.0,
+        )
+        yield GaugeMetricFamily(
+            f"{p}_cache_flights",
+            "Calls in flight that identical calls can join (coalescing).",
+            value=stats.get("in_flight", 0),
+        )
         if stats.get("entries") is not None:
             yield GaugeMetricFamily(f"{p}_cache_entries", "Entries in the memory cache.", value=stats["entries"])
         if stats.get("bytes") is not None:
@@ -415,6 +512,14 @@ class LiveCollector(Collector):
 
 _HEALTH = {True: 1.0, False: 0.0, None: -1.0}
 _CIRCUIT_STATES = ("closed", "open", "half_open")
-_CACHE_EVENTS = (("hit", "hits"), ("miss", "misses"), ("coalesced", "coalesced"), ("stale", "stale"),
-                 ("bypass", "bypass"), ("store", "stores"), ("not_stored", "not_stored"), ("corrupt", "corrupt"),
-                 ("store_failed", "store_failures"))
+_CACHE_EVENTS = (
+    ("hit", "hits"),
+    ("miss", "misses"),
+    ("coalesced", "coalesced"),
+    ("stale", "stale"),
+    ("bypass", "bypass"),
+    ("store", "stores"),
+    ("not_stored", "not_stored"),
+    ("corrupt", "corrupt"),
+    ("store_failed", "store_failures"),
+)

@@ -54,8 +54,13 @@ OPERATION_NAMES = {
     "/v1/messages/count_tokens": "count_tokens",
 }
 #: request fields copied to ``gen_ai.request.*`` when present (numbers only: never text)
-_REQUEST_FIELDS = (("max_tokens", "max_tokens"), ("max_completion_tokens", "max_tokens"),
-                   ("temperature", "temperature"), ("top_p", "top_p"), ("seed", "seed"))
+_REQUEST_FIELDS = (
+    ("max_tokens", "max_tokens"),
+    ("max_completion_tokens", "max_tokens"),
+    ("temperature", "temperature"),
+    ("top_p", "top_p"),
+    ("seed", "seed"),
+)
 
 
 class Tracing:
@@ -76,11 +81,16 @@ class Tracing:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        exporter = OTLPSpanExporter(endpoint=self.config.endpoint, headers=dict(self.config.headers) or None,
-                                    timeout=self.config.timeout)
+        exporter = OTLPSpanExporter(
+            endpoint=self.config.endpoint, headers=dict(self.config.headers) or None, timeout=self.config.timeout
+        )
         self.provider.add_span_processor(BatchSpanProcessor(exporter))
-        event("tracing", exporter="otlp", endpoint=self.config.endpoint or "(from OTEL_EXPORTER_OTLP_* env)",
-              sample_ratio=self.config.sample_ratio)
+        event(
+            "tracing",
+            exporter="otlp",
+            endpoint=self.config.endpoint or "(from OTEL_EXPORTER_OTLP_* env)",
+            sample_ratio=self.config.sample_ratio,
+        )
 
     def shutdown(self) -> None:
         """Flush what is buffered and stop the exporter's thread."""
@@ -101,10 +111,16 @@ class TracingObserver(Observer):
         parent = PROPAGATOR.extract(request.headers)
         operation = OPERATION_NAMES.get(call.operation.path, "chat")
         self.root: Span = tracer.start_span(
-            operation, context=parent, kind=SpanKind.SERVER,
-            attributes={"gen_ai.operation.name": operation, "gen_ai.system": call.dialect.name,
-                        "http.request.method": request.method, "url.path": request.path,
-                        "llm_sidecar.request_id": call.request_id},
+            operation,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                "gen_ai.operation.name": operation,
+                "gen_ai.system": call.dialect.name,
+                "http.request.method": request.method,
+                "url.path": request.path,
+                "llm_sidecar.request_id": call.request_id,
+            },
         )
         self._context: Context = set_span_in_context(self.root)
         self._current = self._context
@@ -117,8 +133,7 @@ class TracingObserver(Observer):
     @contextmanager
     def span(self, name: str, **attributes: Any) -> Iterator[None]:
         kind = SpanKind.CLIENT if name == "upstream.attempt" else SpanKind.INTERNAL
-        span = self.tracer.start_span(name, context=self._context, kind=kind,
-                                      attributes=_attributes(attributes))
+        span = self.tracer.start_span(name, context=self._context, kind=kind, attributes=_attributes(attributes))
         outer = self._current
         self._current = set_span_in_context(span)
         attempts_before = len(self.call.attempt_log)

@@ -19,16 +19,25 @@ from tests.servers import PROVIDER_KEY, MockProvider, RedisServer, Sidecar, defa
 from tests.waiting import Clock, wait_until
 
 
-def cache_config(mock_url: str, cache: dict[str, Any] | None = None, pass_through: bool = False,
-                 **policy: Any) -> dict[str, Any]:
+def cache_config(
+    mock_url: str, cache: dict[str, Any] | None = None, pass_through: bool = False, **policy: Any
+) -> dict[str, Any]:
     """The default two model groups, both with the cache policy ``policy`` (``mode: always`` unless given)."""
     policy = {"mode": "always", **policy}
     key: dict[str, Any] = {"pass_through_key": True} if pass_through else {"api_key": PROVIDER_KEY}
     groups = {
-        "gpt-4o-mini": {"endpoints": [{"name": "mock-openai", "url": f"{mock_url}/v1", "dialect": "openai",
-                                       "model": "mock-gpt", **key}], "cache": policy},
-        "claude-sonnet": {"endpoints": [{"name": "mock-anthropic", "url": mock_url, "dialect": "anthropic",
-                                         "model": "mock-claude", **key}], "cache": policy},
+        "gpt-4o-mini": {
+            "endpoints": [
+                {"name": "mock-openai", "url": f"{mock_url}/v1", "dialect": "openai", "model": "mock-gpt", **key}
+            ],
+            "cache": policy,
+        },
+        "claude-sonnet": {
+            "endpoints": [
+                {"name": "mock-anthropic", "url": mock_url, "dialect": "anthropic", "model": "mock-claude", **key}
+            ],
+            "cache": policy,
+        },
     }
     return default_config(mock_url, model_groups=groups, cache=cache or {"backend": "memory"})
 
@@ -38,8 +47,9 @@ def cached_sidecar(make_sidecar: Callable[..., Sidecar], mock_provider: MockProv
     """``cached_sidecar(cache={...}, clock=None, **policy)``: a sidecar whose model groups cache by ``policy``;
     its cache tells time by ``clock`` when one is given."""
 
-    def make(cache: dict[str, Any] | None = None, pass_through: bool = False, clock: Clock | None = None,
-             **policy: Any) -> Sidecar:
+    def make(
+        cache: dict[str, Any] | None = None, pass_through: bool = False, clock: Clock | None = None, **policy: Any
+    ) -> Sidecar:
         sidecar = make_sidecar(config=cache_config(mock_provider.url, cache, pass_through, **policy))
         if clock is not None:
             response_cache = sidecar.pipeline.cache
@@ -90,19 +100,44 @@ class RedisCluster:
         self.nodes: list[RedisServer] = []
         for _ in range(size):
             port = cluster_port()
-            self.nodes.append(RedisServer(port, "--cluster-enabled", "yes", "--cluster-config-file",
-                                          f"nodes-{port}.conf", "--cluster-node-timeout", "2000"))
+            self.nodes.append(
+                RedisServer(
+                    port,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    f"nodes-{port}.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                )
+            )
         addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
-        subprocess.run([shutil.which("redis-cli") or "redis-cli", "--cluster", "create", *addresses,
-                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=30)
+        subprocess.run(
+            [
+                shutil.which("redis-cli") or "redis-cli",
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
         self.url = f"redis://127.0.0.1:{self.nodes[0].port}/0"
         self._wait_ok()
 
     def _wait_ok(self) -> None:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            out = subprocess.run(["redis-cli", "-p", str(self.nodes[0].port), "cluster", "info"],
-                                 capture_output=True, text=True, timeout=5).stdout
+            out = subprocess.run(
+                ["redis-cli", "-p", str(self.nodes[0].port), "cluster", "info"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout
             if "cluster_state:ok" in out:
                 return
             time.sleep(0.1)
@@ -111,8 +146,9 @@ class RedisCluster:
     def keys_per_node(self) -> list[int]:
         counts = []
         for node in self.nodes:
-            out = subprocess.run(["redis-cli", "-p", str(node.port), "dbsize"], capture_output=True, text=True,
-                                 timeout=5).stdout
+            out = subprocess.run(
+                ["redis-cli", "-p", str(node.port), "dbsize"], capture_output=True, text=True, timeout=5
+            ).stdout
             counts.append(int(out.strip() or 0))
         return counts
 
@@ -156,7 +192,8 @@ class SentinelServer(RedisServer):
                 f"sentinel monitor {self.service_name} 127.0.0.1 {self.master_port} {self.quorum}\n"
                 f"sentinel down-after-milliseconds {self.service_name} 400\n"
                 f"sentinel failover-timeout {self.service_name} 2000\n"
-                f"sentinel parallel-syncs {self.service_name} 1\n")
+                f"sentinel parallel-syncs {self.service_name} 1\n"
+            )
         return [self.binary, str(conf), "--sentinel"]
 
     def master(self) -> dict[str, Any]:
@@ -195,8 +232,10 @@ class RedisSentinel:
             self.servers[replica.port] = replica
             for _ in range(sentinels):
                 self.sentinels.append(SentinelServer(master.port, self.service_name, sentinels // 2 + 1))
-            self.wait(lambda: all(self._healthy(s, master.port, replicas=1) for s in self.sentinels),
-                      "the Sentinels did not see the master, its replica and each other")
+            self.wait(
+                lambda: all(self._healthy(s, master.port, replicas=1) for s in self.sentinels),
+                "the Sentinels did not see the master, its replica and each other",
+            )
         except BaseException:
             self.stop()
             raise
@@ -242,9 +281,15 @@ class RedisSentinel:
 
     def cache(self, **extra: Any) -> dict[str, Any]:
         """A sidecar's ``cache:`` section for this deployment."""
-        return {"backend": "redis", "redis_mode": "sentinel", "redis_sentinels": self.addresses,
-                "redis_service_name": self.service_name, "operation_timeout": 0.2, "breaker_cooldown": 0.3,
-                **extra}
+        return {
+            "backend": "redis",
+            "redis_mode": "sentinel",
+            "redis_sentinels": self.addresses,
+            "redis_service_name": self.service_name,
+            "operation_timeout": 0.2,
+            "breaker_cooldown": 0.3,
+            **extra,
+        }
 
     def restore(self) -> None:
         """Restart any killed server as a replica of the current master; wait until all is healthy.
@@ -257,8 +302,10 @@ class RedisSentinel:
             if server.process is None:
                 server.extra_args = (*self.server_args, "--replicaof", "127.0.0.1", str(master_port))
                 server.start()
-        self.wait(lambda: all(self._healthy(s, master_port, replicas=len(self.servers) - 1)
-                              for s in self.sentinels), "the Sentinel deployment did not recover")
+        self.wait(
+            lambda: all(self._healthy(s, master_port, replicas=len(self.servers) - 1) for s in self.sentinels),
+            "the Sentinel deployment did not recover",
+        )
 
     def stop(self) -> None:
         for sentinel in self.sentinels:

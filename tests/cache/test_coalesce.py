@@ -15,10 +15,12 @@ BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "the sa
 
 async def _burst(url: str, count: int, body: dict, stream: bool = False, headers: dict | None = None):
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=count)) as client:
+
         async def one() -> tuple[int, str, bytes, float]:
             """Status, cache status, body, and how long before the end the first byte came."""
-            async with client.stream("POST", url + "/chat/completions", json={**body, "stream": stream},
-                                     headers=headers) as response:
+            async with client.stream(
+                "POST", url + "/chat/completions", json={**body, "stream": stream}, headers=headers
+            ) as response:
                 first = None
                 data = b""
                 async for chunk in response.aiter_bytes():
@@ -61,13 +63,18 @@ async def test_a_failed_leader_does_not_fail_its_followers(cached_sidecar, mock_
     sidecar = cached_sidecar()
     # The leader (first in) fails by its own header; followers must still get answers.
     async with httpx.AsyncClient(timeout=30) as client:
-        leader = asyncio.create_task(client.post(
-            sidecar.openai_base + "/chat/completions", json=BODY,
-            headers={"x-mock-latency-ms": "300", "x-mock-status": "500"}))
+        leader = asyncio.create_task(
+            client.post(
+                sidecar.openai_base + "/chat/completions",
+                json=BODY,
+                headers={"x-mock-latency-ms": "300", "x-mock-status": "500"},
+            )
+        )
         flights = sidecar.pipeline.cache.flights
         await wait_until_async(lambda: flights, what="the leader's call in flight")
-        followers = await asyncio.gather(*(client.post(sidecar.openai_base + "/chat/completions", json=BODY)
-                                           for _ in range(5)))
+        followers = await asyncio.gather(
+            *(client.post(sidecar.openai_base + "/chat/completions", json=BODY) for _ in range(5))
+        )
         assert (await leader).status_code == 500
     assert [r.status_code for r in followers] == [200] * 5
     # One new leader among the followers, the rest follow it (the router may retry the failing leader).
@@ -92,19 +99,33 @@ async def test_leader_cut_mid_stream_ends_followers_streams_with_an_error(cached
         assert b'"error"' in data  # the OpenAI SDK raises on it, as for the leader
 
 
-@pytest.mark.parametrize(("model", "base", "path", "body", "event"), [
-    ("mock-gpt", "openai_base", "/chat/completions", {**BODY, "stream": True}, b'data: {"error"'),
-    ("mock-claude", "anthropic_base", "/v1/messages", {
-        "model": "claude-sonnet", "max_tokens": 100, "stream": True,
-        "messages": [{"role": "user", "content": "the same question"}]}, b"event: error"),
-])
+@pytest.mark.parametrize(
+    ("model", "base", "path", "body", "event"),
+    [
+        ("mock-gpt", "openai_base", "/chat/completions", {**BODY, "stream": True}, b'data: {"error"'),
+        (
+            "mock-claude",
+            "anthropic_base",
+            "/v1/messages",
+            {
+                "model": "claude-sonnet",
+                "max_tokens": 100,
+                "stream": True,
+                "messages": [{"role": "user", "content": "the same question"}],
+            },
+            b"event: error",
+        ),
+    ],
+)
 async def test_the_upstreams_error_event_ends_every_coalesced_stream_once(
-        cached_sidecar, mock_provider, model, base, path, body, event) -> None:
+    cached_sidecar, mock_provider, model, base, path, body, event
+) -> None:
     # The provider answers, then sends its own error event (overloaded) in place of frame 4.
     mock_provider.set_behaviour(model, ttft_ms=1000, chunk_delay_ms=50, error_after=4)
     sidecar = cached_sidecar()
     url = getattr(sidecar, base) + path
     async with httpx.AsyncClient(timeout=30) as client:
+
         async def one() -> tuple[str, bytes]:
             async with client.stream("POST", url, json=body) as response:
                 return response.headers.get("x-llm-sidecar-cache", ""), await response.aread()
@@ -127,11 +148,14 @@ async def test_a_leader_whose_client_hangs_up_still_answers_its_followers(cached
     url = sidecar.openai_base + "/chat/completions"
     body = {**BODY, "stream": True}
     async with httpx.AsyncClient(timeout=30) as leader_client, httpx.AsyncClient(timeout=30) as client:
+
         async def leader() -> str:
             async with leader_client.stream("POST", url, json=body) as response:
                 async for _ in response.aiter_bytes():
-                    await wait_until_async(lambda: any(f.followers for f in cache.flights.values()),
-                                           what="a follower on the leader's stream")
+                    await wait_until_async(
+                        lambda: any(f.followers for f in cache.flights.values()),
+                        what="a follower on the leader's stream",
+                    )
                     return response.headers["x-llm-sidecar-cache"]  # leaves mid-stream
             raise AssertionError("the stream ended before the follower came")
 

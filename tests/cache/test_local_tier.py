@@ -26,8 +26,9 @@ def _snapshot(sidecar) -> dict:
 
 
 def _redis_gets(port: int) -> int:
-    out = subprocess.run(["redis-cli", "-p", str(port), "info", "commandstats"], capture_output=True, text=True,
-                         timeout=5).stdout
+    out = subprocess.run(
+        ["redis-cli", "-p", str(port), "info", "commandstats"], capture_output=True, text=True, timeout=5
+    ).stdout
     for line in out.splitlines():
         if line.startswith("cmdstat_get:"):
             return int(line.split("calls=")[1].split(",")[0])

@@ -21,8 +21,15 @@ def _post(sidecar: Sidecar, content: str = "policy", headers: dict | None = None
 
 def test_key_ignores_order_whitespace_and_non_answer_fields() -> None:
     a = {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 0}
-    b = {"temperature": 0.0, "stream": True, "user": "u1", "metadata": {"a": 1}, "stream_options": {},
-         "messages": [{"content": "x", "role": "user"}], "model": "m"}
+    b = {
+        "temperature": 0.0,
+        "stream": True,
+        "user": "u1",
+        "metadata": {"a": 1},
+        "stream_options": {},
+        "messages": [{"content": "x", "role": "user"}],
+        "model": "m",
+    }
     assert request_key("t", "s", a) == request_key("t", "s", b)
     assert request_key("t", "s", a) != request_key("t", "s", {**a, "temperature": 0.5})
     assert request_key("t", "s", a) != request_key("t", "s", {**a, "tools": [{"type": "function"}]})
@@ -102,8 +109,12 @@ def test_tenants_never_share_an_entry(cached_sidecar, mock_provider) -> None:
     def ask(key: str) -> str:
         return _post(sidecar, headers={"Authorization": f"Bearer {key}"}).headers["x-llm-sidecar-cache"]
 
-    assert [ask("sk-tenant-a"), ask("sk-tenant-b"), ask("sk-tenant-a"), ask("sk-tenant-b")] == \
-        ["miss", "miss", "hit", "hit"]
+    assert [ask("sk-tenant-a"), ask("sk-tenant-b"), ask("sk-tenant-a"), ask("sk-tenant-b")] == [
+        "miss",
+        "miss",
+        "hit",
+        "hit",
+    ]
     assert mock_provider.calls() == 2
 
 
@@ -112,8 +123,13 @@ def test_only_complete_2xx_answers_are_stored(cached_sidecar, mock_provider) -> 
     assert _post(sidecar, headers={"x-mock-status": "400"}).status_code == 400
     assert _post(sidecar).headers["x-llm-sidecar-cache"] == "miss"
     cut = {"stream": True}
-    with httpx.stream("POST", sidecar.openai_base + "/chat/completions", timeout=10, headers={"x-mock-cut-after": "3"},
-                      json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "cut"}], **cut}) as r:
+    with httpx.stream(
+        "POST",
+        sidecar.openai_base + "/chat/completions",
+        timeout=10,
+        headers={"x-mock-cut-after": "3"},
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "cut"}], **cut},
+    ) as r:
         r.read()
     settled(sidecar)
     assert _post(sidecar, "cut", stream=True).headers["x-llm-sidecar-cache"] == "miss"
@@ -186,11 +202,17 @@ def test_no_secret_in_keys_or_values(cached_sidecar, mock_provider, dialect) -> 
     sidecar = cached_sidecar(pass_through=True)
     secret = "sk-secret-tenant-key-9876543210"
     if dialect == "openai":
-        httpx.post(sidecar.openai_base + "/chat/completions", headers={"Authorization": f"Bearer {secret}"},
-                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "s"}]})
+        httpx.post(
+            sidecar.openai_base + "/chat/completions",
+            headers={"Authorization": f"Bearer {secret}"},
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "s"}]},
+        )
     else:
-        httpx.post(sidecar.anthropic_base + "/v1/messages", headers={"x-api-key": secret},
-                   json={"model": "claude-sonnet", "max_tokens": 5, "messages": [{"role": "user", "content": "s"}]})
+        httpx.post(
+            sidecar.anthropic_base + "/v1/messages",
+            headers={"x-api-key": secret},
+            json={"model": "claude-sonnet", "max_tokens": 5, "messages": [{"role": "user", "content": "s"}]},
+        )
     stored(sidecar)
     backend = sidecar.pipeline.cache.backend
     items = list(backend._items.items())
@@ -216,8 +238,10 @@ def test_in_cluster_server_knobs_split_the_key() -> None:
     from proxy.cache.keys import request_key
 
     base = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
-    keys = {request_key("t", "s", {**base, **extra}) for extra in (
-        {}, {"guided_json": {"type": "object"}}, {"min_p": 0.1}, {"options": {"num_ctx": 4096}})}
+    keys = {
+        request_key("t", "s", {**base, **extra})
+        for extra in ({}, {"guided_json": {"type": "object"}}, {"min_p": 0.1}, {"options": {"num_ctx": 4096}})
+    }
     assert len(keys) == 4
     assert request_key("t", "s", {**base, "user": "u1", "stream": True}) == request_key("t", "s", base)
 

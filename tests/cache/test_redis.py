@@ -34,9 +34,12 @@ def test_two_sidecars_share_entries_through_redis(cached_sidecar, mock_provider,
     hit = _post(two.openai_base)
     assert hit.headers["x-llm-sidecar-cache"] == "hit" and hit.json() == first.json()
     # A streamed call on the other sidecar is served from the same JSON entry.
-    with httpx.stream("POST", one.openai_base + "/chat/completions", timeout=10,
-                      json={"model": "gpt-4o-mini", "stream": True,
-                            "messages": [{"role": "user", "content": "redis"}]}) as response:
+    with httpx.stream(
+        "POST",
+        one.openai_base + "/chat/completions",
+        timeout=10,
+        json={"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "redis"}]},
+    ) as response:
         assert response.headers["x-llm-sidecar-cache"] == "hit"
         assert response.read().endswith(b"data: [DONE]\n\n")
     assert mock_provider.calls() == 1
@@ -46,8 +49,9 @@ def test_tenants_are_isolated_in_redis(cached_sidecar, mock_provider, redis) -> 
     sidecar = cached_sidecar(cache=redis_cache(redis.url), pass_through=True)
     statuses = []
     for index, key in enumerate(("sk-a", "sk-b", "sk-a", "sk-b")):
-        statuses.append(_post(sidecar.openai_base, headers={"Authorization": f"Bearer {key}"})
-                        .headers["x-llm-sidecar-cache"])
+        statuses.append(
+            _post(sidecar.openai_base, headers={"Authorization": f"Bearer {key}"}).headers["x-llm-sidecar-cache"]
+        )
         stored(sidecar, min(index + 1, 2))
     assert statuses == ["miss", "miss", "hit", "hit"]
     keys = subprocess.run(["redis-cli", "-p", str(redis.port), "--scan"], capture_output=True, text=True).stdout
@@ -56,8 +60,12 @@ def test_tenants_are_isolated_in_redis(cached_sidecar, mock_provider, redis) -> 
 
 def test_streaming_hit_from_redis_matches_frame_by_frame(cached_sidecar, mock_provider, redis) -> None:
     sidecar = cached_sidecar(cache=redis_cache(redis.url, compress_threshold=256))
-    body = {"model": "claude-sonnet", "max_tokens": 100, "stream": True,
-            "messages": [{"role": "user", "content": "frames from redis"}]}
+    body = {
+        "model": "claude-sonnet",
+        "max_tokens": 100,
+        "stream": True,
+        "messages": [{"role": "user", "content": "frames from redis"}],
+    }
 
     def frames() -> list[bytes]:
         with httpx.stream("POST", sidecar.anthropic_base + "/v1/messages", json=body, timeout=10) as response:
@@ -95,8 +103,10 @@ def test_redis_killed_mid_load_and_restarted(cached_sidecar, mock_provider) -> N
                 index = 0
                 while not stop.is_set():
                     index += 1
-                    response = client.post(sidecar.openai_base + "/chat/completions", json={
-                        "model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{index % 5}"}]})
+                    response = client.post(
+                        sidecar.openai_base + "/chat/completions",
+                        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{index % 5}"}]},
+                    )
                     if response.status_code != 200:
                         failures.append(response.text)
                     statuses.append(response.headers.get("x-llm-sidecar-cache", "?"))
@@ -115,8 +125,10 @@ def test_redis_killed_mid_load_and_restarted(cached_sidecar, mock_provider) -> N
         # Breaker cooldown 0.3 s: the background probe closes the circuit, the empty Redis fills again.
         wait_until(lambda: cache.snapshot()["available"], what="the circuit to close")
         restarted = len(statuses)
-        wait_until(lambda: len(statuses) >= restarted + 20 and statuses[-20:].count("hit") >= 10,
-                   what="hits again after the restart")
+        wait_until(
+            lambda: len(statuses) >= restarted + 20 and statuses[-20:].count("hit") >= 10,
+            what="hits again after the restart",
+        )
         stop.set()
         for thread in threads:
             thread.join(10)
@@ -134,8 +146,11 @@ def test_dead_redis_at_start_fails_open_fast(cached_sidecar, mock_provider, refu
     # Measured against Redis's own timeout, made long, rather than the wall clock: a call that
     # waited on it takes 5 s or more, one that did not takes a small part of that even on a loaded machine.
     timeout = 5.0
-    sidecar = cached_sidecar(cache=redis_cache(f"redis://127.0.0.1:{refused_port.port}/0", local_ttl=0,
-                                               operation_timeout=timeout, breaker_failures=3))
+    sidecar = cached_sidecar(
+        cache=redis_cache(
+            f"redis://127.0.0.1:{refused_port.port}/0", local_ttl=0, operation_timeout=timeout, breaker_failures=3
+        )
+    )
     backend = sidecar.pipeline.cache.backend
     for _ in range(10):
         started = time.perf_counter()
@@ -154,8 +169,12 @@ def _serve(config: dict, directory: Path) -> tuple[subprocess.Popen, str]:
     config = {**config, "server": {**config["server"], "port": port, "admin_port": admin}}
     path = directory / f"sidecar-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(path)], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--config", str(path)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -180,8 +199,9 @@ async def test_three_sidecar_processes_make_one_upstream_call(mock_provider, red
             _wait_up(url, process)
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "fleet-wide burst"}]}
         async with httpx.AsyncClient(timeout=30) as client:
-            responses = await asyncio.gather(*(
-                client.post(started[i % 3][1] + "/v1/chat/completions", json=body) for i in range(30)))
+            responses = await asyncio.gather(
+                *(client.post(started[i % 3][1] + "/v1/chat/completions", json=body) for i in range(30))
+            )
         assert [r.status_code for r in responses] == [200] * 30
         assert mock_provider.calls() == 1
         assert len({r.content for r in responses}) == 1
@@ -205,14 +225,28 @@ def test_decorator_served_from_redis_by_another_process(redis) -> None:
         assert first["computed_by"] == os.getpid() and fetch_llm_response.stats.misses == 1
         assert fetch_llm_response(prompt="What is a sidecar?", model="gpt-4") == first  # same binding, same key
         assert fetch_llm_response.stats.hits == 1
-        other = subprocess.run([sys.executable, "-m", "tests.cache.decorated", "What is a sidecar?"], cwd=ROOT,
-                               env=env, capture_output=True, text=True, timeout=30, check=True)
+        other = subprocess.run(
+            [sys.executable, "-m", "tests.cache.decorated", "What is a sidecar?"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
         result = orjson.loads(other.stdout)
         assert result["value"] == first  # computed here, served from Redis there
         assert result["stats"]["hits"] == 1 and result["stats"]["misses"] == 0
         fetch_llm_response.invalidate("What is a sidecar?")
-        again = subprocess.run([sys.executable, "-m", "tests.cache.decorated", "What is a sidecar?"], cwd=ROOT,
-                               env=env, capture_output=True, text=True, timeout=30, check=True)
+        again = subprocess.run(
+            [sys.executable, "-m", "tests.cache.decorated", "What is a sidecar?"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
         assert orjson.loads(again.stdout)["value"]["computed_by"] != os.getpid()
     finally:
         os.environ.pop("REDIS_URL", None)
@@ -224,8 +258,12 @@ async def test_pipelined_lookups_with_password_and_db() -> None:
     server = RedisServer()
 
     def require_password() -> None:  # after start: the fixture's readiness check pings without one
-        subprocess.run(["redis-cli", "-p", str(server.port), "config", "set", "requirepass", "s3cret"],
-                       check=True, capture_output=True, timeout=5)
+        subprocess.run(
+            ["redis-cli", "-p", str(server.port), "config", "set", "requirepass", "s3cret"],
+            check=True,
+            capture_output=True,
+            timeout=5,
+        )
 
     require_password()
     try:

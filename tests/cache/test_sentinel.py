@@ -53,12 +53,16 @@ def test_sentinel_stores_and_serves_hits(cached_sidecar, mock_provider, redis_se
     _until(lambda: _keys(replica) == 1, 5, "the entry never reached the replica")
 
 
-def test_sentinel_failover_fails_open_then_hits_come_back(cached_sidecar, mock_provider,
-                                                          redis_sentinel: RedisSentinel) -> None:
+def test_sentinel_failover_fails_open_then_hits_come_back(
+    cached_sidecar, mock_provider, redis_sentinel: RedisSentinel
+) -> None:
     sidecar = cached_sidecar(cache=redis_sentinel.cache(local_ttl=0))
     assert _post(sidecar.openai_base, "before").headers["x-llm-sidecar-cache"] == "miss"
-    _until(lambda: _post(sidecar.openai_base, "before").headers["x-llm-sidecar-cache"] == "hit", 5,
-           "no hit before the failover")
+    _until(
+        lambda: _post(sidecar.openai_base, "before").headers["x-llm-sidecar-cache"] == "hit",
+        5,
+        "no hit before the failover",
+    )
     old = redis_sentinel.master()
     old.kill()
 
@@ -79,8 +83,11 @@ def test_sentinel_failover_fails_open_then_hits_come_back(cached_sidecar, mock_p
     new = redis_sentinel.master()
     assert new is not old
     # A new question is stored on the new master and answered from it...
-    _until(lambda: _post(sidecar.openai_base, "after").headers["x-llm-sidecar-cache"] == "hit", 10,
-           "no hit through the promoted master")
+    _until(
+        lambda: _post(sidecar.openai_base, "after").headers["x-llm-sidecar-cache"] == "hit",
+        10,
+        "no hit through the promoted master",
+    )
     assert _keys(new.port) >= 2
     # ...and the entry stored before the failover survived on the promoted replica.
     assert _post(sidecar.openai_base, "before").headers["x-llm-sidecar-cache"] == "hit"
@@ -89,8 +96,14 @@ def test_sentinel_failover_fails_open_then_hits_come_back(cached_sidecar, mock_p
 
 
 def _sentinel_config(deployment: RedisSentinel, **extra) -> CacheConfig:
-    return CacheConfig(backend="redis", redis_mode="sentinel", redis_sentinels=deployment.addresses,
-                       redis_service_name=deployment.service_name, operation_timeout=0.5, **extra)
+    return CacheConfig(
+        backend="redis",
+        redis_mode="sentinel",
+        redis_sentinels=deployment.addresses,
+        redis_service_name=deployment.service_name,
+        operation_timeout=0.5,
+        **extra,
+    )
 
 
 def test_decorator_with_sentinel_backends(redis_sentinel: RedisSentinel) -> None:

@@ -19,9 +19,12 @@ _LINE = st.one_of(
 )
 #: a stream: frames of one or more lines, each frame holding at least one data line
 _FRAMES = st.lists(
-    st.lists(_LINE, min_size=1, max_size=4).map(lambda lines: [*lines, "data: {}"] if not any(
-        line.startswith("data") for line in lines) else lines),
-    min_size=1, max_size=6)
+    st.lists(_LINE, min_size=1, max_size=4).map(
+        lambda lines: [*lines, "data: {}"] if not any(line.startswith("data") for line in lines) else lines
+    ),
+    min_size=1,
+    max_size=6,
+)
 _LINE_END = st.sampled_from(["\n", "\r\n", "\r"])
 
 
@@ -54,7 +57,7 @@ def test_any_chunking_and_line_end_parses_the_same(frames: list[list[str]], line
 @given(frames=_FRAMES, line_end=_LINE_END)
 def test_byte_by_byte(frames: list[list[str]], line_end: str) -> None:
     body = _encode(frames, line_end)
-    assert _parsed([body[i:i + 1] for i in range(len(body))]) == _parsed([_encode(frames, "\n")])
+    assert _parsed([body[i : i + 1] for i in range(len(body))]) == _parsed([_encode(frames, "\n")])
 
 
 def test_crlf_split_between_cr_and_lf_keeps_frames_apart() -> None:

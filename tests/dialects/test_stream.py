@@ -12,21 +12,31 @@ from proxy.mock_provider import Answer, anthropic_events, openai_chat_chunks, op
 ANSWER = Answer(model="m", words=["one", "two", "three"], input_tokens=3, truncated=False, tool=None)
 
 STREAMS = [
-    pytest.param(openai_choices, lambda: openai_chat_chunks(ANSWER, include_usage=True),
-                 format_frame({"error": {"message": "overloaded", "type": "server_error"}}), id="openai-chat"),
-    pytest.param(openai_responses, lambda: openai_response_events(ANSWER),
-                 format_frame({"type": "response.failed", "response": {}}, event="response.failed"),
-                 id="openai-responses"),
-    pytest.param(anthropic_messages, lambda: anthropic_events(ANSWER),
-                 format_frame({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}},
-                              event="error"), id="anthropic"),
+    pytest.param(
+        openai_choices,
+        lambda: openai_chat_chunks(ANSWER, include_usage=True),
+        format_frame({"error": {"message": "overloaded", "type": "server_error"}}),
+        id="openai-chat",
+    ),
+    pytest.param(
+        openai_responses,
+        lambda: openai_response_events(ANSWER),
+        format_frame({"type": "response.failed", "response": {}}, event="response.failed"),
+        id="openai-responses",
+    ),
+    pytest.param(
+        anthropic_messages,
+        lambda: anthropic_events(ANSWER),
+        format_frame({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}, event="error"),
+        id="anthropic",
+    ),
 ]
 
 
 def read(rule, body: bytes, cut: int = 7) -> tuple[AnswerStream, bytes]:
     """Fed in pieces of ``cut`` bytes: the stream, and all it gave back."""
     stream = AnswerStream(rule, {})
-    out = b"".join(stream.feed(body[i:i + cut]) for i in range(0, len(body), cut))
+    out = b"".join(stream.feed(body[i : i + cut]) for i in range(0, len(body), cut))
     return stream, out + stream.close()
 
 

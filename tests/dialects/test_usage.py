@@ -18,8 +18,13 @@ from proxy.mock_provider import (
     openai_response_events,
 )
 
-ANSWER = Answer(model="m", words=["a", "usage", "word", '"usage": {"input_tokens": 999}'], input_tokens=7,
-                truncated=False, tool=None)
+ANSWER = Answer(
+    model="m",
+    words=["a", "usage", "word", '"usage": {"input_tokens": 999}'],
+    input_tokens=7,
+    truncated=False,
+    tool=None,
+)
 
 
 def streamed(frames: list[bytes], cut: int, rule: FrameRule = anthropic_messages) -> dict[str, int]:
@@ -28,18 +33,21 @@ def streamed(frames: list[bytes], cut: int, rule: FrameRule = anthropic_messages
     usage: dict[str, int] = {}
     stream = AnswerStream(rule, usage)
     for start in range(0, len(body), cut):
-        stream.feed(body[start:start + cut])
+        stream.feed(body[start : start + cut])
     stream.close()
     assert stream.fault is None
     return usage
 
 
 @pytest.mark.parametrize("cut", [1, 2, 7, 64, 100_000])
-@pytest.mark.parametrize(("frames", "rule"), [
-    pytest.param(lambda: openai_chat_chunks(ANSWER, include_usage=True), openai_choices, id="openai-chat"),
-    pytest.param(lambda: anthropic_events(ANSWER), anthropic_messages, id="anthropic"),
-    pytest.param(lambda: openai_response_events(ANSWER), openai_responses, id="openai-responses"),
-])
+@pytest.mark.parametrize(
+    ("frames", "rule"),
+    [
+        pytest.param(lambda: openai_chat_chunks(ANSWER, include_usage=True), openai_choices, id="openai-chat"),
+        pytest.param(lambda: anthropic_events(ANSWER), anthropic_messages, id="anthropic"),
+        pytest.param(lambda: openai_response_events(ANSWER), openai_responses, id="openai-responses"),
+    ],
+)
 def test_stream_usage_whatever_the_chunking(frames, rule, cut: int) -> None:
     assert streamed(frames(), cut, rule) == {"input_tokens": 7, "output_tokens": 4}
 
@@ -50,9 +58,11 @@ def test_stream_without_usage_has_none() -> None:
 
 def test_usage_null_frames_and_text_mentioning_usage_are_skipped() -> None:
     """OpenAI sends ``"usage":null`` on every chunk with include_usage; answer text is escaped JSON."""
-    frames = [format_frame({"choices": [{"delta": {"content": '"usage": {"output_tokens": 5}'}}], "usage": None}),
-              format_frame({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}),
-              b"data: [DONE]\n\n"]
+    frames = [
+        format_frame({"choices": [{"delta": {"content": '"usage": {"output_tokens": 5}'}}], "usage": None}),
+        format_frame({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}),
+        b"data: [DONE]\n\n",
+    ]
     assert streamed(frames, 3, openai_choices) == {"input_tokens": 3, "output_tokens": 2}
 
 
@@ -62,18 +72,35 @@ def test_crlf_stream() -> None:
 
 
 def test_anthropic_cached_input_counts_as_input() -> None:
-    frames = [format_frame({"type": "message_start", "message": {"usage": {
-        "input_tokens": 10, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 5, "output_tokens": 1,
-        "cache_creation": {"ephemeral_5m_input_tokens": 5}}}}, event="message_start"),
-              format_frame({"type": "message_delta", "usage": {"output_tokens": 42}}, event="message_delta")]
+    frames = [
+        format_frame(
+            {
+                "type": "message_start",
+                "message": {
+                    "usage": {
+                        "input_tokens": 10,
+                        "cache_read_input_tokens": 100,
+                        "cache_creation_input_tokens": 5,
+                        "output_tokens": 1,
+                        "cache_creation": {"ephemeral_5m_input_tokens": 5},
+                    }
+                },
+            },
+            event="message_start",
+        ),
+        format_frame({"type": "message_delta", "usage": {"output_tokens": 42}}, event="message_delta"),
+    ]
     assert streamed(frames, 11) == {"input_tokens": 115, "output_tokens": 42}
 
 
-@pytest.mark.parametrize("document", [
-    pytest.param(lambda: openai_chat(ANSWER), id="openai-chat"),
-    pytest.param(lambda: anthropic_message(ANSWER), id="anthropic"),
-    pytest.param(lambda: openai_response(ANSWER, "resp_1"), id="openai-responses"),
-])
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param(lambda: openai_chat(ANSWER), id="openai-chat"),
+        pytest.param(lambda: anthropic_message(ANSWER), id="anthropic"),
+        pytest.param(lambda: openai_response(ANSWER, "resp_1"), id="openai-responses"),
+    ],
+)
 def test_json_usage(document) -> None:
     assert answer_usage(orjson.loads(orjson.dumps(document()))) == {"input_tokens": 7, "output_tokens": 4}
 

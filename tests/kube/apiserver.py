@@ -22,8 +22,17 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-VERSION = {"major": "1", "minor": "30", "gitVersion": "v1.30.0", "gitCommit": "stand-in", "gitTreeState": "clean",
-           "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.22", "compiler": "gc", "platform": "linux/amd64"}
+VERSION = {
+    "major": "1",
+    "minor": "30",
+    "gitVersion": "v1.30.0",
+    "gitCommit": "stand-in",
+    "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z",
+    "goVersion": "go1.22",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
 KINDS = {"namespaces": "Namespace", "configmaps": "ConfigMap", "secrets": "Secret"}
 
 
@@ -53,8 +62,11 @@ class Store:
         return obj
 
     def listing(self, kind: str, namespace: str | None, name: str | None) -> list[dict[str, Any]]:
-        return [o for (k, ns, n), o in sorted(self.items.items())
-                if k == kind and (namespace is None or ns == namespace) and (name is None or n == name)]
+        return [
+            o
+            for (k, ns, n), o in sorted(self.items.items())
+            if k == kind and (namespace is None or ns == namespace) and (name is None or n == name)
+        ]
 
 
 def _field_name(request: web.Request) -> str | None:
@@ -63,8 +75,17 @@ def _field_name(request: web.Request) -> str | None:
 
 
 def _not_found(kind: str, name: str) -> web.Response:
-    return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
-                              "code": 404, "message": f'{kind.lower()}s "{name}" not found'}, status=404)
+    return web.json_response(
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "reason": "NotFound",
+            "code": 404,
+            "message": f'{kind.lower()}s "{name}" not found',
+        },
+        status=404,
+    )
 
 
 def build_app(store: Store) -> web.Application:
@@ -84,8 +105,9 @@ def build_app(store: Store) -> web.Application:
             await asyncio.sleep(float(request.query.get("timeoutSeconds", "60")))
             await resp.write_eof()
             return resp
-        return web.json_response({"apiVersion": "v1", "kind": f"{kind}List", "metadata": {"resourceVersion": "1"},
-                                  "items": items})
+        return web.json_response(
+            {"apiVersion": "v1", "kind": f"{kind}List", "metadata": {"resourceVersion": "1"}, "items": items}
+        )
 
     async def create(request: web.Request) -> web.Response:
         obj = await request.json()
@@ -133,8 +155,14 @@ def main() -> None:
             objects += [d for d in yaml.safe_load_all(f) if isinstance(d, dict)]
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
-    web.run_app(build_app(Store(objects)), host=args.host, port=args.port, ssl_context=ctx, access_log=None,
-                print=lambda _: print(f"api server stand-in on https://{args.host}:{args.port}", flush=True))
+    web.run_app(
+        build_app(Store(objects)),
+        host=args.host,
+        port=args.port,
+        ssl_context=ctx,
+        access_log=None,
+        print=lambda _: print(f"api server stand-in on https://{args.host}:{args.port}", flush=True),
+    )
 
 
 if __name__ == "__main__":

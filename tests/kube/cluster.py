@@ -55,8 +55,11 @@ DEFAULT_STORE = "/var/lib/containers/storage"
 
 
 def missing_tools() -> str | None:
-    tools = [t for t in ("podman", "buildah", "unshare", "nsenter", "iptables", "redis-server", "openssl")
-             if not shutil.which(t)]
+    tools = [
+        t
+        for t in ("podman", "buildah", "unshare", "nsenter", "iptables", "redis-server", "openssl")
+        if not shutil.which(t)
+    ]
     if tools:
         return f"needs {', '.join(tools)}"
     return None if os.geteuid() == 0 else "needs root"
@@ -94,15 +97,20 @@ class Cluster:
         # podman's database remembers its run and tmp paths: a kept store keeps them beside it.
         state = self.store.parent / f"{self.store.name}-state" if store else self.dir
         (self.dir / "storage.conf").write_text(
-            f'[storage]\ndriver = "overlay"\nrunroot = "{state}/run"\ngraphroot = "{self.store}"\n')
+            f'[storage]\ndriver = "overlay"\nrunroot = "{state}/run"\ngraphroot = "{self.store}"\n'
+        )
         (state / "tmp").mkdir(parents=True, exist_ok=True)
         (self.dir / "containers.conf").write_text(
             '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n'
             f'[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
             f'events_logfile_path = "{state}/events.log"\ntmp_dir = "{state}/tmp"\n'
-            f'volume_path = "{state}/volumes"\n')
-        self.env = {**os.environ, "CONTAINERS_STORAGE_CONF": str(self.dir / "storage.conf"),
-                    "CONTAINERS_CONF": str(self.dir / "containers.conf")}
+            f'volume_path = "{state}/volumes"\n'
+        )
+        self.env = {
+            **os.environ,
+            "CONTAINERS_STORAGE_CONF": str(self.dir / "storage.conf"),
+            "CONTAINERS_CONF": str(self.dir / "containers.conf"),
+        }
         self.net = NetNS(self.dir, self.hosts)
         self.pods: list[RunningPod] = []
         self._redirects: set[tuple[int, int]] = set()
@@ -113,9 +121,13 @@ class Cluster:
     def podman(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         """podman in a private mount namespace without the cgroup2 mount, joined to the harness's network."""
         script = 'umount /sys/fs/cgroup/unified 2>/dev/null || true; exec nsenter --net=/proc/$0/ns/net podman "$@"'
-        res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script,
-                              str(self.net.holder.pid), *args], env=self.env, capture_output=True, text=True,
-                             timeout=timeout)
+        res = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", script, str(self.net.holder.pid), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and res.returncode != 0:
             raise RuntimeError(f"podman {' '.join(args[:3])}: {res.stderr[-3000:]}")
         return res
@@ -127,25 +139,55 @@ class Cluster:
         for path in sorted(p for p in context.rglob("*") if p.is_file()):
             digest.update(str(path.relative_to(context)).encode() + b"\0" + path.read_bytes())
         label = f"llm-sidecar.e2e.context={digest.hexdigest()}"
-        found = self.podman("image", "inspect", "--format", "{{index .Labels \"llm-sidecar.e2e.context\"}}", tag,
-                            check=False).stdout.strip()
+        found = self.podman(
+            "image", "inspect", "--format", '{{index .Labels "llm-sidecar.e2e.context"}}', tag, check=False
+        ).stdout.strip()
         if found == digest.hexdigest():
             return
         # Overlay mounts stay in a private mount namespace.
-        subprocess.run(["unshare", "-m", "--propagation", "private", "buildah", "bud", "--isolation", "chroot",
-                        "--pull=never", "-f", str(context / dockerfile), "-v", "/etc/ssl/certs:/etc/ssl/certs:ro",
-                        "--label", label, "-t", tag, str(context)],
-                       env=self.env, check=True, timeout=1800, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "buildah",
+                "bud",
+                "--isolation",
+                "chroot",
+                "--pull=never",
+                "-f",
+                str(context / dockerfile),
+                "-v",
+                "/etc/ssl/certs:/etc/ssl/certs:ro",
+                "--label",
+                label,
+                "-t",
+                tag,
+                str(context),
+            ],
+            env=self.env,
+            check=True,
+            timeout=1800,
+            stdout=subprocess.DEVNULL,
+        )
 
     def load_base_image(self, name: str) -> None:
         """Copy an image from the default (vfs) store, where the base image stand-in lives, into this one."""
         if self.podman("image", "exists", name, check=False).returncode == 0:
             return
-        script = ('umount /sys/fs/cgroup/unified 2>/dev/null || true; set -o pipefail; '
-                  f'podman --root {DEFAULT_STORE} --runroot /run/containers/storage --storage-driver vfs '
-                  'save "$0" | podman load')
-        subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", script, name], env=self.env,
-                       check=True, timeout=600, stdout=subprocess.DEVNULL)
+        script = (
+            "umount /sys/fs/cgroup/unified 2>/dev/null || true; set -o pipefail; "
+            f"podman --root {DEFAULT_STORE} --runroot /run/containers/storage --storage-driver vfs "
+            'save "$0" | podman load'
+        )
+        subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "bash", "-c", script, name],
+            env=self.env,
+            check=True,
+            timeout=600,
+            stdout=subprocess.DEVNULL,
+        )
 
     def build_project_image(self, tag: str) -> None:
         """The Dockerfile, built from what a clean checkout has (the files the image copies)."""
@@ -164,8 +206,26 @@ class Cluster:
     def service_port(self, port: int, target: int) -> None:
         """A Service's port mapped to its pods' target port (kube-proxy's part)."""
         if port != target and (port, target) not in self._redirects:
-            self.net.run(["iptables", "-t", "nat", "-A", "OUTPUT", "-o", "lo", "-p", "tcp", "--dport", str(port),
-                          "-j", "REDIRECT", "--to-ports", str(target)], check=True)
+            self.net.run(
+                [
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "OUTPUT",
+                    "-o",
+                    "lo",
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    str(port),
+                    "-j",
+                    "REDIRECT",
+                    "--to-ports",
+                    str(target),
+                ],
+                check=True,
+            )
             self._redirects.add((port, target))
 
     def start_process(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen:
@@ -176,9 +236,23 @@ class Cluster:
         path = self.dir / "api-objects.yaml"
         path.write_text(yaml.safe_dump_all(objects))
         self.api_ca = tls["ca"]
-        self.start_process("apiserver", [sys.executable, "-m", "tests.kube.apiserver", "--port", str(API_PORT),
-                                         "--cert", str(tls["cert"]), "--key", str(tls["key"]),
-                                         "--objects", str(path)], cwd=ROOT)
+        self.start_process(
+            "apiserver",
+            [
+                sys.executable,
+                "-m",
+                "tests.kube.apiserver",
+                "--port",
+                str(API_PORT),
+                "--cert",
+                str(tls["cert"]),
+                "--key",
+                str(tls["key"]),
+                "--objects",
+                str(path),
+            ],
+            cwd=ROOT,
+        )
         self.net.http(f"https://127.0.0.1:{API_PORT}/version", cafile=str(tls["ca"]))
 
     def api_get(self, path: str) -> dict[str, Any]:
@@ -188,9 +262,17 @@ class Cluster:
 
     # --- pods -----------------------------------------------------------------------------
 
-    def run_pod(self, name: str, obj: Mapping[str, Any], spec: Mapping[str, Any], docs: list[dict[str, Any]],
-                images: Mapping[str, str] | None = None, entrypoints: Mapping[str, list[str]] | None = None,
-                secrets: Mapping[str, dict[str, bytes]] | None = None, probe_deadline: float = 180) -> RunningPod:
+    def run_pod(
+        self,
+        name: str,
+        obj: Mapping[str, Any],
+        spec: Mapping[str, Any],
+        docs: list[dict[str, Any]],
+        images: Mapping[str, str] | None = None,
+        entrypoints: Mapping[str, list[str]] | None = None,
+        secrets: Mapping[str, dict[str, bytes]] | None = None,
+        probe_deadline: float = 180,
+    ) -> RunningPod:
         """Start a pod spec as the kubelet would (see the module doc); returns once its containers started.
 
         ``docs`` holds the ConfigMaps and Secrets its volumes and env name; ``images`` maps an image the
@@ -227,9 +309,17 @@ class Cluster:
 class RunningPod:
     """The containers of one pod started by :meth:`Cluster.run_pod`."""
 
-    def __init__(self, cluster: Cluster, name: str, obj: Mapping[str, Any], spec: Mapping[str, Any],
-                 docs: list[dict[str, Any]], images: dict[str, str], entrypoints: dict[str, list[str]],
-                 secrets: Mapping[str, dict[str, bytes]] | None) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        name: str,
+        obj: Mapping[str, Any],
+        spec: Mapping[str, Any],
+        docs: list[dict[str, Any]],
+        images: dict[str, str],
+        entrypoints: dict[str, list[str]],
+        secrets: Mapping[str, dict[str, bytes]] | None,
+    ) -> None:
         self.cluster, self.name, self.obj, self.spec = cluster, name, obj, spec
         self.docs, self.images, self.entrypoints, self.secrets = docs, images, entrypoints, secrets
         self.root = cluster.dir / "pods" / name
@@ -245,8 +335,15 @@ class RunningPod:
         self.layouts[c["name"]] = layout
         pod_sc = self.spec.get("securityContext") or {}
         sc = {**pod_sc, **(c.get("securityContext") or {})}
-        args = ["run", "-d", "--name", self.container_name(c["name"]), "--network", "host",
-                *(f"--add-host={h}:127.0.0.1" for h in self.cluster.hosts)]
+        args = [
+            "run",
+            "-d",
+            "--name",
+            self.container_name(c["name"]),
+            "--network",
+            "host",
+            *(f"--add-host={h}:127.0.0.1" for h in self.cluster.hosts),
+        ]
         if "runAsUser" in sc:
             args.append(f"--user={sc['runAsUser']}:{sc.get('runAsGroup', sc['runAsUser'])}")
         if sc.get("readOnlyRootFilesystem"):
@@ -260,8 +357,11 @@ class RunningPod:
             if "emptyDir" in volumes.get(m["name"], {}):
                 args.append(f"--tmpfs={m['mountPath']}:rw,mode=1777")
             else:
-                args.append(f"--volume={layout.root}{m['mountPath']}:{m['mountPath']}:ro"
-                            if m.get("readOnly") else f"--volume={layout.root}{m['mountPath']}:{m['mountPath']}")
+                args.append(
+                    f"--volume={layout.root}{m['mountPath']}:{m['mountPath']}:ro"
+                    if m.get("readOnly")
+                    else f"--volume={layout.root}{m['mountPath']}:{m['mountPath']}"
+                )
         sa = self.root / "serviceaccount"
         if not sa.exists():
             sa.mkdir(parents=True)
@@ -295,8 +395,9 @@ class RunningPod:
                 status, body = self.cluster.net.http(url, verify=False, deadline=5)
                 break
             except AssertionError as exc:
-                state = self.cluster.podman("inspect", "--format", "{{.State.Status}}",
-                                            self.container_name(c["name"]), check=False).stdout.strip()
+                state = self.cluster.podman(
+                    "inspect", "--format", "{{.State.Status}}", self.container_name(c["name"]), check=False
+                ).stdout.strip()
                 if state != "running" or time.monotonic() > end:
                     raise AssertionError(f"{self.name}/{c['name']} is {state}: {exc}\n{self.logs(c['name'])}") from None
         assert status == 200, f"{self.name}/{c['name']} {kind}: {status} {body[:300]!r}\n{self.logs(c['name'])}"

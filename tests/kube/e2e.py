@@ -90,15 +90,26 @@ print(json.dumps(seen))
 
 
 def review(pod: dict[str, Any]) -> bytes:
-    return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"}, "namespace": APP_NAMESPACE,
-        "operation": "CREATE", "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-        "object": pod}}).encode()
+    return json.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": str(uuid.uuid4()),
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": APP_NAMESPACE,
+                "operation": "CREATE",
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                "object": pod,
+            },
+        }
+    ).encode()
 
 
-def _review(cluster: Cluster, docs: list[dict[str, Any]], obj: dict[str, Any],
-            spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _review(
+    cluster: Cluster, docs: list[dict[str, Any]], obj: dict[str, Any], spec: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The pod created for ``obj`` (by its controller, or ``obj`` itself for a Pod) and the webhook's
     AdmissionReview response, called as the API server calls it: the Service name and port the
     webhook configuration names, trusting its caBundle."""
@@ -129,8 +140,9 @@ def total(samples: dict[tuple[str, tuple], float], name: str, **labels: str) -> 
 class Stage:
     """The running cluster side; see the module doc."""
 
-    def __init__(self, cluster: Cluster, docs: list[dict[str, Any]], examples: dict[str, list[dict[str, Any]]],
-                 timer: Timer) -> None:
+    def __init__(
+        self, cluster: Cluster, docs: list[dict[str, Any]], examples: dict[str, list[dict[str, Any]]], timer: Timer
+    ) -> None:
         self.cluster, self.docs, self.examples, self.timer = cluster, docs, examples, timer
 
     def review(self, obj: dict[str, Any], spec: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict]:
@@ -145,8 +157,10 @@ class Stage:
 
     def namespace_objects(self, namespace: str = APP_NAMESPACE) -> list[dict[str, Any]]:
         """The sidecar's ConfigMap and keys Secret in ``namespace``, as the injector copied them there."""
-        return [self.cluster.api_get(f"/api/v1/namespaces/{namespace}/configmaps/llm-sidecar-config"),
-                self.cluster.api_get(f"/api/v1/namespaces/{namespace}/secrets/llm-sidecar-keys")]
+        return [
+            self.cluster.api_get(f"/api/v1/namespaces/{namespace}/configmaps/llm-sidecar-config"),
+            self.cluster.api_get(f"/api/v1/namespaces/{namespace}/secrets/llm-sidecar-keys"),
+        ]
 
     def run(self, name: str, obj: dict[str, Any], pod: dict[str, Any], namespace: str = APP_NAMESPACE) -> RunningPod:
         """Run a patched pod (from :meth:`admit`) in ``namespace`` with that namespace's copies mounted."""
@@ -159,8 +173,11 @@ class Stage:
         return body.decode()
 
     def metrics(self, port: int) -> dict[tuple[str, tuple], float]:
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for f in text_string_to_metric_families(self.metrics_text(port)) for s in f.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(self.metrics_text(port))
+            for s in f.samples
+        }
 
     def mock_stats(self) -> dict[str, Any]:
         status, body = self.cluster.net.http("http://mock-provider.llm-sidecar.svc:8000/_mock/stats")
@@ -175,16 +192,31 @@ def stage(helm: str, timer: Timer | None = None) -> Iterator[Stage]:
     what it is built from changed.
     """
     timer = timer or Timer()
-    rendered = subprocess.run([helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-                               "--kube-version", "1.30.0", "-f", str(EXAMPLES / "values-kind.yaml")],
-                              capture_output=True, text=True, check=True).stdout
+    rendered = subprocess.run(
+        [
+            helm,
+            "template",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            "--kube-version",
+            "1.30.0",
+            "-f",
+            str(EXAMPLES / "values-kind.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     docs = documents(rendered)
     timer.phase("helm template")
     examples = {f.stem: documents(f.read_text()) for f in EXAMPLES.glob("*.yaml") if f.stem != "values-kind"}
     services = [d for d in docs + examples["mock-provider"] if d["kind"] == "Service"]
     store = Path(os.environ["E2E_STORE"]) if os.environ.get("E2E_STORE") else None
-    cluster = Cluster(hosts=[f"{s['metadata']['name']}.{s['metadata']['namespace']}.svc" for s in services],
-                      store=store)
+    cluster = Cluster(
+        hosts=[f"{s['metadata']['name']}.{s['metadata']['namespace']}.svc" for s in services], store=store
+    )
     try:
         injector_obj, injector_spec = pod_of(docs, "Deployment", f"{RELEASE}-injector")
         image = injector_spec["containers"][0]["image"]
@@ -200,16 +232,25 @@ def stage(helm: str, timer: Timer | None = None) -> Iterator[Stage]:
         # API server stand-in, kube-proxy's Service ports, Redis, the mock provider, the injector.
         (cluster.dir / "api-tls").mkdir()
         tls = make_ca(cluster.dir / "api-tls", [])
-        ns_objects = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
-                      *examples["namespace"]]
+        ns_objects = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
+            *examples["namespace"],
+        ]
         cluster.start_apiserver(docs + ns_objects, tls)
         for s in services:
-            _, spec = next((o, sp) for o, sp in workloads(docs + examples["mock-provider"])
-                           if o["metadata"]["namespace"] == s["metadata"]["namespace"]
-                           and s["spec"]["selector"].items() <= pod_labels(o).items())
+            _, spec = next(
+                (o, sp)
+                for o, sp in workloads(docs + examples["mock-provider"])
+                if o["metadata"]["namespace"] == s["metadata"]["namespace"]
+                and s["spec"]["selector"].items() <= pod_labels(o).items()
+            )
             for p in s["spec"]["ports"]:
-                port = next(q["containerPort"] for c in containers(spec) for q in c.get("ports") or []
-                            if p["targetPort"] in (q.get("name"), q["containerPort"]))
+                port = next(
+                    q["containerPort"]
+                    for c in containers(spec)
+                    for q in c.get("ports") or []
+                    if p["targetPort"] in (q.get("name"), q["containerPort"])
+                )
                 cluster.service_port(p["port"], port)
         _, redis_spec = pod_of(docs, "StatefulSet", f"{RELEASE}-redis")
         # No redis image here: this machine's redis-server runs the StatefulSet's args.

@@ -55,10 +55,12 @@ def main(spec_path: str) -> int:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     result: dict = {}
     exe = spec["exe"]
-    mock = subprocess.Popen([exe, "mock-provider", "--port", str(spec["mock_port"])],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sidecar = subprocess.Popen([exe, *spec["sidecar_argv"]], env=spec["env"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    mock = subprocess.Popen(
+        [exe, "mock-provider", "--port", str(spec["mock_port"])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    sidecar = subprocess.Popen(
+        [exe, *spec["sidecar_argv"]], env=spec["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     app: list[socket.socket] = []
     try:
         deadline = time.monotonic() + spec.get("timeout", 60)

@@ -88,15 +88,23 @@ def port_of(container: Mapping[str, Any], port: int | str) -> int | None:
 class Pod:
     """One container of a rendered pod, laid out on this machine: its files, env and args."""
 
-    def __init__(self, obj: Mapping[str, Any], spec: Mapping[str, Any], container: Mapping[str, Any],
-                 docs: list[dict[str, Any]], root: Path, secrets: Mapping[str, dict[str, bytes]] | None = None) -> None:
+    def __init__(
+        self,
+        obj: Mapping[str, Any],
+        spec: Mapping[str, Any],
+        container: Mapping[str, Any],
+        docs: list[dict[str, Any]],
+        root: Path,
+        secrets: Mapping[str, dict[str, bytes]] | None = None,
+    ) -> None:
         self.obj, self.spec, self.container = obj, spec, container
         self.namespace = obj["metadata"].get("namespace", "default")
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.mounts = sorted({m["mountPath"] for m in container.get("volumeMounts") or []}, key=len, reverse=True)
-        self._pattern = re.compile("|".join(rf"(?<![\w.-]){re.escape(m)}(?![\w.-])" for m in self.mounts)) \
-            if self.mounts else None
+        self._pattern = (
+            re.compile("|".join(rf"(?<![\w.-]){re.escape(m)}(?![\w.-])" for m in self.mounts)) if self.mounts else None
+        )
         self._docs, self._secrets = docs, dict(secrets or {})
         self._write_volumes()
 
@@ -142,8 +150,7 @@ class Pod:
                 env.update({k: v.decode() for k, v in self.secret(source["secretRef"]["name"]).items()})
             elif "configMapRef" in source:
                 env.update({k: v.decode() for k, v in self.config_map(source["configMapRef"]["name"]).items()})
-        fields = {"metadata.namespace": self.namespace,
-                  "metadata.name": self.obj["metadata"].get("name", "pod")}
+        fields = {"metadata.namespace": self.namespace, "metadata.name": self.obj["metadata"].get("name", "pod")}
         for var in self.container.get("env") or []:
             if "value" in var:
                 env[var["name"]] = self.rewrite(str(var["value"]))
@@ -166,17 +173,60 @@ class Pod:
 
 def make_ca(d: Path, names: list[str]) -> dict[str, Path]:
     """A test CA and a serving certificate for 127.0.0.1 and ``names`` (stands in for cert-manager)."""
+
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
 
-    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-        "-subj", "/CN=test-ca", "-keyout", "ca.key", "-out", "ca.crt")
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    )
     sans = ",".join(["IP:127.0.0.1", *(f"DNS:{n}" for n in names)])
     (d / "ext.cnf").write_text(f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n")
-    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=serving",
-        "-keyout", "tls.key", "-out", "tls.csr")
-    run("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-        "-extfile", "ext.cnf", "-out", "tls.crt")
+    run(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=serving",
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.csr",
+    )
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "tls.crt",
+    )
     return {"ca": d / "ca.crt", "cert": d / "tls.crt", "key": d / "tls.key"}
 
 
@@ -186,9 +236,8 @@ class NetNS:
     def __init__(self, workdir: Path, hosts: list[str] = ()) -> None:
         hosts_file = workdir / "hosts"
         hosts_file.write_text("127.0.0.1 localhost " + " ".join(hosts) + "\n::1 localhost\n")
-        script = f'mount --bind {hosts_file} /etc/hosts && ip link set lo up && exec sleep infinity'
-        self.holder = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private",
-                                        "sh", "-c", script])
+        script = f"mount --bind {hosts_file} /etc/hosts && ip link set lo up && exec sleep infinity"
+        self.holder = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c", script])
         self.enter = ["nsenter", "-t", str(self.holder.pid), "--net", "--mount"]
         deadline = time.monotonic() + 10
         while self.run(["ip", "-o", "link", "show", "lo", "up"]).stdout.strip() == "":
@@ -211,21 +260,44 @@ class NetNS:
         self.processes.append(proc)
         return proc
 
-    def http(self, url: str, *, method: str = "GET", body: bytes | None = None, cafile: str | None = None,
-             verify: bool = True, deadline: float = 180, any_status: bool = False) -> tuple[int, bytes]:
+    def http(
+        self,
+        url: str,
+        *,
+        method: str = "GET",
+        body: bytes | None = None,
+        cafile: str | None = None,
+        verify: bool = True,
+        deadline: float = 180,
+        any_status: bool = False,
+    ) -> tuple[int, bytes]:
         """Call ``url`` from inside the namespace until it answers (status < 500, or any with ``any_status``).
 
         The deadline is generous: on a loaded machine the injector takes a minute to start.
         """
-        res = self.run([sys.executable, "-c", _HTTP, url, method, cafile or "", "1" if verify else "0",
-                        str(deadline), "1" if any_status else "0"], input=body or b"", text=False,
-                       timeout=deadline + 30)
+        res = self.run(
+            [
+                sys.executable,
+                "-c",
+                _HTTP,
+                url,
+                method,
+                cafile or "",
+                "1" if verify else "0",
+                str(deadline),
+                "1" if any_status else "0",
+            ],
+            input=body or b"",
+            text=False,
+            timeout=deadline + 30,
+        )
         if res.returncode != 0:
             # What the namespace looked like, so that a failure explains itself.
             sockets = self.run(["ss", "-ltnp"]).stdout
             nat = self.run(["iptables", "-t", "nat", "-S", "OUTPUT"]).stdout
-            raise AssertionError(f"{method} {url}: {res.stderr.decode(errors='replace')[-2000:]}\n"
-                                 f"listening:\n{sockets}\nnat:\n{nat}")
+            raise AssertionError(
+                f"{method} {url}: {res.stderr.decode(errors='replace')[-2000:]}\nlistening:\n{sockets}\nnat:\n{nat}"
+            )
         status, _, payload = res.stdout.partition(b"\n")
         return int(status), payload
 

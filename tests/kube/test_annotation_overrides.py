@@ -43,13 +43,35 @@ def webhook(helm: str, test_ca: dict[str, Path], tmp_path: Path) -> Iterator[Cal
             return started[chart]
         rendered = docs(render(helm, *chart).stdout)
         settings = tmp_path / f"injector-{len(started)}.yaml"
-        settings.write_text(next(d["data"]["injector.yaml"] for d in rendered
-                                 if d["kind"] == "ConfigMap" and "injector.yaml" in d["data"]))
+        settings.write_text(
+            next(
+                d["data"]["injector.yaml"]
+                for d in rendered
+                if d["kind"] == "ConfigMap" and "injector.yaml" in d["data"]
+            )
+        )
         port = free_port()
-        processes.append(subprocess.Popen(
-            [EXE, "webhook", "--port", str(port), "--tls-cert-file", str(test_ca["cert"]),
-             "--tls-key-file", str(test_ca["key"]), "--no-kube", "--kube-version", "1.30", "--settings", str(settings)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        processes.append(
+            subprocess.Popen(
+                [
+                    EXE,
+                    "webhook",
+                    "--port",
+                    str(port),
+                    "--tls-cert-file",
+                    str(test_ca["cert"]),
+                    "--tls-key-file",
+                    str(test_ca["key"]),
+                    "--no-kube",
+                    "--kube-version",
+                    "1.30",
+                    "--settings",
+                    str(settings),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         url = f"https://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
@@ -66,8 +88,10 @@ def webhook(helm: str, test_ca: dict[str, Path], tmp_path: Path) -> Iterator[Cal
         app: dict[str, Any] = {"name": "app", "image": "app:1"}
         if ports:
             app["ports"] = [{"containerPort": port} for port in ports]
-        pod = {"metadata": {"generateName": "app-", "annotations": {PREFIX + "inject": "enabled", **annotations}},
-               "spec": {"containers": [app]}}
+        pod = {
+            "metadata": {"generateName": "app-", "annotations": {PREFIX + "inject": "enabled", **annotations}},
+            "spec": {"containers": [app]},
+        }
         body = json.dumps(review_for(pod, "demo-app")).encode()
         request = urllib.request.Request(f"{url_for(chart)}/mutate", body, {"content-type": "application/json"})
         response = json.load(urllib.request.urlopen(request, context=ctx, timeout=10))["response"]
@@ -82,16 +106,20 @@ def webhook(helm: str, test_ca: dict[str, Path], tmp_path: Path) -> Iterator[Cal
         process.wait(10)
 
 
-@pytest.mark.parametrize(("annotations", "named"), [
-    ({"memory-limit": "lots"}, "memory-limit"),
-    ({"cpu-request": "1 core"}, "cpu-request"),
-    ({"memory-request": "64mb"}, "memory-request"),
-    ({"memory-limit": "32Mi"}, "memory-limit"),          # below the chart's request, 64Mi
-    ({"memory-request": "512Mi"}, "memory-request"),     # above the chart's limit, 256Mi
-    ({"cpu-request": "2", "cpu-limit": "500m"}, "cpu-request and llm-sidecar.io/cpu-limit"),
-])
-def test_a_bad_resource_override_means_no_injection_and_a_warning(webhook, annotations: dict[str, str],
-                                                                  named: str) -> None:
+@pytest.mark.parametrize(
+    ("annotations", "named"),
+    [
+        ({"memory-limit": "lots"}, "memory-limit"),
+        ({"cpu-request": "1 core"}, "cpu-request"),
+        ({"memory-request": "64mb"}, "memory-request"),
+        ({"memory-limit": "32Mi"}, "memory-limit"),  # below the chart's request, 64Mi
+        ({"memory-request": "512Mi"}, "memory-request"),  # above the chart's limit, 256Mi
+        ({"cpu-request": "2", "cpu-limit": "500m"}, "cpu-request and llm-sidecar.io/cpu-limit"),
+    ],
+)
+def test_a_bad_resource_override_means_no_injection_and_a_warning(
+    webhook, annotations: dict[str, str], named: str
+) -> None:
     answer = webhook({PREFIX + k: v for k, v in annotations.items()})
     assert "patch" not in answer
     (warning,) = answer["warnings"]
@@ -99,11 +127,12 @@ def test_a_bad_resource_override_means_no_injection_and_a_warning(webhook, annot
 
 
 def test_good_resource_overrides_are_applied(webhook) -> None:
-    answer = webhook({PREFIX + "memory-request": "128Mi", PREFIX + "memory-limit": "0.5Gi",
-                      PREFIX + "cpu-limit": "1"})
+    answer = webhook({PREFIX + "memory-request": "128Mi", PREFIX + "memory-limit": "0.5Gi", PREFIX + "cpu-limit": "1"})
     sidecar = answer["pod"]["spec"]["initContainers"][0]
-    assert sidecar["resources"] == {"requests": {"cpu": "50m", "memory": "128Mi"},
-                                    "limits": {"memory": "0.5Gi", "cpu": "1"}}
+    assert sidecar["resources"] == {
+        "requests": {"cpu": "50m", "memory": "128Mi"},
+        "limits": {"memory": "0.5Gi", "cpu": "1"},
+    }
 
 
 def test_the_image_annotation_needs_the_chart_to_allow_it(webhook) -> None:
@@ -125,4 +154,7 @@ def test_a_declared_port_clash_means_no_injection_and_a_warning_that_says_how_to
     assert sidecar["args"][-4:] == ["--port", "15180", "--admin-port", "15290"]
     assert moved["pod"]["metadata"]["annotations"]["prometheus.io/port"] == "15290"
     bad = webhook({PREFIX + "proxy-port": "15190"})  # the same port twice
-    assert "patch" not in bad and "llm-sidecar.io/proxy-port and llm-sidecar.io/admin-port: the two ports must differ" in bad["warnings"][0]
+    assert (
+        "patch" not in bad
+        and "llm-sidecar.io/proxy-port and llm-sidecar.io/admin-port: the two ports must differ" in bad["warnings"][0]
+    )

@@ -12,8 +12,12 @@ import yaml
 from proxy.kube.sidecar import SidecarSettings
 from tests.kube.conftest import CHART, KUBE_VERSIONS, ROOT
 
-MONITORING = ["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
-              "--api-versions", "monitoring.coreos.com/v1/PodMonitor"]
+MONITORING = [
+    "--api-versions",
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "--api-versions",
+    "monitoring.coreos.com/v1/PodMonitor",
+]
 SCENARIOS: dict[str, list[str]] = {
     "defaults": [],
     "redis-in-chart": ["--set", "redis.enabled=true", "--set", "redis.storage=1Gi"],
@@ -22,14 +26,23 @@ SCENARIOS: dict[str, list[str]] = {
     "cert-manager": ["--set", "webhook.certManager.enabled=true", "--set", "keys.mode=passthrough"],
     "servicemonitor": [*MONITORING, "--set", "gateway.enabled=true"],
     "no-sync": ["--set", "injector.syncNamespaces=false"],
-    "gateway-only": ["--set", "injector.enabled=false", "--set", "gateway.enabled=true",
-                     "--set", "gateway.autoscaling.enabled=false"],
+    "gateway-only": [
+        "--set",
+        "injector.enabled=false",
+        "--set",
+        "gateway.enabled=true",
+        "--set",
+        "gateway.autoscaling.enabled=false",
+    ],
 }
 
 
 def render(helm: str, *args: str, kube: str = "1.30.0") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([helm, "template", "llm", str(CHART), "--namespace", "llm-sidecar",
-                           "--kube-version", kube, *args], capture_output=True, text=True)
+    return subprocess.run(
+        [helm, "template", "llm", str(CHART), "--namespace", "llm-sidecar", "--kube-version", kube, *args],
+        capture_output=True,
+        text=True,
+    )
 
 
 def docs(text: str) -> list[dict]:
@@ -64,12 +77,15 @@ def test_scenarios_produce_what_they_promise(helm: str) -> None:
     assert "ServiceMonitor" not in kinds(render(helm, "--set", "gateway.enabled=true").stdout)
     assert {"ServiceMonitor", "PodMonitor"} <= kinds(render(helm, *SCENARIOS["servicemonitor"]).stdout)
     assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"} <= kinds(
-        render(helm, *SCENARIOS["gateway"]).stdout)
+        render(helm, *SCENARIOS["gateway"]).stdout
+    )
     assert {"StatefulSet"} <= kinds(render(helm, *SCENARIOS["redis-in-chart"]).stdout)
     cm = render(helm, *SCENARIOS["cert-manager"]).stdout
     assert {"Certificate", "Issuer"} <= kinds(cm)
     hook = next(d for d in docs(cm) if d["kind"] == "MutatingWebhookConfiguration")
-    assert hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "llm-sidecar/llm-llm-sidecar-injector-tls"
+    assert (
+        hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "llm-sidecar/llm-llm-sidecar-injector-tls"
+    )
 
 
 def test_sidecar_config_file(helm: str) -> None:
@@ -81,7 +97,10 @@ def test_sidecar_config_file(helm: str) -> None:
     assert default["server"]["host"] == "127.0.0.1" and default["server"]["admin_port"] == 15190
     assert default["cache"] == {"backend": "memory"}
     assert default["model_groups"]["gpt-4o-mini"]["endpoints"][0]["api_key_env"] == "OPENAI_API_KEY"
-    assert config(*SCENARIOS["redis-in-chart"])["cache"]["redis_url"] == "redis://llm-llm-sidecar-redis.llm-sidecar.svc:6379/0"
+    assert (
+        config(*SCENARIOS["redis-in-chart"])["cache"]["redis_url"]
+        == "redis://llm-llm-sidecar-redis.llm-sidecar.svc:6379/0"
+    )
     gw = config(*SCENARIOS["gateway"], key="gateway.yaml")
     assert gw["server"]["host"] == "0.0.0.0"
     assert gw["model_groups"]["gpt-4o-mini"]["endpoints"][0]["api_key_file"].endswith("/OPENAI_API_KEY")
@@ -99,8 +118,9 @@ def test_webhook_configuration(helm: str) -> None:
 
 def test_chart_and_code_agree_on_sidecar_defaults(helm: str) -> None:
     """The chart is the source of truth: its rendered injector settings equal the code's defaults."""
-    cm = next(d for d in docs(render(helm).stdout) if d["metadata"]["name"].endswith("-injector")
-              and d["kind"] == "ConfigMap")
+    cm = next(
+        d for d in docs(render(helm).stdout) if d["metadata"]["name"].endswith("-injector") and d["kind"] == "ConfigMap"
+    )
     rendered = SidecarSettings.from_mapping(yaml.safe_load(cm["data"]["injector.yaml"])["sidecar"])
     assert rendered == SidecarSettings(own_namespace="llm-sidecar")
 

@@ -68,8 +68,9 @@ def _render_sources(helm: str) -> dict[str, list[dict[str, Any]]]:
         assert res.returncode == 0, res.stderr
         out[f"chart:{name}"] = documents(res.stdout)
     out["k8s/llm-sidecar.yaml"] = documents((ROOT / "k8s" / "llm-sidecar.yaml").read_text())
-    out["k8s/examples"] = [d for f in sorted(EXAMPLES.glob("*.yaml")) if f.name != "values-kind.yaml"
-                           for d in documents(f.read_text())]
+    out["k8s/examples"] = [
+        d for f in sorted(EXAMPLES.glob("*.yaml")) if f.name != "values-kind.yaml" for d in documents(f.read_text())
+    ]
     return out
 
 
@@ -96,21 +97,41 @@ def test_every_container_is_run_somewhere(helm: str) -> None:
 
 
 def kubeconfig(path: Path, ca: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": f"https://127.0.0.1:{API_PORT}",
-                                                  "certificate-authority": str(ca)}}],
-        "users": [{"name": "test", "user": {"token": "test"}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "test",
+                "clusters": [
+                    {
+                        "name": "test",
+                        "cluster": {"server": f"https://127.0.0.1:{API_PORT}", "certificate-authority": str(ca)},
+                    }
+                ],
+                "users": [{"name": "test", "user": {"token": "test"}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+            }
+        )
+    )
     return path
 
 
 def review(pod: dict[str, Any], namespace: str) -> bytes:
-    return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"}, "namespace": namespace,
-        "operation": "CREATE", "object": pod}}).encode()
+    return json.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": str(uuid.uuid4()),
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": namespace,
+                "operation": "CREATE",
+                "object": pod,
+            },
+        }
+    ).encode()
 
 
 def example_pods() -> dict[str, dict[str, Any]]:
@@ -118,8 +139,7 @@ def example_pods() -> dict[str, dict[str, Any]]:
     pods = {}
     for obj, spec in workloads(documents((EXAMPLES / "app.yaml").read_text())):
         if obj["kind"] in ("Deployment", "Job"):
-            meta = {"generateName": obj["metadata"]["name"] + "-",
-                    "annotations": {"llm-sidecar.io/inject": "enabled"}}
+            meta = {"generateName": obj["metadata"]["name"] + "-", "annotations": {"llm-sidecar.io/inject": "enabled"}}
             pods[obj["kind"]] = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
     return pods
 
@@ -170,29 +190,75 @@ def run_manifests(docs: list[dict[str, Any]], tmp: Path) -> None:
         for s in services:
             for p in s["spec"]["ports"]:
                 target = p.get("targetPort", p["port"])
-                pod_port = next((port for _, spec in workloads(docs) for c in containers(spec)
-                                 if (port := port_of(c, target))), None)
+                pod_port = next(
+                    (port for _, spec in workloads(docs) for c in containers(spec) if (port := port_of(c, target))),
+                    None,
+                )
                 if pod_port and pod_port != p["port"]:
-                    ns.run(["iptables", "-t", "nat", "-A", "OUTPUT", "-o", "lo", "-p", "tcp", "--dport",
-                            str(p["port"]), "-j", "REDIRECT", "--to-ports", str(pod_port)], check=True)
+                    ns.run(
+                        [
+                            "iptables",
+                            "-t",
+                            "nat",
+                            "-A",
+                            "OUTPUT",
+                            "-o",
+                            "lo",
+                            "-p",
+                            "tcp",
+                            "--dport",
+                            str(p["port"]),
+                            "-j",
+                            "REDIRECT",
+                            "--to-ports",
+                            str(pod_port),
+                        ],
+                        check=True,
+                    )
         release_ns = next((o["metadata"].get("namespace") for o, _ in workloads(docs)), "llm-sidecar")
         given = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": release_ns}}]
         if settings := next((d for d in docs if "injector.yaml" in (d.get("data") or {})), None):
             sidecar = yaml.safe_load(settings["data"]["injector.yaml"])["sidecar"]
             if sidecar["keysMode"] != "passthrough" and not find(docs, "Secret", sidecar["keysSecret"]):
                 # keys.existingSecret: the Secret the user creates before installing (README, Install)
-                given.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {
-                    "name": sidecar["keysSecret"], "namespace": release_ns}, "stringData": {"OPENAI_API_KEY": "sk-t"}})
+                given.append(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Secret",
+                        "type": "Opaque",
+                        "metadata": {"name": sidecar["keysSecret"], "namespace": release_ns},
+                        "stringData": {"OPENAI_API_KEY": "sk-t"},
+                    }
+                )
         (tmp / "namespaces.yaml").write_text(yaml.safe_dump_all(given))
         (tmp / "objects.yaml").write_text(yaml.safe_dump_all(docs))
-        api = ns.popen([sys.executable, "-m", "tests.kube.apiserver", "--port", str(API_PORT), "--cert",
-                        str(tls["cert"]), "--key", str(tls["key"]), "--objects", str(tmp / "objects.yaml"),
-                        str(tmp / "namespaces.yaml"), str(EXAMPLES / "namespace.yaml")], tmp / "api.log", cwd=ROOT)
+        api = ns.popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.kube.apiserver",
+                "--port",
+                str(API_PORT),
+                "--cert",
+                str(tls["cert"]),
+                "--key",
+                str(tls["key"]),
+                "--objects",
+                str(tmp / "objects.yaml"),
+                str(tmp / "namespaces.yaml"),
+                str(EXAMPLES / "namespace.yaml"),
+            ],
+            tmp / "api.log",
+            cwd=ROOT,
+        )
         ns.http(f"https://127.0.0.1:{API_PORT}/version", cafile=str(tls["ca"]))
         tls_secrets = {}
         if certificate:  # cert-manager would write this Secret
             tls_secrets[certificate["spec"]["secretName"]] = {
-                "tls.crt": tls["cert"].read_bytes(), "tls.key": tls["key"].read_bytes(), "ca.crt": tls["ca"].read_bytes()}
+                "tls.crt": tls["cert"].read_bytes(),
+                "tls.key": tls["key"].read_bytes(),
+                "ca.crt": tls["ca"].read_bytes(),
+            }
         helm_tests = []
         for i, (obj, spec) in enumerate(workloads(docs)):
             for c in containers(spec):
@@ -203,11 +269,19 @@ def run_manifests(docs: list[dict[str, Any]], tmp: Path) -> None:
                 if obj["metadata"].get("annotations", {}).get("helm.sh/hook") == "test":
                     helm_tests.append(pod)
                     continue
-                env = {"PATH": "/usr/local/bin:/usr/bin:/bin", **pod.env(),
-                       "KUBECONFIG": str(kubeconfig(tmp / "kubeconfig", tls["ca"]))}
+                env = {
+                    "PATH": "/usr/local/bin:/usr/bin:/bin",
+                    **pod.env(),
+                    "KUBECONFIG": str(kubeconfig(tmp / "kubeconfig", tls["ca"])),
+                }
                 log = tmp / f"{obj['metadata']['name']}-{c['name']}.log"
-                started.append((f"{obj['kind']}/{obj['metadata']['name']}/{c['name']}",
-                                ns.popen(pod.argv(entry), log, env=env, cwd=pod.root), pod))
+                started.append(
+                    (
+                        f"{obj['kind']}/{obj['metadata']['name']}/{c['name']}",
+                        ns.popen(pod.argv(entry), log, env=env, cwd=pod.root),
+                        pod,
+                    )
+                )
         for name, proc, pod in started:
             probe = pod.container.get("readinessProbe") or {}
             assert proc.poll() is None, f"{name} exited: {pod_log(tmp, name)}"
@@ -273,8 +347,11 @@ def test_dockerfile_entrypoint_and_cmd_serve(helm: str, tmp_path: Path) -> None:
     admin = yaml.safe_load(config)["server"]["admin_port"]
     ns = NetNS(tmp_path)
     try:
-        proc = ns.popen([str(SCRIPT), *[str(root) + a if a == config_path else a for a in argv[1:]]],
-                        tmp_path / "serve.log", env=keys_env(root / config_path.lstrip("/")))
+        proc = ns.popen(
+            [str(SCRIPT), *[str(root) + a if a == config_path else a for a in argv[1:]]],
+            tmp_path / "serve.log",
+            env=keys_env(root / config_path.lstrip("/")),
+        )
         status, _ = ns.http(f"http://127.0.0.1:{admin}/readyz")
         assert status == 200, (tmp_path / "serve.log").read_text()
         assert stop(proc) == 0
@@ -335,8 +412,14 @@ def test_documented_command(command: str, helm: str, tmp_path: Path) -> None:
     if sub in SERVING:
         run_serving(tokens, tmp_path, command)
         return
-    res = subprocess.run([str(SCRIPT), *tokens], capture_output=True, text=True, cwd=tmp_path, timeout=60,
-                         env=keys_env(tmp_path / "sidecar.yaml"))
+    res = subprocess.run(
+        [str(SCRIPT), *tokens],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        env=keys_env(tmp_path / "sidecar.yaml"),
+    )
     if res.returncode == 2 and "the following arguments are required" in res.stderr:
         return  # a synopsis: the command and its options exist (checked above)
     assert res.returncode == 0, f"{command}: {res.stderr}"

@@ -80,12 +80,17 @@ def test_injected_job_pod_completes(kube_e2e: Stage) -> None:
 # An app that listens on 8080 and 9090 without declaring them, as many do.
 PORTS_APP = SAMPLE_APP.replace("sdk-app", "ports-app").replace(
     '["import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); signal.pause()"]',
-    json.dumps(["import http.server as h, signal, sys, threading\n"
-                "for port in (8080, 9090):\n"
-                "    server = h.ThreadingHTTPServer(('0.0.0.0', port), h.SimpleHTTPRequestHandler)\n"
-                "    threading.Thread(target=server.serve_forever, daemon=True).start()\n"
-                "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
-                "signal.pause()\n"]))
+    json.dumps(
+        [
+            "import http.server as h, signal, sys, threading\n"
+            "for port in (8080, 9090):\n"
+            "    server = h.ThreadingHTTPServer(('0.0.0.0', port), h.SimpleHTTPRequestHandler)\n"
+            "    threading.Thread(target=server.serve_forever, daemon=True).start()\n"
+            "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+            "signal.pause()\n"
+        ]
+    ),
+)
 ASK_APP_PORTS = """
 import json, time, urllib.request
 import openai
@@ -182,8 +187,11 @@ def test_the_example_app_gets_cache_hits_and_the_opted_out_pod_no_sidecar(kube_e
 
 def test_helm_test_pod_passes(kube_e2e: Stage) -> None:
     """`helm test`: the chart's test pod reaches the injector through its Service, trusting the chart's CA."""
-    obj = next(d for d in kube_e2e.docs if d["kind"] == "Pod" and
-               d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test")
+    obj = next(
+        d
+        for d in kube_e2e.docs
+        if d["kind"] == "Pod" and d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"
+    )
     test = kube_e2e.cluster.run_pod("helm-test", obj, obj["spec"], kube_e2e.docs)
     codes = test.complete()
     assert set(codes.values()) == {0}, (codes, test.logs(obj["spec"]["containers"][0]["name"]))

@@ -48,9 +48,23 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     shutil.copytree(ROOT / "proxy", ctx / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
     readme = ROOT / "README.md"
     (ctx / "README.md").write_text(readme.read_text() if readme.exists() else "llm-sidecar\n")
-    subprocess.run(["buildah", *VFS, "bud", "--isolation", "chroot", "--pull=never",
-                    "-v", "/etc/ssl/certs:/etc/ssl/certs:ro", "-t", IMAGE, str(ctx)],
-                   check=True, timeout=1200)
+    subprocess.run(
+        [
+            "buildah",
+            *VFS,
+            "bud",
+            "--isolation",
+            "chroot",
+            "--pull=never",
+            "-v",
+            "/etc/ssl/certs:/etc/ssl/certs:ro",
+            "-t",
+            IMAGE,
+            str(ctx),
+        ],
+        check=True,
+        timeout=1200,
+    )
     yield IMAGE
     subprocess.run(["podman", *VFS, "rmi", "-f", IMAGE], capture_output=True, timeout=300)
 
@@ -58,8 +72,12 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def _podman_script(script: str, timeout: float) -> subprocess.CompletedProcess[str]:
     """Run a bash script for podman in a private mount namespace (the cgroup v1/v2 hybrid mount off)."""
     script = "umount /sys/fs/cgroup/unified 2>/dev/null || true\n" + script
-    return subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", script],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_image_metadata(image: str) -> None:
@@ -83,12 +101,26 @@ def test_image_serves_health_and_a_proxied_completion(image: str, tmp_path: Path
     # Names of this run only: another run of the suite may have its own pair up at the same time.
     suffix = uuid.uuid4().hex[:8]
     mock_name, sidecar_name = f"llm-mock-{suffix}", f"llm-sc-{suffix}"
-    run = ["podman", *VFS, "run", "-d", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp",
-           "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]
+    run = [
+        "podman",
+        *VFS,
+        "run",
+        "-d",
+        "--rm",
+        "--network",
+        "host",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "--ulimit",
+        "nofile=20000:20000",
+        "--ulimit",
+        "nproc=32768:32768",
+    ]
     script = f"""
 set -e
-{' '.join(run)} --name {mock_name} {image} mock-provider --host 127.0.0.1 --port {mock} >/dev/null
-{' '.join(run)} --name {sidecar_name} -e MOCK_KEY=k -v {config}:/etc/llm-sidecar/sidecar.yaml:ro {image} >/dev/null
+{" ".join(run)} --name {mock_name} {image} mock-provider --host 127.0.0.1 --port {mock} >/dev/null
+{" ".join(run)} --name {sidecar_name} -e MOCK_KEY=k -v {config}:/etc/llm-sidecar/sidecar.yaml:ro {image} >/dev/null
 ok=0
 for i in $(seq 100); do
   if curl -fsS http://127.0.0.1:{admin}/healthz >/dev/null 2>&1; then ok=1; break; fi; sleep 0.2
@@ -98,7 +130,7 @@ if [ $ok = 1 ]; then
     -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"hi"}}]}}' \
     http://127.0.0.1:{proxy}/v1/chat/completions > {tmp_path}/completion.json || ok=0
 fi
-podman {' '.join(VFS)} logs {sidecar_name} > {tmp_path}/sidecar.log 2>&1 || true
+podman {" ".join(VFS)} logs {sidecar_name} > {tmp_path}/sidecar.log 2>&1 || true
 [ $ok = 1 ]
 """
     try:

@@ -42,8 +42,12 @@ def test_every_workload_kind_list_and_foreign_documents() -> None:
         {"apiVersion": "apps/v1", "kind": k, "metadata": {"name": k.lower()}, "spec": {"template": template}}
         for k in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet")
     ] + [
-        {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "cj"},
-         "spec": {"jobTemplate": {"spec": {"template": template}}}},
+        {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": {"name": "cj"},
+            "spec": {"jobTemplate": {"spec": {"template": template}}},
+        },
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": template["spec"]},
     ]
     text = yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": workloads})
@@ -61,8 +65,11 @@ def test_every_workload_kind_list_and_foreign_documents() -> None:
 
 def test_own_applier_agrees_with_jsonpatch() -> None:
     pod = yaml.safe_load((ROOT / "tests" / "kube" / "golden" / "pod-existing-env.yaml").read_text())
-    decision = plan(pod, SETTINGS, Context(namespace="demo-app", namespace_labels={"llm-sidecar.io/inject": "enabled"},
-                                           kube_version=(1, 30)))
+    decision = plan(
+        pod,
+        SETTINGS,
+        Context(namespace="demo-app", namespace_labels={"llm-sidecar.io/inject": "enabled"}, kube_version=(1, 30)),
+    )
     expected = jsonpatch.apply_patch(pod, decision.patch)
     inject.apply_patch(pod, decision.patch)
     assert pod == expected
@@ -77,8 +84,9 @@ def test_injected_output_is_stable() -> None:
 def test_settings_file_and_image_flag(tmp_path) -> None:
     settings = tmp_path / "injector.yaml"
     settings.write_text("sidecar: {image: reg.local/llm-sidecar:1.2.3, keysMode: files}\n")
-    code, out = run(["-f", "-", "--settings", str(settings), "--image", "reg.local/llm-sidecar:canary"],
-                    EXAMPLES.read_text())
+    code, out = run(
+        ["-f", "-", "--settings", str(settings), "--image", "reg.local/llm-sidecar:canary"], EXAMPLES.read_text()
+    )
     side = next(yaml.safe_load_all(out))["spec"]["template"]["spec"]["initContainers"][0]
     assert side["image"] == "reg.local/llm-sidecar:canary"
     assert "envFrom" not in side
@@ -94,8 +102,23 @@ def test_installed_commands_take_their_options(tmp_path) -> None:
     exe = str(__import__("pathlib").Path(sys.executable).with_name("llm-sidecar"))
     done = subprocess.run([exe, "inject", "-f", str(EXAMPLES)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert next(yaml.safe_load_all(done.stdout))["spec"]["template"]["spec"]["initContainers"][0]["name"] == "llm-sidecar"
+    assert (
+        next(yaml.safe_load_all(done.stdout))["spec"]["template"]["spec"]["initContainers"][0]["name"] == "llm-sidecar"
+    )
     # The injector Deployment's args; without certificate files it must fail on those, not on its options.
-    done = subprocess.run([exe, "webhook", "--host=0.0.0.0", "--port=8443", "--tls-cert-file", str(tmp_path / "no.crt"),
-                           "--tls-key-file", str(tmp_path / "no.key"), "--no-kube"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            exe,
+            "webhook",
+            "--host=0.0.0.0",
+            "--port=8443",
+            "--tls-cert-file",
+            str(tmp_path / "no.crt"),
+            "--tls-key-file",
+            str(tmp_path / "no.key"),
+            "--no-kube",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and "unrecognized arguments" not in done.stderr and "cannot start" in done.stderr

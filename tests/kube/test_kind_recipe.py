@@ -76,18 +76,25 @@ def kubectl(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
         pytest.skip("kubectl is not installed")
     config = tmp_path_factory.mktemp("kube") / "config"
     # A cluster that refuses connections: a command that gets there has parsed its arguments.
-    config.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "none",
-        "clusters": [{"name": "none", "cluster": {"server": "https://127.0.0.1:9"}}],
-        "users": [{"name": "none", "user": {"token": "x"}}],
-        "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}]}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "none",
+                "clusters": [{"name": "none", "cluster": {"server": "https://127.0.0.1:9"}}],
+                "users": [{"name": "none", "user": {"token": "x"}}],
+                "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}],
+            }
+        )
+    )
     return ["kubectl", f"--kubeconfig={config}", "--request-timeout=5s"]
 
 
 @pytest.mark.parametrize("command", kubectl_commands() + docs_commands("kubectl"))
 def test_kubectl_command_is_accepted(command: str, kubectl: list[str]) -> None:
     argv = [*kubectl, *shlex.split(command)[1:]]
-    if argv[len(kubectl):][0:1] == ["create"] or argv[len(kubectl) + 2:][0:1] == ["create"]:
+    if argv[len(kubectl) :][0:1] == ["create"] or argv[len(kubectl) + 2 :][0:1] == ["create"]:
         argv += ["--dry-run=client", "-o", "yaml"]  # create works offline with a client-side dry run
     if "--dry-run=client" in argv:  # works offline: run it and read its output
         res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
@@ -103,8 +110,9 @@ def test_kubectl_command_is_accepted(command: str, kubectl: list[str]) -> None:
                 assert res.returncode == 0 and "ERROR" not in res.stdout, res.stdout + res.stderr
     res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert res.returncode != 0
-    assert re.search(r"connection refused|Unable to connect|dial tcp", res.stderr), \
+    assert re.search(r"connection refused|Unable to connect|dial tcp", res.stderr), (
         f"kubectl refused the command itself:\n{res.stderr}"
+    )
 
 
 def test_docs_install_renders(helm: str) -> None:
@@ -113,8 +121,12 @@ def test_docs_install_renders(helm: str) -> None:
     assert installs, "neither the README nor docs/kubernetes.md shows a helm install"
     for command in installs:
         _, _, release, chart, *rest = shlex.split(command)
-        res = subprocess.run([helm, "template", release, str(ROOT / chart), *rest, "--kube-version", "1.30.0"],
-                             capture_output=True, text=True, timeout=120)
+        res = subprocess.run(
+            [helm, "template", release, str(ROOT / chart), *rest, "--kube-version", "1.30.0"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert res.returncode == 0, res.stderr
         settings = next(d for d in yaml.safe_load_all(res.stdout) if d and "injector.yaml" in (d.get("data") or {}))
         secret = yaml.safe_load(settings["data"]["injector.yaml"])["sidecar"]["keysSecret"]

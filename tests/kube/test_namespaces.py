@@ -31,16 +31,26 @@ def test_passthrough_removes_a_stale_secret_copy() -> None:
 
 
 def test_copy_keeps_data_and_labels_it_as_ours() -> None:
-    src = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": {"K": "dg=="},
-           "metadata": {"name": "llm-sidecar-keys", "namespace": "llm", "uid": "x", "resourceVersion": "9"}}
+    src = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "data": {"K": "dg=="},
+        "metadata": {"name": "llm-sidecar-keys", "namespace": "llm", "uid": "x", "resourceVersion": "9"},
+    }
     body = copy_of(src, "a", "llm")
     assert body["data"] == {"K": "dg=="} and body["type"] == "Opaque"
-    assert body["metadata"] == {"name": "llm-sidecar-keys", "namespace": "a",
-                                "labels": {"app.kubernetes.io/managed-by": "llm-sidecar-injector"},
-                                "annotations": {"llm-sidecar.io/copied-from": "llm/llm-sidecar-keys"}}
+    assert body["metadata"] == {
+        "name": "llm-sidecar-keys",
+        "namespace": "a",
+        "labels": {"app.kubernetes.io/managed-by": "llm-sidecar-injector"},
+        "annotations": {"llm-sidecar.io/copied-from": "llm/llm-sidecar-keys"},
+    }
 
 
 def test_kube_modules_do_not_import_the_kubernetes_client() -> None:
-    code = ("import sys, proxy.kube.sidecar, proxy.kube.inject, proxy.kube.webhook, proxy.kube.namespaces; "
-            "sys.exit(1 if 'kubernetes' in sys.modules else 0)")
+    code = (
+        "import sys, proxy.kube.sidecar, proxy.kube.inject, proxy.kube.webhook, proxy.kube.namespaces; "
+        "sys.exit(1 if 'kubernetes' in sys.modules else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

@@ -97,8 +97,10 @@ def test_plain_container_with_override_and_container_filter() -> None:
     assert names == ["app", "metrics", "llm-sidecar"]
     assert "restartPolicy" not in pod["spec"]["containers"][2]
     app, metrics = pod["spec"]["containers"][:2]
-    assert app["env"] == [{"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:15180/v1"},
-                          {"name": "ANTHROPIC_BASE_URL", "value": "http://127.0.0.1:15180/anthropic"}]
+    assert app["env"] == [
+        {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:15180/v1"},
+        {"name": "ANTHROPIC_BASE_URL", "value": "http://127.0.0.1:15180/anthropic"},
+    ]
     assert "env" not in metrics
 
 
@@ -120,10 +122,24 @@ def _skip(pod: dict, settings: SidecarSettings = SETTINGS, **ctx) -> list[str]:
         ({"spec": {"restartPolicy": "Never"}}, {"kube_version": (1, 28)}, "native sidecar"),
         ({"spec": {"containers": [{"name": "app", "image": "x", "ports": [{"containerPort": 15180}]}]}}, {}, "port"),
         ({"metadata": {"annotations": {"llm-sidecar.io/native-sidecar": "perhaps"}}}, {}, "is not true/false"),
-        ({"metadata": {"annotations": {"llm-sidecar.io/proxy-port": "http"}}}, {}, "llm-sidecar.io/proxy-port: 'http' is not a port"),
-        ({"metadata": {"annotations": {"llm-sidecar.io/admin-port": "70000"}}}, {}, "llm-sidecar.io/admin-port: '70000' is not a port"),
-        ({"metadata": {"annotations": {"llm-sidecar.io/proxy-port": "9000"}},
-          "spec": {"containers": [{"name": "app", "image": "x", "ports": [{"containerPort": 9000}]}]}}, {}, "[9000]"),
+        (
+            {"metadata": {"annotations": {"llm-sidecar.io/proxy-port": "http"}}},
+            {},
+            "llm-sidecar.io/proxy-port: 'http' is not a port",
+        ),
+        (
+            {"metadata": {"annotations": {"llm-sidecar.io/admin-port": "70000"}}},
+            {},
+            "llm-sidecar.io/admin-port: '70000' is not a port",
+        ),
+        (
+            {
+                "metadata": {"annotations": {"llm-sidecar.io/proxy-port": "9000"}},
+                "spec": {"containers": [{"name": "app", "image": "x", "ports": [{"containerPort": 9000}]}]},
+            },
+            {},
+            "[9000]",
+        ),
         ({"metadata": {"annotations": {sidecar.STATUS: "injected"}}}, {}, "already injected"),
         ({}, {"objects_present": frozenset({"configmap/llm-sidecar-config"})}, "secret/llm-sidecar-keys missing"),
     ],

@@ -124,9 +124,24 @@ def test_webhook_command_serves_tls_and_reloads_certificate(test_ca: dict[str, P
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("llm-sidecar")), "webhook", "--port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-         "--no-kube", "--kube-version", "1.30", "--cert-reload-interval", "0.2"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            str(Path(sys.executable).with_name("llm-sidecar")),
+            "webhook",
+            "--port",
+            str(port),
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--no-kube",
+            "--kube-version",
+            "1.30",
+            "--cert-reload-interval",
+            "0.2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     ctx = ssl.create_default_context(cafile=str(test_ca["ca"]))
     url = f"https://127.0.0.1:{port}"
@@ -142,14 +157,36 @@ def test_webhook_command_serves_tls_and_reloads_certificate(test_ca: dict[str, P
                     pytest.fail("webhook did not come up")
                 time.sleep(0.1)
         pod = yaml.safe_load((GOLDEN / "pod-plain-container.yaml").read_text())
-        req = urllib.request.Request(f"{url}/mutate", json.dumps(review_for(pod, "other")).encode(),
-                                     {"content-type": "application/json"})
+        req = urllib.request.Request(
+            f"{url}/mutate", json.dumps(review_for(pod, "other")).encode(), {"content-type": "application/json"}
+        )
         resp = json.load(urllib.request.urlopen(req, context=ctx, timeout=5))["response"]
         assert resp["patchType"] == "JSONPatch"
         # Rotation: a new self-signed cert replaces the files; new handshakes must present it.
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                        "-days", "1", "-subj", "/CN=rotated", "-addext", "subjectAltName=IP:127.0.0.1",
-                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=rotated",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
+        )
         new_ctx = ssl.create_default_context(cafile=str(cert))
         deadline = time.monotonic() + 15
         while True:
@@ -179,9 +216,23 @@ def test_a_connection_flood_does_not_starve_the_webhook(test_ca: dict[str, Path]
 
     port = free_port()
     proc = subprocess.Popen(
-        [LLM_SIDECAR, "webhook", "--port", str(port), "--tls-cert-file", str(test_ca["cert"]),
-         "--tls-key-file", str(test_ca["key"]), "--no-kube", "--kube-version", "1.30"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=nofile_1024)
+        [
+            LLM_SIDECAR,
+            "webhook",
+            "--port",
+            str(port),
+            "--tls-cert-file",
+            str(test_ca["cert"]),
+            "--tls-key-file",
+            str(test_ca["key"]),
+            "--no-kube",
+            "--kube-version",
+            "1.30",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=nofile_1024,
+    )
     ctx = ssl.create_default_context(cafile=str(test_ca["ca"]))
     healthz = f"https://127.0.0.1:{port}/healthz"
     flood: list[socket.socket] = []
@@ -211,9 +262,11 @@ def test_a_connection_flood_does_not_starve_the_webhook(test_ca: dict[str, Path]
         for _ in range(5):
             assert urllib.request.urlopen(healthz, context=ctx, timeout=10).status == 200
         pod = yaml.safe_load((GOLDEN / "pod-plain-container.yaml").read_text())
-        request = urllib.request.Request(f"https://127.0.0.1:{port}/mutate",
-                                         json.dumps(review_for(pod, "other")).encode(),
-                                         {"content-type": "application/json"})
+        request = urllib.request.Request(
+            f"https://127.0.0.1:{port}/mutate",
+            json.dumps(review_for(pod, "other")).encode(),
+            {"content-type": "application/json"},
+        )
         assert json.load(urllib.request.urlopen(request, context=ctx, timeout=10))["response"]["allowed"]
     finally:
         for sock in flood:
@@ -232,11 +285,26 @@ def test_webhook_on_a_busy_port_is_one_line_naming_the_flag(test_ca: dict[str, P
         holder.listen()
         busy = holder.getsockname()[1]
         result = subprocess.run(
-            [LLM_SIDECAR, "webhook", "--host", "127.0.0.1", "--port", str(busy), "--tls-cert-file",
-             str(test_ca["cert"]), "--tls-key-file", str(test_ca["key"]), "--no-kube"],
-            capture_output=True, text=True, timeout=60)
+            [
+                LLM_SIDECAR,
+                "webhook",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(busy),
+                "--tls-cert-file",
+                str(test_ca["cert"]),
+                "--tls-key-file",
+                str(test_ca["key"]),
+                "--no-kube",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"llm-sidecar: cannot listen on 127.0.0.1:{busy}: address already in use; "
-        "change webhook --port or stop what holds the port")
+        "change webhook --port or stop what holds the port"
+    )
     assert "Traceback" not in result.stderr

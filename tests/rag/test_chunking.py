@@ -31,7 +31,11 @@ def test_sentence_chunker_cuts_only_between_latin_sentences() -> None:
 def test_sentence_chunker_understands_cjk_punctuation() -> None:
     text = "第一句话很短。第二句话也不长！第三句是问题吗？第四句用分号；最后一句。"
     chunks = list(SentenceChunker(16, 0)(0, text))
-    assert [c.text for c in chunks] == ["第一句话很短。第二句话也不长！", "第三句是问题吗？第四句用分号；", "最后一句。"]
+    assert [c.text for c in chunks] == [
+        "第一句话很短。第二句话也不长！",
+        "第三句是问题吗？第四句用分号；",
+        "最后一句。",
+    ]
     assert _offsets_hold(text, chunks)
 
 

@@ -138,8 +138,9 @@ async def test_breaking_out_early_stops_the_work() -> None:
     documents = ["needle in text. " * 5] * 2000
     tokenizer = _CountingTokenizer()
     executor = ThreadPoolExecutor(2)
-    generator = AsyncRAGGenerator(chunk_size=100, tokenizer=tokenizer, batch_size=50, offload_chars=1000,
-                                  executor=executor)
+    generator = AsyncRAGGenerator(
+        chunk_size=100, tokenizer=tokenizer, batch_size=50, offload_chars=1000, executor=executor
+    )
     async for _ in generator.stream_retrieval("needle", documents, top_k=3):
         pass
     await asyncio.to_thread(executor.shutdown, wait=True)  # what was submitted (a prefetched batch) has run

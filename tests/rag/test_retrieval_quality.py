@@ -61,8 +61,10 @@ async def test_bm25_is_clearly_better_than_word_set_intersection(capsys: pytest.
     bm25 = evaluate([await bm25_ranking(q["query"]) for q in QUESTIONS], QUESTIONS)
     baseline = evaluate([word_set_ranking(q["query"]) for q in QUESTIONS], QUESTIONS)
     with capsys.disabled():
-        print(f"\nrecall@3 / MRR over {len(QUESTIONS)} questions: "
-              f"BM25 {bm25[0]:.3f} / {bm25[1]:.3f}, word-set {baseline[0]:.3f} / {baseline[1]:.3f}")
+        print(
+            f"\nrecall@3 / MRR over {len(QUESTIONS)} questions: "
+            f"BM25 {bm25[0]:.3f} / {bm25[1]:.3f}, word-set {baseline[0]:.3f} / {baseline[1]:.3f}"
+        )
     assert bm25[0] >= baseline[0] + 0.3
     assert bm25[1] >= baseline[1] + 0.3
     assert bm25[0] >= 0.8 and bm25[1] >= 0.9

@@ -80,7 +80,9 @@ async def test_sse_when_asked(client: TestClient) -> None:
 async def test_files_of_other_types_are_not_indexed(client: TestClient) -> None:
     response = await client.post("/v1/retrieve", json={"corpus": "kb", "query": "Sourdough asyncio Redis", "top_k": 50})
     assert {orjson.loads(line)["doc_id"] for line in (await response.read()).splitlines()} <= {
-        "asyncio.md", "bread.txt", "redis.txt"
+        "asyncio.md",
+        "bread.txt",
+        "redis.txt",
     }
 
 
@@ -176,7 +178,10 @@ PASSAGES = [Passage("a.md", "Alpha text.", 0, 11, 2.0)]
 
 
 def test_openai_context_is_a_leading_system_message() -> None:
-    payload = {"model": "m", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]}
+    payload = {
+        "model": "m",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+    }
     updated = with_context(payload, "openai", "CONTEXT")
     assert updated["messages"][0] == {"role": "system", "content": "CONTEXT"}
     assert updated["messages"][1:] == payload["messages"]
@@ -188,7 +193,10 @@ def test_openai_context_is_a_leading_system_message() -> None:
     [
         (None, "CONTEXT"),
         ("Be brief.", "CONTEXT\n\nBe brief."),
-        ([{"type": "text", "text": "Be brief."}], [{"type": "text", "text": "CONTEXT"}, {"type": "text", "text": "Be brief."}]),
+        (
+            [{"type": "text", "text": "Be brief."}],
+            [{"type": "text", "text": "CONTEXT"}, {"type": "text", "text": "Be brief."}],
+        ),
     ],
 )
 def test_anthropic_context_is_prepended_to_system(system: object, expected: object) -> None:

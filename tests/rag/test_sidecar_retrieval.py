@@ -20,17 +20,23 @@ def corpus(tmp_path: Path) -> Path:
 
 
 def retrieval_sidecar(make_sidecar, mock_provider, tmp_path: Path):
-    groups = {"gpt-4o-mini": {"context": {"corpus": "kb", "top_k": 1},
-                              "endpoints": [{"name": "m", "url": mock_provider.url + "/v1", "model": "mock-gpt",
-                                             "api_key": PROVIDER_KEY}]},
-              "plain": {"endpoints": [{"name": "p", "url": mock_provider.url + "/v1", "api_key": PROVIDER_KEY}]}}
-    return make_sidecar(model_groups=groups, retrieval={"corpora": {"kb": str(corpus(tmp_path))},
-                                                        "reload_interval": 0})
+    groups = {
+        "gpt-4o-mini": {
+            "context": {"corpus": "kb", "top_k": 1},
+            "endpoints": [
+                {"name": "m", "url": mock_provider.url + "/v1", "model": "mock-gpt", "api_key": PROVIDER_KEY}
+            ],
+        },
+        "plain": {"endpoints": [{"name": "p", "url": mock_provider.url + "/v1", "api_key": PROVIDER_KEY}]},
+    }
+    return make_sidecar(model_groups=groups, retrieval={"corpora": {"kb": str(corpus(tmp_path))}, "reload_interval": 0})
 
 
 def test_retrieve_streams_ndjson_best_first(make_sidecar, mock_provider, tmp_path: Path) -> None:
     sidecar = retrieval_sidecar(make_sidecar, mock_provider, tmp_path)
-    response = httpx.post(sidecar.openai_base + "/retrieve", json={"corpus": "kb", "query": "Python异步编程", "top_k": 2})
+    response = httpx.post(
+        sidecar.openai_base + "/retrieve", json={"corpus": "kb", "query": "Python异步编程", "top_k": 2}
+    )
     assert response.status_code == 200
     results = [json.loads(line) for line in response.text.splitlines()]
     assert [r["doc_id"] for r in results] == ["asyncio.md"] and results[0]["score"] > 0
@@ -41,7 +47,8 @@ def test_retrieve_streams_ndjson_best_first(make_sidecar, mock_provider, tmp_pat
 def test_context_is_added_as_a_system_message(make_sidecar, mock_provider, tmp_path: Path) -> None:
     sidecar = retrieval_sidecar(make_sidecar, mock_provider, tmp_path)
     raw = sidecar.openai().chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "What is Redis used for as a cache?"}])
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "What is Redis used for as a cache?"}]
+    )
     assert raw.headers["x-llm-sidecar-context-passages"] == "1"
     sent = mock_provider.requests()[-1]["body"]["messages"]
     assert sent[0]["role"] == "system" and "in-memory data store" in sent[0]["content"]

@@ -27,8 +27,9 @@ def cache_header(sidecar: Sidecar, path: str, body: dict) -> str:
 
 
 def openai_chat(sidecar: Sidecar) -> str:
-    stream = sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True,
-                                                      stream_options={"include_usage": True})
+    stream = sidecar.openai().chat.completions.create(
+        model="gpt-4o-mini", messages=USER, stream=True, stream_options={"include_usage": True}
+    )
     return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
 
 
@@ -44,22 +45,41 @@ def anthropic_messages(sidecar: Sidecar) -> str:
 
 # (the SDK call, the mock model, the sidecar endpoint, the raw path and body of the same call)
 CALLS = [
-    pytest.param(openai_chat, "mock-gpt", "mock-openai", "/v1/chat/completions",
-                 {"model": "gpt-4o-mini", "messages": USER, "stream": True, "stream_options": {"include_usage": True}},
-                 openai.APIError, id="openai-chat"),
-    pytest.param(openai_responses, "mock-gpt", "mock-openai", "/v1/responses",
-                 {"model": "gpt-4o-mini", "input": "tell me something", "stream": True},
-                 openai.APIError, id="openai-responses"),
-    pytest.param(anthropic_messages, "mock-claude", "mock-anthropic", "/anthropic/v1/messages",
-                 {"model": "claude-sonnet", "max_tokens": 100, "messages": USER, "stream": True},
-                 anthropic.APIError, id="anthropic"),
+    pytest.param(
+        openai_chat,
+        "mock-gpt",
+        "mock-openai",
+        "/v1/chat/completions",
+        {"model": "gpt-4o-mini", "messages": USER, "stream": True, "stream_options": {"include_usage": True}},
+        openai.APIError,
+        id="openai-chat",
+    ),
+    pytest.param(
+        openai_responses,
+        "mock-gpt",
+        "mock-openai",
+        "/v1/responses",
+        {"model": "gpt-4o-mini", "input": "tell me something", "stream": True},
+        openai.APIError,
+        id="openai-responses",
+    ),
+    pytest.param(
+        anthropic_messages,
+        "mock-claude",
+        "mock-anthropic",
+        "/anthropic/v1/messages",
+        {"model": "claude-sonnet", "max_tokens": 100, "messages": USER, "stream": True},
+        anthropic.APIError,
+        id="anthropic",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("call", "model", "endpoint", "path", "body", "raised"), CALLS)
 @pytest.mark.parametrize("fault", [{"truncate": 1}, {"malformed": 3}], ids=["truncated", "malformed"])
-def test_a_broken_stream_is_an_error_and_is_not_stored(cached_sidecar, mock_provider, call, model, endpoint, path,
-                                                       body, raised, fault) -> None:
+def test_a_broken_stream_is_an_error_and_is_not_stored(
+    cached_sidecar, mock_provider, call, model, endpoint, path, body, raised, fault
+) -> None:
     sidecar = cached_sidecar()
     mock_provider.set_behaviour(model, **fault)
     with pytest.raises(raised):
@@ -73,8 +93,9 @@ def test_a_broken_stream_is_an_error_and_is_not_stored(cached_sidecar, mock_prov
 
 
 @pytest.mark.parametrize(("call", "model", "endpoint", "path", "body", "raised"), CALLS)
-def test_a_stream_in_crlf_pieces_reads_whole_and_is_stored(cached_sidecar, mock_provider, call, model, endpoint,
-                                                           path, body, raised) -> None:
+def test_a_stream_in_crlf_pieces_reads_whole_and_is_stored(
+    cached_sidecar, mock_provider, call, model, endpoint, path, body, raised
+) -> None:
     """Every line end cut between its \\r and \\n by the network: the answer is whole, and stored."""
     sidecar = cached_sidecar()
     mock_provider.set_behaviour(model)
@@ -91,23 +112,51 @@ def test_a_truncated_stream_translated_gets_no_made_up_end(make_sidecar, mock_pr
     and the other way round: the caller's SDK raises, it never sees ``[DONE]``/``message_stop``."""
     config = default_config(mock_provider.url)
     config["model_groups"] = {
-        "gpt-4o-mini": {"endpoints": [{"name": "to-anthropic", "url": mock_provider.url, "dialect": "anthropic",
-                                       "model": "mock-claude", "api_key": PROVIDER_KEY}], "cache": {"mode": "always"}},
-        "claude-sonnet": {"endpoints": [{"name": "to-openai", "url": mock_provider.url + "/v1", "dialect": "openai",
-                                         "model": "mock-gpt", "api_key": PROVIDER_KEY}], "cache": {"mode": "always"}},
+        "gpt-4o-mini": {
+            "endpoints": [
+                {
+                    "name": "to-anthropic",
+                    "url": mock_provider.url,
+                    "dialect": "anthropic",
+                    "model": "mock-claude",
+                    "api_key": PROVIDER_KEY,
+                }
+            ],
+            "cache": {"mode": "always"},
+        },
+        "claude-sonnet": {
+            "endpoints": [
+                {
+                    "name": "to-openai",
+                    "url": mock_provider.url + "/v1",
+                    "dialect": "openai",
+                    "model": "mock-gpt",
+                    "api_key": PROVIDER_KEY,
+                }
+            ],
+            "cache": {"mode": "always"},
+        },
     }
     config["cache"] = {"backend": "memory"}
     sidecar = make_sidecar(config=config)
     mock_provider.set_behaviour("mock-claude", truncate=1)
     mock_provider.set_behaviour("mock-gpt", truncate=1)
-    with httpx.stream("POST", sidecar.openai_base + "/chat/completions", timeout=10,
-                      json={"model": "gpt-4o-mini", "messages": USER, "stream": True}) as response:
+    with httpx.stream(
+        "POST",
+        sidecar.openai_base + "/chat/completions",
+        timeout=10,
+        json={"model": "gpt-4o-mini", "messages": USER, "stream": True},
+    ) as response:
         text = response.read()
     assert b"[DONE]" not in text and b'"error"' in text
     with pytest.raises(openai.APIError):
         openai_chat(sidecar)
-    with httpx.stream("POST", sidecar.anthropic_base + "/v1/messages", timeout=10,
-                      json={"model": "claude-sonnet", "max_tokens": 50, "messages": USER, "stream": True}) as response:
+    with httpx.stream(
+        "POST",
+        sidecar.anthropic_base + "/v1/messages",
+        timeout=10,
+        json={"model": "claude-sonnet", "max_tokens": 50, "messages": USER, "stream": True},
+    ) as response:
         text = response.read()
     assert b"message_stop" not in text and b"event: error" in text
     with pytest.raises(anthropic.APIError):
@@ -144,10 +193,15 @@ def test_an_empty_200_is_a_502_in_the_callers_dialect(cached_sidecar, mock_provi
 def test_an_empty_200_falls_back_to_the_next_endpoint(make_sidecar, mock_provider) -> None:
     config = default_config(mock_provider.url)
     config["model_groups"]["gpt-4o-mini"]["endpoints"] = [
-        {"name": "empty", "url": mock_provider.url + "/v1", "model": "mock-empty", "api_key": PROVIDER_KEY,
-         "priority": 0},
-        {"name": "fine", "url": mock_provider.url + "/v1", "model": "mock-gpt", "api_key": PROVIDER_KEY,
-         "priority": 1}]
+        {
+            "name": "empty",
+            "url": mock_provider.url + "/v1",
+            "model": "mock-empty",
+            "api_key": PROVIDER_KEY,
+            "priority": 0,
+        },
+        {"name": "fine", "url": mock_provider.url + "/v1", "model": "mock-gpt", "api_key": PROVIDER_KEY, "priority": 1},
+    ]
     sidecar = make_sidecar(config=config)
     mock_provider.set_behaviour("mock-empty", empty=1)
     reply = sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=USER)
@@ -159,9 +213,17 @@ def test_a_translated_stream_in_crlf_pieces_reads_whole(make_sidecar, mock_provi
     """The translator reads the endpoint's frames: a line end cut between ``\\r`` and ``\\n``
     must not merge two of them."""
     config = default_config(mock_provider.url)
-    config["model_groups"]["gpt-4o-mini"] = {"endpoints": [
-        {"name": "to-anthropic", "url": mock_provider.url, "dialect": "anthropic", "model": "mock-claude",
-         "api_key": PROVIDER_KEY}]}
+    config["model_groups"]["gpt-4o-mini"] = {
+        "endpoints": [
+            {
+                "name": "to-anthropic",
+                "url": mock_provider.url,
+                "dialect": "anthropic",
+                "model": "mock-claude",
+                "api_key": PROVIDER_KEY,
+            }
+        ]
+    }
     sidecar = make_sidecar(config=config)
     plain = openai_chat(sidecar)
     mock_provider.set_behaviour("mock-claude", crlf=1)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from tests.relay.helpers import wait_for
 
-ASK = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "how likely is each word?"}],
-       "logprobs": True, "top_logprobs": 2}
+ASK = {
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "user", "content": "how likely is each word?"}],
+    "logprobs": True,
+    "top_logprobs": 2,
+}
 
 
 def streamed(sidecar) -> tuple[str, list]:
@@ -22,8 +26,11 @@ def streamed(sidecar) -> tuple[str, list]:
 def whole(sidecar) -> tuple[str, list, str]:
     raw = sidecar.openai().chat.completions.with_raw_response.create(**ASK)
     reply = raw.parse()
-    return (reply.choices[0].message.content, [t.model_dump() for t in reply.choices[0].logprobs.content],
-            raw.headers["x-llm-sidecar-cache"])
+    return (
+        reply.choices[0].message.content,
+        [t.model_dump() for t in reply.choices[0].logprobs.content],
+        raw.headers["x-llm-sidecar-cache"],
+    )
 
 
 def test_stream_stored_then_answered_as_json(cached_sidecar, mock_provider) -> None:

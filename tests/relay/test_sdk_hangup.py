@@ -48,8 +48,9 @@ def test_sdk_closing_after_done_keeps_every_answer(make_sidecar, mock_provider, 
     client = sidecar.openai()
     calls = 48
     for n in range(calls):
-        stream = client.chat.completions.create(model="gpt-4o-mini", stream=True,
-                                                messages=[{"role": "user", "content": f"question {n}"}])
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": f"question {n}"}]
+        )
         with stream:
             text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         assert text
@@ -60,7 +61,8 @@ def test_sdk_closing_after_done_keeps_every_answer(make_sidecar, mock_provider, 
     # Every one of them is a hit now, and the upstream saw each question once.
     for n in range(calls):
         raw = client.chat.completions.with_raw_response.create(
-            model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": f"question {n}"}])
+            model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": f"question {n}"}]
+        )
         assert raw.headers["x-llm-sidecar-cache"] == "hit"
         list(raw.parse())
     assert mock_provider.calls() == calls

@@ -10,16 +10,25 @@ from tests.servers import PROVIDER_KEY, MockProvider
 
 #: a policy that keeps tests quick and leaves the background probes out unless asked
 QUICK = {
-    "queue_timeout": 2.0, "deadline": 10.0, "backoff": {"base": 0.01, "max": 0.05},
+    "queue_timeout": 2.0,
+    "deadline": 10.0,
+    "backoff": {"base": 0.01, "max": 0.05},
     "health": {"enabled": False},
 }
 
 
-def endpoint(mock: MockProvider | str, name: str, model: str | None = None, dialect: str = "openai",
-             **fields: Any) -> dict[str, Any]:
+def endpoint(
+    mock: MockProvider | str, name: str, model: str | None = None, dialect: str = "openai", **fields: Any
+) -> dict[str, Any]:
     base = mock if isinstance(mock, str) else mock.url
-    return {"name": name, "url": base + ("/v1" if dialect == "openai" else ""), "dialect": dialect,
-            "model": model or name, "api_key": PROVIDER_KEY, **fields}
+    return {
+        "name": name,
+        "url": base + ("/v1" if dialect == "openai" else ""),
+        "dialect": dialect,
+        "model": model or name,
+        "api_key": PROVIDER_KEY,
+        **fields,
+    }
 
 
 def config(mock: MockProvider, groups: dict[str, Any], **router: Any) -> dict[str, Any]:

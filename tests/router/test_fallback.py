@@ -22,8 +22,12 @@ def status_of(sidecar, name: str, group: str = "chat") -> dict:
 
 def test_failing_endpoint_makes_no_failed_calls(make_sidecar, mock_provider: MockProvider) -> None:
     mock_provider.set_behaviour("mock-a", status=500)
-    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
-        endpoint(mock_provider, "mock-a"), endpoint(mock_provider, "mock-b")]}}))
+    sidecar = make_sidecar(
+        config(
+            mock_provider,
+            {"chat": {"endpoints": [endpoint(mock_provider, "mock-a"), endpoint(mock_provider, "mock-b")]}},
+        )
+    )
     client = sidecar.async_openai()
     results = gather(30, lambda i: client.chat.completions.create(model="chat", messages=HELLO), concurrency=8)
     assert [r for r in results if isinstance(r, BaseException)] == []
@@ -33,8 +37,16 @@ def test_failing_endpoint_makes_no_failed_calls(make_sidecar, mock_provider: Moc
 
 def test_dead_endpoint_falls_back(make_sidecar, mock_provider: MockProvider, refused_port: RefusedPort) -> None:
     dead = refused_port.url
-    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
-        endpoint(dead, "dead", priority=0), endpoint(mock_provider, "mock-b", priority=1)]}}))
+    sidecar = make_sidecar(
+        config(
+            mock_provider,
+            {
+                "chat": {
+                    "endpoints": [endpoint(dead, "dead", priority=0), endpoint(mock_provider, "mock-b", priority=1)]
+                }
+            },
+        )
+    )
     reply = sidecar.openai().chat.completions.with_raw_response.create(model="chat", messages=HELLO)
     assert reply.parse().choices[0].message.content
     assert status_of(sidecar, "dead")["last_error"] == "UpstreamConnectError"
@@ -42,8 +54,19 @@ def test_dead_endpoint_falls_back(make_sidecar, mock_provider: MockProvider, ref
 
 def test_4xx_is_not_retried(make_sidecar, mock_provider: MockProvider) -> None:
     mock_provider.set_behaviour("mock-a", status=400)
-    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
-        endpoint(mock_provider, "mock-a", priority=0), endpoint(mock_provider, "mock-b", priority=1)]}}))
+    sidecar = make_sidecar(
+        config(
+            mock_provider,
+            {
+                "chat": {
+                    "endpoints": [
+                        endpoint(mock_provider, "mock-a", priority=0),
+                        endpoint(mock_provider, "mock-b", priority=1),
+                    ]
+                }
+            },
+        )
+    )
     with pytest.raises(openai.BadRequestError):
         sidecar.openai().chat.completions.create(model="chat", messages=HELLO)
     assert (mock_provider.calls("mock-a"), mock_provider.calls("mock-b")) == (1, 0)
@@ -52,8 +75,19 @@ def test_4xx_is_not_retried(make_sidecar, mock_provider: MockProvider) -> None:
 
 def test_retry_after_cools_the_endpoint(make_sidecar, mock_provider: MockProvider) -> None:
     mock_provider.set_behaviour("mock-a", status=429, retry_after=2)
-    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
-        endpoint(mock_provider, "mock-a", priority=0), endpoint(mock_provider, "mock-b", priority=1)]}}))
+    sidecar = make_sidecar(
+        config(
+            mock_provider,
+            {
+                "chat": {
+                    "endpoints": [
+                        endpoint(mock_provider, "mock-a", priority=0),
+                        endpoint(mock_provider, "mock-b", priority=1),
+                    ]
+                }
+            },
+        )
+    )
     client = sidecar.openai()
     asked_at = time.monotonic()
     client.chat.completions.create(model="chat", messages=HELLO)
@@ -78,8 +112,12 @@ def test_slow_endpoint_loses_traffic(make_sidecar, mock_provider: MockProvider) 
     # slow endpoint a call whenever the fast one has more in flight, so the share it gets grows
     # with the fast endpoint's latency; at 1.5 s against tens of ms the split is clear-cut.
     mock_provider.set_behaviour("mock-slow", latency_ms=1500)
-    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
-        endpoint(mock_provider, "mock-slow"), endpoint(mock_provider, "mock-fast")]}}))
+    sidecar = make_sidecar(
+        config(
+            mock_provider,
+            {"chat": {"endpoints": [endpoint(mock_provider, "mock-slow"), endpoint(mock_provider, "mock-fast")]}},
+        )
+    )
     client = sidecar.async_openai()
     results = gather(40, lambda i: client.chat.completions.create(model="chat", messages=HELLO), concurrency=4)
     assert not [r for r in results if isinstance(r, BaseException)]
@@ -89,8 +127,13 @@ def test_slow_endpoint_loses_traffic(make_sidecar, mock_provider: MockProvider) 
 
 def test_max_concurrent_is_never_exceeded(make_sidecar, mock_provider: MockProvider) -> None:
     mock_provider.set_behaviour("mock-a", latency_ms=150)
-    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
-        endpoint(mock_provider, "mock-a", max_concurrent=3)]}}, queue_timeout=10))
+    sidecar = make_sidecar(
+        config(
+            mock_provider,
+            {"chat": {"endpoints": [endpoint(mock_provider, "mock-a", max_concurrent=3)]}},
+            queue_timeout=10,
+        )
+    )
     client = sidecar.async_openai()
 
     async def streamed(i: int) -> str:
@@ -98,8 +141,9 @@ def test_max_concurrent_is_never_exceeded(make_sidecar, mock_provider: MockProvi
         stream = await client.chat.completions.create(model="chat", messages=HELLO, stream=True)
         return "".join([c.choices[0].delta.content or "" async for c in stream])
 
-    results = gather(12, lambda i: streamed(i) if i % 2 else client.chat.completions.create(
-        model="chat", messages=HELLO))
+    results = gather(
+        12, lambda i: streamed(i) if i % 2 else client.chat.completions.create(model="chat", messages=HELLO)
+    )
     assert not [r for r in results if isinstance(r, BaseException)]
     assert mock_provider.stats()["max_in_flight"]["mock-a"] == 3
     assert mock_provider.calls("mock-a") == 12
@@ -107,13 +151,17 @@ def test_max_concurrent_is_never_exceeded(make_sidecar, mock_provider: MockProvi
 
 def test_queue_timeout_is_429_with_retry_after(make_sidecar, mock_provider: MockProvider) -> None:
     mock_provider.set_behaviour("mock-a", latency_ms=1500)
-    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
-        endpoint(mock_provider, "mock-a", max_concurrent=1)]}}, queue_timeout=0.3))
+    sidecar = make_sidecar(
+        config(
+            mock_provider,
+            {"chat": {"endpoints": [endpoint(mock_provider, "mock-a", max_concurrent=1)]}},
+            queue_timeout=0.3,
+        )
+    )
 
     async def post(i: int) -> httpx.Response:
         async with httpx.AsyncClient(timeout=10) as http:
-            return await http.post(sidecar.openai_base + "/chat/completions",
-                                   json={"model": "chat", "messages": HELLO})
+            return await http.post(sidecar.openai_base + "/chat/completions", json={"model": "chat", "messages": HELLO})
 
     first, second = gather(2, post)
     statuses = sorted([first.status_code, second.status_code])
@@ -126,8 +174,19 @@ def test_queue_timeout_is_429_with_retry_after(make_sidecar, mock_provider: Mock
 
 def test_stream_cut_midway_is_not_retried(make_sidecar, mock_provider: MockProvider) -> None:
     mock_provider.set_behaviour("mock-a", cut_after=5, chunk_delay_ms=20)
-    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
-        endpoint(mock_provider, "mock-a", priority=0), endpoint(mock_provider, "mock-b", priority=1)]}}))
+    sidecar = make_sidecar(
+        config(
+            mock_provider,
+            {
+                "chat": {
+                    "endpoints": [
+                        endpoint(mock_provider, "mock-a", priority=0),
+                        endpoint(mock_provider, "mock-b", priority=1),
+                    ]
+                }
+            },
+        )
+    )
     stream = sidecar.openai().chat.completions.create(model="chat", messages=HELLO, stream=True)
     with pytest.raises(openai.APIError):
         for _ in stream:
@@ -138,9 +197,19 @@ def test_stream_cut_midway_is_not_retried(make_sidecar, mock_provider: MockProvi
 
 def test_first_token_timeout_falls_back(make_sidecar, mock_provider: MockProvider) -> None:
     mock_provider.set_behaviour("mock-a", ttft_ms=5000)
-    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
-        endpoint(mock_provider, "mock-a", priority=0, timeouts={"first_byte": 0.3}),
-        endpoint(mock_provider, "mock-b", priority=1)]}}))
+    sidecar = make_sidecar(
+        config(
+            mock_provider,
+            {
+                "chat": {
+                    "endpoints": [
+                        endpoint(mock_provider, "mock-a", priority=0, timeouts={"first_byte": 0.3}),
+                        endpoint(mock_provider, "mock-b", priority=1),
+                    ]
+                }
+            },
+        )
+    )
     started = time.monotonic()
     stream = sidecar.openai().chat.completions.create(model="chat", messages=HELLO, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream)
@@ -149,8 +218,17 @@ def test_first_token_timeout_falls_back(make_sidecar, mock_provider: MockProvide
 
 
 def test_preference_header_and_default(make_sidecar, mock_provider: MockProvider) -> None:
-    sidecar = make_sidecar(config(mock_provider, {"chat": {"prefer": "mock-b", "endpoints": [
-        endpoint(mock_provider, "mock-a"), endpoint(mock_provider, "mock-b")]}}))
+    sidecar = make_sidecar(
+        config(
+            mock_provider,
+            {
+                "chat": {
+                    "prefer": "mock-b",
+                    "endpoints": [endpoint(mock_provider, "mock-a"), endpoint(mock_provider, "mock-b")],
+                }
+            },
+        )
+    )
     client = sidecar.openai()
     for _ in range(3):
         client.chat.completions.create(model="chat", messages=HELLO)
@@ -163,8 +241,9 @@ def test_preference_header_and_default(make_sidecar, mock_provider: MockProvider
 
 def test_bounded_attempts(make_sidecar, mock_provider: MockProvider) -> None:
     mock_provider.set_behaviour("mock-a", status=503)
-    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [endpoint(mock_provider, "mock-a")]}},
-                                  max_attempts=3))
+    sidecar = make_sidecar(
+        config(mock_provider, {"chat": {"endpoints": [endpoint(mock_provider, "mock-a")]}}, max_attempts=3)
+    )
     with pytest.raises(openai.InternalServerError) as info:
         sidecar.openai().chat.completions.create(model="chat", messages=HELLO)
     assert info.value.status_code == 503

@@ -23,9 +23,20 @@ def endpoints(sidecar, group: str = "chat") -> dict[str, dict]:
 
 def test_circuit_opens_half_opens_and_closes(make_sidecar, mock_provider: MockProvider) -> None:
     mock_provider.set_behaviour("mock-a", status=500)
-    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
-        endpoint(mock_provider, "mock-a", priority=0), endpoint(mock_provider, "mock-b", priority=1)]}},
-        circuit={"failures": 2, "open_for": 1.0}))
+    sidecar = make_sidecar(
+        config(
+            mock_provider,
+            {
+                "chat": {
+                    "endpoints": [
+                        endpoint(mock_provider, "mock-a", priority=0),
+                        endpoint(mock_provider, "mock-b", priority=1),
+                    ]
+                }
+            },
+            circuit={"failures": 2, "open_for": 1.0},
+        )
+    )
     client = sidecar.openai()
     for _ in range(2):
         client.chat.completions.create(model="chat", messages=HELLO)
@@ -63,13 +74,20 @@ def test_requested_rest_headers() -> None:
     assert requested_rest({"retry-after": "soon"}, 0) is None
 
 
-def test_active_probes_mark_a_dead_endpoint_without_calls(make_sidecar, mock_provider: MockProvider,
-                                                          server_loop, refused_port: RefusedPort) -> None:
+def test_active_probes_mark_a_dead_endpoint_without_calls(
+    make_sidecar, mock_provider: MockProvider, server_loop, refused_port: RefusedPort
+) -> None:
     dead = refused_port.url
-    sidecar = make_sidecar(config(mock_provider, {
-        "chat": {"endpoints": [endpoint(dead, "later", model="mock-a"), endpoint(mock_provider, "mock-b")]},
-        "solo": {"endpoints": [endpoint(dead, "later", model="mock-a")]},
-    }, health={"enabled": True, "interval": 0.1, "timeout": 0.5, "unhealthy_after": 2}))
+    sidecar = make_sidecar(
+        config(
+            mock_provider,
+            {
+                "chat": {"endpoints": [endpoint(dead, "later", model="mock-a"), endpoint(mock_provider, "mock-b")]},
+                "solo": {"endpoints": [endpoint(dead, "later", model="mock-a")]},
+            },
+            health={"enabled": True, "interval": 0.1, "timeout": 0.5, "unhealthy_after": 2},
+        )
+    )
     deadline = time.monotonic() + 5
     # Each group's endpoint has its own probe: wait for both to have found the port dead.
     while any(endpoints(sidecar, group)["later"]["health"] != "unhealthy" for group in ("chat", "solo")):
@@ -94,8 +112,9 @@ def test_active_probes_mark_a_dead_endpoint_without_calls(make_sidecar, mock_pro
 
 
 def test_status_shows_slots_and_never_a_key(make_sidecar, mock_provider: MockProvider) -> None:
-    sidecar = make_sidecar(config(mock_provider, {"chat": {"endpoints": [
-        endpoint(mock_provider, "mock-a", max_concurrent=7)]}}))
+    sidecar = make_sidecar(
+        config(mock_provider, {"chat": {"endpoints": [endpoint(mock_provider, "mock-a", max_concurrent=7)]}})
+    )
     sidecar.openai().chat.completions.create(model="chat", messages=HELLO)
     text = httpx.get(sidecar.admin_url + "/status").text
     state = endpoints(sidecar)["mock-a"]

@@ -16,7 +16,11 @@ def test_model_endpoint_infers_dialect_and_key(monkeypatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-from-env")
     openai_endpoint = ModelEndpoint(name="gpt-4", url="https://api.openai.com/v1/chat/completions", max_concurrent=5)
     claude = ModelEndpoint(name="claude-3", url="https://api.anthropic.com/v1/messages", max_concurrent=3)
-    assert (openai_endpoint.dialect, openai_endpoint.url, openai_endpoint.model) == ("openai", "https://api.openai.com/v1", "gpt-4")
+    assert (openai_endpoint.dialect, openai_endpoint.url, openai_endpoint.model) == (
+        "openai",
+        "https://api.openai.com/v1",
+        "gpt-4",
+    )
     assert (claude.dialect, claude.url, claude.max_concurrent) == ("anthropic", "https://api.anthropic.com", 3)
     assert claude.api_key.reveal() == "sk-ant-from-env" and "sk-ant" not in repr(claude)
 
@@ -24,16 +28,22 @@ def test_model_endpoint_infers_dialect_and_key(monkeypatch) -> None:
 def test_route_request_falls_back(mock_provider: MockProvider) -> None:
     mock_provider.set_behaviour("gpt-4", status=500)
     endpoints = [
-        ModelEndpoint(name="gpt-4", url=mock_provider.url + "/v1/chat/completions", api_key=PROVIDER_KEY, max_concurrent=5),
+        ModelEndpoint(
+            name="gpt-4", url=mock_provider.url + "/v1/chat/completions", api_key=PROVIDER_KEY, max_concurrent=5
+        ),
         ModelEndpoint(name="claude-3", url=mock_provider.url + "/v1/messages", api_key=PROVIDER_KEY, max_concurrent=3),
     ]
 
     async def main() -> tuple[list[dict], list[str], dict]:
-        async with ConcurrentRouter(endpoints, settings=RouterConfig(backoff={"base": 0.01, "max": 0.02},
-                                                                      health={"enabled": False})) as router:
-            results = await asyncio.gather(*(router.route_request(f"Explain quantum computing {i}",
-                                                                  preferred_model="gpt-4", max_tokens=50)
-                                             for i in range(8)))
+        async with ConcurrentRouter(
+            endpoints, settings=RouterConfig(backoff={"base": 0.01, "max": 0.02}, health={"enabled": False})
+        ) as router:
+            results = await asyncio.gather(
+                *(
+                    router.route_request(f"Explain quantum computing {i}", preferred_model="gpt-4", max_tokens=50)
+                    for i in range(8)
+                )
+            )
             pieces = [p async for p in router.stream_request("Stream it", preferred_model="gpt-4")]
             return list(results), pieces, router.status()
 
@@ -70,8 +80,9 @@ def test_stream_request_raises_on_a_stream_cut_short(mock_provider: MockProvider
 
     async def main() -> list[str]:
         pieces: list[str] = []
-        async with ConcurrentRouter([ModelEndpoint(name="short", url=mock_provider.url + "/v1",
-                                                   api_key=PROVIDER_KEY)]) as router:
+        async with ConcurrentRouter(
+            [ModelEndpoint(name="short", url=mock_provider.url + "/v1", api_key=PROVIDER_KEY)]
+        ) as router:
             async for piece in router.stream_request("Stream it"):
                 pieces.append(piece)
         return pieces

@@ -10,9 +10,19 @@ from proxy.upstream import Upstream
 
 
 def config(model_b: str = "b", open_for: float = 10.0):
-    return parse_config({"router": {"circuit": {"open_for": open_for}}, "model_groups": {"g": {"endpoints": [
-        {"name": "a", "url": "http://127.0.0.1:1/v1", "model": "a"},
-        {"name": "b", "url": "http://127.0.0.1:2/v1", "model": model_b}]}}})
+    return parse_config(
+        {
+            "router": {"circuit": {"open_for": open_for}},
+            "model_groups": {
+                "g": {
+                    "endpoints": [
+                        {"name": "a", "url": "http://127.0.0.1:1/v1", "model": "a"},
+                        {"name": "b", "url": "http://127.0.0.1:2/v1", "model": model_b},
+                    ]
+                }
+            },
+        }
+    )
 
 
 async def test_unchanged_endpoints_keep_their_state() -> None:

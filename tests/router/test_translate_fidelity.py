@@ -14,8 +14,12 @@ from proxy.dialects.translate import AnthropicToOpenAIStream, OpenAIToAnthropicS
 from tests.router.helpers import config, endpoint
 from tests.servers import MockProvider
 
-SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
-          "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
 ASK = [{"role": "user", "content": "Where is the Eiffel tower?"}]
 
 
@@ -23,11 +27,16 @@ ASK = [{"role": "user", "content": "Where is the Eiffel tower?"}]
 def sidecar(make_sidecar, mock_provider: MockProvider):
     """``gpt``/``claude`` are served only by the other dialect; ``gpt-fallback`` fails over to it."""
     mock_provider.set_behaviour("broken-gpt", status=503)
-    return make_sidecar(config(mock_provider, {
-        "gpt": {"endpoints": [endpoint(mock_provider, "mock-claude", dialect="anthropic")]},
-        "claude": {"endpoints": [endpoint(mock_provider, "mock-gpt")]},
-        "gpt-fallback": {"endpoints": [endpoint(mock_provider, "broken-gpt")], "fallbacks": ["gpt"]},
-    }))
+    return make_sidecar(
+        config(
+            mock_provider,
+            {
+                "gpt": {"endpoints": [endpoint(mock_provider, "mock-claude", dialect="anthropic")]},
+                "claude": {"endpoints": [endpoint(mock_provider, "mock-gpt")]},
+                "gpt-fallback": {"endpoints": [endpoint(mock_provider, "broken-gpt")], "fallbacks": ["gpt"]},
+            },
+        )
+    )
 
 
 def test_openai_json_schema_output_reaches_an_anthropic_endpoint(sidecar, mock_provider: MockProvider) -> None:
@@ -53,21 +62,33 @@ def test_anthropic_json_output_reaches_an_openai_endpoint(sidecar, mock_provider
     assert message.content[0].text
     sent = mock_provider.requests()[-1]
     assert sent["path"] == "/v1/chat/completions"
-    assert sent["body"]["response_format"] == {"type": "json_schema",
-                                               "json_schema": {"name": "output", "schema": SCHEMA, "strict": True}}
+    assert sent["body"]["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": SCHEMA, "strict": True},
+    }
 
 
 def test_stop_sequences_and_tool_choice_cross(sidecar, mock_provider: MockProvider) -> None:
     tools = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]
-    sidecar.openai().chat.completions.create(model="gpt", messages=ASK, stop=["\n\n", "END"], tools=tools,
-                                             tool_choice={"type": "function", "function": {"name": "search"}},
-                                             parallel_tool_calls=False)
+    sidecar.openai().chat.completions.create(
+        model="gpt",
+        messages=ASK,
+        stop=["\n\n", "END"],
+        tools=tools,
+        tool_choice={"type": "function", "function": {"name": "search"}},
+        parallel_tool_calls=False,
+    )
     sent = mock_provider.requests()[-1]["body"]
     assert sent["stop_sequences"] == ["\n\n", "END"]
     assert sent["tool_choice"] == {"type": "tool", "name": "search", "disable_parallel_tool_use": True}
-    sidecar.anthropic().messages.create(model="claude", max_tokens=50, messages=ASK, stop_sequences=["END"],
-                                        tools=[{"name": "search", "input_schema": {"type": "object"}}],
-                                        tool_choice={"type": "any"})
+    sidecar.anthropic().messages.create(
+        model="claude",
+        max_tokens=50,
+        messages=ASK,
+        stop_sequences=["END"],
+        tools=[{"name": "search", "input_schema": {"type": "object"}}],
+        tool_choice={"type": "any"},
+    )
     sent = mock_provider.requests()[-1]["body"]
     assert (sent["stop"], sent["tool_choice"]) == (["END"], "required")
 
@@ -81,8 +102,11 @@ OPENAI_REFUSED = {
     "response_format": {"response_format": {"type": "json_object"}},
     "reasoning_effort": {"reasoning_effort": "high"},
     "tools": {"tools": [{"type": "custom", "custom": {"name": "grammar"}}]},
-    "messages": {"messages": [{"role": "user", "content": [{"type": "input_audio",
-                                                            "input_audio": {"data": "AAAA", "format": "wav"}}]}]},
+    "messages": {
+        "messages": [
+            {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}
+        ]
+    },
     "a_new_provider_knob": {"a_new_provider_knob": True},
 }
 
@@ -90,7 +114,8 @@ OPENAI_REFUSED = {
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("field", sorted(OPENAI_REFUSED))
 def test_openai_fields_with_no_anthropic_counterpart_are_refused_before_the_call(
-        sidecar, mock_provider: MockProvider, field: str, stream: bool) -> None:
+    sidecar, mock_provider: MockProvider, field: str, stream: bool
+) -> None:
     body = {"model": "gpt", "messages": ASK, "stream": stream, **OPENAI_REFUSED[field]}
     response = httpx.post(sidecar.openai_base + "/chat/completions", json=body, timeout=10)
     assert response.status_code == 400, response.text
@@ -106,16 +131,25 @@ ANTHROPIC_REFUSED = {
     "stop_sequences": {"stop_sequences": ["a", "b", "c", "d", "e"]},
     "tools": {"tools": [{"type": "web_search_20250305", "name": "web_search"}]},
     "output_config": {"output_config": {"effort": "high"}},
-    "messages": {"messages": [{"role": "user", "content": [
-        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "a contract"}},
-        {"type": "text", "text": "summarise"}]}]},
+    "messages": {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "a contract"}},
+                    {"type": "text", "text": "summarise"},
+                ],
+            }
+        ]
+    },
     "container": {"container": "container_1"},
 }
 
 
 @pytest.mark.parametrize("field", sorted(ANTHROPIC_REFUSED))
 def test_anthropic_fields_with_no_openai_counterpart_are_refused_before_the_call(
-        sidecar, mock_provider: MockProvider, field: str) -> None:
+    sidecar, mock_provider: MockProvider, field: str
+) -> None:
     body = {"model": "claude", "max_tokens": 50, "messages": ASK, **ANTHROPIC_REFUSED[field]}
     response = httpx.post(sidecar.anthropic_base + "/v1/messages", json=body, timeout=10)
     assert response.status_code == 400, response.text
@@ -134,8 +168,17 @@ def test_the_sdks_raise_their_bad_request_errors(sidecar, mock_provider: MockPro
 
 
 def test_what_cannot_change_the_answer_is_left_out(sidecar, mock_provider: MockProvider) -> None:
-    sidecar.openai().chat.completions.create(model="gpt", messages=ASK, seed=7, store=True, metadata={"team": "a"},
-                                             n=1, logprobs=False, presence_penalty=0, user="u-1")
+    sidecar.openai().chat.completions.create(
+        model="gpt",
+        messages=ASK,
+        seed=7,
+        store=True,
+        metadata={"team": "a"},
+        n=1,
+        logprobs=False,
+        presence_penalty=0,
+        user="u-1",
+    )
     sent = mock_provider.requests()[-1]["body"]
     assert sent["metadata"] == {"user_id": "u-1"}
     assert not {"seed", "store", "n", "logprobs", "presence_penalty"} & set(sent)
@@ -161,29 +204,70 @@ def test_after_a_failed_endpoint_its_error_stands_rather_than_the_refusal(sideca
 
 
 def test_usage_keeps_cached_tokens_both_ways() -> None:
-    anthropic_usage = {"input_tokens": 10, "cache_read_input_tokens": 90, "cache_creation_input_tokens": 5,
-                       "output_tokens": 7}
-    reply = json.loads(Translation("openai", "anthropic", "/v1/messages").response(json.dumps({
-        "id": "msg_1", "model": "m", "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
-        "usage": anthropic_usage}).encode()))
-    assert reply["usage"] == {"prompt_tokens": 105, "completion_tokens": 7, "total_tokens": 112,
-                              "prompt_tokens_details": {"cached_tokens": 90}}
-    openai_usage = {"prompt_tokens": 100, "completion_tokens": 7, "total_tokens": 107,
-                    "prompt_tokens_details": {"cached_tokens": 64}}
-    message = json.loads(Translation("anthropic", "openai", "/chat/completions").response(json.dumps({
-        "id": "chatcmpl-1", "model": "m", "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
-                                                       "finish_reason": "stop"}], "usage": openai_usage}).encode()))
+    anthropic_usage = {
+        "input_tokens": 10,
+        "cache_read_input_tokens": 90,
+        "cache_creation_input_tokens": 5,
+        "output_tokens": 7,
+    }
+    reply = json.loads(
+        Translation("openai", "anthropic", "/v1/messages").response(
+            json.dumps(
+                {
+                    "id": "msg_1",
+                    "model": "m",
+                    "content": [{"type": "text", "text": "hi"}],
+                    "stop_reason": "end_turn",
+                    "usage": anthropic_usage,
+                }
+            ).encode()
+        )
+    )
+    assert reply["usage"] == {
+        "prompt_tokens": 105,
+        "completion_tokens": 7,
+        "total_tokens": 112,
+        "prompt_tokens_details": {"cached_tokens": 90},
+    }
+    openai_usage = {
+        "prompt_tokens": 100,
+        "completion_tokens": 7,
+        "total_tokens": 107,
+        "prompt_tokens_details": {"cached_tokens": 64},
+    }
+    message = json.loads(
+        Translation("anthropic", "openai", "/chat/completions").response(
+            json.dumps(
+                {
+                    "id": "chatcmpl-1",
+                    "model": "m",
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+                    ],
+                    "usage": openai_usage,
+                }
+            ).encode()
+        )
+    )
     assert message["usage"] == {"input_tokens": 36, "cache_read_input_tokens": 64, "output_tokens": 7}
     # Streams too.
     stream = OpenAIToAnthropicStream()
-    events = stream.feed(b'data: {"id":"c","model":"m","choices":[{"index":0,"delta":{"content":"hi"},'
-                         b'"finish_reason":"stop"}]}\n\n'
-                         b'data: {"id":"c","model":"m","choices":[],"usage":' + json.dumps(openai_usage).encode()
-                         + b"}\n\ndata: [DONE]\n\n")
+    events = stream.feed(
+        b'data: {"id":"c","model":"m","choices":[{"index":0,"delta":{"content":"hi"},'
+        b'"finish_reason":"stop"}]}\n\n'
+        b'data: {"id":"c","model":"m","choices":[],"usage":'
+        + json.dumps(openai_usage).encode()
+        + b"}\n\ndata: [DONE]\n\n"
+    )
     assert b'"usage":{"output_tokens":7,"input_tokens":36,"cache_read_input_tokens":64}' in events
     chunks = AnthropicToOpenAIStream(include_usage=True)
-    out = chunks.feed(b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","model":"m",'
-                      b'"usage":{"input_tokens":10,"cache_read_input_tokens":90,"output_tokens":1}}}\n\n'
-                      b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
-                      b'"usage":{"output_tokens":7}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n')
-    assert b'"prompt_tokens":100,"completion_tokens":7,"total_tokens":107,"prompt_tokens_details":{"cached_tokens":90}' in out
+    out = chunks.feed(
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","model":"m",'
+        b'"usage":{"input_tokens":10,"cache_read_input_tokens":90,"output_tokens":1}}}\n\n'
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+        b'"usage":{"output_tokens":7}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n'
+    )
+    assert (
+        b'"prompt_tokens":100,"completion_tokens":7,"total_tokens":107,"prompt_tokens_details":{"cached_tokens":90}'
+        in out
+    )

@@ -26,8 +26,9 @@ class Scrape:
         self.samples = [s for f in self.families for s in f.samples]
 
     def value(self, name: str, **labels: str) -> float:
-        return sum(s.value for s in self.samples
-                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+        return sum(
+            s.value for s in self.samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
 
     def names(self) -> set[str]:
         """Every metric and sample name exposed (``foo``, ``foo_total``, ``foo_bucket`` …)."""

@@ -25,8 +25,14 @@ from tests.servers import PROVIDER_KEY, default_config, free_port
 from tests.telemetry.conftest import Scrape
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "helm" / "llm-sidecar" / "files" / "dashboard.json"
-ROWS = {"Traffic", "Latency", "Errors and fallbacks", "Endpoint health and saturation", "Cache effectiveness",
-        "Tokens and cost"}
+ROWS = {
+    "Traffic",
+    "Latency",
+    "Errors and fallbacks",
+    "Endpoint health and saturation",
+    "Cache effectiveness",
+    "Tokens and cost",
+}
 #: labels that Prometheus adds at scrape time (the ServiceMonitor/PodMonitor relabelling)
 TARGET_LABELS = {"pod", "namespace", "job", "instance", "container"}
 _SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}")
@@ -56,17 +62,25 @@ def live(server_loop) -> Any:
     provider = MockProvider(server_loop)
     dead = RefusedPort()
     config = default_config(provider.url, telemetry={"prices": {"gpt-4o-mini": {"input": 1, "output": 2}}})
-    config["model_groups"]["gpt-4o-mini"]["endpoints"].insert(0, {
-        "name": "dead", "url": dead.url + "/v1", "api_key": PROVIDER_KEY, "priority": -1})
+    config["model_groups"]["gpt-4o-mini"]["endpoints"].insert(
+        0, {"name": "dead", "url": dead.url + "/v1", "api_key": PROVIDER_KEY, "priority": -1}
+    )
     sidecar = Sidecar(server_loop, config)
     client = sidecar.openai()
     for _ in range(2):  # a miss, then a hit
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "d"}], temperature=0)
-    list(client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "s"}], stream=True,
-                                        stream_options={"include_usage": True}))
+    list(
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "s"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     try:
-        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "e"}],
-                                       extra_headers={"x-mock-status": "500"})
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "e"}], extra_headers={"x-mock-status": "500"}
+        )
     except Exception:
         pass
     with urllib.request.urlopen(sidecar.admin_url + "/metrics", timeout=10) as response:
@@ -112,8 +126,9 @@ def test_queries_use_only_exported_metrics_and_labels(live) -> None:
                 assert label in labels_of[name] | TARGET_LABELS, f"{name} has no label {label} (in {expr})"
         for grouping in _BY.findall(expr):
             for label in (g.strip() for g in grouping.split(",")):
-                assert label == "le" or any(label in labels_of.get(n, set()) | TARGET_LABELS
-                                            for n, _ in _SELECTOR.findall(expr)), f"{label} in {expr}"
+                assert label == "le" or any(
+                    label in labels_of.get(n, set()) | TARGET_LABELS for n, _ in _SELECTOR.findall(expr)
+                ), f"{label} in {expr}"
 
 
 def _get(url: str) -> Any:
@@ -160,16 +175,21 @@ scrape_configs:
 def _serve(tmp_path: Path, name: str, mock_url: str) -> tuple[subprocess.Popen[bytes], str, str]:
     """One sidecar as the pod runs it: the installed command on a config file."""
     port, admin_port = free_port(), free_port()
-    config = default_config(mock_url, server={"port": port, "admin_port": admin_port},
-                            telemetry={"prices": {"gpt-4o-mini": {"input": 1, "output": 2}}},
-                            router={"health": {"interval": 0.5, "timeout": 0.5}})
-    config["model_groups"]["gpt-4o-mini"]["endpoints"].insert(0, {
-        "name": "dead", "url": "http://127.0.0.1:9/v1", "api_key": PROVIDER_KEY, "priority": -1})
+    config = default_config(
+        mock_url,
+        server={"port": port, "admin_port": admin_port},
+        telemetry={"prices": {"gpt-4o-mini": {"input": 1, "output": 2}}},
+        router={"health": {"interval": 0.5, "timeout": 0.5}},
+    )
+    config["model_groups"]["gpt-4o-mini"]["endpoints"].insert(
+        0, {"name": "dead", "url": "http://127.0.0.1:9/v1", "api_key": PROVIDER_KEY, "priority": -1}
+    )
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     exe = str(Path(sys.executable).with_name("llm-sidecar"))
-    process = subprocess.Popen([exe, "serve", "--config", str(path)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [exe, "serve", "--config", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     return process, f"http://127.0.0.1:{port}", f"127.0.0.1:{admin_port}"
 
 
@@ -182,10 +202,17 @@ def _traffic(url: str, stop: threading.Event) -> None:
     while not stop.is_set():
         for call in (
             lambda: client.chat.completions.create(model="gpt-4o-mini", messages=hello, temperature=0),
-            lambda: list(client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "s"}],
-                                                        stream=True, stream_options={"include_usage": True})),
-            lambda: client.chat.completions.create(model="claude-sonnet", messages=hello,
-                                                   extra_headers={"x-mock-status": "500"}),
+            lambda: list(
+                client.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=[{"role": "user", "content": "s"}],
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+            ),
+            lambda: client.chat.completions.create(
+                model="claude-sonnet", messages=hello, extra_headers={"x-mock-status": "500"}
+            ),
         ):
             try:
                 call()
@@ -194,8 +221,9 @@ def _traffic(url: str, stop: threading.Event) -> None:
         stop.wait(0.1)
 
 
-@pytest.mark.skipif(shutil.which("prometheus") is None,
-                    reason="prometheus is not installed (apt-get install prometheus provides it)")
+@pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="prometheus is not installed (apt-get install prometheus provides it)"
+)
 def test_every_panel_shows_its_series_through_the_operator_relabelling(tmp_path: Path, mock_provider) -> None:
     """Two running sidecars and an app's own metrics, scraped by a real Prometheus with the
     labels the Prometheus Operator attaches; each panel's query returns the series it means."""
@@ -207,13 +235,21 @@ def test_every_panel_shows_its_series_through_the_operator_relabelling(tmp_path:
     stop = threading.Event()
     port = free_port()
     config = tmp_path / "prometheus.yml"
-    config.write_text(PROMETHEUS_CONFIG.format(sidecar=sidecars[0][2], gateway=sidecars[1][2],
-                                               app=f"127.0.0.1:{app_port}"))
+    config.write_text(
+        PROMETHEUS_CONFIG.format(sidecar=sidecars[0][2], gateway=sidecars[1][2], app=f"127.0.0.1:{app_port}")
+    )
     assert subprocess.run(["promtool", "check", "config", str(config)], capture_output=True).returncode == 0
     prometheus = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path}/data",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path}/data",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     api = f"http://127.0.0.1:{port}/api/v1"
     threads: list[threading.Thread] = []
 
@@ -246,15 +282,24 @@ def test_every_panel_shows_its_series_through_the_operator_relabelling(tmp_path:
         empty, wrong = [], []
         for panel in panels(dashboard):
             for target in panel["targets"]:
-                expr = (target["expr"].replace("$__rate_interval", "15s").replace("$__range", "5m")
-                        .replace("$model_group", ".*").replace("$pod", ".*"))
+                expr = (
+                    target["expr"]
+                    .replace("$__rate_interval", "15s")
+                    .replace("$__range", "5m")
+                    .replace("$model_group", ".*")
+                    .replace("$pod", ".*")
+                )
                 result = query(expr)
                 if not result:
                     empty.append(panel["title"])
                 legend = re.findall(r"\{\{(\w+)\}\}", target.get("legendFormat", ""))
                 shown = [tuple(r["metric"].get(label, "") for label in legend) for r in result]
-                for label, meant in (("model_group", GROUPS), ("upstream", UPSTREAMS), ("endpoint", UPSTREAMS),
-                                     ("pod", PODS)):
+                for label, meant in (
+                    ("model_group", GROUPS),
+                    ("upstream", UPSTREAMS),
+                    ("endpoint", UPSTREAMS),
+                    ("pod", PODS),
+                ):
                     if label in legend:
                         values = {row[legend.index(label)] for row in shown}
                         if not values <= meant:

@@ -56,10 +56,15 @@ def logs() -> Iterator[Capture]:
 
 def test_access_line_per_call(sidecar, logs) -> None:
     traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    list(sidecar.openai().chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}], stream=True,
-        stream_options={"include_usage": True}, extra_headers={"x-request-id": "req-log-1",
-                                                               "traceparent": traceparent}))
+    list(
+        sidecar.openai().chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": PROMPT}],
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={"x-request-id": "req-log-1", "traceparent": traceparent},
+        )
+    )
     with pytest.raises(openai.NotFoundError):
         sidecar.openai().chat.completions.create(model="nope", messages=[{"role": "user", "content": PROMPT}])
     first, second = logs.access()
@@ -77,8 +82,9 @@ def test_access_line_per_call(sidecar, logs) -> None:
 
 def test_upstream_failure_logs_an_error_event(sidecar, logs) -> None:
     with pytest.raises(openai.InternalServerError):
-        sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
-                                                 extra_headers={"x-mock-status": "503"})
+        sidecar.openai().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], extra_headers={"x-mock-status": "503"}
+        )
     events = [e for e in map(orjson.loads, logs.lines) if e["msg"] == "call failed"]
     assert events and events[0]["level"] == "warning" and events[0]["status"] == 503
 
@@ -98,10 +104,12 @@ def test_prompts_only_when_asked(make_sidecar, logs) -> None:
 
 def test_no_key_or_prompt_anywhere(make_sidecar, mock_provider, logs, refused_port) -> None:
     """Every outcome at debug level, tracing on: logs, /metrics, error bodies and spans stay clean."""
-    config = default_config(mock_provider.url, telemetry={"log_level": "debug",
-                                                          "tracing": {"enabled": True, "exporter": "none"}})
-    config["model_groups"]["dead"] = {"endpoints": [
-        {"name": "nowhere", "url": refused_port.url + "/v1", "api_key": PROVIDER_KEY}]}
+    config = default_config(
+        mock_provider.url, telemetry={"log_level": "debug", "tracing": {"enabled": True, "exporter": "none"}}
+    )
+    config["model_groups"]["dead"] = {
+        "endpoints": [{"name": "nowhere", "url": refused_port.url + "/v1", "api_key": PROVIDER_KEY}]
+    }
     sidecar = make_sidecar(config=config)
     spans = InMemorySpanExporter()
     sidecar.pipeline.telemetry.tracing.provider.add_span_processor(SimpleSpanProcessor(spans))
@@ -112,18 +120,27 @@ def test_no_key_or_prompt_anywhere(make_sidecar, mock_provider, logs, refused_po
     list(client.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True))
     with sidecar.anthropic().messages.stream(model="claude-sonnet", max_tokens=50, messages=messages) as stream:
         stream.get_final_message()
-    for model, headers in (("gpt-4o-mini", {"x-mock-status": "500"}), ("dead", {}), ("missing", {}),
-                           ("gpt-4o-mini", {"x-mock-cut-after": "3"})):
+    for model, headers in (
+        ("gpt-4o-mini", {"x-mock-status": "500"}),
+        ("dead", {}),
+        ("missing", {}),
+        ("gpt-4o-mini", {"x-mock-cut-after": "3"}),
+    ):
         try:
             list(client.chat.completions.create(model=model, messages=messages, stream=True, extra_headers=headers))
         except openai.APIError as error:
             bodies.append(str(error.body) + str(error))
     with pytest.raises(anthropic.APIStatusError) as raised:
-        sidecar.anthropic().messages.create(model="claude-sonnet", max_tokens=5, messages=messages,
-                                            extra_headers={"x-mock-status": "429"})
+        sidecar.anthropic().messages.create(
+            model="claude-sonnet", max_tokens=5, messages=messages, extra_headers={"x-mock-status": "429"}
+        )
     bodies.append(raised.value.response.text)
-    bodies.append(httpx.post(sidecar.openai_base + "/chat/completions", content=b'{"model": "gpt-4o-mini", '
-                             b'"messages": [{"content": "' + PROMPT.encode() + b'"').text)
+    bodies.append(
+        httpx.post(
+            sidecar.openai_base + "/chat/completions",
+            content=b'{"model": "gpt-4o-mini", "messages": [{"content": "' + PROMPT.encode() + b'"',
+        ).text
+    )
 
     assert len(bodies) == 6
     places = {

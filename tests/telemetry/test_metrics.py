@@ -24,7 +24,8 @@ PRICES = {"gpt-4o-mini": {"input": 1.0, "output": 2.0}}
 
 def chat(sidecar, content: str = "Hello", **kwargs):
     return sidecar.openai().chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": content}], **kwargs)
+        model="gpt-4o-mini", messages=[{"role": "user", "content": content}], **kwargs
+    )
 
 
 def test_exposition_is_prometheus_text(sidecar, scrape) -> None:
@@ -47,8 +48,9 @@ def test_counters_follow_every_outcome(make_sidecar, mock_provider, scrape, refu
 
     chat(sidecar)  # JSON: 20 output tokens
     list(chat(sidecar, stream=True, stream_options={"include_usage": True}))  # streamed: 20 more
-    with sidecar.anthropic().messages.stream(model="claude-sonnet", max_tokens=100,
-                                             messages=[{"role": "user", "content": "Hello"}]) as stream:
+    with sidecar.anthropic().messages.stream(
+        model="claude-sonnet", max_tokens=100, messages=[{"role": "user", "content": "Hello"}]
+    ) as stream:
         stream.get_final_message()
     with pytest.raises(openai.InternalServerError):
         chat(sidecar, extra_headers={"x-mock-status": "500"})
@@ -76,7 +78,8 @@ def test_counters_follow_every_outcome(make_sidecar, mock_provider, scrape, refu
     spent_in = m.value("llm_sidecar_tokens_total", model_group="gpt-4o-mini", type="input")
     assert spent_in > 0
     assert m.value("llm_sidecar_cost_usd_total", model_group="gpt-4o-mini") == pytest.approx(
-        (spent_in * 1.0 + 40 * 2.0) / 1e6)
+        (spent_in * 1.0 + 40 * 2.0) / 1e6
+    )
     assert m.value("llm_sidecar_calls_in_flight") == 0
     # A model name nobody configured never becomes a label value.
     assert "no-such-model-7" not in m.text
@@ -105,7 +108,8 @@ def test_live_state_during_a_stream(sidecar, mock_provider, scrape) -> None:
     # miss it. A call is in flight from its start, but holds the endpoint's slot only once routed.
     during = wait_until(
         lambda: s if (s := scrape(sidecar)).value("llm_sidecar_endpoint_in_flight", **key) >= 1 else None,
-        what="the stream holding its endpoint's slot")
+        what="the stream holding its endpoint's slot",
+    )
     thread.join(10)
     after = scrape(sidecar)
     assert during.value("llm_sidecar_calls_in_flight") == 1
@@ -156,10 +160,13 @@ def test_saved_tokens_attempts_and_fallbacks_from_the_call() -> None:
     assert m.value("llm_sidecar_cache_saved_cost_usd_total") == pytest.approx(2 * (10 + 200) / 1e6)
     assert m.value("llm_sidecar_tokens_total", type="output") == 100
     assert m.value("llm_sidecar_cache_calls_total", cache_status="hit") == 1
-    assert m.value("llm_sidecar_upstream_attempt_duration_seconds_count", upstream="mock-openai",
-                   status_class="5xx") == 3
-    assert m.value("llm_sidecar_upstream_attempt_duration_seconds_count", upstream="mock-openai-2",
-                   status_class="2xx") == 3
+    assert (
+        m.value("llm_sidecar_upstream_attempt_duration_seconds_count", upstream="mock-openai", status_class="5xx") == 3
+    )
+    assert (
+        m.value("llm_sidecar_upstream_attempt_duration_seconds_count", upstream="mock-openai-2", status_class="2xx")
+        == 3
+    )
     assert m.value("llm_sidecar_fallbacks_total") == 3
     assert m.value("llm_sidecar_retries_total") == 3
     assert m.value("llm_sidecar_overhead_seconds_sum") == pytest.approx(3 * 0.3)
@@ -184,24 +191,32 @@ def test_step_timings_and_events_are_bounded() -> None:
     assert "user-42" not in m.text and "/some/path" not in m.text
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None,
-                    reason="promtool is not installed (apt-get install prometheus provides it)")
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool is not installed (apt-get install prometheus provides it)"
+)
 def test_promtool_check_metrics(sidecar, mock_provider) -> None:
     chat(sidecar)
     list(chat(sidecar, stream=True, stream_options={"include_usage": True}))
     text, _ = exposition(sidecar)
-    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_fallback_and_cache_hit_move_their_counters(make_sidecar, mock_provider, scrape, refused_port) -> None:
     dead = refused_port.url + "/v1"
     config = default_config(mock_provider.url)
-    config["model_groups"]["gpt-4o-mini"] = {"endpoints": [
-        {"name": "dead", "url": dead, "api_key": PROVIDER_KEY, "priority": 0},
-        {"name": "mock-openai", "url": f"{mock_provider.url}/v1", "model": "mock-gpt", "api_key": PROVIDER_KEY,
-         "priority": 1}]}
+    config["model_groups"]["gpt-4o-mini"] = {
+        "endpoints": [
+            {"name": "dead", "url": dead, "api_key": PROVIDER_KEY, "priority": 0},
+            {
+                "name": "mock-openai",
+                "url": f"{mock_provider.url}/v1",
+                "model": "mock-gpt",
+                "api_key": PROVIDER_KEY,
+                "priority": 1,
+            },
+        ]
+    }
     sidecar = make_sidecar(config=config)
     first = chat(sidecar, "cache me", temperature=0)
     again = chat(sidecar, "cache me", temperature=0)
@@ -210,8 +225,9 @@ def test_fallback_and_cache_hit_move_their_counters(make_sidecar, mock_provider,
     group = {"model_group": "gpt-4o-mini"}
     assert m.value("llm_sidecar_fallbacks_total", **group) == 1
     assert m.value("llm_sidecar_upstream_attempt_duration_seconds_count", upstream="dead", status_class="none") == 1
-    assert m.value("llm_sidecar_upstream_attempt_duration_seconds_count", upstream="mock-openai",
-                   status_class="2xx") == 1
+    assert (
+        m.value("llm_sidecar_upstream_attempt_duration_seconds_count", upstream="mock-openai", status_class="2xx") == 1
+    )
     assert m.value("llm_sidecar_call_events_total", event="fallback") == 1
     assert m.value("llm_sidecar_calls_total", outcome="upstream", **group) == 1
     assert m.value("llm_sidecar_calls_total", outcome="cached", **group) == 1

@@ -38,12 +38,23 @@ def traced(make_sidecar):
 
 def test_call_span_continues_the_callers_trace(traced, mock_provider) -> None:
     sidecar, exporter = traced
-    list(sidecar.openai().chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "secret prompt words"}], stream=True,
-        stream_options={"include_usage": True}, temperature=0.2, extra_headers={"traceparent": TRACEPARENT}))
+    list(
+        sidecar.openai().chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "secret prompt words"}],
+            stream=True,
+            stream_options={"include_usage": True},
+            temperature=0.2,
+            extra_headers={"traceparent": TRACEPARENT},
+        )
+    )
     # A stream's last bytes reach the client before the sidecar's handler returns and ends the span.
-    spans = wait_until(lambda: [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
-                       and exporter.get_finished_spans(), what="the call's span")
+    spans = wait_until(
+        lambda: (
+            [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER] and exporter.get_finished_spans()
+        ),
+        what="the call's span",
+    )
     (root,) = [s for s in spans if s.kind is SpanKind.SERVER]
     assert root.name == "chat gpt-4o-mini"
     assert format(root.context.trace_id, "032x") == CALLER_TRACE
@@ -75,8 +86,9 @@ def test_call_span_continues_the_callers_trace(traced, mock_provider) -> None:
 def test_failed_call_span_is_an_error(traced) -> None:
     sidecar, exporter = traced
     with pytest.raises(openai.InternalServerError):
-        sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
-                                                 extra_headers={"x-mock-status": "500"})
+        sidecar.openai().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], extra_headers={"x-mock-status": "500"}
+        )
     spans = exporter.get_finished_spans()
     (root,) = [s for s in spans if s.kind is SpanKind.SERVER]
     assert root.status.status_code is StatusCode.ERROR
@@ -90,7 +102,8 @@ def test_failed_call_span_is_an_error(traced) -> None:
 def test_new_trace_without_a_caller_context(traced) -> None:
     sidecar, exporter = traced
     reply = sidecar.anthropic().messages.with_raw_response.create(
-        model="claude-sonnet", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+        model="claude-sonnet", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+    )
     (root,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
     assert root.parent is None
     assert root.name == "chat claude-sonnet"
@@ -108,8 +121,9 @@ class _Request:
 
 
 def test_steps_nest_and_inject_the_innermost_span() -> None:
-    config = parse_config(default_config("http://127.0.0.1:1", telemetry={
-        "tracing": {"enabled": True, "exporter": "none"}}))
+    config = parse_config(
+        default_config("http://127.0.0.1:1", telemetry={"tracing": {"enabled": True, "exporter": "none"}})
+    )
     telemetry = Telemetry(config.telemetry)
     exporter = InMemorySpanExporter()
     telemetry.tracing.provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -134,7 +148,8 @@ def test_steps_nest_and_inject_the_innermost_span() -> None:
     root = spans[("chat gpt-4o-mini", None)]
     first = spans[("upstream.attempt", "a")]
     assert {s.parent.span_id for name, s in spans.items() if name != ("chat gpt-4o-mini", None)} == {
-        root.context.span_id}
+        root.context.span_id
+    }
     assert headers["traceparent"] == f"00-{CALLER_TRACE}-{first.context.span_id:016x}-01"
     assert outside["traceparent"] == f"00-{CALLER_TRACE}-{root.context.span_id:016x}-01"
     assert first.kind is SpanKind.CLIENT and spans[("cache.lookup", None)].kind is SpanKind.INTERNAL
@@ -182,20 +197,34 @@ def test_export_over_otlp_http(make_sidecar, server_loop) -> None:
 
     server_loop.run(start())
     try:
-        sidecar = make_sidecar(telemetry={"tracing": {
-            "enabled": True, "endpoint": f"http://127.0.0.1:{port}/v1/traces", "service_name": "sidecar-test",
-            "headers": {"x-tenant": "t1"}}})
-        sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
-                                                 extra_headers={"traceparent": TRACEPARENT})
+        sidecar = make_sidecar(
+            telemetry={
+                "tracing": {
+                    "enabled": True,
+                    "endpoint": f"http://127.0.0.1:{port}/v1/traces",
+                    "service_name": "sidecar-test",
+                    "headers": {"x-tenant": "t1"},
+                }
+            }
+        )
+        sidecar.openai().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], extra_headers={"traceparent": TRACEPARENT}
+        )
         sidecar.stop()  # flushes the batch
-        spans = [(resource.resource, span) for message in received for resource in message.resource_spans
-                 for scope in resource.scope_spans for span in scope.spans]
+        spans = [
+            (resource.resource, span)
+            for message in received
+            for resource in message.resource_spans
+            for scope in resource.scope_spans
+            for span in scope.spans
+        ]
         assert spans, "no spans reached the receiver"
         names = {span.name for _, span in spans}
         assert "chat gpt-4o-mini" in names
         assert {span.trace_id.hex() for _, span in spans} == {CALLER_TRACE}
-        service = {a.value.string_value for resource, _ in spans for a in resource.attributes
-                   if a.key == "service.name"}
+        service = {
+            a.value.string_value for resource, _ in spans for a in resource.attributes if a.key == "service.name"
+        }
         assert service == {"sidecar-test"}
     finally:
         server_loop.run(runner.cleanup())
