@@ -299,13 +299,6 @@ def _metric(admin_url: str, name: str, labels: str = "") -> float:
     return float(match.group(1))
 
 
-def _until(condition, message: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.05)
-
-
 def test_redis_down_and_back_is_logged_once_each_and_counted_honestly(cached_sidecar, mock_provider, caplog) -> None:
     import logging
 
@@ -316,19 +309,21 @@ def test_redis_down_and_back_is_logged_once_each_and_counted_honestly(cached_sid
         stores = lambda: _metric(sidecar.admin_url, "cache_events_total", '{event="store"}')  # noqa: E731
         failed = lambda: _metric(sidecar.admin_url, "cache_events_total", '{event="store_failed"}')  # noqa: E731
         assert _post(sidecar.openai_base, "before").status_code == 200
-        _until(lambda: stores() == 1, "the first answer was not stored")
+        wait_until(lambda: stores() == 1, interval=0.05, what="the first answer was not stored")
         assert _metric(sidecar.admin_url, "cache_available") == 1
         server.kill()
         for index in range(12):  # past breaker_failures: the circuit opens, later calls skip Redis
             assert _post(sidecar.openai_base, f"while down {index}").status_code == 200
-        _until(lambda: failed() == 12, "failed stores were not counted as such")
+        wait_until(lambda: failed() == 12, interval=0.05, what="failed stores were not counted as such")
         assert stores() == 1  # nothing was stored while Redis was down
         assert _metric(sidecar.admin_url, "cache_available") == 0
         assert _metric(sidecar.admin_url, "cache_errors_total") >= 24  # 12 lookups and 12 stores, none done
         server.start()
-        _until(lambda: _metric(sidecar.admin_url, "cache_available") == 1, "Redis did not come back")
+        wait_until(
+            lambda: _metric(sidecar.admin_url, "cache_available") == 1, interval=0.05, what="Redis did not come back"
+        )
         assert _post(sidecar.openai_base, "after").status_code == 200
-        _until(lambda: stores() == 2, "the cache did not store again after Redis came back")
+        wait_until(lambda: stores() == 2, interval=0.05, what="the cache did not store again after Redis came back")
     finally:
         server.kill()
     messages = [r.getMessage() for r in caplog.records if r.name == "llm_sidecar"]

@@ -7,7 +7,6 @@ test kills the master and the fixture restores a healthy master and replica befo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import httpx
 import redis
@@ -16,6 +15,7 @@ from proxy import DistributedCacheDecorator
 from proxy.cache.config import CacheConfig
 from proxy.cache.redis import RedisBackend, SyncRedisBackend
 from tests.cache.conftest import NotSettled, RedisSentinel
+from tests.waiting import wait_until
 
 
 def _post(base: str, content: str) -> httpx.Response:
@@ -23,13 +23,6 @@ def _post(base: str, content: str) -> httpx.Response:
     response = httpx.post(base + "/chat/completions", json=payload, timeout=10)
     assert response.status_code == 200, response.text
     return response
-
-
-def _until(condition: Callable[[], bool], timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.05)
 
 
 def _keys(port: int, db: int = 0) -> int:
@@ -42,7 +35,9 @@ def test_sentinel_stores_and_serves_hits(cached_sidecar, mock_provider, redis_se
     sidecar = cached_sidecar(cache=redis_sentinel.cache(local_ttl=0))
     first = _post(sidecar.openai_base, "sentinel")
     assert first.headers["x-llm-sidecar-cache"] == "miss"
-    _until(lambda: _keys(redis_sentinel.master().port) == 1, 5, "the entry never reached the master")
+    wait_until(
+        lambda: _keys(redis_sentinel.master().port) == 1, 5, interval=0.05, what="the entry never reached the master"
+    )
     hit = _post(sidecar.openai_base, "sentinel")
     assert hit.headers["x-llm-sidecar-cache"] == "hit" and hit.json() == first.json()
     assert mock_provider.calls() == 1
@@ -50,7 +45,7 @@ def test_sentinel_stores_and_serves_hits(cached_sidecar, mock_provider, redis_se
     assert snapshot["local_hits"] == 0 and snapshot["errors"] == 0 and snapshot["available"]
     # Written to the master, replicated to the replica.
     replica = next(port for port in redis_sentinel.servers if port != redis_sentinel.master_port())
-    _until(lambda: _keys(replica) == 1, 5, "the entry never reached the replica")
+    wait_until(lambda: _keys(replica) == 1, 5, interval=0.05, what="the entry never reached the replica")
 
 
 def test_sentinel_failover_fails_open_then_hits_come_back(
@@ -58,10 +53,11 @@ def test_sentinel_failover_fails_open_then_hits_come_back(
 ) -> None:
     sidecar = cached_sidecar(cache=redis_sentinel.cache(local_ttl=0))
     assert _post(sidecar.openai_base, "before").headers["x-llm-sidecar-cache"] == "miss"
-    _until(
+    wait_until(
         lambda: _post(sidecar.openai_base, "before").headers["x-llm-sidecar-cache"] == "hit",
         5,
-        "no hit before the failover",
+        interval=0.05,
+        what="no hit before the failover",
     )
     old = redis_sentinel.master()
     old.kill()
@@ -83,10 +79,11 @@ def test_sentinel_failover_fails_open_then_hits_come_back(
     new = redis_sentinel.master()
     assert new is not old
     # A new question is stored on the new master and answered from it...
-    _until(
+    wait_until(
         lambda: _post(sidecar.openai_base, "after").headers["x-llm-sidecar-cache"] == "hit",
         10,
-        "no hit through the promoted master",
+        interval=0.05,
+        what="no hit through the promoted master",
     )
     assert _keys(new.port) >= 2
     # ...and the entry stored before the failover survived on the promoted replica.
