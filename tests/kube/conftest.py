@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.kube.pods import make_ca
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "llm-sidecar"
 GOLDEN = Path(__file__).parent / "golden"
@@ -42,60 +44,7 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if not shutil.which("openssl"):
         pytest.skip("openssl CLI not available")
     d = tmp_path_factory.mktemp("tls")
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
-
-    run(
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=llm-sidecar-test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    )
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
-    run(
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "tls.key",
-        "-out",
-        "tls.csr",
-    )
-    run(
-        "x509",
-        "-req",
-        "-in",
-        "tls.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "tls.crt",
-    )
-    return {"ca": d / "ca.crt", "cert": d / "tls.crt", "key": d / "tls.key", "dir": d}
+    return {**make_ca(d, ["localhost"]), "dir": d}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
