@@ -7,7 +7,7 @@ checked here"); this module stands in for the parts the tests need:
   every container runs in it with ``--network host``, so pods share one loopback.
   Service names resolve there to 127.0.0.1 (``--add-host``, and a private
   ``/etc/hosts`` for the harness's own calls); a Service port that differs from
-  its target port is an iptables redirect in that namespace. Pods that would
+  its target port is a TCP relay in that namespace (:mod:`tests.kube.forward`). Pods that would
   bind the same ports (two injected sidecars) must run one after the other.
 - **kubelet**: :meth:`Cluster.run_pod` starts a pod spec with ``podman run`` per
   container. Init containers run to completion in order; a native sidecar
@@ -55,11 +55,7 @@ DEFAULT_STORE = "/var/lib/containers/storage"
 
 
 def missing_tools() -> str | None:
-    tools = [
-        t
-        for t in ("podman", "buildah", "unshare", "nsenter", "iptables", "redis-server", "openssl")
-        if not shutil.which(t)
-    ]
+    tools = [t for t in ("podman", "buildah", "unshare", "nsenter", "redis-server", "openssl") if not shutil.which(t)]
     if tools:
         return f"needs {', '.join(tools)}"
     return None if os.geteuid() == 0 else "needs root"
@@ -176,6 +172,8 @@ class Cluster:
         """Copy an image from the default (vfs) store, where the base image stand-in lives, into this one."""
         if self.podman("image", "exists", name, check=False).returncode == 0:
             return
+        # On a fresh machine `make e2e` may run before anything made the stand-in (it is kept once made).
+        subprocess.run([str(ROOT / "scripts" / "make-base-image.sh"), name], check=True, timeout=900)
         script = (
             "umount /sys/fs/cgroup/unified 2>/dev/null || true; set -o pipefail; "
             f"podman --root {DEFAULT_STORE} --runroot /run/containers/storage --storage-driver vfs "
@@ -206,26 +204,7 @@ class Cluster:
     def service_port(self, port: int, target: int) -> None:
         """A Service's port mapped to its pods' target port (kube-proxy's part)."""
         if port != target and (port, target) not in self._redirects:
-            self.net.run(
-                [
-                    "iptables",
-                    "-t",
-                    "nat",
-                    "-A",
-                    "OUTPUT",
-                    "-o",
-                    "lo",
-                    "-p",
-                    "tcp",
-                    "--dport",
-                    str(port),
-                    "-j",
-                    "REDIRECT",
-                    "--to-ports",
-                    str(target),
-                ],
-                check=True,
-            )
+            self.net.forward(port, target, self.dir / f"forward-{port}.log")
             self._redirects.add((port, target))
 
     def start_process(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen:

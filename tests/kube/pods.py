@@ -260,6 +260,16 @@ class NetNS:
         self.processes.append(proc)
         return proc
 
+    def forward(self, port: int, target: int, log: Path) -> None:
+        """A Service's ``port`` reaching its pods' ``target`` port in this namespace (see :mod:`tests.kube.forward`)."""
+        root = Path(__file__).resolve().parents[2]
+        proc = self.popen([sys.executable, "-m", "tests.kube.forward", f"{port}:{target}"], log, cwd=root)
+        deadline = time.monotonic() + 30
+        while f":{port} " not in self.run(["ss", "-Hltn", f"sport = :{port}"]).stdout:
+            assert proc.poll() is None, f"the forwarder for {port} exited: {log.read_text(errors='replace')}"
+            assert time.monotonic() < deadline, f"the forwarder for {port} is not listening"
+            time.sleep(0.05)
+
     def http(
         self,
         url: str,
@@ -294,9 +304,8 @@ class NetNS:
         if res.returncode != 0:
             # What the namespace looked like, so that a failure explains itself.
             sockets = self.run(["ss", "-ltnp"]).stdout
-            nat = self.run(["iptables", "-t", "nat", "-S", "OUTPUT"]).stdout
             raise AssertionError(
-                f"{method} {url}: {res.stderr.decode(errors='replace')[-2000:]}\nlistening:\n{sockets}\nnat:\n{nat}"
+                f"{method} {url}: {res.stderr.decode(errors='replace')[-2000:]}\nlistening:\n{sockets}"
             )
         status, _, payload = res.stdout.partition(b"\n")
         return int(status), payload

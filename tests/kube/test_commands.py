@@ -186,7 +186,7 @@ def run_manifests(docs: list[dict[str, Any]], tmp: Path) -> None:
     ns = NetNS(tmp, hosts)
     started: list[tuple[str, Any, Pod]] = []
     try:
-        # A Service's port reaches its pods' targetPort: here, a redirect on the shared loopback.
+        # A Service's port reaches its pods' targetPort: here, a relay on the shared loopback.
         for s in services:
             for p in s["spec"]["ports"]:
                 target = p.get("targetPort", p["port"])
@@ -195,26 +195,7 @@ def run_manifests(docs: list[dict[str, Any]], tmp: Path) -> None:
                     None,
                 )
                 if pod_port and pod_port != p["port"]:
-                    ns.run(
-                        [
-                            "iptables",
-                            "-t",
-                            "nat",
-                            "-A",
-                            "OUTPUT",
-                            "-o",
-                            "lo",
-                            "-p",
-                            "tcp",
-                            "--dport",
-                            str(p["port"]),
-                            "-j",
-                            "REDIRECT",
-                            "--to-ports",
-                            str(pod_port),
-                        ],
-                        check=True,
-                    )
+                    ns.forward(p["port"], pod_port, tmp / f"forward-{p['port']}.log")
         release_ns = next((o["metadata"].get("namespace") for o, _ in workloads(docs)), "llm-sidecar")
         given = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": release_ns}}]
         if settings := next((d for d in docs if "injector.yaml" in (d.get("data") or {})), None):
