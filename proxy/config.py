@@ -106,7 +106,7 @@ def _get(node: Any, key: str) -> Any:
 
 
 def _dangling_references(data: Any) -> list[InitErrorDetails]:
-    """Fallback groups and context corpora that the config does not define."""
+    """Fallback groups, context corpora and corpora's model groups that the config does not define."""
     groups = _get(data, "model_groups")
     if not isinstance(groups, Mapping):
         return []
@@ -121,6 +121,17 @@ def _dangling_references(data: Any) -> list[InitErrorDetails]:
         corpus = _get(_get(group, "context"), "corpus")
         if isinstance(corpus, str) and corpus not in corpora:
             problems.append(problem(("model_groups", name, "context", "corpus"), f"unknown corpus {corpus!r}"))
+    for name, corpus in corpora.items():
+        # A corpus's embeddings and rewrites are calls through this sidecar's own model groups.
+        for loc in (("embeddings",), ("expansion", "rewrite")):
+            node = corpus
+            for key in loc:
+                node = _get(node, key)
+            group = _get(node, "model_group")
+            if isinstance(group, str) and group not in groups:
+                problems.append(
+                    problem(("retrieval", "corpora", name, *loc, "model_group"), f"unknown model group {group!r}")
+                )
     return problems
 
 

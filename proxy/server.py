@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,16 @@ PROXY_APP = web.AppKey("proxy_app", web.Application)
 DRAINING = web.AppKey("draining", asyncio.Event)
 #: set once both listeners are bound
 LISTENING = web.AppKey("listening", asyncio.Event)
+
+
+@dataclass
+class OwnAddress:
+    """The proxy listener's ``…/v1`` base, for calls the sidecar makes through itself (retrieval)."""
+
+    url: str | None = None
+
+
+OWN_ADDRESS = web.AppKey("own_address", OwnAddress)
 
 
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -117,7 +128,8 @@ def build_app(
         # Only a sidecar with corpora loads the retrieval machinery.
         from proxy.rag.service import handle_retrieve, retriever_ctx
 
-        app.cleanup_ctx.append(retriever_ctx(config.retrieval))
+        address = app[OWN_ADDRESS] = OwnAddress()
+        app.cleanup_ctx.append(retriever_ctx(config.retrieval, own_url=lambda: address.url))
         app.router.add_post("/v1/retrieve", handle_retrieve)
     app.router.add_route("*", "/v1/{tail:.*}", partial(not_found, OPENAI))
     app.router.add_route("*", "/anthropic/{tail:.*}", partial(not_found, ANTHROPIC))
@@ -267,6 +279,9 @@ class Servers:
         # Port 0 in the config means "any free port" (tests); report the real ones.
         self.port = self._runner.addresses[0][1]
         self.admin_port = self._admin_runner.addresses[0][1]
+        if OWN_ADDRESS in self.app:
+            host = "127.0.0.1" if server.host in ("", "0.0.0.0", "::") else server.host
+            self.app[OWN_ADDRESS].url = f"http://{host}:{self.port}/v1"
         # The descriptor budget: the limit in force and the caps that fit in it.
         event(
             "listening",

@@ -1,10 +1,16 @@
 """Retrieval for LLM context: chunk documents, score chunks with BM25, stream the relevant ones.
 
-    chunking.py    documents → chunks (fixed windows, or sentence/paragraph-aware; CJK-aware)
+    chunking.py    documents → chunks (fixed windows, sentence/paragraph-aware, Markdown sections; CJK-aware)
     tokenizer.py   text → terms (CJK bigrams, lower-cased words; pluggable)
     bm25.py        Okapi BM25: formula, running statistics, BM25Index (build once, query many)
     generator.py   AsyncRAGGenerator: batches scored off the event loop, results streamed
-    service.py     the sidecar side: configured corpora, POST /v1/retrieve, context injection
+    store.py       the vector store seam (milvus.py: Milvus through pymilvus, an optional extra)
+    client.py      embeddings and rewrites through the sidecar's own routes
+    indexer.py     llm-sidecar index: embed changed chunks into the store
+    fusion.py      reciprocal rank fusion of BM25 and dense rankings
+    expansion.py   RM3 pseudo-relevance feedback, LLM rewrite parsing
+    service.py     the sidecar side: configured corpora (bm25 | dense | hybrid), POST /v1/retrieve,
+                   context injection
 
 Quick use::
 
@@ -27,6 +33,7 @@ _EXPORTS = {
     "Documents": "proxy.rag.chunking",
     "FixedSizeChunker": "proxy.rag.chunking",
     "InvalidDocumentError": "proxy.rag.errors",
+    "MarkdownChunker": "proxy.rag.chunking",
     "MixedTokenizer": "proxy.rag.tokenizer",
     "Passage": "proxy.rag.passage",
     "RetrievalInputError": "proxy.rag.errors",
@@ -50,6 +57,7 @@ __all__ = [
     "Documents",
     "FixedSizeChunker",
     "InvalidDocumentError",
+    "MarkdownChunker",
     "MixedTokenizer",
     "Passage",
     "RetrievalInputError",

@@ -21,7 +21,7 @@ import heapq
 import math
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from proxy.rag.passage import Chunk, Passage
@@ -140,7 +140,7 @@ class BM25Index:
         postings: dict[str, array] = {}
         for number, chunk in enumerate(chunks):
             kept.append(chunk)
-            tokens = tokenizer(chunk.text)
+            tokens = tokenizer(chunk.indexed_text)
             lengths.append(len(tokens))
             for term, tf in Counter(tokens).items():
                 entry = postings.get(term)
@@ -158,24 +158,36 @@ class BM25Index:
     def vocabulary_size(self) -> int:
         return len(self._postings)
 
-    def scores(self, query: str) -> dict[int, float]:
-        """Chunk number → BM25 score for every chunk sharing at least one term with ``query``."""
+    def scores(self, query: str | Mapping[str, float]) -> dict[int, float]:
+        """Chunk number → BM25 score for every chunk sharing at least one term with ``query``.
+
+        ``query`` is text, or terms with weights (an expanded query): each term's
+        contribution is multiplied by its weight.
+        """
         n = len(self.chunks)
         k1_plus_1 = self.parameters.k1 + 1.0
         norms = self._norms
         scores: dict[int, float] = {}
         get = scores.get
-        for term in query_terms(query, self.tokenizer):
+        terms = query.items() if isinstance(query, Mapping) else ((t, 1.0) for t in query_terms(query, self.tokenizer))
+        for term, boost in terms:
             entry = self._postings.get(term)
             if entry is None:
                 continue
-            weight = idf(n, len(entry) // 2) * k1_plus_1
+            weight = idf(n, len(entry) // 2) * k1_plus_1 * boost
             it = iter(entry)
             for number, tf in zip(it, it):
                 scores[number] = get(number, 0.0) + weight * tf / (tf + norms[number])
         return scores
 
-    def search(self, query: str, top_k: int | None = 10, min_score: float | None = None) -> list[Passage]:
+    def document_frequency(self, term: str) -> int:
+        """How many chunks contain ``term``."""
+        entry = self._postings.get(term)
+        return 0 if entry is None else len(entry) // 2
+
+    def search(
+        self, query: str | Mapping[str, float], top_k: int | None = 10, min_score: float | None = None
+    ) -> list[Passage]:
         """The best passages for ``query``, best first (ties: earlier chunk first).
 
         ``min_score=None`` keeps every chunk with a positive score; a number keeps

@@ -1,7 +1,7 @@
-"""Cutting documents into chunks: fixed-size windows, or sentence/paragraph-aware packing.
+"""Cutting documents into chunks: fixed-size windows, sentence/paragraph-aware packing, or Markdown sections.
 
 A chunker is a callable ``(doc_id, text) -> Iterator[Chunk]`` (``Chunker``).
-Both built-in chunkers measure ``chunk_size`` and ``overlap`` in characters,
+The built-in chunkers measure ``chunk_size`` and ``overlap`` in characters,
 never return an empty or all-whitespace chunk, and keep offsets into the
 original text (``text[chunk.start:chunk.end] == chunk.text``). Both are linear
 in the length of the text.
@@ -188,13 +188,97 @@ def _emit(doc_id: DocumentId, text: str, start: int, end: int) -> Iterator[Chunk
         yield chunk
 
 
-def make_chunker(strategy: Literal["sentence", "fixed"], chunk_size: int, overlap: int) -> Chunker:
+_FENCE = re.compile(r"^[^\S\n]{0,3}(`{3,}|~{3,})")
+_HEADING = re.compile(r"^[^\S\n]{0,3}(#{1,6})[^\S\n]+(.*?)[^\S\n#]*#*[^\S\n]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class MarkdownChunker:
+    """Markdown by structure: a chunk never spans two sections and never cuts a fenced code block.
+
+    Contract: each chunk's ``title`` is its heading path (``"Install > With Helm"``),
+    and heading lines themselves are carried there rather than in the text. Within a
+    section, whole blocks (paragraphs, lists, code blocks) are packed up to
+    ``chunk_size``; a code block longer than that stays whole, any other long
+    block is cut like ``SentenceChunker`` would (with ``overlap``).
+    """
+
+    chunk_size: int = 1000
+    overlap: int = 100
+
+    def __post_init__(self) -> None:
+        _validate_sizes(self.chunk_size, self.overlap)
+
+    def __call__(self, doc_id: DocumentId, text: str) -> Iterator[Chunk]:
+        sentences = SentenceChunker(self.chunk_size, self.overlap)
+        for title, blocks in _sections(text):
+            packed: list[tuple[int, int]] = []
+            for start, end, code in blocks:
+                if packed and end - packed[0][0] > self.chunk_size:
+                    yield from _titled(_emit(doc_id, text, packed[0][0], packed[-1][1]), title)
+                    packed = []
+                if end - start > self.chunk_size and not code:
+                    for piece in sentences(doc_id, text[start:end]):
+                        shifted = Chunk(doc_id, piece.text, start + piece.start, start + piece.end)
+                        yield from _titled(iter([shifted]), title)
+                    continue
+                packed.append((start, end))
+            if packed:
+                yield from _titled(_emit(doc_id, text, packed[0][0], packed[-1][1]), title)
+
+
+def _titled(chunks: Iterator[Chunk], title: str) -> Iterator[Chunk]:
+    for chunk in chunks:
+        yield Chunk(chunk.doc_id, chunk.text, chunk.start, chunk.end, title)
+
+
+def _sections(text: str) -> Iterator[tuple[str, list[tuple[int, int, bool]]]]:
+    """(heading path, blocks) per section; a block is (start, end, is_code), blank lines between blocks."""
+    headings: list[str] = []
+    blocks: list[tuple[int, int, bool]] = []
+    block_start: int | None = None
+    fence: str | None = None
+    position = 0
+    for line in text.splitlines(keepends=True):
+        start, position = position, position + len(line)
+        if fence is not None:  # inside a code block: only its closing fence ends it
+            if line.strip().startswith(fence):
+                blocks.append((block_start or 0, start + len(line.rstrip()), True))
+                fence, block_start = None, None
+            continue
+        opening = _FENCE.match(line)
+        heading = _HEADING.match(line.rstrip("\r\n"))
+        if opening or heading or not line.strip():
+            if block_start is not None:
+                blocks.append((block_start, start, False))
+                block_start = None
+        if opening:
+            fence, block_start = opening.group(1)[0] * len(opening.group(1)), start
+        elif heading:
+            if blocks:
+                yield " > ".join(headings), blocks
+                blocks = []
+            level = len(heading.group(1))
+            headings = [*headings[: level - 1], heading.group(2).strip()]
+        elif line.strip() and block_start is None:
+            block_start = start
+    if block_start is not None:
+        blocks.append((block_start, len(text), fence is not None))
+    if blocks:
+        yield " > ".join(headings), blocks
+
+
+def make_chunker(strategy: Literal["sentence", "fixed", "markdown"], chunk_size: int, overlap: int) -> Chunker:
     """The built-in chunker named by ``strategy``."""
     if strategy == "sentence":
         return SentenceChunker(chunk_size, overlap)
     if strategy == "fixed":
         return FixedSizeChunker(chunk_size, overlap)
-    raise RetrievalInputError(f"unknown chunking strategy {strategy!r}: use 'sentence' or 'fixed'", param="chunking")
+    if strategy == "markdown":
+        return MarkdownChunker(chunk_size, overlap)
+    raise RetrievalInputError(
+        f"unknown chunking strategy {strategy!r}: use 'sentence', 'fixed' or 'markdown'", param="chunking"
+    )
 
 
 def normalize_documents(documents: Documents) -> list[tuple[DocumentId, str]]:

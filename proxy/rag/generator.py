@@ -60,7 +60,7 @@ class AsyncRAGGenerator:
         chunk_size: int = 1000,
         overlap: int | None = None,
         *,
-        chunking: Literal["sentence", "fixed"] | Chunker = "sentence",
+        chunking: Literal["sentence", "fixed", "markdown"] | Chunker = "sentence",
         tokenizer: Tokenizer | None = None,
         parameters: BM25Parameters | None = None,
         top_k: int | None = None,
@@ -154,7 +154,7 @@ class AsyncRAGGenerator:
         if self.scorer is not None:
             chunks = [Chunk(p.doc_id, p.text, p.start, p.end) for p in found]
             found = await self._rescore_all(self.scorer, query, chunks, [p.score for p in found])
-        for passage in _best(found, top_k, min_score):
+        for passage in best_passages(found, top_k, min_score):
             yield passage
 
     async def _from_documents(
@@ -198,7 +198,7 @@ class AsyncRAGGenerator:
                 passages = await self._rescore_all(self.scorer, query, exact_chunks, lexical)
             else:
                 passages = [Passage.of(c, s) for c, s in zip(exact_chunks, lexical)]
-            for passage in _best(passages, top_k, min_score):
+            for passage in best_passages(passages, top_k, min_score):
                 yield passage
             return
 
@@ -226,7 +226,7 @@ class AsyncRAGGenerator:
                         scoring.discard(future)
                         ready.append(future.result())
                 for passages in ready:
-                    for passage in _best(passages, remaining, min_score):
+                    for passage in best_passages(passages, remaining, min_score):
                         yield passage
                         if remaining is not None:
                             remaining -= 1
@@ -262,7 +262,7 @@ def _with_scores(chunks: Sequence[Chunk], scores: Sequence[float]) -> list[Passa
     return [Passage.of(chunk, float(score)) for chunk, score in zip(chunks, scores)]
 
 
-def _best(passages: Sequence[Passage], top_k: int | None, min_score: float | None) -> Iterator[Passage]:
+def best_passages(passages: Sequence[Passage], top_k: int | None, min_score: float | None) -> Iterator[Passage]:
     """Relevant passages, best first (ties keep input order), at most ``top_k``."""
     if min_score is None:
         relevant = [(p, i) for i, p in enumerate(passages) if p.score > 0.0]

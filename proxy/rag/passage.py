@@ -16,12 +16,22 @@ DocumentId = int | str
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """A contiguous piece of one document: ``text == document[start:end]``."""
+    """A contiguous piece of one document: ``text == document[start:end]``.
+
+    ``title`` is the heading path above the chunk (Markdown chunking), indexed with
+    the text so that a section's title finds every chunk of it.
+    """
 
     doc_id: DocumentId
     text: str
     start: int
     end: int
+    title: str = ""
+
+    @property
+    def indexed_text(self) -> str:
+        """What is searched: the title, then the text."""
+        return f"{self.title}\n{self.text}" if self.title else self.text
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +43,13 @@ class Passage:
     start: int
     end: int
     score: float
+    title: str = ""
 
     @classmethod
     def of(cls, chunk: Chunk, score: float) -> Passage:
-        return cls(chunk.doc_id, chunk.text, chunk.start, chunk.end, score)
+        return cls(chunk.doc_id, chunk.text, chunk.start, chunk.end, score, chunk.title)
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """The chunk's identity across rankings (BM25 and dense lists of the same corpus)."""
+        return (str(self.doc_id), self.start, self.end)

@@ -25,18 +25,23 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 import orjson
 from aiohttp import web
 
 from proxy.errors import ProxyError
 from proxy.rag.bm25 import BM25Index
-from proxy.rag.config import ContextInjection, Fingerprint, RetrievalConfig, scan
-from proxy.rag.errors import RetrievalInputError, UnknownCorpusError
-from proxy.rag.generator import AsyncRAGGenerator
+from proxy.rag.client import SidecarClient
+from proxy.rag.config import ContextInjection, CorpusConfig, Fingerprint, RetrievalConfig, RewriteSettings, scan
+from proxy.rag.errors import RetrievalInputError, RetrievalUnavailable, UnknownCorpusError
+from proxy.rag.expansion import REWRITE_PROMPT, parse_rewrites, rm3_query
+from proxy.rag.fusion import fuse
+from proxy.rag.generator import AsyncRAGGenerator, best_passages
+from proxy.rag.indexer import read_documents
 from proxy.rag.passage import Passage
+from proxy.rag.store import VectorStore, open_store
 from proxy.request_body import decode
 
 LOG = logging.getLogger("llm_sidecar.rag")
@@ -68,29 +73,37 @@ class NoRetrievalObserver:
 
 # -- corpora ----------------------------------------------------------------------------------
 
-#: relative path → (mtime ns, size, inode): changes whenever a file is edited, added, removed or swapped
-
 
 @dataclass(frozen=True, slots=True)
 class Corpus:
+    """A configured corpus as loaded: its BM25 index (None in ``dense`` mode, which reads no files)."""
+
     name: str
-    directory: Path
-    index: BM25Index
+    config: CorpusConfig
+    index: BM25Index | None
     fingerprint: Fingerprint
     files: int
 
+    @property
+    def chunks(self) -> int:
+        return len(self.index) if self.index is not None else 0
 
-def load_corpus(name: str, directory: Path, extensions: Sequence[str], generator: AsyncRAGGenerator) -> Corpus:
+
+def load_corpus(name: str, corpus: CorpusConfig, extensions: Sequence[str], generator: AsyncRAGGenerator) -> Corpus:
     """Read and index a corpus (blocking; run it in an executor). Document ids are relative paths."""
-    fingerprint = scan(directory, extensions)
-    documents = {
-        relative: (directory / relative).read_text(encoding="utf-8", errors="replace") for relative, *_ in fingerprint
-    }
-    return Corpus(name, directory, generator.build_index(documents), fingerprint, len(documents))
+    if corpus.mode == "dense":
+        return Corpus(name, corpus, None, (), 0)
+    fingerprint, documents = read_documents(corpus.path, extensions)
+    return Corpus(name, corpus, generator.build_index(documents), fingerprint, len(documents))
 
 
 class Retriever:
-    """The sidecar's corpora and the queries over them. Start with ``start()``, stop with ``close()``."""
+    """The sidecar's corpora and the queries over them. Start with ``start()``, stop with ``close()``.
+
+    ``own_url`` gives the sidecar's own ``…/v1`` base once it listens: query
+    embeddings and rewrites are calls through it. A corpus in ``dense`` or
+    ``hybrid`` mode searches the configured vector store.
+    """
 
     def __init__(
         self,
@@ -98,15 +111,20 @@ class Retriever:
         *,
         observer: RetrievalObserver | None = None,
         executor: Executor | None = None,
+        own_url: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.config = config
         self.observer: RetrievalObserver = observer or NoRetrievalObserver()
         self.executor = executor
+        self.own_url = own_url
         self.generator = AsyncRAGGenerator(
             config.chunk_size, config.overlap, chunking=config.chunking, executor=executor
         )
         self._corpora: dict[str, Corpus] = {}
         self._poller: asyncio.Task[None] | None = None
+        self.store: VectorStore | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.client: SidecarClient | None = None
 
     @property
     def corpora(self) -> dict[str, Corpus]:
@@ -115,8 +133,15 @@ class Retriever:
 
     async def start(self) -> None:
         """Index every configured corpus, then start polling for changes if configured."""
-        for name, directory in self.config.corpora.items():
-            await self._load(name, directory)
+        if self.config.vector_store is not None and any(c.mode != "bm25" for c in self.config.corpora.values()):
+            loop = asyncio.get_running_loop()
+            # The client library is large and slow to import: only here, and off the loop.
+            self.store = await loop.run_in_executor(self.executor, open_store, self.config.vector_store)
+        if any(c.mode != "bm25" or c.expansion.rewrite for c in self.config.corpora.values()):
+            self._session = aiohttp.ClientSession()
+            self.client = SidecarClient(self._session, self.own_url)
+        for name, corpus in self.config.corpora.items():
+            await self._load(name, corpus)
         if self.config.reload_interval > 0 and self.config.corpora:
             self._poller = asyncio.create_task(self._poll(), name="retrieval-reload")
 
@@ -128,35 +153,49 @@ class Retriever:
             except asyncio.CancelledError:
                 pass
             self._poller = None
+        if self._session is not None:
+            await self._session.close()
+        if self.store is not None:
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.store.close)
 
     async def refresh(self) -> list[str]:
         """Re-index each corpus whose files changed since it was loaded; return their names."""
         loop = asyncio.get_running_loop()
         changed: list[str] = []
-        for name, directory in self.config.corpora.items():
+        for name, corpus in self.config.corpora.items():
+            if corpus.mode == "dense":
+                continue  # its files are the index command's business
             current = self._corpora.get(name)
-            fingerprint = await loop.run_in_executor(self.executor, scan, directory, self.config.extensions)
+            fingerprint = await loop.run_in_executor(self.executor, scan, corpus.path, self.config.extensions)
             if current is None or fingerprint != current.fingerprint:
-                if await self._load(name, directory):
+                if await self._load(name, corpus):
                     changed.append(name)
         return changed
 
-    async def _load(self, name: str, directory: Path) -> bool:
+    async def _load(self, name: str, config: CorpusConfig) -> bool:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
             corpus = await loop.run_in_executor(
-                self.executor, load_corpus, name, directory, self.config.extensions, self.generator
+                self.executor, load_corpus, name, config, self.config.extensions, self.generator
             )
         except Exception:  # a bad file must not take the sidecar down: keep serving the last index
             LOG.exception("retrieval corpus failed to load", extra={"fields": {"corpus": name}})
             return False
         self._corpora[name] = corpus  # one assignment: calls in flight keep the index they started on
         seconds = time.perf_counter() - started
-        self.observer.indexed(name, seconds, corpus.files, len(corpus.index))
+        self.observer.indexed(name, seconds, corpus.files, corpus.chunks)
         LOG.info(
             "retrieval corpus indexed",
-            extra={"fields": {"corpus": name, "files": corpus.files, "chunks": len(corpus.index), "seconds": seconds}},
+            extra={
+                "fields": {
+                    "corpus": name,
+                    "mode": config.mode,
+                    "files": corpus.files,
+                    "chunks": corpus.chunks,
+                    "seconds": seconds,
+                }
+            },
         )
         return True
 
@@ -175,7 +214,10 @@ class Retriever:
 
         Raises at the call: ``UnknownCorpusError`` for a corpus that is not
         configured, ``RetrievalInputError`` for an empty query or a ``top_k``
-        outside 1..``max_top_k``.
+        outside 1..``max_top_k``. While iterating, ``RetrievalUnavailable`` when
+        the vector store or the embeddings group fails a ``dense`` corpus (a
+        ``hybrid`` one answers from BM25 alone then). ``min_score`` compares
+        with the mode's score: BM25, cosine similarity, or the fused score.
         """
         loaded = self._corpora.get(corpus) if isinstance(corpus, str) else None
         if loaded is None:
@@ -185,8 +227,79 @@ class Retriever:
             raise RetrievalInputError(
                 f"top_k must be an integer from 1 to {self.config.max_top_k}, got {top_k!r}", param="top_k"
             )
-        passages = self.generator.stream_retrieval(query, loaded.index, top_k=k, min_score=min_score)
+        if not isinstance(query, str) or not query.strip():
+            raise RetrievalInputError("query must be a non-empty string", param="query")
+        if loaded.config.mode == "bm25" and not _expanded(loaded.config) and loaded.index is not None:
+            passages = self.generator.stream_retrieval(query, loaded.index, top_k=k, min_score=min_score)
+        else:
+            passages = self._search(loaded, query, k, min_score)
         return self._observed(corpus, passages)
+
+    async def _search(self, corpus: Corpus, query: str, top_k: int, min_score: float | None) -> AsyncIterator[Passage]:
+        """Every leg the corpus's mode and expansions call for, fused; the best ``top_k`` of that."""
+        config = corpus.config
+        depth = max(config.fusion.candidates, top_k)
+        queries = [query]
+        if config.expansion.rewrite is not None:
+            queries += await self._rewrites(corpus, query, config.expansion.rewrite)
+        rankings: list[tuple[float, list[Passage]]] = []
+        for text in queries:
+            if corpus.index is not None:
+                rankings.append((config.fusion.bm25_weight, await self._bm25(corpus, text, depth)))
+            if config.mode != "bm25":
+                try:
+                    rankings.append((config.fusion.dense_weight, await self._dense(corpus, text, depth)))
+                except RetrievalUnavailable as exc:
+                    if config.mode == "dense":
+                        raise
+                    LOG.warning(
+                        "dense retrieval failed: answering from BM25 alone",
+                        extra={"fields": {"corpus": corpus.name, "error": exc.message}},
+                    )
+        if len(rankings) == 1:
+            found = rankings[0][1]  # one list: keep its own scores
+        else:
+            found = fuse(rankings, config.fusion.rank_constant)
+        for passage in best_passages(found, top_k, min_score):
+            yield passage
+
+    async def _bm25(self, corpus: Corpus, query: str, depth: int) -> list[Passage]:
+        index = corpus.index
+        assert index is not None
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(self.executor, index.search, query, depth, None)
+        expansion = corpus.config.expansion
+        if expansion.feedback and found:
+            weighted = rm3_query(
+                index,
+                query,
+                found[: expansion.feedback_passages],
+                expansion.feedback_terms,
+                expansion.feedback_original_weight,
+            )
+            found = await loop.run_in_executor(self.executor, index.search, weighted, depth, None)
+        return found
+
+    async def _dense(self, corpus: Corpus, query: str, depth: int) -> list[Passage]:
+        settings = corpus.config.embeddings
+        assert settings is not None and self.client is not None and self.store is not None
+        vector = (await self.client.embed(settings.model_group, [query], "query", settings.input_type))[0]
+        loop = asyncio.get_running_loop()
+        collection = corpus.config.collection or corpus.name
+        return await loop.run_in_executor(self.executor, self.store.search, collection, vector, depth)
+
+    async def _rewrites(self, corpus: Corpus, query: str, settings: RewriteSettings) -> list[str]:
+        assert self.client is not None
+        prompt = REWRITE_PROMPT.format(count=settings.queries, question=query)
+        try:
+            answer = await self.client.chat(settings.model_group, prompt)
+        except RetrievalUnavailable as exc:  # a rewrite only adds: without it, the question alone
+            LOG.warning(
+                "query rewrite failed: searching with the question alone",
+                extra={"fields": {"corpus": corpus.name, "error": exc.message}},
+            )
+            return []
+        return parse_rewrites(answer, query, settings.queries)
 
     async def _observed(self, corpus: str, passages: AsyncIterator[Passage]) -> AsyncIterator[Passage]:
         started = time.perf_counter()
@@ -220,6 +333,10 @@ class Retriever:
         return with_context(payload, dialect, format_context(passages)), len(passages)
 
 
+def _expanded(corpus: CorpusConfig) -> bool:
+    return corpus.expansion.feedback or corpus.expansion.rewrite is not None
+
+
 # -- context injection (pure) -----------------------------------------------------------------
 
 
@@ -227,7 +344,8 @@ def format_context(passages: Sequence[Passage]) -> str:
     """The passages as numbered, sourced text for a system prompt."""
     parts = ["Relevant passages retrieved for this conversation (use them if they help; cite by number):"]
     for number, passage in enumerate(passages, 1):
-        parts.append(f"[{number}] (source: {passage.doc_id})\n{passage.text}")
+        source = f"{passage.doc_id}: {passage.title}" if passage.title else passage.doc_id
+        parts.append(f"[{number}] (source: {source})\n{passage.text}")
     return "\n\n".join(parts)
 
 
@@ -281,12 +399,14 @@ RETRIEVER = web.AppKey("retriever", Retriever)
 
 
 def retriever_ctx(
-    config: RetrievalConfig, observer: RetrievalObserver | None = None
+    config: RetrievalConfig,
+    observer: RetrievalObserver | None = None,
+    own_url: Callable[[], str | None] = lambda: None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A ``cleanup_ctx`` entry that starts a ``Retriever`` into ``app[RETRIEVER]`` and closes it."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        retriever = Retriever(config, observer=observer)
+        retriever = Retriever(config, observer=observer, own_url=own_url)
         await retriever.start()
         app[RETRIEVER] = retriever
         yield
@@ -295,8 +415,10 @@ def retriever_ctx(
     return context
 
 
-def _error(status: int, message: str, param: str | None, code: str | None = None) -> web.Response:
-    kind = "not_found_error" if status == 404 else "invalid_request_error"
+def _error(
+    status: int, message: str, param: str | None, code: str | None = None, kind: str | None = None
+) -> web.Response:
+    kind = kind or ("not_found_error" if status == 404 else "invalid_request_error")
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
@@ -309,6 +431,7 @@ def _passage_body(rank: int, passage: Passage) -> dict[str, Any]:
         "start": passage.start,
         "end": passage.end,
         "score": passage.score,
+        "title": passage.title,
     }
 
 
@@ -340,6 +463,13 @@ async def handle_retrieve(request: web.Request) -> web.StreamResponse:
         return _error(404, exc.message, exc.param, "corpus_not_found")
     except RetrievalInputError as exc:
         return _error(400, exc.message, exc.param)
+    # The first passage before the headers: a dense corpus whose store or embeddings
+    # are down is then a plain 503, not a stream that ends in an error.
+    iterator = aiter(passages)
+    try:
+        first = await anext(iterator, None)
+    except RetrievalUnavailable as exc:
+        return _error(exc.status, exc.message, None, "retrieval_unavailable", exc.type)
 
     sse = "text/event-stream" in request.headers.get("Accept", "")
     response = web.StreamResponse(
@@ -348,10 +478,12 @@ async def handle_retrieve(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     rank = 0
     try:
-        async for passage in passages:
+        passage = first
+        while passage is not None:
             rank += 1
             data = orjson.dumps(_passage_body(rank, passage))
             await response.write(b"data: " + data + b"\n\n" if sse else data + b"\n")
+            passage = await anext(iterator, None)
     except ConnectionResetError:
         raise  # the caller left; nothing more can be written
     except Exception as exc:  # after the headers, an error can only end the stream, in its format

@@ -77,3 +77,32 @@ def test_documents_get_index_ids_or_mapping_keys() -> None:
 def test_non_string_documents_are_refused(documents: object) -> None:
     with pytest.raises(InvalidDocumentError):
         normalize_documents(documents)
+
+
+def test_markdown_chunks_keep_sections_apart_code_whole_and_carry_titles() -> None:
+    from proxy.rag.chunking import MarkdownChunker
+
+    text = (
+        "# Guide\n\nIntro paragraph.\n\n## Install\n\nRun this:\n\n"
+        "```bash\npip install one\n\n# not a heading\npip install two\n```\n\nThen restart.\n\n"
+        "## Use\n### Deep\nFirst sentence here. Second sentence here. Third sentence here.\n"
+    )
+    chunks = list(MarkdownChunker(chunk_size=40, overlap=0)("guide.md", text))
+    assert all(text[c.start : c.end] == c.text for c in chunks)
+    code = next(c for c in chunks if c.text.startswith("```"))
+    assert code.text.endswith("```") and "# not a heading" in code.text and len(code.text) > 40
+    assert code.title == "Guide > Install"
+    deep = [c for c in chunks if "sentence" in c.text]  # a paragraph too long for one chunk, cut by sentence
+    assert len(deep) >= 2 and {c.title for c in deep} == {"Guide > Use > Deep"}
+    assert chunks[0].title == "Guide" and chunks[0].text == "Intro paragraph."
+    assert not any(c.text.startswith("#") for c in chunks)
+
+
+def test_titles_are_searched_with_the_text() -> None:
+    from proxy.rag import AsyncRAGGenerator
+
+    index = AsyncRAGGenerator(chunk_size=200, overlap=0, chunking="markdown").build_index(
+        {"a.md": "# Kubernetes\n\nIt runs pods.", "b.md": "# Bread\n\nIt needs flour."}
+    )
+    found = index.search("kubernetes", 1)
+    assert found[0].doc_id == "a.md" and found[0].text == "It runs pods." and found[0].title == "Kubernetes"
