@@ -37,7 +37,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config, require_keys=True)  # serve starts without a missing key; not so here
-    groups = ", ".join(f"{name} ({len(g.endpoints)} endpoint(s))" for name, g in config.model_groups.items())
+    groups = ", ".join(
+        f"{name} ({len(g.endpoints)} endpoint(s){' + discovered' if g.discover else ''})"
+        for name, g in config.model_groups.items()
+    )
     print(f"{args.config}: ok: model groups {groups}; cache {config.cache.backend}")
     return 0
 

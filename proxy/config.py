@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, Va
 from pydantic_core import InitErrorDetails
 
 from proxy.cache.config import CacheConfig, CachePolicy
+from proxy.discovery.config import DiscoverConfig
 from proxy.rag.config import ContextInjection, RetrievalConfig
 from proxy.router.config import RouteConfig, RouterConfig
 from proxy.telemetry.config import TelemetryConfig
@@ -91,13 +92,22 @@ class Config(BaseModel):
             raise invalid(cls.__name__, problems)
         return config
 
+    def discovering(self) -> dict[str, DiscoverConfig]:
+        """The model groups whose endpoints are discovered, with their ``discover`` sections."""
+        return {name: group.discover for name, group in self.model_groups.items() if group.discover is not None}
+
     def missing_keys(self) -> list[str]:
         """Endpoints whose key's variable or file is missing, by field path (never a value)."""
-        return [
+        found = [
             f"model_groups.{name}.endpoints[{i}].{endpoint.missing_key}"
             for name, group in self.model_groups.items()
             for i, endpoint in enumerate(group.endpoints)
             if endpoint.missing_key is not None
+        ]
+        return found + [
+            f"model_groups.{name}.discover.endpoint.{group.discover.endpoint.missing_key}"
+            for name, group in self.model_groups.items()
+            if group.discover is not None and group.discover.endpoint.missing_key is not None
         ]
 
 

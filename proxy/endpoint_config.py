@@ -56,6 +56,10 @@ class EndpointConfig(Strict):
     timeouts: Timeouts = Timeouts()
     #: the URL active health checks GET; by default the models list (never a billed completion)
     probe_url: str | None = Field(None, pattern=r"^https?://[^/]+")
+    #: where the endpoint runs; calls prefer the sidecar's own zone, then its region
+    #: (``router.zone`` / ``router.region``, see docs/kubernetes.md)
+    zone: str | None = None
+    region: str | None = None
     #: why the key the config names is not there (an unset variable, an unreadable file)
     _missing_key: str | None = PrivateAttr(None)
 

@@ -27,7 +27,7 @@ import contextlib
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.cache import build_cache, group_caching
 from proxy.config import Config, ConfigError, ServerConfig, config_from_text, with_server
@@ -37,6 +37,9 @@ from proxy.router.router import Router
 from proxy.telemetry.logs import event
 from proxy.upstream import Upstream
 
+if TYPE_CHECKING:
+    from proxy.discovery.manager import Discovery
+
 #: ``server`` fields a reload applies; the others are bound to the listeners at start
 LIVE_SERVER_FIELDS = frozenset({"reload_interval"})
 
@@ -44,12 +47,14 @@ LIVE_SERVER_FIELDS = frozenset({"reload_interval"})
 class Current:
     """What new calls take: the config, its pipeline and its probes; a reload replaces all three."""
 
-    __slots__ = ("config", "pipeline", "prober")
+    __slots__ = ("config", "pipeline", "prober", "discovery")
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.pipeline: Pipeline  # set by ``pipeline_ctx`` at start-up, before any call or reload
         self.prober: HealthProber | None = None
+        #: the discovery watches (``proxy/discovery/manager.py``), when some group discovers
+        self.discovery: Discovery | None = None
 
 
 def keep_restart_only(running: Config, new: Config) -> tuple[Config, list[str]]:
@@ -180,6 +185,8 @@ class Reloader:
         current.config, current.pipeline, current.prober = config, pipeline, prober
         log_missing_keys(config)
         prober.start()
+        if current.discovery is not None:
+            current.discovery.follow(config.discovering())
         await old_prober.stop()
         if cache is not old.cache:
             task = asyncio.create_task(self._retire(old), name="config-reload-retire")

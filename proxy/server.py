@@ -26,6 +26,7 @@ from aiohttp import web
 from proxy.cache import build_cache
 from proxy.config import Config, ConfigError
 from proxy.dialects import ANTHROPIC, OPENAI, Dialect
+from proxy.discovery.manager import Discovery
 from proxy.errors import NotFound
 from proxy.listeners import Listener, in_request, listen_error, proxy_connection_budget, raise_fd_limit
 from proxy.pipeline import Pipeline
@@ -119,7 +120,7 @@ def build_app(
     app[CURRENT] = Current(config)
     app[DRAINING] = asyncio.Event()
     app[LISTENING] = asyncio.Event()
-    app.cleanup_ctx.extend([upstream_ctx, pipeline_ctx, telemetry_ctx, health_ctx])
+    app.cleanup_ctx.extend([upstream_ctx, pipeline_ctx, telemetry_ctx, health_ctx, discovery_ctx])
     for dialect in (OPENAI, ANTHROPIC):
         for path in dialect.operations:
             app.router.add_post(dialect.prefix + path, _dialect_handler(dialect, path))
@@ -160,6 +161,15 @@ async def health_ctx(app: web.Application) -> AsyncIterator[None]:
     current.prober.start()
     yield
     await current.prober.stop()  # a reload stops the probes it replaced
+
+
+async def discovery_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The discovery watches (``proxy/discovery/``) for the app's lifetime; reloads re-follow them."""
+    current = app[CURRENT]
+    current.discovery = Discovery(lambda: (current.pipeline.router, current.prober))
+    current.discovery.follow(current.config.discovering())
+    yield
+    await current.discovery.stop()
 
 
 async def healthz(request: web.Request) -> web.Response:

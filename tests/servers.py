@@ -81,10 +81,12 @@ def _get_json(url: str, method: str = "GET", body: Any = None) -> Any:
 class MockProvider:
     """The project's mock provider on a free port; ``stop()`` makes the port refuse connections."""
 
-    def __init__(self, loop: ServerLoop, port: int | None = None) -> None:
+    def __init__(self, loop: ServerLoop, port: int | None = None, host: str = "127.0.0.1") -> None:
         self._loop = loop
+        #: another loopback address (127.0.0.2 …) stands in for another pod on the same port
+        self.host = host
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self._runner: web.AppRunner | None = None
         self.start()
 
@@ -92,7 +94,7 @@ class MockProvider:
         async def start() -> web.AppRunner:
             runner = web.AppRunner(build_mock_app(), access_log=None, shutdown_timeout=0.5)
             await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True).start()
+            await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
             return runner
 
         self._runner = self._loop.run(start())

@@ -92,7 +92,11 @@ def group_caching(config: Config) -> dict[str, GroupCaching]:
     from proxy.cache.response_cache import GroupCaching
 
     return {
-        name: GroupCaching(group.cache, any(e.pass_through_key for e in group.endpoints))
+        name: GroupCaching(
+            group.cache,
+            any(e.pass_through_key for e in group.endpoints)
+            or (group.discover is not None and group.discover.endpoint.pass_through_key),
+        )
         for name, group in config.model_groups.items()
     }
 

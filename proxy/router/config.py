@@ -10,10 +10,12 @@ router:                       # the policy every model group shares (defaults sh
   cooldown: {default: 1.0, max: 300.0}   # a 429 without Retry-After cools for `default`
   circuit: {failures: 5, error_rate: 0.5, min_calls: 20, window: 30.0, open_for: 10.0}
   health: {enabled: true, interval: 10.0, timeout: 2.0, unhealthy_after: 2, healthy_after: 1}
+  zone: null                  # the sidecar's zone and region (default: LLM_SIDECAR_ZONE / _REGION)
+  region: null
 model_groups:
   gpt-4o:
     prefer: openai-primary     # default preference: an endpoint here or a fallback group
-    balance: least_in_flight   # or weighted
+    balance: least_in_flight   # or weighted, or latency
     fallbacks: [claude-sonnet]
     endpoints:
       - {name: openai-primary, url: https://api.openai.com/v1, api_key_env: OPENAI_API_KEY,
@@ -23,31 +25,43 @@ model_groups:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Literal, Protocol
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from proxy.discovery.config import DiscoverConfig
 from proxy.endpoint_config import EndpointConfig, Strict
 
-Balance = Literal["least_in_flight", "weighted"]
+Balance = Literal["least_in_flight", "weighted", "latency"]
 RetryOn = Literal["connect", "timeout", "broken", "429", "5xx"]
 
 
 class RouteConfig(Strict):
     """A model group as the router sees it: endpoints to try, and groups to fall back to."""
 
-    endpoints: list[EndpointConfig] = Field(min_length=1)
+    #: the endpoints the config names (none when all of them are discovered)
+    endpoints: list[EndpointConfig] = Field(None, validate_default=True)  # None → [] (_none_is_empty)
+    #: more endpoints, from a Service's EndpointSlices or a DNS name, kept current
+    discover: DiscoverConfig | None = None
     fallbacks: list[str] = []
     #: tried first unless the call's ``x-llm-sidecar-prefer`` header names another:
     #: an endpoint of this group or one of its fallback groups
     prefer: str | None = None
-    #: within a priority tier: fewest calls in flight (ties: lower EWMA of time to
-    #: first byte), or a random draw by ``weight``
+    #: within a priority tier and zone: fewest calls in flight (ties: lower EWMA of time to
+    #: first byte), a random draw by ``weight``, or the lower predicted latency of two drawn
     balance: Balance = "least_in_flight"
+
+    @field_validator("endpoints", mode="before")
+    @classmethod
+    def _none_is_empty(cls, endpoints: object) -> object:
+        return [] if endpoints is None else endpoints
 
     @model_validator(mode="after")
     def _unique_names(self) -> RouteConfig:
+        if not self.endpoints and self.discover is None:
+            raise ValueError("a model group needs endpoints, discover, or both")
         names = [e.name for e in self.endpoints]
         if len(names) != len(set(names)):
             raise ValueError("endpoint names must be unique within a model group")
@@ -106,6 +120,10 @@ class RouterConfig(Strict):
     cooldown: Cooldown = Cooldown()
     circuit: CircuitConfig = CircuitConfig()
     health: HealthConfig = HealthConfig()
+    #: where the sidecar runs (the injector sets ``LLM_SIDECAR_ZONE`` from the pod's
+    #: ``topology.kubernetes.io/zone``): endpoints in this zone are preferred, then this region
+    zone: str | None = Field(default_factory=lambda: os.environ.get("LLM_SIDECAR_ZONE") or None)
+    region: str | None = Field(default_factory=lambda: os.environ.get("LLM_SIDECAR_REGION") or None)
 
 
 class RoutingConfig(Protocol):

@@ -26,6 +26,10 @@ KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 #: once-slow endpoint is tried again instead of being starved forever
 _TTFB_MEMORY = 30.0
 _TTFB_ALPHA = 0.3
+#: seconds over which a peak-EWMA falls back after a slow answer (rises at once on one)
+_PEAK_DECAY = 10.0
+#: why a call went to the endpoint that answered it (a bounded label)
+REASONS = ("same_zone", "cross_zone", "fallback", "unzoned")
 
 
 class ModelEndpoint(EndpointConfig):
@@ -74,12 +78,44 @@ class Endpoint:
         "failures",
         "queued",
         "cooldowns",
+        "label",
+        "for_zones",
+        "locality",
+        "gone",
+        "peak_ttfb",
+        "peak_itl",
+        "ewma_tokens",
+        "routed",
     )
 
-    def __init__(self, config: EndpointConfig, group: str, circuit: CircuitConfig) -> None:
+    def __init__(
+        self,
+        config: EndpointConfig,
+        group: str,
+        circuit: CircuitConfig,
+        *,
+        label: str | None = None,
+        for_zones: tuple[str, ...] = (),
+    ) -> None:
         self.config = config
         self.group = group
         self.name = config.name
+        #: the name in counters and histograms: a discovered endpoint's is its set's (``vllm``),
+        #: so that pods coming and going add no label values
+        self.label = label or config.name
+        #: EndpointSlice ``hints.forZones``: the zones the endpoint is meant to serve
+        self.for_zones = for_zones
+        #: 0 in the sidecar's zone, 1 in its region, 2 elsewhere (set by the router)
+        self.locality = 0
+        #: discovery no longer lists it: calls in flight finish, no new ones come
+        self.gone = False
+        #: peak-EWMAs (seconds) of time to first byte and of the time per output token, and an
+        #: EWMA of output tokens per answer: the ``latency`` balance's predicted latency
+        self.peak_ttfb = PeakEwma()
+        self.peak_itl = PeakEwma()
+        self.ewma_tokens = 0.0
+        #: answered calls by why they came here (``REASONS``)
+        self.routed = dict.fromkeys(REASONS, 0)
         #: the model name sent upstream
         self.upstream_model = config.model or group
         self.slots = asyncio.Semaphore(config.max_concurrent)
@@ -107,7 +143,7 @@ class Endpoint:
 
     def usable(self, now: float) -> bool:
         """Not cooling down, circuit allowing, and not marked unhealthy by the probes."""
-        return now >= self.cooldown_until and self.healthy is not False and self.circuit.allows(now)
+        return now >= self.cooldown_until and self.healthy is not False and not self.gone and self.circuit.allows(now)
 
     def has_free_slot(self) -> bool:
         return not self.slots.locked()
@@ -117,6 +153,13 @@ class Endpoint:
         if self.ewma_ttfb is None:
             return 0.0
         return self.ewma_ttfb * math.exp(-(now - self.ewma_at) / _TTFB_MEMORY)
+
+    def predicted_latency(self, now: float) -> float:
+        """Peak-EWMA time to first byte plus time per token × tokens, scaled by the calls in
+        flight (each one ahead shares the server): the ``latency`` balance's cost. An endpoint
+        never measured costs 0, so a new replica is tried at once."""
+        answer = self.peak_ttfb.value(now) + self.peak_itl.value(now) * self.ewma_tokens
+        return answer * (self.in_flight + 1)
 
     # ----------------------------------------------------------- slots
 
@@ -134,6 +177,13 @@ class Endpoint:
         previous = self.ttfb_estimate(now) if self.ewma_ttfb is not None else seconds
         self.ewma_ttfb = previous + _TTFB_ALPHA * (seconds - previous)
         self.ewma_at = now
+
+    def observe_answer(self, ttfb: float, total: float, tokens: int, now: float) -> None:
+        """A whole answer: its time to first byte, and (streamed) the time per output token."""
+        self.peak_ttfb.observe(ttfb, now)
+        if tokens > 0:
+            self.peak_itl.observe(max(0.0, total - ttfb) / tokens, now)
+            self.ewma_tokens += _TTFB_ALPHA * (tokens - self.ewma_tokens) if self.ewma_tokens else tokens
 
     def cool_down(self, seconds: float, now: float) -> None:
         self.cooldown_until = max(self.cooldown_until, now + seconds)
@@ -157,6 +207,9 @@ class Endpoint:
         return {
             "name": self.name,
             "group": self.group,
+            "zone": self.config.zone,
+            "region": self.config.region,
+            "locality": ("same_zone", "same_region", "elsewhere")[self.locality],
             # userinfo is dropped: a URL may carry a credential
             "url": f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}{parts.path}",
             "dialect": self.config.dialect,
@@ -177,7 +230,34 @@ class Endpoint:
             "cooldown_for_s": round(max(0.0, self.cooldown_until - now), 3),
             "cooldowns": self.cooldowns,
             "ewma_ttfb_ms": None if self.ewma_ttfb is None else round(self.ewma_ttfb * 1000, 2),
+            "predicted_latency_ms": round(self.predicted_latency(now) * 1000, 2),
+            "routed": dict(self.routed),
             "attempts": self.attempts,
             "failures": self.failures,
             "last_error": self.last_error,
         }
+
+
+class PeakEwma:
+    """A latency estimate that jumps up to a slower sample at once and decays back down over
+    ``_PEAK_DECAY`` seconds (Finagle's peak-EWMA): one slow answer is noticed by the next call,
+    and it takes a run of fast ones to be forgiven. Without samples it fades like the TTFB EWMA."""
+
+    __slots__ = ("estimate", "at")
+
+    def __init__(self) -> None:
+        self.estimate = 0.0
+        self.at = 0.0
+
+    def value(self, now: float) -> float:
+        """The estimate, faded by the time since the last sample (a once-slow endpoint is tried again)."""
+        return self.estimate * math.exp(-max(0.0, now - self.at) / _TTFB_MEMORY) if self.estimate else 0.0
+
+    def observe(self, sample: float, now: float) -> None:
+        current = self.value(now)
+        if sample >= current:
+            self.estimate = sample
+        else:
+            keep = math.exp(-max(0.0, now - self.at) / _PEAK_DECAY)
+            self.estimate = current * keep + sample * (1 - keep)
+        self.at = now

@@ -27,20 +27,35 @@ class HealthProber:
         self.endpoints = endpoints
         self.upstream = upstream
         self.config = config
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[Endpoint, asyncio.Task[None]] = {}
+        self._started = False
 
     def start(self) -> None:
-        if not self.config.enabled:
+        self._started = True
+        self.watch(self.endpoints)
+
+    def watch(self, endpoints: list[Endpoint]) -> None:
+        """Probe these too (endpoints discovery added); nothing before ``start`` or when disabled."""
+        if not self._started or not self.config.enabled:
             return
-        for endpoint in self.endpoints:
-            self._tasks.append(
-                asyncio.create_task(self._loop(endpoint), name=f"probe:{endpoint.group}/{endpoint.name}")
-            )
+        for endpoint in endpoints:
+            if endpoint not in self._tasks:
+                name = f"probe:{endpoint.group}/{endpoint.name}"
+                self._tasks[endpoint] = asyncio.create_task(self._loop(endpoint), name=name)
+
+    def forget(self, endpoints: list[Endpoint]) -> None:
+        """Stop probing these (discovery no longer lists them)."""
+        for endpoint in endpoints:
+            task = self._tasks.pop(endpoint, None)
+            if task is not None:
+                task.cancel()
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        self._started = False
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
 
     async def probe(self, endpoint: Endpoint) -> bool:

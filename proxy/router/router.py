@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import orjson
@@ -35,6 +35,7 @@ import orjson
 from proxy.auth import upstream_headers
 from proxy.call import Call
 from proxy.dialects.translate import Translation, Untranslatable, target_path
+from proxy.discovery.sources import Address
 from proxy.errors import (
     BadRequest,
     MissingKey,
@@ -83,7 +84,7 @@ class Router:
         self.settings: RouterConfig = config.router
         self.routes = config.model_groups
         self.groups: dict[str, list[Endpoint]] = {
-            name: [Endpoint(e, name, self.settings.circuit) for e in route.endpoints]
+            name: [self._placed(Endpoint(e, name, self.settings.circuit)) for e in route.endpoints]
             for name, route in self.routes.items()
         }
         self._rng = rng or random.Random()
@@ -103,6 +104,45 @@ class Router:
             self.groups[group] = [
                 kept[e.name] if e.name in kept and kept[e.name].config == e.config else e for e in endpoints
             ]
+            # Discovered endpoints stay until discovery says otherwise (it re-lists for the new router).
+            discover = self.routes[group].discover
+            if discover is not None and group in previous.routes and previous.routes[group].discover == discover:
+                self.groups[group] += [e for e in previous.groups[group] if e.label == discover.name and "@" in e.name]
+
+    def discovered(self, group: str, addresses: Collection[Address]) -> tuple[list[Endpoint], list[Endpoint]]:
+        """Make ``addresses`` the group's discovered endpoints: ``(added, gone)``.
+
+        An address already known keeps its endpoint (slots, health, history); one that
+        went away is marked gone: its calls in flight finish, new calls skip it.
+        """
+        discover = self.routes[group].discover
+        assert discover is not None
+        template, region = discover.endpoint, self.settings.region
+        wanted = {
+            template.at(a.host, a.port, discover.scheme, discover.path, a.zone, region): a.for_zones for a in addresses
+        }
+        current = self.groups[group]
+        old = {e.name: e for e in current if e.label == template.name and "@" in e.name}
+        kept = [e for e in old.values() if e.config in wanted and e.for_zones == wanted[e.config]]
+        known = {e.config for e in kept}
+        added = [
+            self._placed(Endpoint(c, group, self.settings.circuit, label=template.name, for_zones=zones))
+            for c, zones in wanted.items()
+            if c not in known
+        ]
+        gone = [e for e in old.values() if e not in kept]
+        for endpoint in gone:
+            endpoint.gone = True
+        self.groups[group] = [e for e in current if e not in gone] + added
+        self._plans.clear()  # rebuilt with the new endpoints by the next call of each kind
+        return added, gone
+
+    def _placed(self, endpoint: Endpoint) -> Endpoint:
+        config, settings = endpoint.config, self.settings
+        endpoint.locality = selection.locality(
+            config.zone, endpoint.for_zones, config.region, zone=settings.zone, region=settings.region
+        )
+        return endpoint
 
     # ------------------------------------------------------------------ reading
 
@@ -238,7 +278,7 @@ class Router:
                 seconds = time.perf_counter() - started
                 call.upstream_seconds += seconds
                 status = error.status if isinstance(error, UpstreamStatus) else 0
-                call.attempt_log.append((endpoint.name, status, seconds, error.type))
+                call.attempt_log.append((endpoint.label, status, seconds, error.type))
                 self._record_failure(call, endpoint, error, time.monotonic())
                 kind = failure_kind(error)
                 if kind is None or kind not in settings.retry_on:
@@ -255,7 +295,7 @@ class Router:
                     endpoint.circuit.abandon()
                 raise
             seconds = time.perf_counter() - started
-            call.attempt_log.append((endpoint.name, response.status, seconds, None))
+            call.attempt_log.append((endpoint.label, response.status, seconds, None))
             endpoint.observe_ttfb(seconds, time.monotonic())
             if endpoint.circuit.success(time.monotonic()) is not None:
                 self._circuit_event(call, endpoint)
@@ -418,24 +458,32 @@ class Routed:
     """What ``Router.route`` returns. A class rather than ``@asynccontextmanager``: it runs
     once per call, and the generator-based manager costs ~2.5 µs more per use."""
 
-    __slots__ = ("router", "call", "endpoint", "response", "started")
+    __slots__ = ("router", "call", "endpoint", "response", "started", "answered")
 
     def __init__(self, router: Router, call: Call) -> None:
         self.router = router
         self.call = call
 
     async def __aenter__(self) -> UpstreamResponse:
-        self.endpoint, self.response, self.started = await self.router._open(self.call)
+        call = self.call
+        self.endpoint, self.response, self.started = await self.router._open(call)
+        self.answered = time.perf_counter()
+        why = selection.reason(self.endpoint, call.model_group, call.fallbacks > 0, self.router.settings.zone)
+        self.endpoint.routed[why] += 1
         return self.response  # type: ignore[return-value]  # a TranslatedResponse reads the same
 
     async def __aexit__(self, *exc_info: object) -> None:
         call, endpoint = self.call, self.endpoint
         self.response.close()
         endpoint.release()
-        call.upstream_seconds += time.perf_counter() - self.started
+        ended = time.perf_counter()
+        call.upstream_seconds += ended - self.started
         if call.upstream_failure is not None:
             # The answer broke after it started (mid-stream); no fallback, but it counts.
             self.router._record_failure(call, endpoint, call.upstream_failure, time.monotonic())
+        elif exc_info[0] is None:
+            tokens = call.usage.get("output_tokens", 0) if call.stream else 0
+            endpoint.observe_answer(self.answered - self.started, ended - self.started, tokens, time.monotonic())
 
 
 async def _first_free(endpoints: list[Endpoint], timeout: float) -> Endpoint | None:

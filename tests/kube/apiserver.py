@@ -1,12 +1,15 @@
-"""A stand-in for the Kubernetes API server: just the calls the injector's namespace sync makes.
+"""A stand-in for the Kubernetes API server: the calls the injector's namespace sync and the
+sidecar's EndpointSlice discovery make.
 
 No API server can run on these machines, and the injector Deployment's default
 arguments (no ``--no-kube``) make the webhook list namespaces, watch them, and
 copy the sidecar's ConfigMap and Secret into opted-in namespaces. This serves
 those calls over HTTPS from an in-memory store loaded from manifests (the
 chart's rendered output, the example namespace), so the injector runs with its
-exact arguments. Not modelled: selectors other than ``metadata.name``,
-resourceVersions, admission, RBAC (the token is not checked).
+exact arguments. EndpointSlices (``EndpointSlices``) are served with real list and watch
+semantics: resourceVersions, bookmarks, 410 Gone. Not modelled: selectors other than
+``metadata.name`` (and ``kubernetes.io/service-name`` for slices), resourceVersions of the
+other kinds, admission, RBAC (the token is not checked).
 
     python -m tests.kube.apiserver --port 6443 --cert tls.crt --key tls.key --objects a.yaml [b.yaml ...]
 """
@@ -17,6 +20,7 @@ import argparse
 import asyncio
 import base64
 import json
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -88,7 +92,121 @@ def _not_found(kind: str, name: str) -> web.Response:
     )
 
 
-def build_app(store: Store) -> web.Application:
+class EndpointSlices:
+    """EndpointSlices as the API server serves them: every change gets the next resourceVersion;
+    a watch resumes from a version it still remembers, else ends with a 410 Gone ERROR event.
+
+    The tests change the slices (``put``, ``delete``), send ``bookmark`` events, forget the
+    history (``expire``: old versions are Gone) and end the open watches (``end_watches``).
+    """
+
+    def __init__(self) -> None:
+        self.version = 100
+        self.items: dict[tuple[str, str], dict[str, Any]] = {}
+        #: (resourceVersion, event type, object) since the oldest version a watch may resume from
+        self.history: list[tuple[int, str, dict[str, Any]]] = []
+        self.oldest = self.version
+        self.watchers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        #: (``list`` or ``watch``, the resourceVersion asked for, the answer's status) per request
+        self.requests: list[tuple[str, str | None, int]] = []
+
+    def _record(self, kind: str, obj: dict[str, Any]) -> None:
+        self.version += 1
+        obj["metadata"]["resourceVersion"] = str(self.version)
+        self.history.append((self.version, kind, obj))
+        for queue in self.watchers:
+            queue.put_nowait({"type": kind, "object": obj})
+
+    def put(self, obj: dict[str, Any]) -> None:
+        obj = json.loads(json.dumps(obj))
+        meta = obj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        meta.setdefault("uid", f"uid-{meta['name']}")
+        self._record("MODIFIED" if key in self.items else "ADDED", obj)
+        self.items[key] = obj
+
+    def delete(self, namespace: str, name: str) -> None:
+        obj = self.items.pop((namespace, name))
+        self._record("DELETED", json.loads(json.dumps(obj)))
+
+    def bookmark(self) -> None:
+        """A BOOKMARK event to every watch: only the newest resourceVersion, no object."""
+        mark = {"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1"}
+        for queue in self.watchers:
+            queue.put_nowait(
+                {"type": "BOOKMARK", "object": {**mark, "metadata": {"resourceVersion": str(self.version)}}}
+            )
+
+    def expire(self) -> None:
+        """Compact the history at the current version (etcd): a watch from an older one gets 410 Gone."""
+        self.history.clear()
+        self.oldest = self.version
+
+    def end_watches(self) -> None:
+        for queue in self.watchers:
+            queue.put_nowait(None)
+
+    def matching(self, namespace: str, selector: str) -> Callable[[dict[str, Any]], bool]:
+        name, _, value = selector.partition("=")
+
+        def match(obj: dict[str, Any]) -> bool:
+            meta = obj["metadata"]
+            return meta.get("namespace") == namespace and (not name or (meta.get("labels") or {}).get(name) == value)
+
+        return match
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        match = self.matching(request.match_info["namespace"], request.query.get("labelSelector", ""))
+        if request.query.get("watch", "").lower() not in ("true", "1"):
+            self.requests.append(("list", request.query.get("resourceVersion"), 200))
+            items = [o for _, o in sorted(self.items.items()) if match(o)]
+            return web.json_response(
+                {
+                    "kind": "EndpointSliceList",
+                    "apiVersion": "discovery.k8s.io/v1",
+                    "metadata": {"resourceVersion": str(self.version)},
+                    "items": items,
+                }
+            )
+        since = int(request.query["resourceVersion"])
+        response = web.StreamResponse(headers={"content-type": "application/json"})
+        await response.prepare(request)
+        if since < self.oldest:
+            self.requests.append(("watch", str(since), 410))
+            gone = {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": f"too old resource version: {since} ({self.oldest})",
+                "reason": "Expired",
+                "code": 410,
+            }
+            await response.write(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
+            return response
+        self.requests.append(("watch", str(since), 200))
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        for version, kind, obj in self.history:
+            if version > since:
+                queue.put_nowait({"type": kind, "object": obj})
+        self.watchers.add(queue)
+        try:
+            deadline = asyncio.get_running_loop().time() + float(request.query.get("timeoutSeconds", "60"))
+            while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                try:
+                    change = await asyncio.wait_for(queue.get(), left)
+                except TimeoutError:
+                    break
+                if change is None:
+                    break
+                if change["type"] == "BOOKMARK" or match(change["object"]):
+                    await response.write(json.dumps(change).encode() + b"\n")
+        finally:
+            self.watchers.discard(queue)
+        return response
+
+
+def build_app(store: Store, slices: EndpointSlices | None = None) -> web.Application:
     async def version(_: web.Request) -> web.Response:
         return web.json_response(VERSION)
 
@@ -136,6 +254,8 @@ def build_app(store: Store) -> web.Application:
     app.router.add_get("/api/v1/namespaces/{namespace}/{resource:configmaps|secrets}", collection)
     app.router.add_post("/api/v1/namespaces/{namespace}/{resource:configmaps|secrets}", create)
     app.router.add_route("*", "/api/v1/namespaces/{namespace}/{resource:configmaps|secrets}/{name}", item)
+    if slices is not None:
+        app.router.add_get("/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices", slices.handle)
     return app
 
 
