@@ -20,8 +20,8 @@ redis-server:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
 
 # Real tools the full suite checks against: Prometheus/promtool (dashboard queries, exposition),
-# buildah, podman and debootstrap (the image is built and run). Installed only when missing.
-TEST_TOOLS = redis-server:redis-server promtool:prometheus buildah:buildah podman:podman debootstrap:debootstrap
+# buildah, podman and debootstrap (the image is built and run), dnsmasq (DNS discovery). Installed only when missing.
+TEST_TOOLS = redis-server:redis-server promtool:prometheus buildah:buildah podman:podman debootstrap:debootstrap dnsmasq:dnsmasq-base
 test-tools:
 	@missing=""; for pair in $(TEST_TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; fi

@@ -44,23 +44,24 @@ class DnsWatch:
         assert config.dns is not None and isinstance(config.port, int)
         found: set[Address] = set()
         ttls = []
-        try:
-            for kind in ("A", "AAAA"):
-                try:
-                    answer = await self.resolver.resolve(config.dns, kind)
-                except dns.resolver.NoAnswer:
-                    continue
-                assert answer.rrset is not None
-                ttls.append(answer.rrset.ttl)
-                found.update(Address(r.address, config.port) for r in answer)
-        except dns.resolver.NXDOMAIN:
-            pass  # no ready pod (a headless Service without endpoints has no records)
-        except dns.exception.DNSException as exc:
+        failed: list[str] = []
+        for kind in ("A", "AAAA"):
+            try:
+                answer = await self.resolver.resolve(config.dns, kind)
+            except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+                continue  # no such records (a headless Service without ready pods has none)
+            except dns.exception.DNSException as exc:
+                failed.append(type(exc).__name__)  # some servers refuse a family they do not serve
+                continue
+            assert answer.rrset is not None
+            ttls.append(answer.rrset.ttl)
+            found.update(Address(r.address, config.port) for r in answer)
+        if len(failed) == 2:
             event(
                 "discovery: DNS look-up failed; the last addresses stay",
                 logging.WARNING,
                 name=config.dns,
-                error=type(exc).__name__,
+                error=failed[0],
             )
             return config.min_ttl
         addresses = sorted(found)

@@ -227,6 +227,8 @@ class Router:
     async def _open(self, call: Call) -> tuple[Endpoint, UpstreamResponse | TranslatedResponse, float]:
         settings = self.settings
         endpoints, rank = self._plan(call)
+        if not endpoints and self.routes[call.model_group].discover is not None:
+            raise NoEndpointAvailable(f"model group `{call.model_group}` has no discovered endpoint ready")
         if not endpoints:
             raise BadRequest(
                 f"model group `{call.model_group}` has no endpoint that serves "

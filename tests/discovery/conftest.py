@@ -1,18 +1,25 @@
-"""A stand-in API server serving EndpointSlices over HTTPS, and replicas of the mock provider."""
+"""A stand-in API server serving EndpointSlices over HTTPS, a real DNS server, and replicas of the mock provider."""
 
 from __future__ import annotations
 
+import shutil
+import signal
 import ssl
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import dns.exception
+import dns.message
+import dns.query
 import pytest
 from aiohttp import web
 
 from tests.kube.apiserver import EndpointSlices, Store, build_app
 from tests.kube.pods import make_ca
 from tests.servers import MockProvider, ServerLoop, free_port
+from tests.waiting import wait_until
 
 
 class ApiServer:
@@ -127,3 +134,62 @@ def pod(
     if for_zones is not None:
         entry["hints"] = {"forZones": [{"name": z} for z in for_zones]}
     return entry
+
+
+class Dnsmasq:
+    """A real DNS server (Debian's dnsmasq) on a free loopback port, answering from a hosts file
+    that the test rewrites (``set``: the file, then SIGHUP, as dnsmasq re-reads it on that)."""
+
+    def __init__(self, tmp: Path, ttl: int) -> None:
+        binary = shutil.which("dnsmasq")
+        if binary is None:
+            raise RuntimeError("dnsmasq is not installed: run `make test` (it installs it)")
+        self.port = free_port()
+        self.hosts = tmp / "hosts"
+        self.hosts.write_text("")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                f"--port={self.port}",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--no-resolv",
+                "--local=/cluster.local/",  # answers for the domain like cluster DNS: NXDOMAIN, no-data
+                "--no-hosts",
+                f"--addn-hosts={self.hosts}",
+                f"--local-ttl={ttl}",
+                "--pid-file=",
+                "--user=root",  # stays able to read the test's hosts file when it reloads
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.nameserver = f"127.0.0.1:{self.port}"
+        wait_until(self._answers, what="dnsmasq answers")
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"dnsmasq exited: {self.process.stderr.read().decode() if self.process.stderr else ''}")
+        query = dns.message.make_query("probe.invalid", "A")
+        try:
+            dns.query.udp(query, "127.0.0.1", timeout=0.5, port=self.port)
+        except (dns.exception.Timeout, OSError):
+            return False
+        return True
+
+    def set(self, name: str, addresses: list[str]) -> None:
+        self.hosts.write_text("".join(f"{a} {name}\n" for a in addresses))
+        self.process.send_signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(5)
+
+
+@pytest.fixture
+def dnsmasq(tmp_path: Path) -> Iterator[Dnsmasq]:
+    server = Dnsmasq(tmp_path, ttl=1)
+    yield server
+    server.stop()

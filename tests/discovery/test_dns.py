@@ -1,0 +1,74 @@
+"""Endpoints from a DNS name (a headless Service), looked up again on the records' TTL, against
+a real DNS server (dnsmasq) whose records change during the test."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.discovery.conftest import Dnsmasq
+from tests.router.helpers import QUICK
+from tests.servers import MockProvider, ServerLoop, Sidecar
+from tests.waiting import wait_until
+
+NAME = "vllm-headless.models.svc.cluster.local"
+
+
+def names(sidecar: Sidecar) -> set[str]:
+    status = httpx.get(sidecar.admin_url + "/status").json()
+    return {e["name"] for e in status["groups"]["llama"]["endpoints"]}
+
+
+def test_dns_records_are_followed_on_their_ttl(
+    server_loop: ServerLoop, dnsmasq: Dnsmasq, replicas: Callable[[int], list[MockProvider]]
+) -> None:
+    one, two, three = replicas(3)
+    dnsmasq.set(NAME, [one.host, two.host])
+    config: dict[str, Any] = {
+        "server": {"port": 0, "admin_port": 0, "admin_host": "127.0.0.1", "drain_timeout": 2},
+        "model_groups": {
+            "llama": {
+                "discover": {
+                    "dns": NAME,
+                    "nameservers": [dnsmasq.nameserver],
+                    "port": one.port,
+                    "min_ttl": 0.2,
+                    "endpoint": {"model": "llama-3", "api_key": "sk-vllm-key-0123456789"},
+                }
+            }
+        },
+        "router": QUICK,
+        "telemetry": {"access_log": False},
+    }
+    sidecar = Sidecar(server_loop, config)
+    try:
+        port = one.port
+        wait_until(lambda: names(sidecar) == {f"vllm-headless@{one.host}:{port}", f"vllm-headless@{two.host}:{port}"})
+        client = sidecar.openai()
+        for i in range(6):
+            client.chat.completions.create(model="llama", messages=[{"role": "user", "content": f"call {i}"}])
+        assert one.calls("llama-3") + two.calls("llama-3") == 6
+
+        # The records change: one pod goes, another comes; the TTL is 1 s.
+        changed = time.monotonic()
+        dnsmasq.set(NAME, [two.host, three.host])
+        wait_until(lambda: names(sidecar) == {f"vllm-headless@{two.host}:{port}", f"vllm-headless@{three.host}:{port}"})
+        assert time.monotonic() - changed < 5  # a few TTLs at most, not max_ttl
+        before = one.calls()
+        for i in range(6):
+            client.chat.completions.create(model="llama", messages=[{"role": "user", "content": f"after {i}"}])
+        assert one.calls() == before and two.calls("llama-3") + three.calls("llama-3") > 0
+
+        # No records (a headless Service without ready pods): calls get a 503 in their dialect.
+        dnsmasq.set(NAME, [])
+        wait_until(lambda: not names(sidecar))
+        with pytest.raises(openai.InternalServerError) as caught:
+            client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "nobody home"}])
+        assert caught.value.status_code == 503 and "llama" in caught.value.message
+    finally:
+        sidecar.stop()
