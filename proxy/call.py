@@ -110,5 +110,7 @@ class Call:
     #: headers the steps add to the client's response (e.g. how many passages were added)
     response_headers: dict[str, str] = field(default_factory=dict)
     observer: Observer = NOOP
+    #: the fleet budget granted to the attempt in progress (``proxy.fleet.budget.Grant``)
+    fleet_grant: Any = None
     #: the cache's per-call state (``proxy.cache.response_cache.Ticket``) once the call is cacheable
     cache_ticket: Any = None

@@ -90,11 +90,27 @@ class Config(BaseModel):
             raise
         if problems:
             raise invalid(cls.__name__, problems)
+        if unshared := config._fleet_without_redis():
+            raise invalid(cls.__name__, unshared)
         return config
 
     def discovering(self) -> dict[str, DiscoverConfig]:
         """The model groups whose endpoints are discovered, with their ``discover`` sections."""
         return {name: group.discover for name, group in self.model_groups.items() if group.discover is not None}
+
+    def _fleet_without_redis(self) -> list[InitErrorDetails]:
+        """Fleet limits are kept in the shared Redis: without one there is no fleet to share them."""
+        if self.cache.backend == "redis":
+            return []
+        return [
+            problem(
+                ("model_groups", name, "endpoints", i, "fleet"),
+                "fleet limits need cache.backend: redis (the sidecars share their budget there)",
+            )
+            for name, group in self.model_groups.items()
+            for i, endpoint in enumerate(group.endpoints)
+            if endpoint.fleet is not None
+        ]
 
     def missing_keys(self) -> list[str]:
         """Endpoints whose key's variable or file is missing, by field path (never a value)."""

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
+from proxy.fleet.config import FleetLimits
 from proxy.secret import Secret
 
 Dialect = Literal["openai", "anthropic"]
@@ -51,6 +52,8 @@ class EndpointConfig(Strict):
     #: forward the client's own credential instead of the endpoint's
     pass_through_key: bool = False
     max_concurrent: int = Field(64, ge=1)
+    #: limits shared by every sidecar on the Redis configured under ``cache`` (``proxy/fleet``)
+    fleet: FleetLimits | None = None
     priority: int = 0
     weight: float = Field(1.0, gt=0)
     timeouts: Timeouts = Timeouts()

@@ -30,8 +30,10 @@ Behaviour is programmable per model name (``PUT /_mock/behaviour/{model}``, or
 On the command line the same names go without ``x-mock-`` and with ``_`` for ``-``:
 ``--behaviour 'mock-gpt:truncate=1,chunk_delay_ms=5'``.
 
-``GET /_mock/stats`` counts calls and concurrency per model, ``GET /_mock/requests``
-shows the last requests' headers and bodies, ``POST /_mock/reset`` clears both.
+``GET /_mock/stats`` counts calls and concurrency per model (the most in flight at once, and the
+most calls started within any ``?window=`` seconds, 60 by default: a provider's RPM), ``GET /_mock/requests``
+shows the last requests' headers and bodies, ``POST /_mock/reset`` clears both (the peak in
+flight restarts from the calls in flight).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import struct
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -103,6 +106,8 @@ class MockState:
         self.calls: Counter[str] = Counter()
         self.in_flight: Counter[str] = Counter()
         self.max_in_flight: Counter[str] = Counter()
+        #: when each call started (monotonic seconds), per model: the busiest window's count comes from it
+        self.started: dict[str, deque[float]] = {}
         self.requests: deque[dict[str, Any]] = deque(maxlen=50)
 
     def behaviour(self, model: str, request: web.Request) -> Behaviour:
@@ -116,6 +121,8 @@ class MockState:
 
 
 STATE = web.AppKey("state", MockState)
+#: call start times kept per model for ``max_in_window`` (a few minutes of a busy run)
+_STARTS_KEPT = 100_000
 
 
 # ---------------------------------------------------------------- answers
@@ -594,6 +601,7 @@ def _handler(dialect: str, kind: str):
         state.calls[model] += 1
         state.in_flight[model] += 1
         state.max_in_flight[model] = max(state.max_in_flight[model], state.in_flight[model])
+        state.started.setdefault(model, deque(maxlen=_STARTS_KEPT)).append(time.monotonic())
         try:
             behaviour = state.behaviour(model, request)
             if behaviour.latency_ms:
@@ -664,15 +672,33 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
+    """Calls, in flight now and at most, and the most calls started within any ``?window=`` seconds (60)."""
     state = request.app[STATE]
+    try:
+        window = float(request.query.get("window", 60))
+    except ValueError:
+        return web.json_response({"error": "window: a number of seconds"}, status=400)
     return web.json_response(
         {
             "calls": dict(state.calls),
             "in_flight": dict(state.in_flight),
             "max_in_flight": dict(state.max_in_flight),
             "total_calls": sum(state.calls.values()),
+            "window_s": window,
+            "max_in_window": {model: busiest(times, window) for model, times in state.started.items()},
         }
     )
+
+
+def busiest(times: Iterable[float], window: float) -> int:
+    """The most of the sorted ``times`` that fall within any ``window`` seconds (two pointers)."""
+    kept = list(times)
+    most = start = 0
+    for end, time_at in enumerate(kept):
+        while time_at - kept[start] >= window:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
 
 
 async def recent_requests(request: web.Request) -> web.Response:
@@ -681,8 +707,10 @@ async def recent_requests(request: web.Request) -> web.Response:
 
 async def reset(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    for counter in (state.calls, state.in_flight, state.max_in_flight):
-        counter.clear()
+    # Calls in flight stay counted (they are still running): the peak restarts from them.
+    state.calls.clear()
+    state.max_in_flight = Counter(state.in_flight)
+    state.started.clear()
     state.requests.clear()
     return web.json_response({"reset": True})
 

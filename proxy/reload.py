@@ -39,15 +39,17 @@ from proxy.upstream import Upstream
 
 if TYPE_CHECKING:
     from proxy.discovery.manager import Discovery
+    from proxy.fleet.budget import Fleet
 
 #: ``server`` fields a reload applies; the others are bound to the listeners at start
 LIVE_SERVER_FIELDS = frozenset({"reload_interval"})
 
 
 class Current:
-    """What new calls take: the config, its pipeline and its probes; a reload replaces all three."""
+    """What new calls take: the config, its pipeline and its probes; a reload replaces all three.
+    The fleet's budgets (``proxy/fleet``) live as long as the process: every router shares them."""
 
-    __slots__ = ("config", "pipeline", "prober", "discovery")
+    __slots__ = ("config", "pipeline", "prober", "discovery", "fleet")
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -55,6 +57,7 @@ class Current:
         self.prober: HealthProber | None = None
         #: the discovery watches (``proxy/discovery/manager.py``), when some group discovers
         self.discovery: Discovery | None = None
+        self.fleet: Fleet | None = None
 
 
 def keep_restart_only(running: Config, new: Config) -> tuple[Config, list[str]]:
@@ -176,7 +179,7 @@ class Reloader:
             cache = build_cache(config)
         elif hasattr(cache, "groups"):
             cache.groups = group_caching(config)  # one assignment; a call reads it once, in lookup
-        router = Router(config, self.upstream)
+        router = Router(config, self.upstream, fleet=current.fleet)
         router.adopt(old.router)
         pipeline = Pipeline(config, router, cache, old.telemetry)
         prober = HealthProber(list(router.endpoints()), self.upstream, config.router.health)

@@ -65,10 +65,26 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
+async def fleet_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The fleet's budgets live on the cache's Redis: with one, this sidecar takes part (nothing
+    is sent unless an endpoint has fleet limits)."""
+    config = app[CONFIG]
+    fleet = None
+    if config.cache.backend == "redis":
+        from proxy.fleet.budget import Fleet
+
+        fleet = Fleet(config.cache, config.router.fleet)
+    app[CURRENT].fleet = fleet
+    yield
+    if fleet is not None:
+        await fleet.close()
+
+
 async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     current = app[CURRENT]
     config = current.config
-    pipeline = Pipeline(config, Router(config, app[UPSTREAM]), build_cache(config), Telemetry(config.telemetry))
+    router = Router(config, app[UPSTREAM], fleet=current.fleet)
+    pipeline = Pipeline(config, router, build_cache(config), Telemetry(config.telemetry))
     current.pipeline = pipeline
     log_missing_keys(config)
     yield
@@ -120,7 +136,7 @@ def build_app(
     app[CURRENT] = Current(config)
     app[DRAINING] = asyncio.Event()
     app[LISTENING] = asyncio.Event()
-    app.cleanup_ctx.extend([upstream_ctx, pipeline_ctx, telemetry_ctx, health_ctx, discovery_ctx])
+    app.cleanup_ctx.extend([upstream_ctx, fleet_ctx, pipeline_ctx, telemetry_ctx, health_ctx, discovery_ctx])
     for dialect in (OPENAI, ANTHROPIC):
         for path in dialect.operations:
             app.router.add_post(dialect.prefix + path, _dialect_handler(dialect, path))

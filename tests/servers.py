@@ -111,6 +111,10 @@ class MockProvider:
         stats = self.stats()
         return stats["total_calls"] if model is None else stats["calls"].get(model, 0)
 
+    def reset(self) -> None:
+        """Counts start again; the peak in flight starts from the calls in flight now."""
+        _get_json(self.url + "/_mock/reset", "POST")
+
     def requests(self) -> list[dict[str, Any]]:
         return _get_json(self.url + "/_mock/requests")
 
@@ -260,3 +264,61 @@ class RedisServer:
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
             sock.sendall(b"FLUSHALL\r\n")
             sock.recv(16)
+
+
+class SidecarProcess:
+    """``llm-sidecar serve`` (the installed console script) on a config file, on free ports.
+
+    For tests that need several sidecars as separate processes (each its own event loop and
+    state, as pods are); ``kill()`` is SIGKILL, ``stop()`` SIGTERM.
+    """
+
+    def __init__(self, config: dict[str, Any], directory: Path) -> None:
+        self.port, self.admin_port = free_port(), free_port()
+        config = {**config, "server": {**config.get("server", {}), "port": self.port, "admin_port": self.admin_port}}
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+        path = directory / f"sidecar-{self.port}.yaml"
+        path.write_text(json.dumps(config))  # JSON is YAML
+        self.log = directory / f"sidecar-{self.port}.log"
+        with self.log.open("w") as stderr:
+            self.process = subprocess.Popen(
+                [LLM_SIDECAR, "serve", "--config", str(path)], stdout=subprocess.DEVNULL, stderr=stderr
+            )
+
+    def wait_ready(self, timeout: float = 30) -> SidecarProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sidecar exited: {self.log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.admin_url + "/readyz", timeout=0.5) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"sidecar not ready within {timeout} s")
+
+    def status(self) -> dict[str, Any]:
+        return _get_json(self.admin_url + "/status")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.admin_url + "/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def events(self) -> list[dict[str, Any]]:
+        """The sidecar's JSON log lines."""
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()

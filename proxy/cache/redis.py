@@ -26,6 +26,7 @@ Sentinel, Cluster and TLS stay on redis-py.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import socket
 import time
@@ -41,7 +42,7 @@ import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 try:
     import hiredis
@@ -58,6 +59,16 @@ _FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError, asyncio.T
 
 # Release the lock only if it is still ours (it may have expired and been taken by another pod).
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+
+class Script:
+    """A Lua script, sent by its SHA1 (``EVALSHA``) and by its text when the server lacks it."""
+
+    __slots__ = ("text", "sha")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
 
 
 class Breaker:
@@ -401,6 +412,17 @@ class RedisBackend:
 
     async def release(self, key: str, token: str) -> None:
         await self._run(None, self.client.eval, _RELEASE, 1, key, token)
+
+    async def script(self, default: T, script: Script, keys: list[str], args: list[Any]) -> T | Any:
+        """Run a Lua script (one round trip), or ``default`` when Redis is not usable."""
+
+        async def run() -> Any:
+            try:
+                return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:  # a restarted or new server: EVAL loads it
+                return await self.client.eval(script.text, len(keys), *keys, *args)
+
+        return await self._run(default, run)
 
     async def close(self) -> None:
         if self._probe is not None:

@@ -12,6 +12,7 @@ router:                       # the policy every model group shares (defaults sh
   health: {enabled: true, interval: 10.0, timeout: 2.0, unhealthy_after: 2, healthy_after: 1}
   zone: null                  # the sidecar's zone and region (default: LLM_SIDECAR_ZONE / _REGION)
   region: null
+  fleet: {lease_ttl: 5.0, poll_interval: 0.02}   # fleet-wide limits (proxy/fleet)
 model_groups:
   gpt-4o:
     prefer: openai-primary     # default preference: an endpoint here or a fallback group
@@ -19,7 +20,7 @@ model_groups:
     fallbacks: [claude-sonnet]
     endpoints:
       - {name: openai-primary, url: https://api.openai.com/v1, api_key_env: OPENAI_API_KEY,
-         max_concurrent: 32, priority: 0}
+         max_concurrent: 32, priority: 0, fleet: {max_concurrent: 200, rpm: 3000, tpm: 400000}}
 ```
 """
 
@@ -33,6 +34,7 @@ from pydantic import Field, field_validator, model_validator
 
 from proxy.discovery.config import DiscoverConfig
 from proxy.endpoint_config import EndpointConfig, Strict
+from proxy.fleet.config import FleetSettings
 
 Balance = Literal["least_in_flight", "weighted", "latency"]
 RetryOn = Literal["connect", "timeout", "broken", "429", "5xx"]
@@ -124,6 +126,7 @@ class RouterConfig(Strict):
     #: ``topology.kubernetes.io/zone``): endpoints in this zone are preferred, then this region
     zone: str | None = Field(default_factory=lambda: os.environ.get("LLM_SIDECAR_ZONE") or None)
     region: str | None = Field(default_factory=lambda: os.environ.get("LLM_SIDECAR_REGION") or None)
+    fleet: FleetSettings = FleetSettings()
 
 
 class RoutingConfig(Protocol):

@@ -10,7 +10,7 @@ import asyncio
 import math
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import model_validator
@@ -19,6 +19,9 @@ from proxy.endpoint_config import EndpointConfig
 from proxy.router.circuit import Circuit
 from proxy.router.config import CircuitConfig
 from proxy.secret import Secret
+
+if TYPE_CHECKING:
+    from proxy.fleet.budget import Budget
 
 #: the SDKs' usual variables, read when a ``ModelEndpoint`` is given no key
 KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
@@ -86,6 +89,7 @@ class Endpoint:
         "peak_itl",
         "ewma_tokens",
         "routed",
+        "budget",
     )
 
     def __init__(
@@ -138,6 +142,8 @@ class Endpoint:
         self.queued = 0
         #: cool-downs started (counter)
         self.cooldowns = 0
+        #: its fleet budget (``proxy/fleet``), when it has fleet limits and the sidecar a shared Redis
+        self.budget: Budget | None = None
 
     # ----------------------------------------------------------- selection inputs
 

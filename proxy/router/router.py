@@ -15,6 +15,11 @@ An *attempt* is one try at one endpoint, and only that: each has its span
    untried before tried (fallback before retry); re-trying one waits a backoff.
 2. A free slot (``max_concurrent``) on the best endpoint that has one; when all are
    full, wait up to ``queue_timeout`` for the first to free, then 429 ``Overloaded``.
+   An endpoint with fleet limits (``proxy/fleet``) also needs its fleet budget: the first
+   endpoint that has it wins (so a call falls back to one with budget); when none has, the
+   call waits for the best one's budget within ``queue_timeout``, then 429 ``Overloaded``
+   with the ``Retry-After`` the budget gave. A cool-down another sidecar published
+   counts as this endpoint's own.
 3. ``Upstream.open``, translated when the endpoint speaks the other dialect.
 4. Failure: record it (circuit, cool-down), then fall back if ``retry_on`` allows,
    within ``max_attempts`` and the ``deadline``. Other 4xx go back as they came.
@@ -28,7 +33,7 @@ import asyncio
 import random
 import time
 from collections.abc import Collection, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -47,6 +52,7 @@ from proxy.errors import (
     UpstreamStatus,
     UpstreamTimeout,
 )
+from proxy.fleet.grants import Denial, Grant
 from proxy.router import selection
 from proxy.router.config import RetryOn, RouterConfig, RoutingConfig
 from proxy.router.cooldown import requested_rest
@@ -54,6 +60,9 @@ from proxy.router.endpoint import Endpoint
 from proxy.router.translated import TranslatedResponse
 from proxy.telemetry.logs import event
 from proxy.upstream import Upstream, UpstreamResponse
+
+if TYPE_CHECKING:
+    from proxy.fleet.budget import Fleet
 
 #: a call may name its preferred endpoint or model group; never forwarded upstream
 PREFER_HEADER = "x-llm-sidecar-prefer"
@@ -79,8 +88,12 @@ def failure_kind(error: UpstreamError) -> RetryOn | None:
 class Router:
     """The model groups' endpoints and the policy that routes calls among them."""
 
-    def __init__(self, config: RoutingConfig, upstream: Upstream, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, config: RoutingConfig, upstream: Upstream, *, fleet: Fleet | None = None, rng: random.Random | None = None
+    ) -> None:
         self.upstream = upstream
+        #: the budgets shared with the other sidecars (``None``: no shared Redis)
+        self.fleet = fleet
         self.settings: RouterConfig = config.router
         self.routes = config.model_groups
         self.groups: dict[str, list[Endpoint]] = {
@@ -142,6 +155,10 @@ class Router:
         endpoint.locality = selection.locality(
             config.zone, endpoint.for_zones, config.region, zone=settings.zone, region=settings.region
         )
+        limits = config.fleet
+        if limits is not None and self.fleet is not None:
+            # Discovered endpoints share their template's budget: the limit is the service's.
+            endpoint.budget = self.fleet.budget(limits.key or f"{endpoint.group}/{endpoint.label}", limits)
         return endpoint
 
     # ------------------------------------------------------------------ reading
@@ -186,7 +203,8 @@ class Router:
                     "endpoints": [e.snapshot(now) for e in endpoints],
                 }
                 for name, endpoints in self.groups.items()
-            }
+            },
+            **({"fleet": self.fleet.snapshot()} if self.fleet is not None else {}),
         }
 
     # ------------------------------------------------------------------ the seam
@@ -247,13 +265,13 @@ class Router:
             except Untranslatable:
                 # Refused before the endpoint is called: the caller's 400, unless an endpoint
                 # already failed, whose error (maybe transient) is then the truer answer.
-                endpoint.release()
+                self._free(call, endpoint, failed=True)
                 if last_error is None:
                     raise
                 spent.add(endpoint)
                 continue
             except BaseException:
-                endpoint.release()
+                self._free(call, endpoint, failed=True)
                 raise
             now = time.monotonic()
             if tried:
@@ -276,7 +294,7 @@ class Router:
             try:
                 response = await self._try(call, endpoint, number, deadline - now, request)
             except UpstreamError as error:
-                endpoint.release()
+                self._free(call, endpoint, failed=True)
                 seconds = time.perf_counter() - started
                 call.upstream_seconds += seconds
                 status = error.status if isinstance(error, UpstreamStatus) else 0
@@ -292,7 +310,7 @@ class Router:
                 continue
             except BaseException:
                 # Cancelled (the client left) or a bug: free the slot, and the trial if it was one.
-                endpoint.release()
+                self._free(call, endpoint, failed=True)
                 if trial:
                     endpoint.circuit.abandon()
                 raise
@@ -304,6 +322,15 @@ class Router:
             return endpoint, response, started
         assert last_error is not None
         raise last_error
+
+    @staticmethod
+    def _free(call: Call, endpoint: Endpoint, failed: bool) -> None:
+        """The attempt is over: its slot, and its fleet grant (settled to the call's usage)."""
+        endpoint.release()
+        grant = call.fleet_grant
+        if grant is not None:
+            call.fleet_grant = None
+            grant.budget.release(grant, call.usage, failed)
 
     @staticmethod
     def _request(call: Call, endpoint: Endpoint) -> tuple[str, bytes, Translation | None]:
@@ -394,10 +421,27 @@ class Router:
                     ranked = [e for e in ranked if e.usable(now)]
                     if not ranked:
                         continue
+            denied: list[tuple[Endpoint, Denial]] = []
+            cooled = False
             for endpoint in ranked:
                 if endpoint.has_free_slot():
                     await endpoint.acquire()  # returns at once: a free slot and nobody queued
-                    return endpoint
+                    if endpoint.budget is None:
+                        return endpoint
+                    answer = await endpoint.budget.take(call.payload, call.body, now)  # no wait: try the next
+                    if isinstance(answer, Grant):
+                        call.fleet_grant = answer
+                        return endpoint
+                    endpoint.release()
+                    if answer.reason == "cooling":
+                        endpoint.cool_down(answer.wait, time.monotonic())
+                        cooled = True
+                    else:
+                        denied.append((endpoint, answer))
+            if denied:
+                return await self._wait_for_budget(call, denied, deadline, last_error)
+            if cooled:
+                continue  # ranked again without it
             wait = min(settings.queue_timeout, deadline - now)
             started = time.perf_counter()
             with call.observer.span("router.queue", model_group=call.model_group):
@@ -413,6 +457,35 @@ class Router:
             if freed.usable(time.monotonic()):
                 return freed
             freed.release()  # it went unusable while we queued (another call's trial, a 429)
+
+    async def _wait_for_budget(
+        self, call: Call, denied: list[tuple[Endpoint, Denial]], deadline: float, last_error: UpstreamError | None
+    ) -> Endpoint:
+        """Wait within ``queue_timeout`` for the fleet budget of the endpoint whose budget returns first."""
+        endpoint, denial = min(denied, key=lambda pair: pair[1].wait)
+        answer: Grant | Denial = denial
+        budget = endpoint.budget
+        assert budget is not None
+        until = min(time.monotonic() + self.settings.queue_timeout, deadline)
+        started = time.perf_counter()
+        with call.observer.span("router.queue", model_group=call.model_group):
+            slot = await _first_free([endpoint], until - time.monotonic()) if until > time.monotonic() else None
+            if slot is not None:
+                answer = await budget.take(call.payload, call.body, until)
+        call.queue_wait += time.perf_counter() - started
+        if isinstance(answer, Grant):
+            call.fleet_grant = answer
+            return endpoint
+        if slot is not None:
+            endpoint.release()
+        if last_error is not None:
+            raise last_error
+        if answer.reason == "cooling":
+            endpoint.cool_down(answer.wait, time.monotonic())
+        raise Overloaded(
+            f"model group `{call.model_group}`: no fleet budget left for endpoint `{endpoint.name}` ({answer.reason})",
+            retry_after=max(1.0, answer.wait),
+        )
 
     def _nothing_usable(
         self, call: Call, endpoints: list[Endpoint], now: float, last_error: UpstreamError | None
@@ -440,6 +513,8 @@ class Router:
                 rest = min(rest, self.settings.cooldown.max)
                 endpoint.cool_down(rest, now)
                 call.observer.event("cooldown", endpoint=endpoint.name, seconds=rest)
+                if endpoint.budget is not None:
+                    endpoint.budget.cool(rest)  # the whole fleet rests it
         if kind in (None, "429"):
             # The endpoint answered sensibly: the call was wrong, or the endpoint is busy.
             if endpoint.circuit.success(now) is not None:
@@ -452,6 +527,8 @@ class Router:
     @staticmethod
     def _circuit_event(call: Call, endpoint: Endpoint) -> None:
         state = endpoint.circuit.state
+        if state == "open" and endpoint.budget is not None:
+            endpoint.budget.cool(endpoint.circuit.config.open_for)  # the whole fleet stays away
         call.observer.event("circuit_open" if state == "open" else "circuit_close", endpoint=endpoint.name)
         event("circuit " + state, group=endpoint.group, endpoint=endpoint.name)
 
@@ -477,7 +554,7 @@ class Routed:
     async def __aexit__(self, *exc_info: object) -> None:
         call, endpoint = self.call, self.endpoint
         self.response.close()
-        endpoint.release()
+        self.router._free(call, endpoint, failed=call.upstream_failure is not None)
         ended = time.perf_counter()
         call.upstream_seconds += ended - self.started
         if call.upstream_failure is not None:

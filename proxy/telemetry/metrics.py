@@ -401,6 +401,7 @@ class LiveCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._endpoints()
         yield from self._cache()
+        yield from self._fleet()
 
     def _endpoints(self) -> Iterator[Metric]:
         """From the router's ``Endpoint`` objects (``proxy/router/endpoint.py``)."""
@@ -508,6 +509,76 @@ class LiveCollector(Collector):
             yield GaugeMetricFamily(f"{p}_cache_entries", "Entries in the memory cache.", value=stats["entries"])
         if stats.get("bytes") is not None:
             yield GaugeMetricFamily(f"{p}_cache_bytes", "Bytes held by the memory cache.", value=stats["bytes"])
+
+    def _fleet(self) -> Iterator[Metric]:
+        """From ``Fleet.snapshot()`` (``proxy/fleet``): the budgets shared with the other sidecars."""
+        fleet = getattr(self.router, "fleet", None)
+        if fleet is None:
+            return
+        p = PREFIX
+        state = fleet.snapshot()
+        yield GaugeMetricFamily(
+            f"{p}_fleet_fail_open",
+            "1 while Redis is unreachable and each fleet budget falls back to its local share.",
+            value=1.0 if state["fail_open"] else 0.0,
+        )
+        yield GaugeMetricFamily(
+            f"{p}_fleet_live_sidecars",
+            "Sidecars sharing the fleet budgets, as last seen.",
+            value=state["live_sidecars"],
+        )
+        labels = ["budget"]
+        limit = GaugeMetricFamily(f"{p}_fleet_limit", "A fleet budget's limit.", labels=[*labels, "kind"])
+        in_use = GaugeMetricFamily(
+            f"{p}_fleet_leases_in_use", "Concurrency leases in use fleet-wide (as last seen).", labels=labels
+        )
+        left = GaugeMetricFamily(
+            f"{p}_fleet_leases_left", "Concurrency leases left fleet-wide (as last seen).", labels=labels
+        )
+        held = GaugeMetricFamily(
+            f"{p}_fleet_leases_held", "Leases (or local shares) this sidecar holds.", labels=labels
+        )
+        granted = CounterMetricFamily(f"{p}_fleet_grants", "Calls granted fleet budget.", labels=labels)
+        denied = CounterMetricFamily(
+            f"{p}_fleet_denials",
+            "Tries refused fleet budget: concurrency, rate (rpm/tpm) or cooling (a shared cool-down).",
+            labels=[*labels, "reason"],
+        )
+        waits = CounterMetricFamily(f"{p}_fleet_waits", "Calls that queued for fleet budget.", labels=labels)
+        waited = CounterMetricFamily(
+            f"{p}_fleet_wait_seconds", "Time calls spent queued for fleet budget, summed.", labels=labels
+        )
+        expired = CounterMetricFamily(
+            f"{p}_fleet_lease_expiries",
+            "Leases found expired and freed (their sidecar died or stalled past the lease TTL).",
+            labels=labels,
+        )
+        restored = CounterMetricFamily(
+            f"{p}_fleet_leases_restored",
+            "Leases of this sidecar put back in Redis: lost in a restart, or given from the local share.",
+            labels=labels,
+        )
+        cooled = CounterMetricFamily(
+            f"{p}_fleet_cooldowns_published", "Cool-downs this sidecar told the fleet about.", labels=labels
+        )
+        for budget in state["budgets"]:
+            key = [budget["key"]]
+            for kind in ("max_concurrent", "rpm", "tpm"):
+                if budget[kind] is not None:
+                    limit.add_metric([*key, kind], budget[kind])
+            if budget["max_concurrent"] is not None:
+                in_use.add_metric(key, budget["leases_in_use"])
+                left.add_metric(key, max(0, budget["max_concurrent"] - budget["leases_in_use"]))
+            held.add_metric(key, budget["leases_held"])
+            granted.add_metric(key, budget["granted"])
+            for reason in ("concurrency", "rate", "cooling"):
+                denied.add_metric([*key, reason], budget["denied"].get(reason, 0))
+            waits.add_metric(key, budget["waits"])
+            waited.add_metric(key, budget["wait_seconds"])
+            expired.add_metric(key, budget["lease_expiries"])
+            restored.add_metric(key, budget["leases_restored"])
+            cooled.add_metric(key, budget["cooldowns_published"])
+        yield from (limit, in_use, left, held, granted, denied, waits, waited, expired, restored, cooled)
 
 
 _HEALTH = {True: 1.0, False: 0.0, None: -1.0}

@@ -1,0 +1,156 @@
+"""The fleet's Lua scripts: each is one round trip, and Redis runs it whole (no race between sidecars).
+
+Keys of one budget share a hash tag (``{...}``), so a Redis Cluster keeps them on one node.
+Times are the Redis server's (``TIME``), in milliseconds, so the sidecars' clocks never matter.
+
+Rates are GCRA (the generic cell rate algorithm): a budget stores the theoretical arrival
+time (TAT) of its next unit; a call of cost ``c`` at ``now`` moves it to
+``max(TAT, now) + c·interval`` and is allowed while that is at most ``burst·interval``
+ahead of ``now``. ``burst`` is one second's worth of the limit (at least one unit), so a
+minute never holds more than the limit plus 1/60 of it.
+"""
+
+from __future__ import annotations
+
+from proxy.cache.redis import Script
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+#: KEYS: leases (zset id -> expiry), held (hash sidecar -> leases), wanting (zset sidecar -> last
+#: denial), rpm TAT, tpm TAT, cool (a shared cool-down's key).
+#: ARGV: sidecar id, lease id, max_concurrent, lease ttl ms, rpm, tpm, tokens (0 = no such limit).
+#: Returns {status, wait ms, leases in use, leases expired now}: status 0 granted, 1 at the
+#: concurrency limit (or past this sidecar's fair share while others wait), 2 rate, 3 cooling.
+ACQUIRE = Script(
+    _NOW
+    + """
+local cool = redis.call('PTTL', KEYS[6])
+if cool > 0 then return {3, cool, 0, 0} end
+local me, lease = ARGV[1], ARGV[2]
+local limit, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+local rpm, tpm, tokens = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local expired, in_use = 0, 0
+if limit > 0 then
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+  for _, id in ipairs(gone) do
+    redis.call('ZREM', KEYS[1], id)
+    local holder = string.match(id, '^[^:]+')
+    if redis.call('HINCRBY', KEYS[2], holder, -1) <= 0 then redis.call('HDEL', KEYS[2], holder) end
+  end
+  expired = #gone
+  in_use = redis.call('ZCARD', KEYS[1])
+  local full = in_use >= limit
+  if not full then
+    -- Sidecars denied within the last second are waiting: this one keeps to an equal share.
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 1000)
+    local others = redis.call('ZCARD', KEYS[3])
+    if redis.call('ZSCORE', KEYS[3], me) then others = others - 1 end
+    if others > 0 then
+      full = tonumber(redis.call('HGET', KEYS[2], me) or '0') >= math.ceil(limit / (others + 1))
+    end
+  end
+  if full then
+    redis.call('ZADD', KEYS[3], now, me)
+    redis.call('PEXPIRE', KEYS[3], 2000)
+    return {1, 0, in_use, expired}
+  end
+end
+local function gcra(key, per_minute, cost)
+  local interval = 60000 / per_minute
+  local burst = math.max(per_minute / 60, 1)
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local new = tat + cost * interval
+  return new, new - now - burst * interval
+end
+local wait, rpm_tat, tpm_tat = 0, 0, 0
+if rpm > 0 then
+  local w
+  rpm_tat, w = gcra(KEYS[4], rpm, 1)
+  if w > wait then wait = w end
+end
+if tpm > 0 and tokens > 0 then
+  local w
+  tpm_tat, w = gcra(KEYS[5], tpm, tokens)
+  if w > wait then wait = w end
+end
+if wait > 0 then return {2, math.ceil(wait), in_use, expired} end
+if rpm > 0 then redis.call('SET', KEYS[4], tostring(rpm_tat), 'PX', math.ceil(rpm_tat - now) + 1000) end
+if tpm > 0 and tokens > 0 then
+  redis.call('SET', KEYS[5], tostring(tpm_tat), 'PX', math.ceil(tpm_tat - now) + 1000)
+end
+if limit > 0 then
+  redis.call('ZADD', KEYS[1], now + ttl, lease)
+  redis.call('HINCRBY', KEYS[2], me, 1)
+  redis.call('PEXPIRE', KEYS[1], ttl * 10)
+  redis.call('PEXPIRE', KEYS[2], ttl * 10)
+  in_use = in_use + 1
+end
+return {0, 0, in_use, expired}
+"""
+)
+
+#: KEYS: leases, held, tpm TAT. ARGV: tpm, token delta (real usage minus reserved), lease ids...
+#: Ends calls: frees their leases and moves the token budget by what they really used.
+RELEASE = Script(
+    _NOW
+    + """
+for i = 3, #ARGV do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    local holder = string.match(ARGV[i], '^[^:]+')
+    if redis.call('HINCRBY', KEYS[2], holder, -1) <= 0 then redis.call('HDEL', KEYS[2], holder) end
+  end
+end
+local tpm, delta = tonumber(ARGV[1]), tonumber(ARGV[2])
+if tpm > 0 and delta ~= 0 then
+  local tat = tonumber(redis.call('GET', KEYS[3]) or now)
+  if tat < now then tat = now end
+  tat = tat + delta * 60000 / tpm
+  if tat > now then
+    redis.call('SET', KEYS[3], tostring(tat), 'PX', math.ceil(tat - now) + 1000)
+  else
+    redis.call('DEL', KEYS[3])
+  end
+end
+return 1
+"""
+)
+
+#: KEYS: leases, held. ARGV: sidecar id, lease ttl ms, lease ids... "These are my leases": each is
+#: renewed, and put back if Redis lost it (a restart; a stall past the TTL), so calls granted from
+#: the local share while Redis was away count again once it is back. Returns how many were put back.
+RENEW = Script(
+    _NOW
+    + """
+local ttl = tonumber(ARGV[2])
+local added = 0
+for i = 3, #ARGV do added = added + redis.call('ZADD', KEYS[1], now + ttl, ARGV[i]) end
+if added > 0 then redis.call('HINCRBY', KEYS[2], ARGV[1], added) end
+redis.call('PEXPIRE', KEYS[1], ttl * 10)
+redis.call('PEXPIRE', KEYS[2], ttl * 10)
+return added
+"""
+)
+
+#: KEYS: members (zset sidecar -> expiry). ARGV: sidecar id, ttl ms. Returns the live sidecars.
+HEARTBEAT = Script(
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return redis.call('ZCARD', KEYS[1])
+"""
+)
+
+#: KEYS: cool. ARGV: ms. A longer cool-down already there is kept.
+COOL = Script(
+    """
+local left = redis.call('PTTL', KEYS[1])
+if left < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end
+return 1
+"""
+)
