@@ -1,0 +1,160 @@
+"""Fleet budgets through the user's path: sidecars sharing a real redis-server, SDK clients, the mock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+import redis as redis_py
+import yaml
+
+from tests.fleet.conftest import closed_loop, fleet_config
+from tests.servers import LLM_SIDECAR, PROVIDER_KEY, default_config
+from tests.waiting import wait_until
+
+
+def _two_dialects(mock_url: str, redis_url: str, limits: dict[str, Any], **router: Any) -> dict[str, Any]:
+    config = fleet_config(mock_url, redis_url, limits, **router)
+    anthropic_endpoint = {
+        "name": "mock-anthropic",
+        "url": mock_url,
+        "dialect": "anthropic",
+        "model": "mock-claude",
+        "api_key": PROVIDER_KEY,
+        "fleet": limits,
+    }
+    config["model_groups"]["claude-sonnet"] = {"endpoints": [anthropic_endpoint], "cache": {"mode": "off"}}
+    return config
+
+
+def test_a_used_up_rate_is_a_429_with_retry_after_in_the_callers_dialect(mock_provider, redis, make_sidecar) -> None:
+    sidecar = make_sidecar(config=_two_dialects(mock_provider.url, redis.url, {"rpm": 1}, queue_timeout=0.2))
+    messages = [{"role": "user", "content": "hi"}]
+    sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=messages)
+    sidecar.anthropic().messages.create(model="claude-sonnet", max_tokens=10, messages=messages)
+
+    with pytest.raises(openai.RateLimitError) as openai_error:
+        sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=messages)
+    with pytest.raises(anthropic.RateLimitError) as anthropic_error:
+        sidecar.anthropic().messages.create(model="claude-sonnet", max_tokens=10, messages=messages)
+
+    # One call a minute: the budget returns a minute after the first call.
+    for error in (openai_error.value, anthropic_error.value):
+        assert 55 <= int(error.response.headers["retry-after"]) <= 60
+        assert "no fleet budget left for endpoint" in error.message
+    assert anthropic_error.value.body["type"] == "error"
+    assert mock_provider.calls() == 2
+
+
+async def test_calls_over_the_rpm_wait_for_budget_and_the_mock_sees_the_rate(
+    mock_provider, redis, make_sidecar
+) -> None:
+    config = fleet_config(mock_provider.url, redis.url, {"rpm": 600}, queue_timeout=10)
+    sidecars = [make_sidecar(config=config) for _ in range(2)]
+
+    load = await closed_loop([s.url for s in sidecars], workers=4, seconds=3)
+
+    assert load.failed() == 0, load.statuses
+    # 10 a second, with a burst of one second's worth: at most 10 + 10·w in any w seconds.
+    total = mock_provider.calls("mock-gpt")
+    assert 10 + 10 * 3 * 0.8 <= total <= 10 + 10 * 4 + 1, total
+    window = _window(mock_provider, 2.0)
+    assert window <= 10 + 20 + 1, window
+
+
+def _window(mock_provider, seconds: float) -> int:
+    """The most calls the mock saw start within any ``seconds``."""
+    with urllib.request.urlopen(f"{mock_provider.url}/_mock/stats?window={seconds}") as response:
+        return json.loads(response.read())["max_in_window"]["mock-gpt"]
+
+
+def test_a_calls_token_reservation_is_settled_to_its_real_usage(mock_provider, redis, make_sidecar) -> None:
+    tpm = 6000  # 100 tokens a second: 10 ms a token
+    sidecar = make_sidecar(config=fleet_config(mock_provider.url, redis.url, {"tpm": tpm}))
+    client = redis_py.Redis.from_url(redis.url)
+    before = _redis_ms(client)
+    # Reserves the prompt and the output cap (90), at most one second's worth (100 tokens) ...
+    reply = sidecar.openai().chat.completions.create(
+        model="gpt-4o-mini", max_tokens=90, messages=[{"role": "user", "content": "settle me"}]
+    )
+    after = _redis_ms(client)
+    used = reply.usage.total_tokens
+    assert used < 50
+    # ... and settles to what the answer used: the budget's clock moved by `used` tokens, not 100.
+    key = "llm-sidecar:fleet:{default/gpt-4o-mini/mock-openai}:tpm"
+    wait_until(lambda: float(client.get(key) or 0) - used * 60_000 / tpm <= after, what="the release settled")
+    moved_from = float(client.get(key)) - used * 60_000 / tpm
+    assert before - 1 <= moved_from <= after + 1
+
+
+def _redis_ms(client: redis_py.Redis) -> float:
+    seconds, micros = client.time()
+    return seconds * 1000 + micros / 1000
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 429, "retry_after": 5},  # the provider asks for rest
+        {"status": 500},  # the circuit opens (after one failure here)
+    ],
+    ids=["retry-after", "open-circuit"],
+)
+def test_a_cooldown_seen_by_one_sidecar_cools_the_endpoint_for_the_fleet(
+    mock_provider, redis, make_sidecar, fault
+) -> None:
+    config = fleet_config(
+        mock_provider.url,
+        redis.url,
+        {},
+        circuit={"failures": 1, "open_for": 5},
+        max_attempts=1,
+    )
+    first, second = make_sidecar(config=config), make_sidecar(config=config)
+    messages = [{"role": "user", "content": "hi"}]
+    mock_provider.set_behaviour("mock-gpt", **fault)
+    with pytest.raises(openai.APIStatusError):
+        first.openai().chat.completions.create(model="gpt-4o-mini", messages=messages)
+    mock_provider.set_behaviour("mock-gpt")  # the provider is fine again; the fleet does not know yet
+    calls = mock_provider.calls()
+
+    with pytest.raises(openai.RateLimitError) as error:
+        second.openai().chat.completions.create(model="gpt-4o-mini", messages=messages)
+
+    assert mock_provider.calls() == calls  # the second sidecar never called the provider
+    assert 4 <= int(error.value.response.headers["retry-after"]) <= 5
+    endpoint = second.pipeline.router.groups["gpt-4o-mini"][0]
+    assert not endpoint.usable(time.monotonic())
+
+
+async def test_a_call_falls_back_to_an_endpoint_with_fleet_budget(mock_provider, redis, make_sidecar) -> None:
+    mock_provider.set_behaviour("mock-gpt", latency_ms=300)
+    mock_provider.set_behaviour("mock-other", latency_ms=300)
+    config = fleet_config(mock_provider.url, redis.url, {"max_concurrent": 1})
+    spare = {**config["model_groups"]["gpt-4o-mini"]["endpoints"][0], "name": "spare", "model": "mock-other"}
+    config["model_groups"]["gpt-4o-mini"]["endpoints"].append({**spare, "priority": 1, "fleet": {"max_concurrent": 5}})
+    sidecar = make_sidecar(config=config)
+
+    load = await closed_loop([sidecar.url], workers=2, seconds=0)
+
+    assert load.failed() == 0
+    assert mock_provider.stats()["calls"] == {"mock-gpt": 1, "mock-other": 1}
+
+
+def test_fleet_limits_without_a_shared_redis_are_a_config_error(tmp_path: Path, mock_provider) -> None:
+    config = default_config(mock_provider.url)
+    config["model_groups"]["gpt-4o-mini"]["endpoints"][0]["fleet"] = {"rpm": 100}
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    result = subprocess.run([LLM_SIDECAR, "check-config", str(path)], capture_output=True, text=True, timeout=60)
+
+    assert result.returncode != 0
+    assert "model_groups.gpt-4o-mini.endpoints[0].fleet: fleet limits need cache.backend: redis" in result.stderr
