@@ -260,7 +260,8 @@ def test_a_client_that_stops_reading_frees_the_slot_after_the_total_timeout(make
                     "url": mock_provider.url + "/v1",
                     "model": "mock-gpt",
                     "max_concurrent": 1,
-                    "timeouts": {"total": 1.0},
+                    # Long enough for the mock to make its 60,000 frames and send the first on a loaded machine.
+                    "timeouts": {"total": 4.0},
                 }
             ]
         }
@@ -277,9 +278,9 @@ def test_a_client_that_stops_reading_frees_the_slot_after_the_total_timeout(make
         )
         assert stalled.recv(64).startswith(b"HTTP/1.1 200")
         # ...and reads no more. The endpoint's one slot must come free once the total timeout
-        # (1 s) and the grace for last words (5 s) have passed, while this socket stays open.
+        # (4 s) and the grace for last words (5 s) have passed, while this socket stays open.
         mock_provider.set_behaviour("mock-gpt")
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while True:
             status = httpx.get(sidecar.admin_url + "/status").json()
             if status["groups"]["gpt-4o-mini"]["endpoints"][0]["in_flight"] == 0:
