@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shlex
 import sys
@@ -197,6 +198,49 @@ def cmd_webhook(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``cache export`` / ``cache import``: the shared Redis's entries as JSON lines (``proxy/cache/transfer.py``)."""
+    from redis.exceptions import RedisError
+
+    from proxy.cache.redis import async_client
+    from proxy.cache.transfer import BadLine, export_entries, import_entries, read_entries
+
+    settings = load_config(args.config).cache
+    if settings.backend != "redis":
+        raise ConfigError(
+            f"{args.config}: cache {args.action} works on a shared Redis (cache.backend: redis); a memory cache "
+            "lives inside each sidecar: give it a file with cache.preload instead"
+        )
+
+    async def run() -> str:
+        client = async_client(settings)
+        try:
+            if args.action == "export":
+                with _open(args.output, "wb", sys.stdout.buffer) as out:
+                    return f"exported {await export_entries(client, settings.namespace, out)} entries"
+            with _open(args.input, "rb", sys.stdin.buffer) as lines:
+                imported, expired = await import_entries(client, read_entries(lines))
+                return f"imported {imported} entries ({expired} expired, skipped)"
+        finally:
+            await client.aclose()
+
+    try:
+        summary = asyncio.run(run())
+    except BadLine as exc:
+        print(f"llm-sidecar: {args.input}: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, RedisError) as exc:
+        print(f"llm-sidecar: cache {args.action}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(summary, file=sys.stderr)
+    return 0
+
+
+def _open(path: str, mode: str, standard: Any) -> Any:
+    """The file at ``path``, or ``standard`` (stdin/stdout, left open) for ``-``."""
+    return contextlib.nullcontext(standard) if path == "-" else open(path, mode)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-sidecar", description="An LLM egress proxy for Kubernetes pods.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -221,6 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--config", "-c", required=True, help="the YAML config file")
     index.add_argument("--corpus", action="append", help="only this corpus (repeatable; default: every one)")
     index.set_defaults(run=cmd_index)
+
+    cache = commands.add_parser(
+        "cache",
+        help="export or import the shared Redis cache's entries (JSON lines)",
+        description="export: write the namespace's entries, each with the time it has left, as JSON lines; "
+        "import: store such a file's entries that have not expired. Both stream a batch at a time.",
+    )
+    cache_actions = cache.add_subparsers(dest="action", required=True)
+    export = cache_actions.add_parser("export", help="write the cache's entries to a file or stdout")
+    export.add_argument("--config", "-c", required=True, help="the YAML config file (its cache section)")
+    export.add_argument("--output", "-o", default="-", help="file to write (default: - for stdout)")
+    export.set_defaults(run=cmd_cache)
+    load = cache_actions.add_parser("import", help="store a file's (or stdin's) entries in the cache")
+    load.add_argument("--config", "-c", required=True, help="the YAML config file (its cache section)")
+    load.add_argument("--input", "-i", default="-", help="file to read (default: - for stdin)")
+    load.set_defaults(run=cmd_cache)
 
     demo = commands.add_parser("demo", help="the proxy in front of the built-in mock provider")
     demo.add_argument("--port", type=int, default=8080)

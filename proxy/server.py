@@ -87,8 +87,27 @@ async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     pipeline = Pipeline(config, router, build_cache(config), Telemetry(config.telemetry))
     current.pipeline = pipeline
     log_missing_keys(config)
+    if config.cache.preload is not None:
+        await preload_cache(pipeline.cache, config.cache.preload)
     yield
     await current.pipeline.cache.close()  # a reload closes the caches it replaced
+
+
+async def preload_cache(cache: Any, path: str) -> None:
+    """``cache.preload``: warm the cache before the listeners open; a bad file is logged, never fatal."""
+    from proxy.cache.transfer import BadLine, preload
+
+    backend = getattr(cache, "backend", None)
+    if backend is None:  # backend: none
+        return
+    started = time.perf_counter()
+    try:
+        stored, skipped = await preload(backend, path)
+    except (OSError, BadLine) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        event("cache preload failed", logging.ERROR, path=path, error=reason)
+        return
+    event("cache preloaded", path=path, stored=stored, skipped=skipped, seconds=round(time.perf_counter() - started, 3))
 
 
 async def telemetry_ctx(app: web.Application) -> AsyncIterator[None]:

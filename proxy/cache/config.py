@@ -42,6 +42,9 @@ class CacheConfig(BaseModel):
     lock_ttl: float = Field(30.0, gt=0)
     #: seconds a pod waits for another pod's answer before it goes upstream itself
     coalesce_wait: float = Field(30.0, ge=0)
+    #: a ``cache export`` file (JSON lines) loaded into the backend at start-up, so a new pod
+    #: (memory) or a new Redis starts warm; entries keep the time they had left
+    preload: str | None = None
 
     @model_validator(mode="after")
     def _redis_is_configured(self) -> CacheConfig:
