@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import MockProvider, RedisServer, RefusedPort, ServerLoop, Sidecar, default_config
+from tests.servers import MockProvider, RedisServer, RefusedPort, ServerLoop, Sidecar, default_config, free_port
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +22,22 @@ def mock_provider(server_loop: ServerLoop) -> Iterator[MockProvider]:
     provider = MockProvider(server_loop)
     yield provider
     provider.stop()
+
+
+@pytest.fixture
+def replicas(server_loop: ServerLoop) -> Iterator[Callable[[int], list[MockProvider]]]:
+    """``replicas(n)``: n mock providers on 127.0.0.2, 127.0.0.3 … at one port, like a Deployment's pods."""
+    started: list[MockProvider] = []
+
+    def make(count: int) -> list[MockProvider]:
+        port = free_port()
+        found = [MockProvider(server_loop, port, host=f"127.0.0.{2 + len(started) + i}") for i in range(count)]
+        started.extend(found)
+        return found
+
+    yield make
+    for provider in started:
+        provider.stop()
 
 
 @pytest.fixture

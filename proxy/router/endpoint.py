@@ -31,6 +31,8 @@ _TTFB_MEMORY = 30.0
 _TTFB_ALPHA = 0.3
 #: seconds over which a peak-EWMA falls back after a slow answer (rises at once on one)
 _PEAK_DECAY = 10.0
+#: seconds: the predicted latency per call in flight of an endpoint that never answered yet
+_UNMEASURED = 60.0
 #: why a call went to the endpoint that answered it (a bounded label)
 REASONS = ("same_zone", "cross_zone", "fallback", "unzoned")
 
@@ -88,6 +90,7 @@ class Endpoint:
         "peak_ttfb",
         "peak_itl",
         "ewma_tokens",
+        "measured",
         "routed",
         "budget",
     )
@@ -118,6 +121,8 @@ class Endpoint:
         self.peak_ttfb = PeakEwma()
         self.peak_itl = PeakEwma()
         self.ewma_tokens = 0.0
+        #: an answer of it ended (the latency balance knows its speed)
+        self.measured = False
         #: answered calls by why they came here (``REASONS``)
         self.routed = dict.fromkeys(REASONS, 0)
         #: the model name sent upstream
@@ -163,7 +168,11 @@ class Endpoint:
     def predicted_latency(self, now: float) -> float:
         """Peak-EWMA time to first byte plus time per token × tokens, scaled by the calls in
         flight (each one ahead shares the server): the ``latency`` balance's cost. An endpoint
-        never measured costs 0, so a new replica is tried at once."""
+        never measured costs 0 while idle, so a new replica is tried at once, and a lot while
+        its first call is under way, so that call measures it before more follow."""
+        if not self.measured:
+            # Never answered: one trial call at a time until it has (its first answer may be slow).
+            return _UNMEASURED * self.in_flight
         answer = self.peak_ttfb.value(now) + self.peak_itl.value(now) * self.ewma_tokens
         return answer * (self.in_flight + 1)
 
@@ -183,10 +192,11 @@ class Endpoint:
         previous = self.ttfb_estimate(now) if self.ewma_ttfb is not None else seconds
         self.ewma_ttfb = previous + _TTFB_ALPHA * (seconds - previous)
         self.ewma_at = now
+        self.peak_ttfb.observe(seconds, now)
 
     def observe_answer(self, ttfb: float, total: float, tokens: int, now: float) -> None:
-        """A whole answer: its time to first byte, and (streamed) the time per output token."""
-        self.peak_ttfb.observe(ttfb, now)
+        """A whole answer; streamed, the time per output token after the first byte."""
+        self.measured = True
         if tokens > 0:
             self.peak_itl.observe(max(0.0, total - ttfb) / tokens, now)
             self.ewma_tokens += _TTFB_ALPHA * (tokens - self.ewma_tokens) if self.ewma_tokens else tokens

@@ -440,9 +440,24 @@ class LiveCollector(Collector):
             "1 when the key the config names (a variable or file) is missing: the endpoint's calls get an error.",
             labels=labels,
         )
+        routed = CounterMetricFamily(
+            f"{p}_endpoint_routed",
+            "Calls the endpoint answered, by why they went there: same_zone, cross_zone (the own zone "
+            "had no free usable endpoint), fallback (after a failure, or a fallback group), unzoned.",
+            labels=[*labels, "reason"],
+        )
+        zone = GaugeMetricFamily(
+            f"{p}_endpoint_zone_info",
+            "1 per endpoint whose zone is known (from its EndpointSlice or its config).",
+            labels=[*labels, "zone"],
+        )
         now = time.monotonic()
         for endpoint in self.router.endpoints():
             key = [endpoint.group, endpoint.name]
+            for reason, count in endpoint.routed.items():
+                routed.add_metric([*key, reason], count)
+            if endpoint.config.zone is not None:
+                zone.add_metric([*key, endpoint.config.zone], 1.0)
             in_flight.add_metric(key, endpoint.in_flight)
             slots.add_metric(key, endpoint.config.max_concurrent)
             healthy.add_metric(key, _HEALTH[endpoint.healthy])
@@ -456,7 +471,7 @@ class LiveCollector(Collector):
             cooldown.add_metric(key, max(endpoint.cooldown_until - now, 0.0))
             ttfb.add_metric(key, endpoint.ttfb_estimate(now))
             key_missing.add_metric(key, 0.0 if endpoint.config.missing_key is None else 1.0)
-        yield from (in_flight, slots, healthy, usable, circuit, opened, cooldown, ttfb, key_missing)
+        yield from (in_flight, slots, healthy, usable, circuit, opened, cooldown, ttfb, key_missing, routed, zone)
 
     def _cache(self) -> Iterator[Metric]:
         """From ``ResponseCache.snapshot()``: the cache's own counters and its backend's size."""

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from tests.kube.apiserver import EndpointSlices, Store, build_app
 from tests.kube.pods import make_ca
-from tests.servers import MockProvider, ServerLoop, free_port
+from tests.servers import ServerLoop, free_port
 from tests.waiting import wait_until
 
 
@@ -74,22 +74,6 @@ def api_server(server_loop: ServerLoop, tmp_path: Path, monkeypatch: pytest.Monk
         monkeypatch.setenv(name, value)
     yield server
     server.stop()
-
-
-@pytest.fixture
-def replicas(server_loop: ServerLoop) -> Iterator[Callable[[int], list[MockProvider]]]:
-    """``replicas(n)``: n mock providers on 127.0.0.2, 127.0.0.3 … at one port, like a Deployment's pods."""
-    started: list[MockProvider] = []
-
-    def make(count: int) -> list[MockProvider]:
-        port = free_port()
-        found = [MockProvider(server_loop, port, host=f"127.0.0.{2 + len(started) + i}") for i in range(count)]
-        started.extend(found)
-        return found
-
-    yield make
-    for provider in started:
-        provider.stop()
 
 
 def endpoint_slice(

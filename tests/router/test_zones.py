@@ -1,0 +1,130 @@
+"""Zone-aware routing with the mock provider: three zones of replicas, the sidecar in zone-a.
+
+Calls stay in the sidecar's zone while it has free slots, spill to the other zones at once
+when its replicas are full or dead, and ``/status`` and ``/metrics`` say why each went where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from tests.router.helpers import config, endpoint
+from tests.servers import MockProvider, Sidecar
+from tests.waiting import wait_until
+
+ZONES = ("zone-a", "zone-a", "zone-b", "zone-b", "zone-c", "zone-c")
+
+
+def zoned(mocks: list[MockProvider], **fields: Any) -> dict[str, Any]:
+    """Six endpoints, two per zone, the first two in the sidecar's own zone."""
+    return config(
+        mocks[0],
+        {
+            "llama": {
+                "endpoints": [
+                    endpoint(m, f"{zone}-{i}", model="llama-3", zone=zone, **fields)
+                    for i, (m, zone) in enumerate(zip(mocks, ZONES, strict=True))
+                ]
+            }
+        },
+        zone="zone-a",
+    )
+
+
+def status(sidecar: Sidecar) -> dict[str, dict[str, Any]]:
+    groups = httpx.get(sidecar.admin_url + "/status").json()["groups"]
+    return {e["name"]: e for e in groups["llama"]["endpoints"]}
+
+
+def answer(sidecar: Sidecar, i: int) -> Any:
+    """One call, on a client of its own (for a call made on its own thread)."""
+
+    async def call() -> Any:
+        async with sidecar.async_openai() as client:
+            return await client.chat.completions.create(model="llama", messages=[{"role": "user", "content": f"#{i}"}])
+
+    return call()
+
+
+def answer_many(sidecar: Sidecar, count: int, concurrency: int, first: int = 0) -> list[Any]:
+    """``count`` calls, ``concurrency`` at a time, on one client; answers or exceptions."""
+
+    async def main() -> list[Any]:
+        gate = asyncio.Semaphore(concurrency)
+        async with sidecar.async_openai() as client:
+
+            async def one(i: int) -> Any:
+                async with gate:
+                    messages = [{"role": "user", "content": f"#{i}"}]
+                    return await client.chat.completions.create(model="llama", messages=messages)  # type: ignore[arg-type]
+
+            return await asyncio.gather(*(one(first + i) for i in range(count)), return_exceptions=True)
+
+    return asyncio.run(main())
+
+
+def test_calls_stay_in_the_zone_while_it_has_capacity(
+    make_sidecar: Callable[..., Sidecar], replicas: Callable[[int], list[MockProvider]]
+) -> None:
+    mocks = replicas(6)
+    for mock in mocks:
+        mock.set_behaviour("llama-3", latency_ms=20)
+    sidecar = make_sidecar(config=zoned(mocks, max_concurrent=4))
+    results = answer_many(sidecar, 120, concurrency=6)  # zone-a holds 8 at once
+    assert not [r for r in results if isinstance(r, BaseException)]
+    calls = [m.calls("llama-3") for m in mocks]
+    same_zone = (calls[0] + calls[1]) / sum(calls)
+    assert same_zone >= 0.95, calls
+    assert min(calls[0], calls[1]) > 0  # both of the zone's replicas share the load
+    shown = status(sidecar)
+    assert shown["zone-a-0"]["locality"] == "same_zone" and shown["zone-b-2"]["locality"] == "elsewhere"
+    assert sum(e["routed"]["same_zone"] for e in shown.values()) == sum(calls)
+    metrics = httpx.get(sidecar.admin_url + "/metrics").text
+    assert 'llm_sidecar_endpoint_routed_total{model_group="llama",reason="same_zone",upstream="zone-a-0"}' in metrics
+    assert 'llm_sidecar_endpoint_zone_info{model_group="llama",upstream="zone-b-2",zone="zone-b"} 1.0' in metrics
+
+
+def test_a_full_zone_spills_to_the_others_at_once(
+    make_sidecar: Callable[..., Sidecar], replicas: Callable[[int], list[MockProvider]]
+) -> None:
+    mocks = replicas(6)
+    sidecar = make_sidecar(config=zoned(mocks, max_concurrent=2))
+    for mock in mocks[:2]:
+        mock.set_behaviour("llama-3", latency_ms=2000)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        holding = [pool.submit(lambda i=i: asyncio.run(answer(sidecar, i))) for i in range(4)]
+        wait_until(lambda: status(sidecar)["zone-a-0"]["in_flight"] + status(sidecar)["zone-a-1"]["in_flight"] == 4)
+        saturated = time.monotonic()
+        spilled = asyncio.run(answer(sidecar, 99))
+        spill_seconds = time.monotonic() - saturated
+        assert spilled.choices[0].message.content
+        assert spill_seconds < 1.0, spill_seconds
+        assert sum(m.calls("llama-3") for m in mocks[2:]) == 1
+        for call in holding:
+            call.result(15)
+    routed = {name: e["routed"] for name, e in status(sidecar).items()}
+    assert sum(r["cross_zone"] for r in routed.values()) == 1
+    assert sum(r["same_zone"] for r in routed.values()) == 4
+
+
+def test_a_dead_replica_is_routed_around_in_the_zone_then_out_of_it(
+    make_sidecar: Callable[..., Sidecar], replicas: Callable[[int], list[MockProvider]]
+) -> None:
+    mocks = replicas(6)
+    sidecar = make_sidecar(config=zoned(mocks, max_concurrent=4))
+    mocks[0].stop()  # one replica of the sidecar's zone dies
+    results = answer_many(sidecar, 40, concurrency=3)
+    assert not [r for r in results if isinstance(r, BaseException)]
+    assert mocks[1].calls("llama-3") >= 38  # its zone's other replica; at most a fallback or two elsewhere
+    mocks[1].stop()  # and then the other one
+    results = answer_many(sidecar, 20, concurrency=3, first=100)
+    assert not [r for r in results if isinstance(r, BaseException)]
+    assert sum(m.calls("llama-3") for m in mocks[2:]) >= 20
+    routed = {name: e["routed"] for name, e in status(sidecar).items()}
+    assert sum(r["fallback"] + r["cross_zone"] for r in routed.values()) >= 20
