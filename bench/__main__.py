@@ -12,7 +12,7 @@ import inspect
 import sys
 import traceback
 
-SCENARIOS = ("core", "cache", "chaos", "telemetry", "rag")
+SCENARIOS = ("core", "cache", "chaos", "telemetry", "rag", "fleet")
 
 
 def run(name: str) -> bool:

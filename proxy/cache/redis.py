@@ -17,7 +17,8 @@ writes its ``GET`` at once and replies resolve the waiting lookups in order, par
 by hiredis. redis-py's command path (connection pool checkout, retry wrapper,
 observability hooks, a ``wait_for`` task per write under ``socket_timeout``) cost
 ~40-90 us of CPU per ``GET`` here; this road costs ~8-25 us. Writes, locks,
-Sentinel, Cluster and TLS stay on redis-py.
+Sentinel, Cluster and TLS stay on redis-py. The fleet's Lua scripts
+(``RedisBackend.script``) take the same road.
 
 ``SyncRedisBackend`` is the same for synchronous callers of the decorator
 (there the circuit half-opens after the cooldown instead of being probed).
@@ -293,6 +294,13 @@ class PipelinedGets:
         encoded = key.encode()
         return await replies.send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(encoded), encoded))
 
+    async def execute(self, *parts: bytes) -> Any:
+        """Any command on the same connection (the fleet's scripts: ``proxy/fleet``)."""
+        replies = self._replies
+        if replies is None or not replies.open:
+            replies = await self._connected()
+        return await replies.send(_command(*parts))
+
     def reset(self) -> None:
         if self._replies is not None:
             self._replies.close()
@@ -416,11 +424,25 @@ class RedisBackend:
     async def script(self, default: T, script: Script, keys: list[str], args: list[Any]) -> T | Any:
         """Run a Lua script (one round trip), or ``default`` when Redis is not usable."""
 
-        async def run() -> Any:
-            try:
-                return await self.client.evalsha(script.sha, len(keys), *keys, *args)
-            except NoScriptError:  # a restarted or new server: EVAL loads it
-                return await self.client.eval(script.text, len(keys), *keys, *args)
+        gets = self.gets
+        if gets is not None:  # a single server: the pipelined road, as lookups take
+            parts = [str(len(keys)).encode(), *(k.encode() for k in keys), *(str(a).encode() for a in args)]
+
+            async def run() -> Any:
+                try:
+                    return await gets.execute(b"EVALSHA", script.sha.encode(), *parts)
+                except ResponseError as exc:
+                    if not str(exc).startswith("NOSCRIPT"):
+                        raise
+                    return await gets.execute(b"EVAL", script.text.encode(), *parts)
+
+        else:
+
+            async def run() -> Any:
+                try:
+                    return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+                except NoScriptError:  # a restarted or new server: EVAL loads it
+                    return await self.client.eval(script.text, len(keys), *keys, *args)
 
         return await self._run(default, run)
 

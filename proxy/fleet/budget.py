@@ -5,8 +5,9 @@ same ``key`` share one). ``take(call, until)`` asks Redis once (``scripts.ACQUIR
 answers with a ``Grant`` or a ``Denial``; when it may wait, the call queues behind this
 sidecar's other waiters for the budget, first come first served, and asks again when the
 rate's budget returns or, at the concurrency limit, every ``poll_interval``. ``release``
-ends a grant: leases freed and tokens settled to the real usage in one script per budget
-per event-loop turn, off the call's path.
+ends a grant: its lease freed and its tokens settled to the real usage, off the call's path:
+the next ``ACQUIRE`` of the budget carries them, or, when none comes within ``RELEASE_DELAY``,
+one ``RELEASE`` script per budget does.
 
 A concurrency grant is a lease with a TTL: ``Fleet`` renews the leases it holds every third
 of ``lease_ttl``, so a killed sidecar's leases lapse within ``lease_ttl`` and the next
@@ -46,6 +47,9 @@ from proxy.telemetry.logs import event
 
 #: ``ACQUIRE``'s status -> the denial's reason
 _REASONS = {1: "concurrency", 2: "rate", 3: "cooling"}
+#: seconds an ended call's lease waits for the budget's next ``ACQUIRE`` to carry it back (a busy
+#: budget's releases then cost no round trip of their own; a quiet one's leave after this)
+RELEASE_DELAY = 0.002
 #: the reasons a call is refused (metric label values)
 REASONS = ("concurrency", "rate", "cooling")
 
@@ -86,6 +90,10 @@ class Budget:
         self.keys = [f"{tag}:{part}" for part in ("leases", "held", "wanting", "rpm", "tpm", "cool")]
         #: leases this sidecar holds (local grants' too), renewed by ``Fleet``
         self.held: set[str] = set()
+        #: what ended calls give back, not sent yet: lease ids, and tokens (used minus reserved)
+        self.freeing: list[str] = []
+        self.settling = 0
+        self.flush_due = False
         #: this sidecar's calls waiting for the budget, served in order
         self.turn = asyncio.Lock()
         self.local_rpm = LocalRate(1)
@@ -104,7 +112,10 @@ class Budget:
         self.cooldowns_published = 0
 
     def args(self, lease: str, tokens: int) -> list[Any]:
+        """``ACQUIRE``'s arguments; they carry what ended calls give back, if any is waiting."""
         limits, fleet = self.limits, self.fleet
+        freeing, settling = self.freeing, self.settling
+        self.freeing, self.settling = [], 0
         return [
             fleet.instance,
             lease,
@@ -113,7 +124,17 @@ class Budget:
             limits.rpm or 0,
             limits.tpm or 0,
             tokens,
+            settling,
+            *freeing,
         ]
+
+    def give_back(self) -> list[Any] | None:
+        """``RELEASE``'s arguments for what is waiting to be given back, or None."""
+        if not self.freeing and not self.settling:
+            return None
+        freeing, settling = self.freeing, self.settling
+        self.freeing, self.settling = [], 0
+        return [self.limits.tpm or 0, settling, *freeing]
 
     async def take(self, payload: dict[str, Any], body: bytes, until: float) -> Grant | Denial:
         """A grant, or the denial that still stands at ``until`` (``time.monotonic()``).
@@ -211,12 +232,17 @@ class Budget:
         if grant.tokens:
             used = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
             delta = used - grant.tokens if used else (-grant.tokens if failed else 0)
-        if grant.local and delta:
-            self.local_tpm.add(delta, time.monotonic())
+        if grant.local:  # its tokens were reserved here, not in Redis
+            if delta:
+                self.local_tpm.add(delta, time.monotonic())
+            delta = 0
         if grant.lease is not None:
             self.held.discard(grant.lease)
-        if grant.lease is not None or delta:
-            self.fleet.release(self, grant.lease, delta)
+            self.freeing.append(grant.lease)  # a local one too: the renewal may have put it in Redis
+        self.settling += delta
+        if not self.flush_due and (self.freeing or self.settling):
+            self.flush_due = True
+            self.fleet.release_soon(self)
 
     def cool(self, seconds: float) -> None:
         """Tell every sidecar to rest this endpoint for ``seconds`` (a 429's rest, an open circuit)."""
@@ -263,7 +289,6 @@ class Fleet:
         self._recover_at: float | None = None
         self._grace = cache.breaker_cooldown + settings.lease_ttl / 3
         self._members_key = f"llm-sidecar:fleet:{{{cache.namespace}}}:members"
-        self._releases: dict[Budget, tuple[list[str], int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._keeper: asyncio.Task[None] | None = None
 
@@ -294,20 +319,15 @@ class Fleet:
 
     # ------------------------------------------------------------------ background writes
 
-    def release(self, budget: Budget, lease: str | None, delta: int) -> None:
-        """Queue a release; this turn's releases go out together, one script per budget."""
-        if not self._releases:
-            asyncio.get_running_loop().call_soon(self._flush)
-        leases, total = self._releases.get(budget, ([], 0))
-        if lease is not None:
-            leases.append(lease)
-        self._releases[budget] = (leases, total + delta)
+    def release_soon(self, budget: Budget) -> None:
+        """Give back what ``budget``'s ended calls hold unless an ``ACQUIRE`` carries it first."""
+        asyncio.get_running_loop().call_later(RELEASE_DELAY, self._flush, budget)
 
-    def _flush(self) -> None:
-        releases, self._releases = self._releases, {}
-        for budget, (leases, delta) in releases.items():
-            keys = [budget.keys[0], budget.keys[1], budget.keys[4]]
-            self.background(scripts.RELEASE, keys, [budget.limits.tpm or 0, delta, *leases])
+    def _flush(self, budget: Budget) -> None:
+        budget.flush_due = False
+        args = budget.give_back()
+        if args is not None:
+            self.background(scripts.RELEASE, [budget.keys[0], budget.keys[1], budget.keys[4]], args)
 
     def background(self, script: Script, keys: list[str], args: list[Any]) -> None:
         task = asyncio.get_running_loop().create_task(self.backend.script(None, script, keys, args))
@@ -353,8 +373,8 @@ class Fleet:
     async def close(self) -> None:
         if self._keeper is not None:
             self._keeper.cancel()
-        if self._releases:
-            self._flush()
+        for budget in self.budgets.values():
+            self._flush(budget)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=1.0)
         await self.backend.close()

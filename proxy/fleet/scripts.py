@@ -19,13 +19,38 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
+
+def _free(leases: str, held: str, tpm_tat: str, tpm: str, delta: str, first: int) -> str:
+    """Lua that frees the lease ids ``ARGV[first..]`` and moves the tpm TAT by ``delta`` tokens."""
+    return f"""
+for i = {first}, #ARGV do
+  if redis.call('ZREM', {leases}, ARGV[i]) == 1 then
+    local holder = string.match(ARGV[i], '^[^:]+')
+    if redis.call('HINCRBY', {held}, holder, -1) <= 0 then redis.call('HDEL', {held}, holder) end
+  end
+end
+if tonumber({tpm}) > 0 and tonumber({delta}) ~= 0 then
+  local tat = tonumber(redis.call('GET', {tpm_tat}) or now)
+  if tat < now then tat = now end
+  tat = tat + tonumber({delta}) * 60000 / tonumber({tpm})
+  if tat > now then
+    redis.call('SET', {tpm_tat}, tostring(tat), 'PX', math.ceil(tat - now) + 1000)
+  else
+    redis.call('DEL', {tpm_tat})
+  end
+end
+"""
+
+
 #: KEYS: leases (zset id -> expiry), held (hash sidecar -> leases), wanting (zset sidecar -> last
 #: denial), rpm TAT, tpm TAT, cool (a shared cool-down's key).
-#: ARGV: sidecar id, lease id, max_concurrent, lease ttl ms, rpm, tpm, tokens (0 = no such limit).
+#: ARGV: sidecar id, lease id, max_concurrent, lease ttl ms, rpm, tpm, tokens (0 = no such limit),
+#: then what ended calls give back (as ``RELEASE``): a token delta and lease ids.
 #: Returns {status, wait ms, leases in use, leases expired now}: status 0 granted, 1 at the
 #: concurrency limit (or past this sidecar's fair share while others wait), 2 rate, 3 cooling.
 ACQUIRE = Script(
     _NOW
+    + _free("KEYS[1]", "KEYS[2]", "KEYS[5]", "ARGV[6]", "ARGV[8]", 9)
     + """
 local cool = redis.call('PTTL', KEYS[6])
 if cool > 0 then return {3, cool, 0, 0} end
@@ -94,30 +119,9 @@ return {0, 0, in_use, expired}
 )
 
 #: KEYS: leases, held, tpm TAT. ARGV: tpm, token delta (real usage minus reserved), lease ids...
-#: Ends calls: frees their leases and moves the token budget by what they really used.
-RELEASE = Script(
-    _NOW
-    + """
-for i = 3, #ARGV do
-  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
-    local holder = string.match(ARGV[i], '^[^:]+')
-    if redis.call('HINCRBY', KEYS[2], holder, -1) <= 0 then redis.call('HDEL', KEYS[2], holder) end
-  end
-end
-local tpm, delta = tonumber(ARGV[1]), tonumber(ARGV[2])
-if tpm > 0 and delta ~= 0 then
-  local tat = tonumber(redis.call('GET', KEYS[3]) or now)
-  if tat < now then tat = now end
-  tat = tat + delta * 60000 / tpm
-  if tat > now then
-    redis.call('SET', KEYS[3], tostring(tat), 'PX', math.ceil(tat - now) + 1000)
-  else
-    redis.call('DEL', KEYS[3])
-  end
-end
-return 1
-"""
-)
+#: Ends calls: frees their leases and moves the token budget by what they really used. Sent only
+#: when no ``ACQUIRE`` of the budget came soon enough to carry them.
+RELEASE = Script(_NOW + _free("KEYS[1]", "KEYS[2]", "KEYS[3]", "ARGV[1]", "ARGV[2]", 3) + "return 1\n")
 
 #: KEYS: leases, held. ARGV: sidecar id, lease ttl ms, lease ids... "These are my leases": each is
 #: renewed, and put back if Redis lost it (a restart; a stall past the TTL), so calls granted from
