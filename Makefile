@@ -71,5 +71,9 @@ rag: setup
 	$(BIN)/pip install -q -e '.[rag-test]'
 	LLM_SIDECAR_RAG_TESTS=required $(BIN)/python -m pytest -m vector -n 0 -p no:cacheprovider tests/rag $(PYTEST_ARGS)
 
+## fleet: the fleet-limit tests, the minute-long RPM check included (sidecar processes on one redis-server, ~2 min)
+fleet: setup redis-server
+	$(BIN)/python -m pytest tests/fleet -n 0 -s $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
