@@ -14,7 +14,7 @@ Redis round trips per call: the difference in Redis's own command counts (``INFO
 commandstats``) across the fleet-on cells, per call: ``EVALSHA``/``EVAL`` (the fleet sends
 nothing else: the ``ACQUIRE`` a call waits for, the ``RELEASE`` sent when no ``ACQUIRE``
 came soon enough to carry an ended call's lease back, heartbeats and renewals), and the
-commands Redis ran for them (inside the scripts). Issue 16's targets: at most one Redis round trip on a call's path, at most 15 % fewer
+commands Redis ran for them (inside the scripts). The targets: at most one Redis round trip on a call's path, at most 15 % fewer
 calls/s than with fleet limits off.
 
 Everything binds 127.0.0.1; loads are closed-loop and stop after ``duration``.
@@ -154,7 +154,7 @@ def report(rows: list[Row], upstream: str, duration: float, rounds: int) -> str:
         )
         if row.target == ON:
             checks.append((f"calls/s with fleet limits ≥ 85 % of without, c={row.concurrency}", ratio, ratio >= 0.85))
-    lines += ["", "| target (issue 16) | measured | |", "|---|---|---|"]
+    lines += ["", "| target | measured | |", "|---|---|---|"]
     lines += [f"| {name} | {value:.2f}× | {'met' if ok else '**missed**'} |" for name, value, ok in checks]
     lines += [
         "",
