@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -17,6 +18,7 @@ import yaml
 
 from tests.fleet.conftest import closed_loop, fleet_config
 from tests.servers import LLM_SIDECAR, PROVIDER_KEY, default_config
+from tests.telemetry.conftest import Scrape, exposition
 from tests.waiting import wait_until
 
 
@@ -160,3 +162,41 @@ def test_fleet_limits_without_a_shared_redis_are_a_config_error(tmp_path: Path, 
 
     assert result.returncode != 0
     assert "model_groups.gpt-4o-mini.endpoints[0].fleet: fleet limits need cache.backend: redis" in result.stderr
+
+
+def test_fleet_metrics_show_the_budget_and_pass_promtool(mock_provider, redis, make_sidecar) -> None:
+    sidecar = make_sidecar(
+        config=fleet_config(mock_provider.url, redis.url, {"max_concurrent": 4, "rpm": 1}, queue_timeout=0)
+    )
+    client = sidecar.openai()
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "one"}])
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "two"}])
+
+    text, _ = exposition(sidecar)
+    scrape = Scrape(text)
+    budget = {"budget": "gpt-4o-mini/mock-openai"}
+    assert scrape.value("llm_sidecar_fleet_limit", kind="max_concurrent", **budget) == 4
+    assert scrape.value("llm_sidecar_fleet_limit", kind="rpm", **budget) == 1
+    assert scrape.value("llm_sidecar_fleet_grants_total", **budget) == 1
+    assert scrape.value("llm_sidecar_fleet_denials_total", reason="rate", **budget) == 1
+    assert scrape.value("llm_sidecar_fleet_fail_open") == 0
+    checked = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+async def test_fleet_limits_on_a_redis_cluster(mock_provider, redis_cluster, make_sidecar) -> None:
+    """A budget's keys share a hash tag, so its one script runs on one master of a real cluster."""
+    mock_provider.set_behaviour("mock-gpt", latency_ms=100)
+    config = fleet_config(mock_provider.url, redis_cluster.url, {"max_concurrent": 2, "rpm": 6000}, queue_timeout=10)
+    config["cache"]["redis_mode"] = "cluster"
+    sidecars = [make_sidecar(config=config) for _ in range(2)]
+    fleets = [s.pipeline.router.fleet for s in sidecars]
+    # Each sees the other through the cluster before the load (the cluster client maps its slots first).
+    await asyncio.to_thread(wait_until, lambda: all(f.live == 2 and not f.open for f in fleets), what="both seen")
+
+    load = await closed_loop([s.url for s in sidecars], workers=3, seconds=1)
+
+    assert load.failed() == 0, load.statuses
+    assert mock_provider.stats()["max_in_flight"]["mock-gpt"] == 2
+    assert not any(f.open for f in fleets)
