@@ -383,6 +383,13 @@ def skip_reasons(pod: Mapping[str, Any], settings: SidecarSettings, ctx: Context
     return reasons
 
 
+#: the sidecar's zone and region (``router.zone`` / ``router.region``), from the pod's labels
+TOPOLOGY_ENV = {
+    "LLM_SIDECAR_ZONE": "topology.kubernetes.io/zone",
+    "LLM_SIDECAR_REGION": "topology.kubernetes.io/region",
+}
+
+
 def sidecar_container(settings: SidecarSettings, native: bool) -> dict[str, Any]:
     """The sidecar container spec (also rendered, identically, by the chart's gateway)."""
     admin = settings.admin_port
@@ -393,6 +400,12 @@ def sidecar_container(settings: SidecarSettings, native: bool) -> dict[str, Any]
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        # Zone-aware routing: the pod's topology labels (copied from its node at binding by
+        # Kubernetes' PodTopologyLabels admission, or set on the pod); empty when absent.
+        *[
+            {"name": name, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{label}']"}}}
+            for name, label in TOPOLOGY_ENV.items()
+        ],
         *[dict(e) for e in settings.extra_env],
     ]
     if not native:

@@ -151,11 +151,15 @@ class Pod:
             elif "configMapRef" in source:
                 env.update({k: v.decode() for k, v in self.config_map(source["configMapRef"]["name"]).items()})
         fields = {"metadata.namespace": self.namespace, "metadata.name": self.obj["metadata"].get("name", "pod")}
+        # A label the pod lacks gives an empty value, as the kubelet does.
+        labels = self.obj["metadata"].get("labels") or {}
+        fields.update({f"metadata.labels['{k}']": v for k, v in labels.items()})
         for var in self.container.get("env") or []:
             if "value" in var:
                 env[var["name"]] = self.rewrite(str(var["value"]))
             elif ref := var.get("valueFrom", {}).get("fieldRef"):
-                env[var["name"]] = fields[ref["fieldPath"]]
+                path = ref["fieldPath"]
+                env[var["name"]] = fields[path] if not path.startswith("metadata.labels[") else fields.get(path, "")
             elif ref := var.get("valueFrom", {}).get("secretKeyRef"):
                 env[var["name"]] = self.secret(ref["name"])[ref["key"]].decode()
         return env

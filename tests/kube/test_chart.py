@@ -26,6 +26,7 @@ SCENARIOS: dict[str, list[str]] = {
     "cert-manager": ["--set", "webhook.certManager.enabled=true", "--set", "keys.mode=passthrough"],
     "servicemonitor": [*MONITORING, "--set", "gateway.enabled=true"],
     "no-sync": ["--set", "injector.syncNamespaces=false"],
+    "discovery": ["--values", str(ROOT / "tests" / "kube" / "values-discovery.yaml")],
     "gateway-only": [
         "--set",
         "injector.enabled=false",
@@ -88,6 +89,26 @@ def test_scenarios_produce_what_they_promise(helm: str) -> None:
     )
 
 
+def test_discovery_rbac_only_when_configured_and_only_endpointslices(helm: str) -> None:
+    """Read access to EndpointSlices where Services are discovered, for the discovering namespaces' accounts."""
+    assert not [d for d in docs(render(helm).stdout) if d["metadata"]["name"].endswith("-discovery")]
+    found = [
+        d for d in docs(render(helm, *SCENARIOS["discovery"]).stdout) if d["metadata"]["name"].endswith("-discovery")
+    ]
+    roles = {d["metadata"]["namespace"]: d for d in found if d["kind"] == "Role"}
+    bindings = {d["metadata"]["namespace"]: d for d in found if d["kind"] == "RoleBinding"}
+    # Group llama discovers in `models`; group tgi names no namespace, so each client's own.
+    assert set(roles) == set(bindings) == {"models", "team-a", "team-b"}
+    for role in roles.values():
+        assert role["rules"] == [
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}
+        ]
+    assert [s["name"] for s in bindings["models"]["subjects"]] == [
+        "system:serviceaccounts:team-a",
+        "system:serviceaccounts:team-b",
+    ]
+
+
 def test_sidecar_config_file(helm: str) -> None:
     def config(*args: str, key: str = "sidecar.yaml") -> dict:
         cm = next(d for d in docs(render(helm, *args).stdout) if d["metadata"]["name"] == "llm-sidecar-config")
@@ -132,6 +153,7 @@ def test_chart_and_code_agree_on_sidecar_defaults(helm: str) -> None:
         (["--set", "keys.existingSecret=a", "--set", "keys.create.OPENAI_API_KEY=b"], "not both"),
         (["--set", "keys.mode=passthrough", "--set", "keys.existingSecret=a"], "passthrough"),
         (["--set", "injector.enabled=false"], "nothing would route"),
+        (["--set", "config.modelGroups.llama.discover.service=vllm"], "discovery.clientNamespaces"),
         (["--set", "webhook.failurePolicy=Fail", "--set", "injector.replicas=1"], "replicas >= 2"),
         (["--set", "sidecar.adminPort=15180"], "must differ"),
         (["--set", "sidecar.nativeSidecar=sometimes"], "value must be one of"),

@@ -13,6 +13,11 @@
 {{- if eq (int $v.sidecar.proxyPort) (int $v.sidecar.adminPort) -}}
 {{- fail "sidecar.proxyPort and sidecar.adminPort must differ" -}}
 {{- end -}}
+{{- range $name, $group := $v.config.modelGroups -}}
+{{- if and $group.discover $group.discover.service (not $v.discovery.clientNamespaces) (not $v.gateway.enabled) -}}
+{{- fail (printf "config.modelGroups.%s.discover reads EndpointSlices: list the namespaces of the pods that use it in discovery.clientNamespaces (their service accounts get read access), or use discover.dns" $name) -}}
+{{- end -}}
+{{- end -}}
 {{- if and (not $v.injector.enabled) (not $v.gateway.enabled) -}}
 {{- fail "injector.enabled and gateway.enabled are both false: nothing would route calls; enable one of them" -}}
 {{- end -}}
