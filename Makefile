@@ -70,6 +70,7 @@ chaos: setup redis-server
 rag: setup
 	$(BIN)/pip install -q -e '.[rag-test]'
 	LLM_SIDECAR_RAG_TESTS=required $(BIN)/python -m pytest -m vector -n 0 -p no:cacheprovider tests/rag $(PYTEST_ARGS)
+	$(BIN)/python -m bench.rag_eval
 
 ## fleet: the fleet-limit tests, the minute-long RPM check included (sidecar processes on one redis-server, ~2 min)
 fleet: setup redis-server

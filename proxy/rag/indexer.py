@@ -85,6 +85,8 @@ async def index_corpus(name: str, retrieval: RetrievalConfig, store: VectorStore
         await asyncio.to_thread(store.add, collection, rows)
     gone = sorted(present - wanted.keys())
     await asyncio.to_thread(store.remove, collection, gone)
+    if new or gone:
+        await asyncio.to_thread(store.flush, collection)
     return IndexReport(name, len(wanted), len(new), len(wanted) - len(new), len(gone), time.perf_counter() - started)
 
 

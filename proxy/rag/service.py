@@ -41,7 +41,7 @@ from proxy.rag.fusion import fuse
 from proxy.rag.generator import AsyncRAGGenerator, best_passages
 from proxy.rag.indexer import read_documents
 from proxy.rag.passage import Passage
-from proxy.rag.store import VectorStore, open_store
+from proxy.rag.store import VectorSearch, open_search
 from proxy.request_body import decode
 
 LOG = logging.getLogger("llm_sidecar.rag")
@@ -122,7 +122,7 @@ class Retriever:
         )
         self._corpora: dict[str, Corpus] = {}
         self._poller: asyncio.Task[None] | None = None
-        self.store: VectorStore | None = None
+        self.store: VectorSearch | None = None
         self._session: aiohttp.ClientSession | None = None
         self.client: SidecarClient | None = None
 
@@ -135,8 +135,8 @@ class Retriever:
         """Index every configured corpus, then start polling for changes if configured."""
         if self.config.vector_store is not None and any(c.mode != "bm25" for c in self.config.corpora.values()):
             loop = asyncio.get_running_loop()
-            # The client library is large and slow to import: only here, and off the loop.
-            self.store = await loop.run_in_executor(self.executor, open_store, self.config.vector_store)
+            # Only here (gRPC and Milvus's messages), and off the loop: importing takes a while.
+            self.store = await loop.run_in_executor(self.executor, open_search, self.config.vector_store)
         if any(c.mode != "bm25" or c.expansion.rewrite for c in self.config.corpora.values()):
             self._session = aiohttp.ClientSession()
             self.client = SidecarClient(self._session, self.own_url)

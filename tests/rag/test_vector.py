@@ -136,11 +136,11 @@ def test_hybrid_is_the_reciprocal_rank_fusion_of_both_lists_and_streams_sse(setu
     }
     query = "threads and session data that expires"
     ranked = {mode: doc_ids(retrieve(sidecar, query, top_k=6)) for mode, sidecar in legs.items()}
-    # One chunk per document here, so documents stand for chunks; equal weights, k = 60.
+    # One chunk per document here, so documents stand for chunks; the default weights and k = 10.
     fused: dict[str, float] = {}
-    for mode in ("bm25", "dense"):
+    for mode, weight in (("bm25", 0.5), ("dense", 1.0)):
         for rank, doc in enumerate(ranked[mode], 1):
-            fused[doc] = fused.get(doc, 0.0) + 1 / (60 + rank)
+            fused[doc] = fused.get(doc, 0.0) + weight / (10 + rank)
     assert ranked["hybrid"] == sorted(fused, key=lambda doc: -fused[doc])
     assert ranked["hybrid"] not in (ranked["bm25"], ranked["dense"]), ranked
 
@@ -187,3 +187,21 @@ def test_an_unreachable_embeddings_group_leaves_bm25_answering(setup, make_sidec
     (tmp_path / "kb" / "tea.md").write_text("Green tea is heated soon after picking.")
     failed = index(config)
     assert failed.returncode == 1 and "kb: failed: model group 'e5' answered /embeddings with 502" in failed.stderr
+
+
+def test_the_sidecar_searches_milvus_without_loading_pymilvus_pandas_or_pyarrow(setup, tmp_path) -> None:
+    from bench.procs import LOAD_CORES, Proc, free_port
+
+    config, groups, retrieval = setup("dense")
+    assert index(config).returncode == 0
+    port, admin_port = free_port(), free_port()
+    body = json.loads(config.read_text())
+    body["server"] = {"port": port, "admin_port": admin_port, "admin_host": "127.0.0.1"}
+    config.write_text(json.dumps(body))
+    argv = [LLM_SIDECAR, "serve", "--config", str(config)]
+    with Proc("llm-sidecar", argv, port, LOAD_CORES, ready=f"http://127.0.0.1:{admin_port}/readyz") as sidecar:
+        response = httpx.post(sidecar.url + "/v1/retrieve", json={"corpus": "kb", "query": PARAPHRASE})
+        assert json.loads(response.text.splitlines()[0])["doc_id"] == "redis.md"
+        maps = Path(f"/proc/{sidecar.pid}/maps").read_text()
+    assert "grpc" in maps  # the search went through gRPC in this process...
+    assert "pandas" not in maps and "pyarrow" not in maps  # ...without the client library's baggage
