@@ -294,7 +294,7 @@ def scale(
         ask(client, url, "large", texts[0], 10)
         times = [ask(client, url, "large", text, 10)[1] for text in texts]
         sidecar_rss = sidecar.rss_mb()
-        # The share of that which is the model's: the same queries embedded by it directly.
+        # The model's own time, for comparison: the same queries embedded by it directly, right after.
         embedding = []
         for text in texts:
             began = time.perf_counter()
@@ -315,7 +315,7 @@ def scale(
             "",
             f"Hybrid `/v1/retrieve` (query embedded by the model through the sidecar, BM25 in the sidecar, HNSW "
             f"at the default ef 512, fused): p50 {percentile(times, 0.5) * 1000:.1f} ms, "
-            f"p99 {percentile(times, 0.99) * 1000:.1f} ms; of which the model embedding the query, asked directly: "
+            f"p99 {percentile(times, 0.99) * 1000:.1f} ms; the model alone, asked directly for the same queries right after: "
             f"p50 {percentile(embedding, 0.5) * 1000:.1f} ms, p99 {percentile(embedding, 0.99) * 1000:.1f} ms.",
             "",
             "| process | RSS (MB) |",
