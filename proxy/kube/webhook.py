@@ -12,7 +12,8 @@ Ignore`` covers the cases where we cannot answer at all.)
 
 The TLS certificate is re-read when its files change, so cert-manager or a
 ``helm upgrade`` can rotate it without a restart. The ``kubernetes`` client is
-imported only here (through :mod:`proxy.kube.namespaces`), never by the sidecar.
+imported only here (through :mod:`proxy.kube.namespaces`), never by the sidecar;
+the sidecar image leaves it out, the injector image (``--target injector``) has it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import importlib.util
 import json
 import logging
 import os
@@ -186,6 +188,12 @@ def run(args: argparse.Namespace) -> int:
     from proxy.telemetry.logs import setup_logging
 
     setup_logging(args.log_level)
+    if not args.no_kube and importlib.util.find_spec("kubernetes") is None:
+        log.error(
+            "cannot start: the Kubernetes client is not installed (the sidecar image leaves it out): run the "
+            "injector image (the Dockerfile's injector target), install llm-sidecar[kube], or pass --no-kube"
+        )
+        return 2
     try:
         settings = load_settings(args.settings)
         cert = ReloadingCert(args.tls_cert_file, args.tls_key_file)
