@@ -1,30 +1,55 @@
 # syntax=docker/dockerfile:1
-# llm-sidecar: one image, three roles (serve | webhook | mock-provider).
+# llm-sidecar: two images from one Dockerfile.
+#   default target, the sidecar image: serve | mock-provider | inject | check-config (every opted-in pod runs it)
+#   --target injector: the same plus the Kubernetes client, for `llm-sidecar webhook` (the injector Deployment)
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# ---- build: a virtualenv with the project and its runtime dependencies ----
+# ---- build: the virtualenvs; strip and the pip caches stay in this stage ----
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
+# strip: the wheels' extension modules keep their debug symbols (uvloop's is 13 MB, 1.6 MB stripped).
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends binutils \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-RUN python3 -m venv /opt/llm-sidecar
-# Metadata first so the dependency layer is reused when only code changes.
 COPY pyproject.toml README.md* ./
 COPY proxy/ ./proxy/
-# The kube extra is for the webhook role; the sidecar never imports it.
-RUN /opt/llm-sidecar/bin/pip install ".[kube]" \
- && /opt/llm-sidecar/bin/python -m compileall -q /opt/llm-sidecar/lib
 
-# ---- runtime: the venv only; no compilers, no pip cache, no sources ----
-FROM ${PYTHON_IMAGE}
+# The sidecar's venv: no pip inside (the base's pip installs into it), no Kubernetes client.
+# Bytecode checked by hash, not by the sources' times: COPY --from may round those times, and a
+# read-only root cannot cache a recompiled module, so every start would compile it again.
+FROM build AS sidecar-venv
+RUN python3 -m venv --without-pip /opt/llm-sidecar \
+ && python3 -m pip --python /opt/llm-sidecar/bin/python install --no-compile . \
+ && find /opt/llm-sidecar -name '*.so' -exec strip --strip-unneeded {} + \
+ && python3 -m compileall -q --invalidation-mode unchecked-hash /opt/llm-sidecar
+# The standard library's modules that the sidecar's commands import: the runtime stage compiles them,
+# as the official python images ship no bytecode (each start would compile ~190 modules, ~0.4 s of CPU).
+RUN /opt/llm-sidecar/bin/python -c 'import sys, sysconfig, uvloop, proxy.cli, proxy.server, proxy.cache.redis, \
+proxy.mock_provider; std = sysconfig.get_path("stdlib") + "/"; files = {getattr(m, "__file__", None) or "" for m in \
+list(sys.modules.values())}; print(*sorted(f for f in files if f.startswith(std) and f.endswith(".py")), sep=chr(10))' \
+    > /opt/stdlib-imports.txt
+
+# The injector's venv: the same plus the `kube` extra.
+FROM sidecar-venv AS injector-venv
+RUN python3 -m pip --python /opt/llm-sidecar/bin/python install --no-compile ".[kube]" \
+ && find /opt/llm-sidecar -name '*.so' -exec strip --strip-unneeded {} + \
+ && python3 -m compileall -q --invalidation-mode unchecked-hash /opt/llm-sidecar
+
+# ---- runtime: the base and a venv; no strip, no pip, no build caches ----
+FROM ${PYTHON_IMAGE} AS runtime
 ENV PATH=/opt/llm-sidecar/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
-RUN useradd --system --uid 10001 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin llm-sidecar
-COPY --from=build /opt/llm-sidecar /opt/llm-sidecar
+COPY --from=sidecar-venv /opt/stdlib-imports.txt /tmp/
+RUN useradd --system --no-log-init --uid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin llm-sidecar \
+ && python3 -m compileall -q -i /tmp/stdlib-imports.txt \
+ && rm /tmp/stdlib-imports.txt
 # Runs with a read-only root filesystem; the pod gives it an emptyDir at /tmp.
 USER 10001:10001
 EXPOSE 15180 15190 8443
@@ -32,3 +57,10 @@ EXPOSE 15180 15190 8443
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["llm-sidecar"]
 CMD ["serve", "--config", "/etc/llm-sidecar/sidecar.yaml"]
+
+FROM runtime AS injector
+COPY --from=injector-venv /opt/llm-sidecar /opt/llm-sidecar
+
+# The last stage is the default target: the sidecar image.
+FROM runtime AS sidecar
+COPY --from=sidecar-venv /opt/llm-sidecar /opt/llm-sidecar

@@ -51,7 +51,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## e2e: the image built, the chart rendered, the injector run, injected pods run with podman (a few minutes)
+## e2e: the images built, the chart rendered, the injector run, injected pods run with podman (a few minutes)
 e2e: setup test-tools
 	$(BIN)/python -m pytest -m e2e tests/kube/test_e2e.py -s -p no:cacheprovider $(PYTEST_ARGS)
 

@@ -10,6 +10,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cluster=${CLUSTER:-llm-sidecar}
 image=localhost/llm-sidecar:0.1.0
+injector_image=localhost/llm-sidecar-injector:0.1.0
 helm=${HELM:-$(command -v helm || echo "$root/.tools/bin/helm")}
 [ -x "$helm" ] || "$root/scripts/get-helm.sh"
 keep=${KEEP_CLUSTER:-0}
@@ -18,12 +19,13 @@ step() { printf '\n==> %s\n' "$*"; }
 cleanup() { [ "$keep" = 1 ] || kind delete cluster --name "$cluster" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
-step "build $image"
+step "build $image and $injector_image"
 docker build -t "$image" "$root"
+docker build --target injector -t "$injector_image" "$root"
 
 step "kind cluster $cluster"
 grep -qx "$cluster" <<<"$(kind get clusters)" || kind create cluster --name "$cluster" --config "$root/k8s/kind/cluster.yaml" --wait 120s
-kind load docker-image "$image" --name "$cluster"
+kind load docker-image "$image" "$injector_image" --name "$cluster"
 
 step "install the chart"
 kubectl create namespace llm-sidecar --dry-run=client -o yaml | kubectl apply -f -

@@ -128,10 +128,14 @@ class Cluster:
             raise RuntimeError(f"podman {' '.join(args[:3])}: {res.stderr[-3000:]}")
         return res
 
-    def build(self, tag: str, context: Path, dockerfile: str = "Dockerfile") -> None:
-        """buildah bud into the private store; the registry is reached through the host's CA bundle."""
+    def build(self, tag: str, context: Path, dockerfile: str = "Dockerfile", target: str | None = None) -> None:
+        """buildah bud into the private store; the registry is reached through the host's CA bundle.
+
+        ``target``: a stage of the Dockerfile. Its layers are kept, so a second target of the same
+        Dockerfile reuses the stages they share.
+        """
         # A kept store reuses an image built from the same context (every file's bytes hashed).
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(f"target={target}".encode())
         for path in sorted(p for p in context.rglob("*") if p.is_file()):
             digest.update(str(path.relative_to(context)).encode() + b"\0" + path.read_bytes())
         label = f"llm-sidecar.e2e.context={digest.hexdigest()}"
@@ -152,6 +156,8 @@ class Cluster:
                 "--isolation",
                 "chroot",
                 "--pull=never",
+                "--layers",
+                *(["--target", target] if target else []),
                 "-f",
                 str(context / dockerfile),
                 "-v",
@@ -187,17 +193,18 @@ class Cluster:
             stdout=subprocess.DEVNULL,
         )
 
-    def build_project_image(self, tag: str) -> None:
-        """The Dockerfile, built from what a clean checkout has (the files the image copies)."""
+    def build_project_image(self, tag: str, target: str | None = None) -> None:
+        """The Dockerfile (its default target, or ``target``), built from the files a clean checkout has."""
         ctx = self.dir / "context"
+        if ctx.exists():
+            shutil.rmtree(ctx)
         ctx.mkdir()
         shutil.copy(ROOT / "Dockerfile", ctx)
         shutil.copy(ROOT / "pyproject.toml", ctx)
         shutil.copy(ROOT / "README.md", ctx)
         shutil.copytree(ROOT / "proxy", ctx / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
-        base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", (ctx / "Dockerfile").read_text(), re.M)
-        self.load_base_image(base.group(1) if base else "python:3.11-slim")
-        self.build(tag, ctx)
+        self.load_base_image(base_image())
+        self.build(tag, ctx, target=target)
 
     # --- the network: services, host processes --------------------------------------
 
@@ -424,6 +431,13 @@ class RunningPod:
             self.cluster.podman("rm", "-f", "-t", "0", self.container_name(name), check=False)
 
 
+def base_image() -> str:
+    """The Dockerfile's base image (its ``PYTHON_IMAGE`` argument)."""
+    found = re.search(r"^ARG PYTHON_IMAGE=(\S+)", (ROOT / "Dockerfile").read_text(), re.M)
+    assert found, "the Dockerfile names its base image in ARG PYTHON_IMAGE"
+    return found.group(1)
+
+
 def pod_of(docs: list[dict[str, Any]], kind: str, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(object, pod spec) of a rendered workload."""
     from tests.kube.pods import workloads
@@ -431,4 +445,4 @@ def pod_of(docs: list[dict[str, Any]], kind: str, name: str) -> tuple[dict[str, 
     return next((o, s) for o, s in workloads(docs) if o["kind"] == kind and o["metadata"]["name"] == name)
 
 
-__all__ = ["Cluster", "RunningPod", "Timer", "containers", "pod_of", "missing_tools"]
+__all__ = ["Cluster", "RunningPod", "Timer", "base_image", "containers", "pod_of", "missing_tools"]

@@ -24,20 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import jsonpatch
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.kube.cluster import Cluster, RunningPod, Timer, pod_of
+from tests.kube.cluster import Cluster, RunningPod, Timer, base_image, pod_of
 from tests.kube.conftest import CHART, ROOT
 from tests.kube.pods import containers, documents, make_ca, workloads
 
 EXAMPLES = ROOT / "k8s" / "examples"
 RELEASE, NAMESPACE, APP_NAMESPACE = "llm-sidecar", "llm-sidecar", "demo-app"
 APP_IMAGE = "localhost/llm-sidecar-e2e-app:test"
-# The app image: the project image plus the official SDKs (what an app using them would ship).
+# The app image: the project's base image plus the official SDKs (what an app using them would ship).
 APP_DOCKERFILE = """\
-FROM {image}
-USER 0
-RUN /opt/llm-sidecar/bin/pip install --no-cache-dir openai anthropic
+FROM {base}
+RUN python3 -m pip install --no-cache-dir openai anthropic
 USER 10001:10001
 """
 # A sample app Deployment: it waits for SIGTERM; the harness runs the calls in it (kubectl exec).
@@ -219,13 +219,16 @@ def stage(helm: str, timer: Timer | None = None) -> Iterator[Stage]:
     )
     try:
         injector_obj, injector_spec = pod_of(docs, "Deployment", f"{RELEASE}-injector")
-        image = injector_spec["containers"][0]["image"]
-        cluster.build_project_image(image)
-        timer.phase("build image (buildah)")
+        # The injector's image (the Dockerfile's injector target) and the one it injects (the default target).
+        cluster.build_project_image(injector_spec["containers"][0]["image"], target="injector")
+        settings = next(d for d in docs if "injector.yaml" in (d.get("data") or {}))["data"]["injector.yaml"]
+        cluster.build_project_image(yaml.safe_load(settings)["sidecar"]["image"])
+        timer.phase("build images (buildah)")
         (cluster.dir / "app").mkdir()
-        base_id = cluster.podman("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
+        base = base_image()
+        base_id = cluster.podman("image", "inspect", "--format", "{{.Id}}", base).stdout.strip()
         # The base image's id in the context: a kept store rebuilds the app image when the base changed.
-        (cluster.dir / "app" / "Dockerfile").write_text(f"# base {base_id}\n" + APP_DOCKERFILE.format(image=image))
+        (cluster.dir / "app" / "Dockerfile").write_text(f"# base {base_id}\n" + APP_DOCKERFILE.format(base=base))
         cluster.build(APP_IMAGE, cluster.dir / "app")
         timer.phase("build app image (SDKs)")
 

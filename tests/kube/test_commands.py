@@ -30,12 +30,15 @@ from tests.kube.pods import NetNS, Pod, containers, documents, find, make_ca, ne
 from tests.kube.test_chart import SCENARIOS, render
 
 SCRIPT = Path(sys.executable).with_name("llm-sidecar")
-IMAGE = yaml.safe_load((ROOT / "helm" / "llm-sidecar" / "values.yaml").read_text())["image"]["repository"]
+VALUES = yaml.safe_load((ROOT / "helm" / "llm-sidecar" / "values.yaml").read_text())
+IMAGE = VALUES["image"]["repository"]
+#: The injector image: the sidecar image plus the Kubernetes client, which this venv has too.
+INJECTOR_IMAGE = VALUES["injector"]["image"]["repository"]
 EXAMPLES = ROOT / "k8s" / "examples"
 API_PORT = 6443
 #: Image → the entrypoint its containers run when the manifest gives no command.
 #: The official redis image's entrypoint runs redis-server when the first arg is an option.
-ENTRYPOINTS = {IMAGE: [str(SCRIPT)], "redis": ["redis-server"]}
+ENTRYPOINTS = {IMAGE: [str(SCRIPT)], INJECTOR_IMAGE: [str(SCRIPT)], "redis": ["redis-server"]}
 #: Containers with a command of their own, and where they are run.
 RUN_ELSEWHERE = {
     ("chat-app", "app"): "the e2e harness (tests/kube/test_e2e.py) runs the example app's pods",
@@ -309,10 +312,19 @@ def test_manifest_containers_run(helm: str, source: str, tmp_path: Path) -> None
 
 
 def dockerfile_command() -> list[str]:
-    """ENTRYPOINT + CMD of the Dockerfile's last stage (exec form)."""
-    last = (ROOT / "Dockerfile").read_text().split("\nFROM ")[-1]
-    found = {m.group(1): json.loads(m.group(2)) for m in re.finditer(r"^(ENTRYPOINT|CMD) (\[.*\])$", last, re.M)}
-    return [*found["ENTRYPOINT"], *found["CMD"]]
+    """ENTRYPOINT + CMD (exec form) of the default target, the last stage, or the stages it is built FROM."""
+    stages = re.findall(
+        r"^FROM (\S+)(?: AS (\S+))?\n(.*?)(?=^FROM |\Z)", (ROOT / "Dockerfile").read_text(), re.M | re.S
+    )
+    by_name = {name: (parent, body) for parent, name, body in stages}
+    parent, _, body = stages[-1]
+    found: dict[str, list[str]] = {}
+    while True:
+        for m in re.finditer(r"^(ENTRYPOINT|CMD) (\[.*\])$", body, re.M):
+            found.setdefault(m.group(1), json.loads(m.group(2)))
+        if parent not in by_name:
+            return [*found["ENTRYPOINT"], *found["CMD"]]
+        parent, body = by_name[parent]
 
 
 def test_dockerfile_entrypoint_and_cmd_serve(helm: str, tmp_path: Path) -> None:

@@ -1,11 +1,11 @@
-"""End to end, as on a cluster: the image built, the chart rendered, the injector run, pods injected and run.
+"""End to end, as on a cluster: the images built, the chart rendered, the injector run, pods injected and run.
 
 ``make e2e`` runs this module (it is skipped in the default suite: 2-3
-minutes here, half of it building the image). The steps,
+minutes here, half of it building the images). The steps,
 in the order a cluster runs them (the set-up is :mod:`tests.kube.e2e`):
 
-1. build the image from the Dockerfile (buildah), and an app image with the
-   official openai and anthropic SDKs on top of it;
+1. build the sidecar and injector images from the Dockerfile (buildah), and an
+   app image: the base image with the official openai and anthropic SDKs;
 2. ``helm template`` the chart with the kind example's values
    (``k8s/examples/values-kind.yaml``), as ``k8s/kind/e2e.sh`` installs it;
 3. start the injector Deployment's pod with its exact command, args, env and

@@ -20,6 +20,7 @@
 {{- define "llm-sidecar.configMap" -}}llm-sidecar-config{{- end -}}
 {{- define "llm-sidecar.keysSecret" -}}{{ .Values.keys.existingSecret | default "llm-sidecar-keys" }}{{- end -}}
 {{- define "llm-sidecar.image" -}}{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}{{- end -}}
+{{- define "llm-sidecar.injectorImage" -}}{{ .Values.injector.image.repository }}:{{ .Values.injector.image.tag | default .Values.image.tag | default .Chart.AppVersion }}{{- end -}}
 
 {{/* Labels ----------------------------------------------------------------- */}}
 {{- define "llm-sidecar.labels" -}}
