@@ -79,3 +79,30 @@ def test_comments_and_keep_alives_pass() -> None:
     body = b": keep-alive\n\n" + b"".join(openai_chat_chunks(ANSWER, include_usage=False))
     stream, out = read(openai_choices, body)
     assert stream.ended and out == body
+
+
+# Frames that are not one JSON object, each broken where a fast reader might look past:
+# inside a field no rule reads, in a string's UTF-8, at the top level.
+BROKEN_DATA = [
+    pytest.param(b'{"choices": [{"delta": {"content": "a"}, "index": 0,]}', id="syntax-inside-an-unread-field"),
+    pytest.param(b'{"choices": [{"delta": {"content": "caf\xc3"}}]}', id="bad-utf8-in-an-unread-string"),
+    pytest.param(b'{"choices": [{"delta": {"content": "\\ud800"}}]}', id="lone-surrogate-escape"),
+    pytest.param(b'[{"choices": []}]', id="an-array-not-an-object"),
+    pytest.param(b'"text"', id="a-string-not-an-object"),
+    pytest.param(b'{"choices": []} {"choices": []}', id="two-objects-in-one-frame"),
+    pytest.param(b'{"choices": [', id="cut-short"),
+]
+
+
+@pytest.mark.parametrize("data", BROKEN_DATA)
+@pytest.mark.parametrize(("rule", "frames", "error"), STREAMS)
+@pytest.mark.parametrize("position", [1, -2], ids=["early", "just-before-the-end"])
+def test_a_frame_that_is_not_one_json_object_is_malformed_anywhere(rule, frames, error, data, position) -> None:
+    """Read in one chunk and byte by byte: the frame is caught, nothing from it on goes out, the answer is broken."""
+    whole = frames()
+    at = position % len(whole)
+    broken = [*whole[:at], b"data: " + data + b"\n\n", *whole[at:]]
+    for cut in (len(b"".join(broken)), 1):
+        stream, out = read(rule, b"".join(broken), cut)
+        assert out == b"".join(whole[:at]) and not stream.ended
+        assert stream.failure == "the upstream sent a malformed event"
