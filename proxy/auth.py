@@ -30,17 +30,23 @@ HOP_BY_HOP = frozenset(
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
 #: our own control headers are for the sidecar, never for the upstream
 CONTROL_PREFIX = "x-llm-sidecar-"
+#: sent upstream when the client sent no User-Agent (rather than the HTTP client library's own)
+USER_AGENT = "llm-sidecar"
 
 
 def forwardable(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The client's headers minus hop-by-hop ones (and those its Connection header names)."""
-    named = {h.strip().lower() for h in headers.get("Connection", "").split(",") if h.strip()}
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower in named or lower.startswith(CONTROL_PREFIX):
-            continue
-        out.add(name, value)
+    # Copied whole, then pruned: the C copy and a dozen lookups cost a quarter of a filtered rebuild.
+    out = CIMultiDict(headers)
+    for name in HOP_BY_HOP:
+        if name in out:
+            del out[name]
+    if "connection" in headers:
+        for name in headers.getall("connection"):
+            for named in name.split(","):
+                out.popall(named.strip(), None)
+    for name in [name for name in out.keys() if name[: len(CONTROL_PREFIX)].lower() == CONTROL_PREFIX]:
+        out.popall(name, None)
     return out
 
 
@@ -64,13 +70,15 @@ def upstream_headers(call: Call, endpoint: EndpointConfig) -> CIMultiDict[str]:
         headers.setdefault(name, value)
     headers["x-request-id"] = call.request_id
     headers["Content-Type"] = "application/json"
+    if "User-Agent" not in headers:
+        headers["User-Agent"] = USER_AGENT
     return headers
 
 
 def probe_headers(endpoint: EndpointConfig) -> dict[str, str]:
     """Headers for an active health probe: the endpoint's own credential, if it has one."""
     dialect = DIALECTS[endpoint.dialect or "openai"]  # always set once the config is validated
-    headers = dict(dialect.default_headers())
+    headers = {**dialect.default_headers(), "User-Agent": USER_AGENT}
     if endpoint.api_key is not None:
         headers.update(dialect.auth_headers(endpoint.api_key.reveal()))
     return headers

@@ -29,7 +29,7 @@ from proxy.cache.entry import Stored
 from proxy.cache.recorder import Recorder
 from proxy.call import Call
 from proxy.dialects.stream import AnswerStream
-from proxy.dialects.usage import answer_usage
+from proxy.dialects.usage import merge_usage
 from proxy.errors import (
     MissingKey,
     Overloaded,
@@ -52,7 +52,7 @@ async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> w
     call.status = upstream.status
     if not upstream.is_stream:
         call.first_byte_at = time.perf_counter()
-        call.usage.update(answer_usage(upstream.document))
+        merge_usage(call.usage, upstream.usage)
         recorder.finish(upstream.status, headers, call.usage, upstream.body)
         call.outcome = "upstream"
         return web.Response(status=upstream.status, body=upstream.body, headers=headers)

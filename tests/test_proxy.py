@@ -131,6 +131,18 @@ def test_hop_by_hop_and_control_headers_stay_here(sidecar: Sidecar, mock_provide
     sent = {k.lower(): v for k, v in mock_provider.requests()[-1]["headers"].items()}
     assert "x-secret-hop" not in sent and "x-llm-sidecar-cache" not in sent
     assert sent["traceparent"] == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert sent["user-agent"].startswith("python-httpx/")  # the client's own, as it came
+
+
+def test_a_call_without_user_agent_goes_upstream_as_the_sidecars(sidecar: Sidecar, mock_provider) -> None:
+    """Not as the HTTP library's (``Python/3.x aiohttp/…``)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", sidecar.servers.port, timeout=10)
+    connection.request("POST", "/v1/chat/completions", body=b'{"model": "gpt-4o-mini", "messages": []}', headers={})
+    assert connection.getresponse().status == 200
+    sent = {k.lower(): v for k, v in mock_provider.requests()[-1]["headers"].items()}
+    assert sent["user-agent"] == "llm-sidecar"
 
 
 def test_pass_through_key(make_sidecar, mock_provider) -> None:

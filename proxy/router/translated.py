@@ -19,7 +19,7 @@ class TranslatedResponse:
     is still a failed attempt the router can fall back from.
     """
 
-    __slots__ = ("status", "headers", "is_stream", "body", "document", "_inner", "_stream")
+    __slots__ = ("status", "headers", "is_stream", "body", "usage", "_inner", "_stream")
 
     def __init__(self, inner: UpstreamResponse, translation: Translation, payload: dict[str, Any]) -> None:
         self._inner = inner
@@ -31,7 +31,7 @@ class TranslatedResponse:
             self.body = b"" if inner.is_stream else translation.response(inner.body)
         except TranslationError as error:
             raise UpstreamBroken(f"cannot translate the upstream answer: {error}") from None
-        self.document = None if inner.is_stream else orjson.loads(self.body)
+        self.usage = None if inner.is_stream else orjson.loads(self.body).get("usage")
 
     async def chunks(self) -> AsyncIterator[bytes]:
         assert self._stream is not None

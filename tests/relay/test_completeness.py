@@ -229,3 +229,45 @@ def test_a_translated_stream_in_crlf_pieces_reads_whole(make_sidecar, mock_provi
     mock_provider.set_behaviour("mock-claude", crlf=1)
     assert openai_chat(sidecar) == plain
     assert endpoint_status(sidecar, "to-anthropic")["failures"] == 0
+
+
+BROKEN_ANSWERS = [
+    pytest.param(b'{"id": "chatcmpl-1", "choices": [}', id="syntax"),
+    pytest.param(b'{"id": "chatcmpl-1", "choices": [{"message": {"content": "caf\xc3"}}]}', id="bad-utf8-in-a-string"),
+    pytest.param(b'[{"id": "chatcmpl-1"}]', id="not-an-object"),
+]
+
+
+@pytest.mark.parametrize("answer", BROKEN_ANSWERS)
+def test_a_json_answer_that_is_not_one_json_object_is_a_502_and_not_stored(answer, server_loop, make_sidecar) -> None:
+    """Checked whole, the parts no one reads included: a 502 for the SDK, a broken attempt, nothing stored."""
+    from aiohttp import web
+
+    from tests.servers import free_port
+
+    async def chat(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=answer, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    port = free_port()
+
+    async def start() -> None:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    server_loop.run(start())
+    try:
+        config = default_config(f"http://127.0.0.1:{port}", cache={"backend": "memory"})
+        sidecar = make_sidecar(config=config)
+        for _ in range(2):  # the second call goes upstream again: nothing was stored
+            with pytest.raises(openai.APIStatusError) as raised:
+                sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=USER, temperature=0)
+            assert raised.value.status_code == 502 and raised.value.body["type"] == "api_error"
+        state = status_of(sidecar, "mock-openai")
+        assert state["failures"] == state["attempts"] >= 2 and state["last_error"] == "UpstreamBroken"
+        assert sidecar.pipeline.cache.stats.stores == 0
+    finally:
+        server_loop.run(runner.cleanup())
