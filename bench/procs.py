@@ -223,18 +223,27 @@ def start_sidecar(config: Path, port: int, admin_port: int, cores: list[int] = P
 NGINX_CONF = Path(__file__).with_name("nginx.conf")
 
 
-def start_nginx(body: bytes, cores: list[int] = LOAD_CORES) -> Proc | None:
-    """nginx answering every POST under ``/v1/`` with ``body`` (a fixed JSON); None without nginx."""
+def _nginx_string(text: bytes) -> str:
+    """``text`` inside a single-quoted nginx string (nginx reads the escapes back)."""
+    if b"$" in text:
+        raise ValueError("a static answer must not contain $ (nginx variables)")
+    return text.decode().replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def start_nginx(body: bytes, cores: list[int] = LOAD_CORES, sse: bytes = b"data: [DONE]\n\n") -> Proc | None:
+    """nginx answering every POST under ``/v1/`` with ``body`` (a fixed JSON) and under
+    ``/sse/v1/`` with ``sse`` (a fixed event stream); None without nginx."""
     binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if binary is None:
         return None
-    if b"'" in body or b"$" in body or b"\\" in body:
-        raise ValueError("the static answer must not contain ' $ or \\ (nginx string syntax)")
     directory = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
     port = free_port()
     conf = NGINX_CONF.read_text().replace("@PORT@", str(port)).replace("@DIR@", str(directory))
-    conf = conf.replace("@BODY@", body.decode())
-    (directory / "nginx.conf").write_text(conf)
+    (directory / "nginx.conf").write_text(conf.replace("@BODY@", _nginx_string(body)))
+    (directory / "answer.sse").write_bytes(sse)
+    # nginx's worker (an unprivileged user when started as root) reads the stream's file.
+    directory.chmod(0o755)
+    (directory / "answer.sse").chmod(0o644)
     argv = [binary, "-p", str(directory), "-c", str(directory / "nginx.conf"), "-e", "stderr"]
     return Proc("nginx", argv, port, cores)
 
