@@ -230,15 +230,23 @@ def _nginx_string(text: bytes) -> str:
     return text.decode().replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def start_nginx(body: bytes, cores: list[int] = LOAD_CORES, sse: bytes = b"data: [DONE]\n\n") -> Proc | None:
+def start_nginx(
+    body: bytes, cores: list[int] = LOAD_CORES, sse: bytes = b"data: [DONE]\n\n", also: tuple[str, ...] = ()
+) -> Proc | None:
     """nginx answering every POST under ``/v1/`` with ``body`` (a fixed JSON) and under
-    ``/sse/v1/`` with ``sse`` (a fixed event stream); None without nginx."""
+    ``/sse/v1/`` with ``sse`` (a fixed event stream); None without nginx.
+
+    It listens on 127.0.0.1 and on the loopback addresses in ``also`` (127.0.0.2 …), at one
+    port: replicas of one server, as a Service's pods are."""
     binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if binary is None:
         return None
     directory = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
     port = free_port()
     conf = NGINX_CONF.read_text().replace("@PORT@", str(port)).replace("@DIR@", str(directory))
+    for host in also:
+        listen = f"listen 127.0.0.1:{port} backlog=4096;"
+        conf = conf.replace(listen, f"{listen}\n        listen {host}:{port} backlog=4096;")
     (directory / "nginx.conf").write_text(conf.replace("@BODY@", _nginx_string(body)))
     (directory / "answer.sse").write_bytes(sse)
     # nginx's worker (an unprivileged user when started as root) reads the stream's file.

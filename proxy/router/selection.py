@@ -44,7 +44,7 @@ def order(
             # Efraimidis–Spirakis: sorting by U^(1/w) is a weighted draw without replacement.
             spread: tuple[float, ...] = (-(draw() ** (1.0 / endpoint.config.weight)),)
         elif balance == "latency":
-            spread = (endpoint.predicted_latency(now), draw())
+            spread = (endpoint.predicted_latency(now), position)
         else:
             spread = (endpoint.in_flight, endpoint.ttfb_estimate(now), position)
         tier = (endpoint in tried, not preferred, group_rank[endpoint.group], endpoint.config.priority)
@@ -62,10 +62,18 @@ def _two_choices(ranked: list[tuple[tuple[float, ...], Endpoint]], rng: random.R
     replica (each sees only its own calls in flight); two random choices keep most of the
     gain and spread the herd. The rest stay sorted, for spill-over when the first is full.
     """
-    best = [i for i, (key, _) in enumerate(ranked) if key[:5] == ranked[0][0][:5]] if ranked else []
-    if len(best) >= 2:
-        first = min(rng.sample(best, 2))  # sorted by predicted latency: the lower index is the better
-        ranked.insert(0, ranked.pop(first))
+    if len(ranked) < 2:
+        return
+    top = ranked[0][0][:5]
+    size = 1
+    while size < len(ranked) and ranked[size][0][:5] == top:
+        size += 1
+    if size < 2:
+        return
+    a, b = int(rng.random() * size), int(rng.random() * (size - 1))
+    b += b >= a  # two different endpoints
+    first = min(a, b)  # sorted by predicted latency: the lower index is the better
+    ranked.insert(0, ranked.pop(first))
 
 
 def locality(

@@ -80,6 +80,7 @@ def test_calls_stay_in_the_zone_while_it_has_capacity(
     assert not [r for r in results if isinstance(r, BaseException)]
     calls = [m.calls("llama-3") for m in mocks]
     same_zone = (calls[0] + calls[1]) / sum(calls)
+    print(f"\ncalls per replica (zone-a, zone-a, zone-b, zone-b, zone-c, zone-c): {calls}; same zone {same_zone:.1%}")
     assert same_zone >= 0.95, calls
     assert min(calls[0], calls[1]) > 0  # both of the zone's replicas share the load
     shown = status(sidecar)
@@ -105,6 +106,7 @@ def test_a_full_zone_spills_to_the_others_at_once(
         spill_seconds = time.monotonic() - saturated
         assert spilled.choices[0].message.content
         assert spill_seconds < 1.0, spill_seconds
+        print(f"\nspilled to another zone {spill_seconds * 1000:.0f} ms after the own zone was full")
         assert sum(m.calls("llama-3") for m in mocks[2:]) == 1
         for call in holding:
             call.result(15)
