@@ -31,8 +31,9 @@ IMAGE = f"localhost/llm-sidecar:test-{uuid.uuid4().hex[:8]}"
 VFS = ["--storage-driver", "vfs"]
 MB = 1_000_000
 #: Bytes the Dockerfile may add over its base: the venv without the Kubernetes client, stripped and compiled
-#: (38 MB when written; it was 240 MB with the client, pip and unstripped extension modules).
-MAX_ADDED = 40 * MB
+#: (38.5 MB when written). It catches the build going wrong: the client (130 MB), pip and setuptools (25 MB)
+#: or unstripped extension modules (45 MB) back in; a new dependency of a few MB fits (then update the docs).
+MAX_ADDED = 45 * MB
 #: CPU seconds from the sidecar's process start to ready (0.33 s when written; 0.62 s when every start
 #: recompiled the venv's stale bytecode). Wall time depends on the machine's load: printed, not asserted.
 MAX_START_CPU = 0.5
