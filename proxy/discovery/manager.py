@@ -24,17 +24,25 @@ class Discovery:
     def __init__(self, live: Callable[[], tuple[Router, HealthProber | None]]) -> None:
         self._live = live
         self._watches: dict[str, tuple[DiscoverConfig, asyncio.Task[None]]] = {}
+        #: the addresses each watch last reported
+        self._addresses: dict[str, list[Address]] = {}
 
     def follow(self, groups: dict[str, DiscoverConfig]) -> None:
-        """Run one watch per ``group: discover`` section; stop those no longer wanted."""
+        """Run one watch per ``group: discover`` section; stop those no longer wanted.
+
+        Called again after a reload: a watch that goes on gives the new router its addresses
+        at once (it only reports changes, and the new router may not have adopted them)."""
         for group, (config, task) in list(self._watches.items()):
             if groups.get(group) != config:
                 task.cancel()
                 del self._watches[group]
+                self._addresses.pop(group, None)
         for group, config in groups.items():
             if group not in self._watches:
                 task = asyncio.create_task(self._run(group, config), name=f"discover:{group}")
                 self._watches[group] = (config, task)
+            elif group in self._addresses:
+                self.publish(group, config, self._addresses[group])
 
     async def stop(self) -> None:
         tasks = [task for _, task in self._watches.values()]
@@ -49,6 +57,7 @@ class Discovery:
         route = router.routes.get(group)
         if route is None or route.discover != config:
             return  # a reload replaced this section; its own watch publishes
+        self._addresses[group] = addresses
         added, gone = router.discovered(group, addresses)
         if prober is not None:
             prober.forget(gone)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 from tests.discovery.conftest import Dnsmasq
 from tests.router.helpers import QUICK
 from tests.servers import MockProvider, ServerLoop, Sidecar
+from tests.test_reload import SidecarProcess
 from tests.waiting import wait_until
 
 NAME = "vllm-headless.models.svc.cluster.local"
@@ -72,3 +74,46 @@ def test_dns_records_are_followed_on_their_ttl(
         assert caught.value.status_code == 503 and "llama" in caught.value.message
     finally:
         sidecar.stop()
+
+
+def test_discovered_endpoints_outlive_a_config_reload(
+    tmp_path: Path, dnsmasq: Dnsmasq, replicas: Callable[[int], list[MockProvider]]
+) -> None:
+    """``llm-sidecar serve`` on a ConfigMap-like file: a reload that changes the routing policy
+    (so the new router starts with fresh endpoint state) keeps serving the discovered pods, and
+    the watch goes on feeding the new router."""
+    one, two = replicas(2)
+    dnsmasq.set(NAME, [one.host])
+    group = {
+        "discover": {
+            "dns": NAME,
+            "nameservers": [dnsmasq.nameserver],
+            "port": one.port,
+            "min_ttl": 0.2,
+            "endpoint": {"model": "llama-3", "api_key": "sk-vllm-key-0123456789"},
+        }
+    }
+    config = {
+        "server": {"port": 0, "admin_port": 0, "admin_host": "127.0.0.1", "drain_timeout": 2, "reload_interval": 0.1},
+        "model_groups": {"llama": group},
+        "router": {"queue_timeout": 2.0},
+        "telemetry": {"access_log": False},
+    }
+    (tmp_path / "config").mkdir()
+    sidecar = SidecarProcess(tmp_path / "config", config)
+    try:
+        wait_until(lambda: sidecar_names(sidecar) == {f"vllm-headless@{one.host}:{one.port}"})
+        assert sidecar.ask("llama")
+        sidecar.rewrite(lambda c: c["router"].update(queue_timeout=3.0))
+        sidecar.wait_reloads("ok", 1)
+        assert sidecar_names(sidecar) == {f"vllm-headless@{one.host}:{one.port}"}  # no gap after the swap
+        assert sidecar.ask("llama")
+        dnsmasq.set(NAME, [one.host, two.host])
+        wait_until(lambda: len(sidecar_names(sidecar)) == 2, what="the watch feeds the new router")
+    finally:
+        sidecar.stop()
+
+
+def sidecar_names(sidecar: SidecarProcess) -> set[str]:
+    status = httpx.get(sidecar.admin + "/status").json()
+    return {e["name"] for e in status["groups"]["llama"]["endpoints"]}
