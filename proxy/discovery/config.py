@@ -45,7 +45,8 @@ class EndpointTemplate(EndpointConfig):
     def at(self, host: str, port: int, scheme: str, path: str, zone: str | None, region: str | None) -> EndpointConfig:
         """The endpoint for one discovered address."""
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        fields = self.model_dump(exclude_unset=True, exclude={"name", "url", "probe_url"})
+        # The fields as they are (a dump would turn the key's Secret into its "***").
+        fields = {name: getattr(self, name) for name in self.model_fields_set - {"name", "url", "probe_url"}}
         fields.setdefault("zone", zone)
         fields.setdefault("region", region)
         return EndpointConfig(name=f"{self.name}@{address}", url=f"{scheme}://{address}{path}", **fields)

@@ -83,6 +83,7 @@ def test_slices_are_listed_watched_and_followed_across_410_gone(
         for i in range(5):
             assert ask(sidecar, f"call {i}")
         assert one.calls("llama-3") == 5 and two.calls() == 0
+        assert one.requests()[-1]["headers"]["authorization"] == "Bearer sk-vllm-key-0123456789"
 
         # The watch: the third pod becomes ready and joins, without a restart.
         api_server.run(
