@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from proxy.router import selection
 from tests.router.helpers import config, endpoint
 from tests.servers import MockProvider, Sidecar
 from tests.waiting import wait_until
@@ -130,3 +131,47 @@ def test_a_dead_replica_is_routed_around_in_the_zone_then_out_of_it(
     assert sum(m.calls("llama-3") for m in mocks[2:]) >= 20
     routed = {name: e["routed"] for name, e in status(sidecar).items()}
     assert sum(r["fallback"] + r["cross_zone"] for r in routed.values()) >= 20
+
+
+def test_a_cooling_zone_spills_and_says_why(
+    make_sidecar: Callable[..., Sidecar], replicas: Callable[[int], list[MockProvider]]
+) -> None:
+    mocks = replicas(6)
+    sidecar = make_sidecar(config=zoned(mocks, max_concurrent=4))
+    for mock in mocks[:2]:
+        mock.set_behaviour("llama-3", status=429, retry_after=30)  # the own zone's replicas ask for rest
+    results = answer_many(sidecar, 12, concurrency=1)
+    assert not [r for r in results if isinstance(r, BaseException)]
+    assert mocks[0].calls("llama-3") + mocks[1].calls("llama-3") <= 2  # each asked once, then rested
+    routed = {name: e["routed"] for name, e in status(sidecar).items()}
+    assert sum(r["fallback"] for r in routed.values()) <= 2
+    assert sum(r["cross_zone"] for r in routed.values()) >= 10
+    assert status(sidecar)["zone-a-0"]["cooldown_for_s"] > 0
+
+
+def test_provider_endpoints_in_the_own_region_come_first(
+    make_sidecar: Callable[..., Sidecar], replicas: Callable[[int], list[MockProvider]]
+) -> None:
+    far, near = replicas(2)
+    group = {
+        "endpoints": [
+            endpoint(far, "us-east", model="llama-3", zone="us-east-1a", region="us-east-1"),
+            endpoint(near, "eu-west", model="llama-3", zone="eu-west-1b", region="eu-west-1"),
+        ]
+    }
+    sidecar = make_sidecar(config=config(far, {"llama": group}, zone="eu-west-1a", region="eu-west-1"))
+    assert not [r for r in answer_many(sidecar, 6, concurrency=2) if isinstance(r, BaseException)]
+    assert (near.calls("llama-3"), far.calls("llama-3")) == (6, 0)
+    shown = status(sidecar)
+    assert shown["eu-west"]["locality"] == "same_region" and shown["us-east"]["locality"] == "elsewhere"
+    assert shown["eu-west"]["routed"]["cross_zone"] == 6  # another zone of the region
+
+
+def test_locality_follows_zone_hints_then_region() -> None:
+    place = selection.locality
+    assert place("a", (), None, zone="a", region=None) == 0
+    assert place("b", ("a",), None, zone="a", region=None) == 0  # hinted for the sidecar's zone
+    assert place("a", ("b",), None, zone="a", region=None) == 2  # in the zone, hinted for another
+    assert place("b", (), "r", zone="a", region="r") == 1
+    assert place(None, (), None, zone="a", region="r") == 2  # unknown: after every known-near one
+    assert place("b", (), "x", zone=None, region=None) == 0  # the sidecar's place unknown: no preference
