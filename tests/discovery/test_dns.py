@@ -21,6 +21,19 @@ from tests.waiting import wait_until
 NAME = "vllm-headless.models.svc.cluster.local"
 
 
+def discovering(dnsmasq: Dnsmasq, port: int) -> dict[str, Any]:
+    """The model group ``llama``: the pods behind NAME, asked of the test's DNS server."""
+    return {
+        "discover": {
+            "dns": NAME,
+            "nameservers": [dnsmasq.nameserver],
+            "port": port,
+            "min_ttl": 0.2,
+            "endpoint": {"model": "llama-3", "api_key": "sk-vllm-key-0123456789"},
+        }
+    }
+
+
 def names(sidecar: Sidecar) -> set[str]:
     status = httpx.get(sidecar.admin_url + "/status").json()
     return {e["name"] for e in status["groups"]["llama"]["endpoints"]}
@@ -33,17 +46,7 @@ def test_dns_records_are_followed_on_their_ttl(
     dnsmasq.set(NAME, [one.host, two.host])
     config: dict[str, Any] = {
         "server": {"port": 0, "admin_port": 0, "admin_host": "127.0.0.1", "drain_timeout": 2},
-        "model_groups": {
-            "llama": {
-                "discover": {
-                    "dns": NAME,
-                    "nameservers": [dnsmasq.nameserver],
-                    "port": one.port,
-                    "min_ttl": 0.2,
-                    "endpoint": {"model": "llama-3", "api_key": "sk-vllm-key-0123456789"},
-                }
-            }
-        },
+        "model_groups": {"llama": discovering(dnsmasq, one.port)},
         "router": QUICK,
         "telemetry": {"access_log": False},
     }
@@ -84,15 +87,7 @@ def test_discovered_endpoints_outlive_a_config_reload(
     the watch goes on feeding the new router."""
     one, two = replicas(2)
     dnsmasq.set(NAME, [one.host])
-    group = {
-        "discover": {
-            "dns": NAME,
-            "nameservers": [dnsmasq.nameserver],
-            "port": one.port,
-            "min_ttl": 0.2,
-            "endpoint": {"model": "llama-3", "api_key": "sk-vllm-key-0123456789"},
-        }
-    }
+    group = discovering(dnsmasq, one.port)
     config = {
         "server": {"port": 0, "admin_port": 0, "admin_host": "127.0.0.1", "drain_timeout": 2, "reload_interval": 0.1},
         "model_groups": {"llama": group},

@@ -40,6 +40,11 @@ def discovering_config(**discover: Any) -> dict[str, Any]:
     }
 
 
+def vllm(port: int, *pods: dict[str, Any]) -> dict[str, Any]:
+    """The vllm Service's one EndpointSlice, with these pods."""
+    return endpoint_slice("vllm-abc12", "vllm", port, list(pods))
+
+
 def discovered(sidecar: Sidecar) -> dict[str, dict[str, Any]]:
     status = httpx.get(sidecar.admin_url + "/status").json()
     return {e["name"]: e for e in status["groups"]["llama"]["endpoints"]}
@@ -60,12 +65,7 @@ def test_slices_are_listed_watched_and_followed_across_410_gone(
     api = api_server.slices
     api_server.run(
         lambda: api.put(
-            endpoint_slice(
-                "vllm-abc12",
-                "vllm",
-                port,
-                [pod(one.host, "zone-a"), pod(two.host, "zone-b"), pod(three.host, "zone-b", ready=False)],
-            )
+            vllm(port, pod(one.host, "zone-a"), pod(two.host, "zone-b"), pod(three.host, "zone-b", ready=False))
         )
     )
     # Another Service's slice in the same namespace is not ours.
@@ -87,14 +87,7 @@ def test_slices_are_listed_watched_and_followed_across_410_gone(
 
         # The watch: the third pod becomes ready and joins, without a restart.
         api_server.run(
-            lambda: api.put(
-                endpoint_slice(
-                    "vllm-abc12",
-                    "vllm",
-                    port,
-                    [pod(one.host, "zone-a"), pod(two.host, "zone-b"), pod(three.host, "zone-a")],
-                )
-            )
+            lambda: api.put(vllm(port, pod(one.host, "zone-a"), pod(two.host, "zone-b"), pod(three.host, "zone-a")))
         )
         wait_until(lambda: len(discovered(sidecar)) == 3, what="the third pod joined")
         assert [kind for kind, _, _ in api.requests] == ["list", "watch"]
@@ -110,12 +103,7 @@ def test_slices_are_listed_watched_and_followed_across_410_gone(
         def missed_then_compacted() -> None:
             api.end_watches()
             api.put(
-                endpoint_slice(
-                    "vllm-abc12",
-                    "vllm",
-                    port,
-                    [pod(one.host, "zone-a"), pod(two.host, "zone-b", ready=False), pod(three.host, "zone-a")],
-                )
+                vllm(port, pod(one.host, "zone-a"), pod(two.host, "zone-b", ready=False), pod(three.host, "zone-a"))
             )
             api.expire()
 
@@ -132,12 +120,7 @@ def test_slices_are_listed_watched_and_followed_across_410_gone(
             wait_until(lambda: discovered(sidecar)[f"vllm@{one.host}:{port}"]["in_flight"] == 1)
             api_server.run(
                 lambda: api.put(
-                    endpoint_slice(
-                        "vllm-abc12",
-                        "vllm",
-                        port,
-                        [pod(one.host, "zone-a", ready=False), pod(two.host, "zone-b"), pod(three.host, "zone-a")],
-                    )
+                    vllm(port, pod(one.host, "zone-a", ready=False), pod(two.host, "zone-b"), pod(three.host, "zone-a"))
                 )
             )
             wait_until(lambda: f"vllm@{one.host}:{port}" not in discovered(sidecar), what="the pod drained")
