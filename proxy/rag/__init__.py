@@ -8,6 +8,7 @@
     client.py      embeddings and rewrites through the sidecar's own routes
     indexer.py     llm-sidecar index: embed changed chunks into the store
     fusion.py      reciprocal rank fusion of BM25 and dense rankings
+    hybrid.py      HybridSearch: a corpus's rankings (BM25, dense, expanded) fused; used by both faces
     expansion.py   RM3 pseudo-relevance feedback, LLM rewrite parsing
     service.py     the sidecar side: configured corpora (bm25 | dense | hybrid), POST /v1/retrieve,
                    context injection
@@ -29,7 +30,11 @@ _EXPORTS = {
     "BM25Parameters": "proxy.rag.bm25",
     "Chunk": "proxy.rag.passage",
     "Chunker": "proxy.rag.chunking",
+    "DenseRetriever": "proxy.rag.hybrid",
     "DocumentId": "proxy.rag.passage",
+    "ExpansionSettings": "proxy.rag.config",
+    "FusionSettings": "proxy.rag.config",
+    "HybridSearch": "proxy.rag.hybrid",
     "Documents": "proxy.rag.chunking",
     "FixedSizeChunker": "proxy.rag.chunking",
     "InvalidDocumentError": "proxy.rag.errors",
@@ -53,9 +58,13 @@ __all__ = [
     "BM25Parameters",
     "Chunk",
     "Chunker",
+    "DenseRetriever",
     "DocumentId",
     "Documents",
+    "ExpansionSettings",
     "FixedSizeChunker",
+    "FusionSettings",
+    "HybridSearch",
     "InvalidDocumentError",
     "MarkdownChunker",
     "MixedTokenizer",

@@ -10,7 +10,9 @@ Two ways in, one way out (``Passage`` values):
   scored first and the exact BM25 top k is yielded, best first.
 * **A ``BM25Index``** (``await generator.index(documents)``; build once, query
   many): the query touches only its terms' postings and results come best
-  first, exact by construction.
+  first, exact by construction. With a ``dense`` retriever (vectors of the same
+  chunks, e.g. ``hybrid.vector_retriever`` over a Milvus collection), RM3
+  ``expansion`` or a ``rewriter``, the rankings are fused (``HybridSearch``).
 
 Large inputs are tokenised and scored in an executor (threads by default), so
 an event loop shared with a proxy keeps serving; threads share the GIL, so this
@@ -32,7 +34,9 @@ from typing import Literal
 
 from proxy.rag.bm25 import BM25Index, BM25Parameters, CorpusStatistics, query_terms
 from proxy.rag.chunking import Chunker, Documents, chunk_documents, make_chunker, normalize_documents
+from proxy.rag.config import ExpansionSettings, FusionSettings
 from proxy.rag.errors import RetrievalInputError
+from proxy.rag.hybrid import DenseRetriever, HybridSearch, Rewriter
 from proxy.rag.passage import Chunk, DocumentId, Passage
 from proxy.rag.tokenizer import MixedTokenizer, Tokenizer
 
@@ -68,6 +72,10 @@ class AsyncRAGGenerator:
         exact: bool = False,
         scorer: Scorer | None = None,
         scorer_concurrency: int = 4,
+        dense: DenseRetriever | None = None,
+        fusion: FusionSettings | None = None,
+        expansion: ExpansionSettings | None = None,
+        rewriter: Rewriter | None = None,
         batch_size: int = 256,
         offload_chars: int = 100_000,
         executor: Executor | None = None,
@@ -85,6 +93,10 @@ class AsyncRAGGenerator:
         self.min_score = min_score
         self.exact = exact
         self.scorer = scorer
+        self.dense = dense
+        self.fusion = fusion or FusionSettings()
+        self.expansion = expansion or ExpansionSettings()
+        self.rewriter = rewriter
         if scorer_concurrency < 1:
             raise RetrievalInputError("scorer_concurrency must be at least 1", param="scorer_concurrency")
         self.scorer_concurrency = scorer_concurrency
@@ -136,6 +148,8 @@ class AsyncRAGGenerator:
         k = self.top_k if top_k == "default" else _checked_top_k(top_k)
         threshold = self.min_score if min_score == "default" else min_score
         if isinstance(documents, BM25Index):
+            if self.dense is not None or self.expansion.feedback or self.rewriter is not None:
+                return self._hybrid(query, documents, k, threshold)
             return self._from_index(query, documents, k, threshold)
         pairs = normalize_documents(documents)
         run_exact = self.exact if exact is None else exact
@@ -155,6 +169,13 @@ class AsyncRAGGenerator:
             chunks = [Chunk(p.doc_id, p.text, p.start, p.end) for p in found]
             found = await self._rescore_all(self.scorer, query, chunks, [p.score for p in found])
         for passage in best_passages(found, top_k, min_score):
+            yield passage
+
+    async def _hybrid(
+        self, query: str, index: BM25Index, top_k: int | None, min_score: float | None
+    ) -> AsyncIterator[Passage]:
+        search = HybridSearch(index, self.dense, self.fusion, self.expansion, self.rewriter, self.executor)
+        for passage in best_passages(await search.rank(query, top_k or len(index)), top_k, min_score):
             yield passage
 
     async def _from_documents(

@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import aiohttp
@@ -36,9 +37,9 @@ from proxy.rag.bm25 import BM25Index
 from proxy.rag.client import SidecarClient
 from proxy.rag.config import ContextInjection, CorpusConfig, Fingerprint, RetrievalConfig, RewriteSettings, scan
 from proxy.rag.errors import RetrievalInputError, RetrievalUnavailable, UnknownCorpusError
-from proxy.rag.expansion import REWRITE_PROMPT, parse_rewrites, rm3_query
-from proxy.rag.fusion import fuse
+from proxy.rag.expansion import REWRITE_PROMPT, parse_rewrites
 from proxy.rag.generator import AsyncRAGGenerator, best_passages
+from proxy.rag.hybrid import DenseRetriever, HybridSearch, Rewriter, vector_retriever
 from proxy.rag.indexer import read_documents
 from proxy.rag.passage import Passage
 from proxy.rag.store import VectorSearch, open_search
@@ -236,69 +237,32 @@ class Retriever:
         return self._observed(corpus, passages)
 
     async def _search(self, corpus: Corpus, query: str, top_k: int, min_score: float | None) -> AsyncIterator[Passage]:
-        """Every leg the corpus's mode and expansions call for, fused; the best ``top_k`` of that."""
         config = corpus.config
-        depth = max(config.fusion.candidates, top_k)
-        queries = [query]
+        dense: DenseRetriever | None = None
+        rewriter: Rewriter | None = None
+        if config.mode != "bm25":
+            assert self.store is not None
+            dense = vector_retriever(
+                partial(self._embed_query, config), self.store, config.collection or corpus.name, self.executor
+            )
         if config.expansion.rewrite is not None:
-            queries += await self._rewrites(corpus, query, config.expansion.rewrite)
-        rankings: list[tuple[float, list[Passage]]] = []
-        for text in queries:
-            if corpus.index is not None:
-                rankings.append((config.fusion.bm25_weight, await self._bm25(corpus, text, depth)))
-            if config.mode != "bm25":
-                try:
-                    rankings.append((config.fusion.dense_weight, await self._dense(corpus, text, depth)))
-                except RetrievalUnavailable as exc:
-                    if config.mode == "dense":
-                        raise
-                    LOG.warning(
-                        "dense retrieval failed: answering from BM25 alone",
-                        extra={"fields": {"corpus": corpus.name, "error": exc.message}},
-                    )
-        if len(rankings) == 1:
-            found = rankings[0][1]  # one list: keep its own scores
-        else:
-            found = fuse(rankings, config.fusion.rank_constant)
-        for passage in best_passages(found, top_k, min_score):
+            rewriter = partial(self._rewrites, config.expansion.rewrite)
+        search = HybridSearch(
+            corpus.index, dense, config.fusion, config.expansion, rewriter, self.executor, corpus.name
+        )
+        for passage in best_passages(await search.rank(query, top_k), top_k, min_score):
             yield passage
 
-    async def _bm25(self, corpus: Corpus, query: str, depth: int) -> list[Passage]:
-        index = corpus.index
-        assert index is not None
-        loop = asyncio.get_running_loop()
-        found = await loop.run_in_executor(self.executor, index.search, query, depth, None)
-        expansion = corpus.config.expansion
-        if expansion.feedback and found:
-            weighted = rm3_query(
-                index,
-                query,
-                found[: expansion.feedback_passages],
-                expansion.feedback_terms,
-                expansion.feedback_original_weight,
-            )
-            found = await loop.run_in_executor(self.executor, index.search, weighted, depth, None)
-        return found
+    async def _embed_query(self, corpus: CorpusConfig, query: str) -> list[float]:
+        settings = corpus.embeddings
+        assert settings is not None and self.client is not None
+        return (await self.client.embed(settings.model_group, [query], "query", settings.input_type))[0]
 
-    async def _dense(self, corpus: Corpus, query: str, depth: int) -> list[Passage]:
-        settings = corpus.config.embeddings
-        assert settings is not None and self.client is not None and self.store is not None
-        vector = (await self.client.embed(settings.model_group, [query], "query", settings.input_type))[0]
-        loop = asyncio.get_running_loop()
-        collection = corpus.config.collection or corpus.name
-        return await loop.run_in_executor(self.executor, self.store.search, collection, vector, depth)
-
-    async def _rewrites(self, corpus: Corpus, query: str, settings: RewriteSettings) -> list[str]:
+    async def _rewrites(self, settings: RewriteSettings, query: str) -> list[str]:
         assert self.client is not None
-        prompt = REWRITE_PROMPT.format(count=settings.queries, question=query)
-        try:
-            answer = await self.client.chat(settings.model_group, prompt)
-        except RetrievalUnavailable as exc:  # a rewrite only adds: without it, the question alone
-            LOG.warning(
-                "query rewrite failed: searching with the question alone",
-                extra={"fields": {"corpus": corpus.name, "error": exc.message}},
-            )
-            return []
+        answer = await self.client.chat(
+            settings.model_group, REWRITE_PROMPT.format(count=settings.queries, question=query)
+        )
         return parse_rewrites(answer, query, settings.queries)
 
     async def _observed(self, corpus: str, passages: AsyncIterator[Passage]) -> AsyncIterator[Passage]:

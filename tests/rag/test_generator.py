@@ -145,3 +145,36 @@ async def test_breaking_out_early_stops_the_work() -> None:
         pass
     await asyncio.to_thread(executor.shutdown, wait=True)  # what was submitted (a prefetched batch) has run
     assert tokenizer.calls < 200
+
+
+async def test_a_dense_retriever_is_fused_with_bm25_and_bm25_answers_alone_when_it_fails() -> None:
+    from proxy.rag import FusionSettings, Passage
+    from proxy.rag.errors import VectorStoreError
+
+    documents = {
+        "redis.md": "Redis is an in-memory store used as a cache.",
+        "helm.md": "Helm charts package Kubernetes manifests.",
+        "bread.md": "Bread needs flour and water.",
+    }
+    index = AsyncRAGGenerator(chunk_size=200, overlap=0).build_index(documents)
+    chunk = {c.doc_id: c for c in index.chunks}
+    asked: list[tuple[str, int]] = []
+
+    async def dense(query: str, n: int) -> list[Passage]:
+        asked.append((query, n))
+        return [Passage.of(chunk["helm.md"], 0.9), Passage.of(chunk["bread.md"], 0.8)]
+
+    fusion = FusionSettings(bm25_weight=1.0, rank_constant=10, candidates=7)
+    hybrid = AsyncRAGGenerator(chunk_size=200, overlap=0, dense=dense, fusion=fusion)
+    found = [p async for p in hybrid.stream_retrieval("Redis cache", index, top_k=3)]
+    # BM25 ranks redis.md alone, the dense side helm.md then bread.md: redis and helm tie at 1/11
+    # (the first list's passage first), bread.md has 1/12.
+    assert [p.doc_id for p in found] == ["redis.md", "helm.md", "bread.md"]
+    assert [round(p.score, 4) for p in found] == [round(1 / 11, 4), round(1 / 11, 4), round(1 / 12, 4)]
+    assert asked == [("Redis cache", 7)]
+
+    async def down(query: str, n: int) -> list[Passage]:
+        raise VectorStoreError("vector store search failed: UNAVAILABLE")
+
+    fallback = AsyncRAGGenerator(chunk_size=200, overlap=0, dense=down)
+    assert [p.doc_id async for p in fallback.stream_retrieval("Redis cache", index)] == ["redis.md"]
