@@ -134,6 +134,32 @@ def test_slices_are_listed_watched_and_followed_across_410_gone(
         sidecar.stop()
 
 
+def test_without_rbac_the_last_addresses_stay_and_the_watch_recovers(
+    server_loop: ServerLoop, api_server: ApiServer, replicas: Callable[[int], list[MockProvider]], caplog: Any
+) -> None:
+    one, two = replicas(2)
+    api = api_server.slices
+    api_server.run(lambda: api.put(vllm(one.port, pod(one.host, "zone-a"))))
+    sidecar = Sidecar(server_loop, discovering_config())
+    try:
+        wait_until(lambda: len(discovered(sidecar)) == 1)
+
+        def revoke() -> None:
+            api.forbidden = True
+            api.end_watches()
+
+        api_server.run(revoke)
+        wait_until(lambda: ("forbidden", None, 403) in api.requests, what="the re-list refused")
+        assert ask(sidecar, "still served")  # the last addresses stay
+        errors = [getattr(r, "fields", {}).get("error", "") for r in caplog.records]
+        assert any(e.startswith("403 endpointslices.discovery.k8s.io is forbidden") and "RBAC" in e for e in errors)
+        api_server.run(lambda: api.put(vllm(one.port, pod(one.host, "zone-a"), pod(two.host, "zone-a"))))
+        api_server.run(lambda: setattr(api, "forbidden", False))
+        wait_until(lambda: len(discovered(sidecar)) == 2, timeout=30, what="listed again after the backoff")
+    finally:
+        sidecar.stop()
+
+
 def test_ready_addresses_follow_the_api_rules() -> None:
     item = endpoint_slice(
         "s",

@@ -109,6 +109,8 @@ class EndpointSlices:
         self.watchers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         #: (``list`` or ``watch``, the resourceVersion asked for, the answer's status) per request
         self.requests: list[tuple[str, str | None, int]] = []
+        #: answer every call with 403 Forbidden, as the API server does without the RBAC
+        self.forbidden = False
 
     def _record(self, kind: str, obj: dict[str, Any]) -> None:
         self.version += 1
@@ -156,7 +158,17 @@ class EndpointSlices:
         return match
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        match = self.matching(request.match_info["namespace"], request.query.get("labelSelector", ""))
+        namespace = request.match_info["namespace"]
+        if self.forbidden:
+            self.requests.append(("forbidden", request.query.get("resourceVersion"), 403))
+            user = "system:serviceaccount:apps:default"
+            message = (
+                f'endpointslices.discovery.k8s.io is forbidden: User "{user}" cannot list resource '
+                f'"endpointslices" in API group "discovery.k8s.io" in the namespace "{namespace}"'
+            )
+            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403}
+            return web.json_response({**status, "metadata": {}, "message": message}, status=403)
+        match = self.matching(namespace, request.query.get("labelSelector", ""))
         if request.query.get("watch", "").lower() not in ("true", "1"):
             self.requests.append(("list", request.query.get("resourceVersion"), 200))
             items = [o for _, o in sorted(self.items.items()) if match(o)]
