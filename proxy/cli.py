@@ -1,4 +1,4 @@
-"""``llm-sidecar``: serve | demo | mock-provider | check-config | index | inject | webhook."""
+"""``llm-sidecar``: serve | demo | mock-provider | check-config | index | cache | inject | webhook."""
 
 from __future__ import annotations
 
