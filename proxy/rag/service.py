@@ -1,17 +1,22 @@
 """Retrieval in the sidecar: configured corpora, ``POST /v1/retrieve``, and context injection.
 
 * ``RetrievalConfig`` is the ``retrieval`` section of the config: corpora
-  (name → directory of ``.txt``/``.md`` files, e.g. a mounted ConfigMap),
+  (name → directory of ``.txt``/``.md`` files, e.g. a mounted ConfigMap, and
+  how each is searched: ``bm25``, ``dense`` or ``hybrid``), the vector store,
   chunking, and how often to look for changes. ``ContextInjection`` is the
   per-model-group switch that adds retrieved passages to a call.
-* ``Retriever`` owns the indexes: it loads every corpus at start-up in an
-  executor, polls the files' mtimes every ``reload_interval`` seconds and
-  re-indexes a corpus whose files changed. A reload builds the new index aside
-  and swaps it in one assignment, so calls in flight finish on the old one and
-  no call is dropped; a corpus that fails to reload keeps its last index.
+* ``Retriever`` owns the BM25 indexes: it loads every ``bm25``/``hybrid`` corpus
+  at start-up in an executor, polls the files' mtimes every ``reload_interval``
+  seconds and re-indexes a corpus whose files changed. A reload builds the new
+  index aside and swaps it in one assignment, so calls in flight finish on the
+  old one and no call is dropped; a corpus that fails to reload keeps its last
+  index. Vectors are searched in the shared store (``store.open_search``), query
+  embeddings and rewrites are calls through the sidecar itself (``client.py``),
+  and the rankings are fused by ``hybrid.HybridSearch``.
 * ``handle_retrieve`` streams results as NDJSON, or SSE when the caller sends
   ``Accept: text/event-stream``, best first; bad input gets an OpenAI-style
-  error (400, or 404 for an unknown corpus) before anything is streamed.
+  error (400, or 404 for an unknown corpus, or 503 when a ``dense`` corpus's
+  store or embeddings fail) before anything is streamed.
 * ``Retriever.inject_context`` adds the top passages for a chat call's last
   user message as a system message (OpenAI) or in front of ``system``
   (Anthropic) and says how many it added.
