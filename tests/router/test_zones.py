@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from proxy.kube.sidecar import TOPOLOGY_ENV
 from proxy.router import selection
 from tests.router.helpers import config, endpoint
 from tests.servers import MockProvider, Sidecar
@@ -175,3 +176,20 @@ def test_locality_follows_zone_hints_then_region() -> None:
     assert place("b", (), "r", zone="a", region="r") == 1
     assert place(None, (), None, zone="a", region="r") == 2  # unknown: after every known-near one
     assert place("b", (), "x", zone=None, region=None) == 0  # the sidecar's place unknown: no preference
+
+
+def test_the_sidecar_takes_its_zone_from_the_environment_the_injector_sets(
+    make_sidecar: Callable[..., Sidecar], replicas: Callable[[int], list[MockProvider]], monkeypatch: Any
+) -> None:
+    mocks = replicas(6)
+    # The variables the injector sets from the pod's labels; a label the pod lacks gives "".
+    labels = {"topology.kubernetes.io/zone": "zone-b", "topology.kubernetes.io/region": ""}
+    for variable, label in TOPOLOGY_ENV.items():
+        monkeypatch.setenv(variable, labels[label])
+    settings = zoned(mocks)
+    del settings["router"]["zone"]
+    sidecar = make_sidecar(config=settings)
+    shown = status(sidecar)
+    assert shown["zone-b-2"]["locality"] == "same_zone" and shown["zone-a-0"]["locality"] == "elsewhere"
+    assert not [r for r in answer_many(sidecar, 4, concurrency=2) if isinstance(r, BaseException)]
+    assert mocks[2].calls("llama-3") + mocks[3].calls("llama-3") == 4
