@@ -18,9 +18,9 @@ Redis down: ``RedisBackend.script`` answers ``None`` (at once, once its breaker 
 every budget falls back to a local share, the limit divided by the live sidecars last seen (at
 least 1), counting the calls granted before; a call is never refused because Redis is down.
 The renewal loop notices Redis is back; each sidecar then puts the leases it granted locally
-into Redis, and keeps to its local share for a grace period (the Redis breaker's cooldown and a
-renewal interval), by which time every other sidecar has put its own back: a budget never counts
-only some of the calls in flight. The switch is logged once each way and shown by
+into Redis, and for a grace period (the Redis breaker's cooldown and half a lease TTL, by which
+time every other sidecar has done the same) grants a call only when both Redis and its local share
+allow it, so that the calls of sidecars that do not know yet stay within their shares. The switch is logged once each way and shown by
 ``llm_sidecar_fleet_fail_open``.
 
 Shared provider state: a 429's rest or an open circuit is published (``cool``) and every
@@ -178,7 +178,14 @@ class Budget:
         fleet = self.fleet
         lease = f"{fleet.instance}:{next(fleet.ids)}" if self.limits.max_concurrent else ""
         if fleet.open:
-            return self._local(lease, tokens)
+            if not fleet.recovering:
+                return self._local(lease, tokens)
+            # Redis is back but some sidecar may not know yet: its calls are not all in Redis, so
+            # this one keeps to its local share too, and Redis records each call it grants.
+            limit = self.limits.max_concurrent
+            if limit and len(self.held) >= self._share(limit):
+                self.denied["concurrency"] += 1
+                return Denial("concurrency", 0.0)
         reply = await fleet.backend.script(None, scripts.ACQUIRE, self.keys, self.args(lease, tokens))
         if reply is None:
             if fleet.backend.available:
@@ -203,7 +210,7 @@ class Budget:
         fleet = self.fleet
         live = max(1, fleet.live)
         limits, now = self.limits, time.monotonic()
-        if limits.max_concurrent and len(self.held) >= max(1, limits.max_concurrent // live):
+        if limits.max_concurrent and len(self.held) >= self._share(limits.max_concurrent):
             self.denied["concurrency"] += 1
             return Denial("concurrency", 0.0)
         wait = 0.0
@@ -224,6 +231,10 @@ class Budget:
             self.held.add(lease)
         self.granted += 1
         return Grant(self, lease or None, tokens, True)
+
+    def _share(self, limit: int) -> int:
+        """This sidecar's local share of ``limit``: over the live sidecars last seen, at least 1."""
+        return max(1, limit // max(1, self.fleet.live))
 
     def release(self, grant: Grant, usage: dict[str, int], failed: bool) -> None:
         """The call is over: free its lease, settle its tokens to what it used (all back if it failed
@@ -272,8 +283,10 @@ class Fleet:
     """This sidecar's budgets, their lease renewal and heartbeat, and the fail-open state."""
 
     def __init__(self, cache: CacheConfig, settings: FleetSettings) -> None:
-        # A client of its own: the cache's breaker and timeouts stay the cache's.
+        # A client of its own: the cache's breaker stays the cache's, and a budget's reply may take
+        # longer than a lookup (a slow answer there is only a miss; here it could mean failing open).
         self.backend = RedisBackend.from_config(cache)
+        self.backend.timeout = settings.operation_timeout
         self.namespace = cache.namespace
         self.settings = settings
         self.lease_ms = int(settings.lease_ttl * 1000)
@@ -287,7 +300,9 @@ class Fleet:
         self.open = False
         #: when, Redis being back, the budgets are fleet-wide again
         self._recover_at: float | None = None
-        self._grace = cache.breaker_cooldown + settings.lease_ttl / 3
+        # Long enough for every other sidecar to notice Redis is back (its breaker's next ping, then
+        # its next renewal) and put its leases there before this one counts on Redis alone.
+        self._grace = cache.breaker_cooldown + settings.lease_ttl / 2
         self._members_key = f"llm-sidecar:fleet:{{{cache.namespace}}}:members"
         self._tasks: set[asyncio.Task[Any]] = set()
         self._keeper: asyncio.Task[None] | None = None
@@ -306,6 +321,11 @@ class Fleet:
         return budget
 
     # ------------------------------------------------------------------ fail-open
+
+    @property
+    def recovering(self) -> bool:
+        """Redis is back, but the budgets keep to their local share a little longer."""
+        return self._recover_at is not None
 
     def failing_open(self) -> None:
         self._recover_at = None
@@ -347,9 +367,12 @@ class Fleet:
             None, scripts.HEARTBEAT, [self._members_key], [self.instance, self.lease_ms * 2]
         )
         if live is None:
-            self.failing_open()
+            if not self.backend.available:  # one slow reply is not Redis down; an open breaker is
+                self.failing_open()
             return
-        self.live = int(live)
+        # A restarted Redis learns the members again one heartbeat at a time: until the budgets are
+        # fleet-wide again, a smaller count would only inflate the local shares.
+        self.live = max(self.live, int(live)) if self.open else int(live)
         await self._renew_leases()
         if self.open:
             now = time.monotonic()

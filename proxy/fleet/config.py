@@ -2,7 +2,7 @@
 
 ```yaml
 router:
-  fleet: {lease_ttl: 5.0, poll_interval: 0.02}   # defaults shown
+  fleet: {lease_ttl: 5.0, poll_interval: 0.02, operation_timeout: 0.5}   # defaults shown
 model_groups:
   gpt-4o:
     endpoints:
@@ -45,3 +45,6 @@ class FleetSettings(BaseModel):
     #: seconds between a waiting call's tries when the fleet is at its concurrency limit
     #: (a rate limit says when budget returns; it is waited for exactly)
     poll_interval: float = Field(0.02, gt=0)
+    #: seconds a budget's Redis reply may take; after ``cache.breaker_failures`` slow or failed ones
+    #: in a row, Redis counts as down and budgets use their local share
+    operation_timeout: float = Field(0.5, gt=0)

@@ -12,7 +12,7 @@ router:                       # the policy every model group shares (defaults sh
   health: {enabled: true, interval: 10.0, timeout: 2.0, unhealthy_after: 2, healthy_after: 1}
   zone: null                  # the sidecar's zone and region (default: LLM_SIDECAR_ZONE / _REGION)
   region: null
-  fleet: {lease_ttl: 5.0, poll_interval: 0.02}   # fleet-wide limits (proxy/fleet)
+  fleet: {lease_ttl: 5.0, poll_interval: 0.02, operation_timeout: 0.5}   # fleet-wide limits (proxy/fleet)
 model_groups:
   gpt-4o:
     prefer: openai-primary     # default preference: an endpoint here or a fallback group

@@ -443,6 +443,7 @@ class Router:
             if cooled:
                 continue  # ranked again without it
             wait = min(settings.queue_timeout, deadline - now)
+            until = now + wait
             started = time.perf_counter()
             with call.observer.span("router.queue", model_group=call.model_group):
                 freed = await _first_free(ranked, wait) if wait > 0 else None
@@ -455,7 +456,7 @@ class Router:
                     retry_after=max(1.0, settings.queue_timeout),
                 )
             if freed.usable(time.monotonic()):
-                return freed
+                return await self._with_budget(call, freed, until, last_error)
             freed.release()  # it went unusable while we queued (another call's trial, a 429)
 
     async def _wait_for_budget(
@@ -463,26 +464,39 @@ class Router:
     ) -> Endpoint:
         """Wait within ``queue_timeout`` for the fleet budget of the endpoint whose budget returns first."""
         endpoint, denial = min(denied, key=lambda pair: pair[1].wait)
-        answer: Grant | Denial = denial
-        budget = endpoint.budget
-        assert budget is not None
         until = min(time.monotonic() + self.settings.queue_timeout, deadline)
         started = time.perf_counter()
-        with call.observer.span("router.queue", model_group=call.model_group):
-            slot = await _first_free([endpoint], until - time.monotonic()) if until > time.monotonic() else None
-            if slot is not None:
-                answer = await budget.take(call.payload, call.body, until)
-        call.queue_wait += time.perf_counter() - started
+        try:
+            with call.observer.span("router.queue", model_group=call.model_group):
+                slot = await _first_free([endpoint], until - time.monotonic()) if until > time.monotonic() else None
+                if slot is not None:
+                    return await self._with_budget(call, endpoint, until, last_error)
+        finally:
+            call.queue_wait += time.perf_counter() - started
+        raise self._no_budget(call, endpoint, denial, last_error)
+
+    async def _with_budget(
+        self, call: Call, endpoint: Endpoint, until: float, last_error: UpstreamError | None
+    ) -> Endpoint:
+        """``endpoint``, whose slot the call holds, with its fleet budget too (waiting until ``until``);
+        else the slot goes back and the call gets the denial as a 429."""
+        budget = endpoint.budget
+        if budget is None:
+            return endpoint
+        answer = await budget.take(call.payload, call.body, until)
         if isinstance(answer, Grant):
             call.fleet_grant = answer
             return endpoint
-        if slot is not None:
-            endpoint.release()
+        endpoint.release()
+        raise self._no_budget(call, endpoint, answer, last_error)
+
+    @staticmethod
+    def _no_budget(call: Call, endpoint: Endpoint, answer: Denial, last_error: UpstreamError | None) -> ProxyError:
         if last_error is not None:
-            raise last_error
+            return last_error
         if answer.reason == "cooling":
             endpoint.cool_down(answer.wait, time.monotonic())
-        raise Overloaded(
+        return Overloaded(
             f"model group `{call.model_group}`: no fleet budget left for endpoint `{endpoint.name}` ({answer.reason})",
             retry_after=max(1.0, answer.wait),
         )

@@ -200,3 +200,15 @@ async def test_fleet_limits_on_a_redis_cluster(mock_provider, redis_cluster, mak
     assert load.failed() == 0, load.statuses
     assert mock_provider.stats()["max_in_flight"]["mock-gpt"] == 2
     assert not any(f.open for f in fleets)
+
+
+async def test_a_call_that_queued_for_a_local_slot_still_needs_fleet_budget(mock_provider, redis, make_sidecar) -> None:
+    mock_provider.set_behaviour("mock-gpt", latency_ms=100)
+    config = fleet_config(mock_provider.url, redis.url, {"max_concurrent": 1}, queue_timeout=30)
+    config["model_groups"]["gpt-4o-mini"]["endpoints"][0]["max_concurrent"] = 1  # this sidecar's own slot
+    sidecars = [make_sidecar(config=config) for _ in range(2)]
+
+    load = await closed_loop([s.url for s in sidecars], workers=2, seconds=1.5)
+
+    assert load.failed() == 0, load.statuses
+    assert mock_provider.stats()["max_in_flight"]["mock-gpt"] == 1
