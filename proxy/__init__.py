@@ -6,7 +6,8 @@ One call flows through named steps (``pipeline.Pipeline.handle``):
     pipeline.py   read → cache → coalesce → route → relay, in one screen
     call.py       the Call object every step reads and fills in
     cache/        lookup, recording, coalescing; memory and Redis backends
-    router/       model groups of endpoints: semaphores, selection, fallback, health
+    router/       model groups of endpoints: semaphores, selection (zones, balance), fallback, health
+    discovery/    endpoints found at run time: a Service's EndpointSlices, or DNS
     upstream.py   the one client session; aiohttp errors become proxy errors here only
     relay.py      stream the answer to the client as it arrives, teed into the cache
     dialects/     OpenAI and Anthropic wire formats, SSE, cross-dialect translation
