@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from proxy.discovery.sources import Address
 from tests.discovery.conftest import ApiServer, endpoint_slice, pod
 from tests.router.helpers import QUICK
 from tests.servers import MockProvider, ServerLoop, Sidecar
+from tests.test_reload import SidecarProcess
 from tests.waiting import wait_until
 
 
@@ -156,6 +158,27 @@ def test_without_rbac_the_last_addresses_stay_and_the_watch_recovers(
         api_server.run(lambda: api.put(vllm(one.port, pod(one.host, "zone-a"), pod(two.host, "zone-a"))))
         api_server.run(lambda: setattr(api, "forbidden", False))
         wait_until(lambda: len(discovered(sidecar)) == 2, timeout=30, what="listed again after the backoff")
+    finally:
+        sidecar.stop()
+
+
+def test_the_installed_command_discovers_as_in_a_pod(
+    tmp_path: Path, api_server: ApiServer, replicas: Callable[[int], list[MockProvider]]
+) -> None:
+    """``llm-sidecar serve`` as the pod runs it, its environment the kubelet's (the API server's
+    address, the service account's directory), discovering and routing to the Service's pods."""
+    one, two = replicas(2)
+    api = api_server.slices
+    api_server.run(lambda: api.put(vllm(one.port, pod(one.host, "zone-b"), pod(two.host, "zone-a"))))
+    (tmp_path / "config").mkdir()
+    sidecar = SidecarProcess(tmp_path / "config", discovering_config())
+    try:
+        wait_until(
+            lambda: len(httpx.get(sidecar.admin + "/status").json()["groups"]["llama"]["endpoints"]) == 2,
+            what="the pods discovered",
+        )
+        assert sidecar.ask("llama")
+        assert (one.calls("llama-3"), two.calls("llama-3")) == (0, 1)  # the sidecar's own zone
     finally:
         sidecar.stop()
 
