@@ -25,7 +25,7 @@ import os
 import random
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,16 @@ class EndpointSliceWatch:
     def _changed(self) -> None:
         addresses = sorted({a for item in self.slices.values() for a in ready_addresses(item, self.config.port)})
         if addresses != self._published:
+            ports = _ports(self.slices.values())
+            if not addresses and ports and self.config.port is not None and str(self.config.port) not in ports:
+                # Slices, but none with the port asked for: say which ones there are.
+                event(
+                    "discovery: the Service's EndpointSlices have no such port",
+                    logging.WARNING,
+                    service=self.config.service,
+                    port=self.config.port,
+                    ports=sorted(ports),
+                )
             self._published = addresses
             self.publish(addresses)
 
@@ -187,6 +197,11 @@ def ready_addresses(item: Mapping[str, Any], port: str | int | None) -> list[Add
         for host in endpoint.get("addresses") or ():
             found.append(Address(host, int(number), endpoint.get("zone"), hints))
     return found
+
+
+def _ports(items: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The ports the slices have, by name and by number."""
+    return {str(p[k]) for item in items for p in item.get("ports") or () for k in ("name", "port") if p.get(k)}
 
 
 async def _check(response: aiohttp.ClientResponse) -> None:

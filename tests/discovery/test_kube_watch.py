@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
+import pytest
 
 from proxy.discovery.kube import ready_addresses
 from proxy.discovery.sources import Address
@@ -202,3 +204,18 @@ def test_ready_addresses_follow_the_api_rules() -> None:
     ]
     assert ready_addresses(item, 8000) == ready_addresses(item, None) == ready_addresses(item, "http")
     assert ready_addresses(item, "grpc") == []  # no such port on this slice
+
+
+def test_a_port_the_service_lacks_is_named_in_the_log(
+    server_loop: ServerLoop, api_server: ApiServer, caplog: Any
+) -> None:
+    api_server.run(lambda: api_server.slices.put(vllm(8000, pod("127.0.0.2", "zone-a"))))
+    sidecar = Sidecar(server_loop, discovering_config(port="grpc"))
+    try:
+        wait_until(lambda: [r for r in caplog.records if "no such port" in r.getMessage()], what="the warning")
+        (record,) = [r for r in caplog.records if "no such port" in r.getMessage()]
+        assert record.fields == {"service": "vllm", "port": "grpc", "ports": ["8000", "http"]}  # type: ignore[attr-defined]
+        with pytest.raises(openai.InternalServerError, match="no discovered endpoint ready"):
+            ask(sidecar)
+    finally:
+        sidecar.stop()
