@@ -25,6 +25,7 @@ from aiohttp import web
 from proxy.config import Config, parse_config
 from proxy.mock_provider import build_mock_app
 from proxy.server import CURRENT, Servers
+from tests.waiting import wait_until
 
 PROVIDER_KEY = "sk-test-provider-key-0123456789"
 #: the installed console script, as users run it
@@ -287,17 +288,17 @@ class SidecarProcess:
             )
 
     def wait_ready(self, timeout: float = 30) -> SidecarProcess:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"sidecar exited: {self.log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(self.admin_url + "/readyz", timeout=0.5) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"sidecar not ready within {timeout} s")
+        wait_until(self._ready, timeout, interval=0.05, what=f"sidecar {self.admin_url}/readyz answers 200")
+        return self
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"sidecar exited: {self.log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(self.admin_url + "/readyz", timeout=0.5) as response:
+                return response.status == 200
+        except OSError:
+            return False
 
     def status(self) -> dict[str, Any]:
         return _get_json(self.admin_url + "/status")

@@ -13,6 +13,7 @@ from typing import Any
 import openai
 import pytest
 
+from tests.cache.conftest import redis_cluster  # noqa: F401  (the cache tests' real Redis Cluster, for the budget's)
 from tests.servers import PROVIDER_KEY, SidecarProcess, default_config
 
 
@@ -97,17 +98,3 @@ async def closed_loop(
 def jain(shares: list[float]) -> float:
     """Jain's fairness index: 1 when every share is equal, 1/n when one takes everything."""
     return sum(shares) ** 2 / (len(shares) * sum(s * s for s in shares)) if any(shares) else 0.0
-
-
-@pytest.fixture(scope="session")
-def redis_cluster():
-    """The cache tests' real three-master Redis Cluster (``tests/cache/conftest.py``)."""
-    import shutil
-
-    from tests.cache.conftest import RedisCluster
-
-    if shutil.which("redis-cli") is None:
-        pytest.skip("redis-cli is not installed")
-    cluster = RedisCluster()
-    yield cluster
-    cluster.stop()

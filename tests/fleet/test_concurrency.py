@@ -4,17 +4,17 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 
 from tests.fleet.conftest import closed_loop, fleet_config, jain
+from tests.telemetry.conftest import Scrape
 from tests.waiting import wait_until
 
 
 def _gauge(metrics: str, name: str) -> float:
-    match = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", metrics, re.M)
-    assert match, f"{name} not in /metrics"
-    return float(match.group(1))
+    scrape = Scrape(metrics)
+    assert name in scrape.names(), f"{name} not in /metrics"
+    return scrape.value(name)
 
 
 async def test_four_sidecars_never_exceed_the_fleet_limit_and_share_it_fairly(
