@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from tests.waiting import wait_until
+
 #: kind → path of keys from the object to its pod spec
 POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
     "Pod": ("spec",),
@@ -268,11 +270,12 @@ class NetNS:
         """A Service's ``port`` reaching its pods' ``target`` port in this namespace (see :mod:`tests.kube.forward`)."""
         root = Path(__file__).resolve().parents[2]
         proc = self.popen([sys.executable, "-m", "tests.kube.forward", f"{port}:{target}"], log, cwd=root)
-        deadline = time.monotonic() + 30
-        while f":{port} " not in self.run(["ss", "-Hltn", f"sport = :{port}"]).stdout:
+
+        def listening() -> bool:
             assert proc.poll() is None, f"the forwarder for {port} exited: {log.read_text(errors='replace')}"
-            assert time.monotonic() < deadline, f"the forwarder for {port} is not listening"
-            time.sleep(0.05)
+            return f":{port} " in self.run(["ss", "-Hltn", f"sport = :{port}"]).stdout
+
+        wait_until(listening, 30, interval=0.05, what=f"the forwarder for {port} is listening")
 
     def http(
         self,
