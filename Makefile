@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-quick e2e lint bench chaos rag redis-server test-tools clean
+.PHONY: setup demo test test-quick e2e lint bench chaos rag fleet redis-server test-tools clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +41,9 @@ test: setup test-tools
 	$(BIN)/python -m pytest -m 'not slow' -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-## test-quick: everything but the minute-long checks (image build and run)
-test-quick: setup redis-server
+## test-quick: everything but the minute-long checks (image build and run); installs redis-server and dnsmasq
+test-quick: setup
+	@$(MAKE) --no-print-directory test-tools TEST_TOOLS="redis-server:redis-server dnsmasq:dnsmasq-base"
 	$(BIN)/python -m pytest -m 'not slow' -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 ## lint: ruff (mistakes, import order, formatting) and mypy (types), configured in pyproject.toml
