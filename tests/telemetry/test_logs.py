@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import logging
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import anthropic
 import httpx
 import openai
 import orjson
 import pytest
-import yaml
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from proxy.telemetry.logs import JSONFormatter
-from tests.servers import PROVIDER_KEY, default_config, free_port
+from tests.servers import PROVIDER_KEY, SidecarProcess, default_config
 from tests.telemetry.conftest import exposition
-from tests.waiting import wait_until
 
 PROMPT = "purple-elephant-7 confidential prompt"
 #: the test's own clients log requests (prompts included) at debug: those lines are not the sidecar's
@@ -165,15 +159,10 @@ def test_no_key_or_prompt_anywhere(make_sidecar, mock_provider, logs, refused_po
 
 def test_serve_writes_the_access_line_to_stderr(tmp_path, mock_provider) -> None:
     """``llm-sidecar serve`` writes each access line straight to its own handler: the same line a record would make."""
-    port, admin_port = free_port(), free_port()
-    config = default_config(mock_provider.url, server={"port": port, "admin_port": admin_port, "drain_timeout": 1})
-    path = tmp_path / "sidecar.yaml"
-    path.write_text(yaml.safe_dump(config))
-    script = str(Path(sys.executable).with_name("llm-sidecar"))
-    process = subprocess.Popen([script, "serve", "--config", str(path)], stderr=subprocess.PIPE, text=True)
+    sidecar = SidecarProcess(default_config(mock_provider.url, server={"drain_timeout": 1}), tmp_path)
     try:
-        wait_until(lambda: _ready(admin_port) or process.poll() is not None, timeout=30)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        sidecar.wait_ready()
+        client = openai.OpenAI(base_url=sidecar.url + "/v1", api_key="x", max_retries=0)
         list(
             client.chat.completions.create(
                 model="gpt-4o-mini",
@@ -184,8 +173,8 @@ def test_serve_writes_the_access_line_to_stderr(tmp_path, mock_provider) -> None
             )
         )
     finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=15)
+        sidecar.stop()
+    stderr = sidecar.log.read_text()
     (line,) = [e for e in map(orjson.loads, stderr.splitlines()) if e["logger"] == "llm_sidecar.access"]
     formatter = JSONFormatter()
     record = logging.LogRecord("llm_sidecar.access", logging.INFO, "", 0, "call", (), None)
@@ -194,10 +183,3 @@ def test_serve_writes_the_access_line_to_stderr(tmp_path, mock_provider) -> None
     assert line["level"] == "info" and line["msg"] == "call" and abs(line["ts"] - time.time()) < 60
     assert line["request_id"] == "req-serve-1" and line["outcome"] == "upstream" and line["status"] == 200
     assert line["output_tokens"] == 20 and line["stream"] is True and PROMPT not in stderr
-
-
-def _ready(admin_port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{admin_port}/readyz", timeout=0.5).status_code == 200
-    except httpx.HTTPError:
-        return False
