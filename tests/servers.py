@@ -7,6 +7,7 @@ clients and async tests alike talk to them over real TCP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -16,7 +17,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,22 @@ class ServerLoop:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+
+    @contextlib.contextmanager
+    def serving(self, app: web.Application) -> Iterator[str]:
+        """``app`` served on a free loopback port while the block runs; yields its base URL."""
+        runner = web.AppRunner(app, access_log=None)
+        port = free_port()
+
+        async def start() -> None:
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+
+        self.run(start())
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            self.run(runner.cleanup())
 
 
 def _get_json(url: str, method: str = "GET", body: Any = None) -> Any:

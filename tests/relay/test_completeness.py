@@ -243,24 +243,14 @@ def test_a_json_answer_that_is_not_one_json_object_is_a_502_and_not_stored(answe
     """Checked whole, the parts no one reads included: a 502 for the SDK, a broken attempt, nothing stored."""
     from aiohttp import web
 
-    from tests.servers import free_port
-
     async def chat(request: web.Request) -> web.Response:
         await request.read()
         return web.Response(body=answer, content_type="application/json")
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, access_log=None)
-    port = free_port()
-
-    async def start() -> None:
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-
-    server_loop.run(start())
-    try:
-        config = default_config(f"http://127.0.0.1:{port}", cache={"backend": "memory"})
+    with server_loop.serving(app) as url:
+        config = default_config(url, cache={"backend": "memory"})
         sidecar = make_sidecar(config=config)
         for _ in range(2):  # the second call goes upstream again: nothing was stored
             with pytest.raises(openai.APIStatusError) as raised:
@@ -269,5 +259,3 @@ def test_a_json_answer_that_is_not_one_json_object_is_a_502_and_not_stored(answe
         state = status_of(sidecar, "mock-openai")
         assert state["failures"] == state["attempts"] >= 2 and state["last_error"] == "UpstreamBroken"
         assert sidecar.pipeline.cache.stats.stores == 0
-    finally:
-        server_loop.run(runner.cleanup())

@@ -19,7 +19,7 @@ from proxy.config import parse_config
 from proxy.dialects import OPENAI
 from proxy.telemetry import Telemetry
 from proxy.telemetry.observer import NOOP
-from tests.servers import PROVIDER_KEY, default_config, free_port
+from tests.servers import PROVIDER_KEY, default_config
 from tests.waiting import wait_until
 
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -188,20 +188,12 @@ def test_export_over_otlp_http(make_sidecar, server_loop) -> None:
 
     app = web.Application()
     app.router.add_post("/v1/traces", traces)
-    runner = web.AppRunner(app, access_log=None)
-    port = free_port()
-
-    async def start() -> None:
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-
-    server_loop.run(start())
-    try:
+    with server_loop.serving(app) as url:
         sidecar = make_sidecar(
             telemetry={
                 "tracing": {
                     "enabled": True,
-                    "endpoint": f"http://127.0.0.1:{port}/v1/traces",
+                    "endpoint": f"{url}/v1/traces",
                     "service_name": "sidecar-test",
                     "headers": {"x-tenant": "t1"},
                 }
@@ -226,5 +218,3 @@ def test_export_over_otlp_http(make_sidecar, server_loop) -> None:
             a.value.string_value for resource, _ in spans for a in resource.attributes if a.key == "service.name"
         }
         assert service == {"sidecar-test"}
-    finally:
-        server_loop.run(runner.cleanup())
