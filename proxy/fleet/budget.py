@@ -42,16 +42,14 @@ from proxy.cache.config import CacheConfig
 from proxy.cache.redis import RedisBackend, Script
 from proxy.fleet import scripts
 from proxy.fleet.config import FleetLimits, FleetSettings
-from proxy.fleet.grants import Denial, Grant
+from proxy.fleet.grants import REASONS, Denial, Grant
 from proxy.telemetry.logs import event
 
 #: ``ACQUIRE``'s status -> the denial's reason
-_REASONS = {1: "concurrency", 2: "rate", 3: "cooling"}
+_REASONS = dict(enumerate(REASONS, start=1))
 #: seconds an ended call's lease waits for the budget's next ``ACQUIRE`` to carry it back (a busy
 #: budget's releases then cost no round trip of their own; a quiet one's leave after this)
 RELEASE_DELAY = 0.002
-#: the reasons a call is refused (metric label values)
-REASONS = ("concurrency", "rate", "cooling")
 
 
 class LocalRate:

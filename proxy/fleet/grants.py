@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from proxy.fleet.budget import Budget
 
+#: why a budget refuses a call (the metrics' label values; ``scripts.ACQUIRE`` answers 1, 2, 3)
+REASONS = ("concurrency", "rate", "cooling")
+
 
 @dataclass(slots=True)
 class Grant:

@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from proxy.fleet.grants import REASONS as FLEET_REFUSALS
 from proxy.telemetry.config import TelemetryConfig
 
 if TYPE_CHECKING:
@@ -586,7 +587,7 @@ class LiveCollector(Collector):
                 left.add_metric(key, max(0, budget["max_concurrent"] - budget["leases_in_use"]))
             held.add_metric(key, budget["leases_held"])
             granted.add_metric(key, budget["granted"])
-            for reason in ("concurrency", "rate", "cooling"):
+            for reason in FLEET_REFUSALS:
                 denied.add_metric([*key, reason], budget["denied"].get(reason, 0))
             waits.add_metric(key, budget["waits"])
             waited.add_metric(key, budget["wait_seconds"])
