@@ -233,6 +233,8 @@ class Endpoint:
             "priority": self.config.priority,
             "weight": self.config.weight,
             "usable": self.config.missing_key is None and self.usable(now),
+            #: discovery no longer lists it; shown while its calls finish
+            "draining": self.gone,
             #: why the endpoint has no key (a variable's name or a file's path, never a value)
             "missing_key": self.config.missing_key,
             "in_flight": self.in_flight,

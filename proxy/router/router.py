@@ -103,6 +103,8 @@ class Router:
         self._rng = rng or random.Random()
         # (group, caller dialect, operation path) -> plan; filled once per combination.
         self._plans: dict[tuple[str, str, str], Plan] = {}
+        #: discovered endpoints that went away with calls still on them (shown until those end)
+        self.draining: list[Endpoint] = []
 
     def adopt(self, previous: Router) -> None:
         """Keep the live state of endpoints a config reload did not change.
@@ -146,6 +148,7 @@ class Router:
         gone = [e for e in old.values() if e not in kept]
         for endpoint in gone:
             endpoint.gone = True
+        self.draining = [e for e in (*self.draining, *gone) if e.in_flight]
         self.groups[group] = [e for e in current if e not in gone] + added
         self._plans.clear()  # rebuilt with the new endpoints by the next call of each kind
         return added, gone
@@ -200,7 +203,8 @@ class Router:
                     "ready": ready[name],
                     "fallbacks": list(self.routes[name].fallbacks),
                     "prefer": self.routes[name].prefer,
-                    "endpoints": [e.snapshot(now) for e in endpoints],
+                    "endpoints": [e.snapshot(now) for e in endpoints]
+                    + [e.snapshot(now) for e in self.draining if e.group == name and e.in_flight],
                 }
                 for name, endpoints in self.groups.items()
             },

@@ -127,11 +127,14 @@ def test_slices_are_listed_watched_and_followed_across_410_gone(
                     vllm(port, pod(one.host, "zone-a", ready=False), pod(two.host, "zone-b"), pod(three.host, "zone-a"))
                 )
             )
-            wait_until(lambda: f"vllm@{one.host}:{port}" not in discovered(sidecar), what="the pod drained")
+            draining = f"vllm@{one.host}:{port}"
+            wait_until(lambda: discovered(sidecar)[draining]["draining"], what="the pod draining")
+            assert discovered(sidecar)[draining]["in_flight"] == 1 and not discovered(sidecar)[draining]["usable"]
             before = one.calls()
             for i in range(4):
                 assert ask(sidecar, f"after {i}")
             assert slow.result(10)  # the call in flight finished
+        wait_until(lambda: draining not in discovered(sidecar), what="the drained pod gone from /status")
         assert one.calls() == before
         assert three.calls() == 4  # the zone's remaining replica took them all
     finally:
