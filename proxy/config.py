@@ -102,15 +102,19 @@ class Config(BaseModel):
         """Fleet limits are kept in the shared Redis: without one there is no fleet to share them."""
         if self.cache.backend == "redis":
             return []
-        return [
-            problem(
-                ("model_groups", name, "endpoints", i, "fleet"),
-                "fleet limits need cache.backend: redis (the sidecars share their budget there)",
-            )
+        limited: list[Loc] = [
+            ("model_groups", name, "endpoints", i, "fleet")
             for name, group in self.model_groups.items()
             for i, endpoint in enumerate(group.endpoints)
             if endpoint.fleet is not None
         ]
+        limited += [
+            ("model_groups", name, "discover", "endpoint", "fleet")
+            for name, group in self.model_groups.items()
+            if group.discover is not None and group.discover.endpoint.fleet is not None
+        ]
+        reason = "fleet limits need cache.backend: redis (the sidecars share their budget there)"
+        return [problem(loc, reason) for loc in limited]
 
     def missing_keys(self) -> list[str]:
         """Endpoints whose key's variable or file is missing, by field path (never a value)."""

@@ -164,6 +164,24 @@ def test_fleet_limits_without_a_shared_redis_are_a_config_error(tmp_path: Path, 
     assert "model_groups.gpt-4o-mini.endpoints[0].fleet: fleet limits need cache.backend: redis" in result.stderr
 
 
+def test_fleet_limits_on_a_discovered_group_without_a_shared_redis_are_a_config_error(tmp_path: Path) -> None:
+    """The endpoint template of a ``discover`` section carries fleet limits too: not silently dropped."""
+    config = {
+        "model_groups": {
+            "llama": {
+                "discover": {"dns": "vllm.models.svc.cluster.local", "port": 8000, "endpoint": {"fleet": {"rpm": 100}}}
+            }
+        }
+    }
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    result = subprocess.run([LLM_SIDECAR, "check-config", str(path)], capture_output=True, text=True, timeout=60)
+
+    assert result.returncode != 0
+    assert "model_groups.llama.discover.endpoint.fleet: fleet limits need cache.backend: redis" in result.stderr
+
+
 def test_fleet_metrics_show_the_budget_and_pass_promtool(mock_provider, redis, make_sidecar) -> None:
     sidecar = make_sidecar(
         config=fleet_config(mock_provider.url, redis.url, {"max_concurrent": 4, "rpm": 1}, queue_timeout=0)
