@@ -123,7 +123,7 @@ def check_writable(payload: Any, body: bytes) -> None:
     # from 1e16 up is written with an exponent ("e+19"), so it adds an "e+" the body did
     # not have (text keeps its own). Only then is the body read again, by a parser that
     # sees the integers as written; a float spelled "1E+20" or "1e20" costs that too.
-    if written.find(b"e+") >= 0 and written.count(b"e+") > body.count(b"e+"):  # (find: see dialects/stream.py)
+    if written.partition(b"e+")[1] and written.count(b"e+") > body.count(b"e+"):  # (see AnswerStream.feed)
         try:
             json.loads(body, parse_int=_int64)
         except ValueError:  # more digits than Python converts

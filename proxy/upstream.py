@@ -138,7 +138,7 @@ class Redactor:
 
     def whole(self, data: bytes) -> bytes:
         for key in self.keys:
-            if data.find(key) >= 0:  # not ``in``: for bytes it first tries the key as an int
+            if data.partition(key)[1]:  # the cheapest test on Python 3.11: see ``AnswerStream.feed``
                 data = data.replace(key, _REDACTED_BYTES)
         return data
 

@@ -31,7 +31,7 @@ def split_frames(rest: bytes, chunk: bytes) -> tuple[bytes, bytes]:
     ``\n``; the rest waits for the next chunk.
     """
     data = rest + chunk if rest else chunk
-    if data.find(b"\r") >= 0:  # not ``in``: see ``proxy.dialects.stream``
+    if data.partition(b"\r")[1]:  # not ``in`` or ``find``: see ``AnswerStream.feed``
         # A ``\r`` at the very end may be the first half of a ``\r\n``: it waits for the next chunk.
         held = data.endswith(b"\r")
         if held:
