@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-quick e2e lint bench chaos rag fleet redis-server test-tools clean
+.PHONY: setup demo test test-quick e2e lint bench bench-tools chaos rag fleet redis-server test-tools clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,8 +56,16 @@ lint: setup
 e2e: setup test-tools
 	$(BIN)/python -m pytest -m e2e tests/kube/test_e2e.py -s -p no:cacheprovider $(PYTEST_ARGS)
 
-## bench: the benchmarks, written as Markdown tables under bench/results/
-bench: setup
+# What the benchmarks run against (wrk the load, nginx the static upstream, valgrind the instruction
+# counts, redis-server the Redis hits). Installed only when missing.
+BENCH_TOOLS = wrk:wrk nginx:nginx-light valgrind:valgrind redis-server:redis-server
+bench-tools:
+	@missing=""; for pair in $(BENCH_TOOLS); do command -v $${pair%%:*} >/dev/null || [ -x /usr/sbin/$${pair%%:*} ] \
+	  || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; fi
+
+## bench: the benchmarks, written as Markdown tables under bench/results/ (installs wrk, nginx, valgrind, redis-server)
+bench: setup bench-tools
 	$(BIN)/python -m bench
 
 ## chaos: the fault tests (an endpoint killed, Redis killed, SIGTERM under streaming load, an admin-port

@@ -30,39 +30,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import orjson
-
-from bench import procs
-from bench.core import PROMPT, _static_answer
+from bench import hotpath, procs
+from bench.hotpath import PASS_THROUGH, SCENARIOS, TARGETS, body
 
 RESULTS = Path(__file__).with_name("results")
-SCENARIOS = ("json", "sse")
-PASS_THROUGH = "pass-through"
-FLOOR = "aiohttp static answer"
-MISS = "sidecar miss (cache off)"
-MEMORY = "sidecar memory hit"
-REDIS = "sidecar Redis hit (local tier off)"
-TARGETS = (PASS_THROUGH, FLOOR, MISS, MEMORY, REDIS)
-
-
-def static_stream() -> bytes:
-    """The event stream nginx serves: the mock provider's 20-chunk answer to the benchmark prompt."""
-    from proxy.mock_provider import Behaviour, decide, openai_chat_chunks
-
-    answer = decide({"model": "bench-sse", "messages": PROMPT, "stream": True}, Behaviour(chunks=20))
-    return b"".join(openai_chat_chunks(answer, include_usage=False))
-
-
-def body(scenario: str) -> bytes:
-    # temperature 0: cacheable under the default policy (the miss path has its cache off).
-    extra = {"stream": True} if scenario == "sse" else {}
-    return orjson.dumps({"model": f"bench-{scenario}", "messages": PROMPT, "temperature": 0, **extra})
 
 
 class Counted(procs.Proc):
@@ -71,7 +45,7 @@ class Counted(procs.Proc):
     def __init__(
         self, name: str, argv: list[str], port: int, directory: Path, ready: str | None = None, cwd: Path | None = None
     ) -> None:
-        self.out = directory / f"callgrind.{name.replace(' ', '-').replace('(', '').replace(')', '')}"
+        self.out = directory / f"callgrind.{hotpath.slug(name)}"
         valgrind = [
             "valgrind",
             "--tool=callgrind",
@@ -142,65 +116,26 @@ def measure(proc: Counted, url: str, scenario: str, calls: int, concurrency: int
     return Count(scenario, proc.name, total / calls, failed)
 
 
-@contextmanager
-def _targets(
-    directory: Path, nginx: str, redis_url: str, tree: Path, names: list[str]
-) -> Iterator[dict[str, tuple[Counted, dict[str, str]]]]:
-    """name → (process, scenario → URL to load), every target up at once."""
-    python = str(tree / ".venv" / "bin" / "python")
-    chat = "/v1/chat/completions"
-    (directory / "answer.json").write_bytes(_static_answer())
-    (directory / "answer.sse").write_bytes(static_stream())
-    groups = {"bench-json": nginx + "/v1", "bench-sse": nginx + "/sse/v1"}
-    caches: dict[str, dict[str, Any]] = {
-        MISS: {"backend": "none"},
-        MEMORY: {"backend": "memory"},
-        REDIS: {"backend": "redis", "redis_url": redis_url, "local_ttl": 0},
-    }
-    with ExitStack() as stack:
-        out: dict[str, tuple[Counted, dict[str, str]]] = {}
-        for name in names:
-            port = procs.free_port()
-            if name == PASS_THROUGH:
-                argv = [procs.PYTHON, "-m", "bench.passthrough", "--port", str(port), "--upstream", nginx]
-                proc = stack.enter_context(Counted(name, argv, port, directory))
-                out[name] = (proc, {"json": proc.url + chat, "sse": proc.url + "/sse" + chat})
-            elif name == FLOOR:
-                files = ["--json", str(directory / "answer.json"), "--sse", str(directory / "answer.sse")]
-                argv = [procs.PYTHON, "-m", "bench.floor", "--port", str(port), *files]
-                proc = stack.enter_context(Counted(name, argv, port, directory))
-                out[name] = (proc, {"json": proc.url + chat, "sse": proc.url + "/sse" + chat})
-            else:
-                sub = directory / name.replace(" ", "-").replace("(", "").replace(")", "")
-                sub.mkdir()
-                config, port, admin = procs.sidecar_config(sub, groups, cache=caches[name])
-                argv = [python, "-m", "proxy", "serve", "--config", str(config)]
-                ready = f"http://127.0.0.1:{admin}/readyz"
-                # Started in ``tree``: ``python -m proxy`` imports the checkout it runs in.
-                proc = stack.enter_context(Counted(name, argv, port, directory, ready=ready, cwd=tree))
-                out[name] = (proc, {"json": proc.url + chat, "sse": proc.url + chat})
-        yield out
-
-
 def run(
     calls: int, concurrency: int, tree: Path, names: list[str], warmup: int, keep: Path | None = None
 ) -> list[Count]:
-    from bench.cache import start_redis
-
-    nginx = procs.start_nginx(_static_answer(), sse=static_stream())
-    if nginx is None:
-        raise RuntimeError("nginx is not installed")
     counts: list[Count] = []
-    with nginx, start_redis() as redis, tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
-        redis_url = f"redis://127.0.0.1:{redis.port}/0"
+    with hotpath.upstreams() as (nginx, redis_url), tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
         directory = keep or Path(tmp)
         directory.mkdir(parents=True, exist_ok=True)
-        with _targets(directory, nginx.url, redis_url, tree, names) as targets:
+
+        def start(name: str, argv: list[str], port: int, ready: str | None, cwd: Path | None) -> procs.Proc:
+            return Counted(name, argv, port, directory, ready=ready, cwd=cwd)
+
+        with hotpath.targets(directory, nginx.url, redis_url, tree, names, start) as running:
             for scenario in SCENARIOS:
-                for name, (proc, urls) in targets.items():
+                for proc, urls in running.values():
+                    assert isinstance(proc, Counted)
                     count = measure(proc, urls[scenario], scenario, calls, concurrency, warmup)
                     counts.append(count)
-                    print(f"{scenario:4} {name:36} {count.per_call:12,.0f} instructions/call  failed {count.failed}")
+                    print(
+                        f"{scenario:4} {proc.name:36} {count.per_call:12,.0f} instructions/call  failed {count.failed}"
+                    )
     return counts
 
 
