@@ -288,21 +288,31 @@ class SidecarProcess:
     """``llm-sidecar serve`` (the installed console script) on a config file, on free ports.
 
     For tests that need several sidecars as separate processes (each its own event loop and
-    state, as pods are); ``kill()`` is SIGKILL, ``stop()`` SIGTERM.
+    state, as pods are); ``kill()`` is SIGKILL, ``stop()`` SIGTERM. With ``injected``, the ports
+    come from the command line as the injector passes them (``--port``/``--admin-port``), and
+    the file holds the chart's defaults instead.
     """
 
-    def __init__(self, config: dict[str, Any], directory: Path) -> None:
+    def __init__(self, config: dict[str, Any], directory: Path, injected: bool = False) -> None:
         self.port, self.admin_port = free_port(), free_port()
-        config = {**config, "server": {**config.get("server", {}), "port": self.port, "admin_port": self.admin_port}}
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
-        path = directory / f"sidecar-{self.port}.yaml"
-        path.write_text(json.dumps(config))  # JSON is YAML
+        self.directory = directory
+        ports = (15180, 15190) if injected else (self.port, self.admin_port)
+        self.config = {**config, "server": {**config.get("server", {}), "port": ports[0], "admin_port": ports[1]}}
+        path = self.write_config(self.config)
         self.log = directory / f"sidecar-{self.port}.log"
+        argv = ["--port", str(self.port), "--admin-port", str(self.admin_port)] if injected else []
         with self.log.open("w") as stderr:
             self.process = subprocess.Popen(
-                [LLM_SIDECAR, "serve", "--config", str(path)], stdout=subprocess.DEVNULL, stderr=stderr
+                [LLM_SIDECAR, "serve", "--config", str(path), *argv], stdout=subprocess.DEVNULL, stderr=stderr
             )
+
+    def write_config(self, config: dict[str, Any]) -> Path:
+        """Where the config goes; the file ``serve`` is given."""
+        path = self.directory / f"sidecar-{self.port}.yaml"
+        path.write_text(json.dumps(config))  # JSON is YAML
+        return path
 
     def wait_ready(self, timeout: float = 30) -> SidecarProcess:
         wait_until(self._ready, timeout, interval=0.05, what=f"sidecar {self.admin_url}/readyz answers 200")

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,9 +22,9 @@ import openai
 import pytest
 import yaml
 
-from tests.servers import LLM_SIDECAR, PROVIDER_KEY, MockProvider, default_config, free_port
-from tests.test_cli import wait_ready
-from tests.waiting import wait_until_async
+from tests import servers
+from tests.servers import PROVIDER_KEY, MockProvider, default_config
+from tests.waiting import wait_until, wait_until_async
 
 
 class ConfigMapDir:
@@ -56,32 +54,19 @@ class ConfigMapDir:
         self.current = target
 
 
-class SidecarProcess:
-    """The installed ``llm-sidecar serve`` on a ConfigMap-like directory. With ``injected``, its
-    ports come from the command line as the injector passes them (``--port``/``--admin-port``),
-    and the file holds the chart's defaults instead."""
+class SidecarProcess(servers.SidecarProcess):
+    """The installed ``llm-sidecar serve`` on a ConfigMap-like directory, ready."""
 
     def __init__(self, tmp_path: Path, config: dict[str, Any], injected: bool = False) -> None:
-        self.port, self.admin_port = free_port(), free_port()
-        self.url, self.admin = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.admin_port}"
-        self.config = copy.deepcopy(config)
-        ports = ["--port", str(self.port), "--admin-port", str(self.admin_port)] if injected else []
-        if injected:
-            self.config["server"].update(port=15180, admin_port=15190)
-        else:
-            self.config["server"].update(port=self.port, admin_port=self.admin_port)
         self.files = ConfigMapDir(tmp_path)
-        self.files.write(self.config)
-        self.log = tmp_path / "stderr.log"
-        with self.log.open("w") as stderr:
-            self.process = subprocess.Popen(
-                [LLM_SIDECAR, "serve", "--config", str(self.files.path), *ports],
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                text=True,
-            )
-        wait_ready(self.admin + "/readyz", self.process)
+        super().__init__(copy.deepcopy(config), tmp_path, injected)
+        self.wait_ready()
+        self.admin = self.admin_url
         self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="x", max_retries=0)
+
+    def write_config(self, config: dict[str, Any]) -> Path:
+        self.files.write(config)
+        return self.files.path
 
     def rewrite(self, change: Callable[[dict[str, Any]], None]) -> None:
         change(self.config)
@@ -93,28 +78,15 @@ class SidecarProcess:
         return float(match.group(1)) if match else 0.0
 
     def wait_reloads(self, result: str, count: float, timeout: float = 5) -> None:
-        deadline = time.monotonic() + timeout
-        while self.reloads(result) < count:
-            assert time.monotonic() < deadline, f"no {result} reload seen"
-            time.sleep(0.05)
+        wait_until(lambda: self.reloads(result) >= count, timeout, interval=0.05, what=f"{count} {result} reloads")
 
     def ask(self, model: str) -> str:
         reply = self.client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
         return reply.choices[0].message.content or ""
 
     def events(self) -> list[dict[str, Any]]:
-        lines = self.log.read_text().splitlines()
-        return [
-            e for e in map(json.loads, filter(lambda line: line.startswith("{"), lines)) if e["logger"] == "llm_sidecar"
-        ]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        """The sidecar's own events (not its access lines)."""
+        return [e for e in super().events() if e["logger"] == "llm_sidecar"]
 
 
 @pytest.fixture
