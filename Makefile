@@ -19,12 +19,17 @@ setup: $(BIN)/.installed
 redis-server:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
 
+# $(call install-missing,command:package ...): apt-get installs the packages whose command is on
+# neither the PATH nor /usr/sbin (dnsmasq's place, off a user's PATH).
+install-missing = missing=""; for pair in $(1); do command -v $${pair%%:*} >/dev/null || [ -x /usr/sbin/$${pair%%:*} ] \
+	  || missing="$$missing $${pair\#*:}"; done; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; fi
+
 # Real tools the full suite checks against: Prometheus/promtool (dashboard queries, exposition),
 # buildah, podman and debootstrap (the image is built and run), dnsmasq (DNS discovery). Installed only when missing.
 TEST_TOOLS = redis-server:redis-server promtool:prometheus buildah:buildah podman:podman debootstrap:debootstrap dnsmasq:dnsmasq-base
 test-tools:
-	@missing=""; for pair in $(TEST_TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
-	if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; fi
+	@$(call install-missing,$(TEST_TOOLS))
 
 ## demo: the proxy on :8080 in front of the built-in mock provider (in-memory cache, no Redis)
 demo: setup
@@ -43,7 +48,7 @@ test: setup test-tools
 
 ## test-quick: everything but the minute-long checks (image build and run); installs redis-server and dnsmasq
 test-quick: setup
-	@$(MAKE) --no-print-directory test-tools TEST_TOOLS="redis-server:redis-server dnsmasq:dnsmasq-base"
+	@$(call install-missing,redis-server:redis-server dnsmasq:dnsmasq-base)
 	$(BIN)/python -m pytest -m 'not slow' -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 ## lint: ruff (mistakes, import order, formatting) and mypy (types), configured in pyproject.toml
@@ -60,9 +65,7 @@ e2e: setup test-tools
 # counts, redis-server the Redis hits). Installed only when missing.
 BENCH_TOOLS = wrk:wrk nginx:nginx-light valgrind:valgrind redis-server:redis-server
 bench-tools:
-	@missing=""; for pair in $(BENCH_TOOLS); do command -v $${pair%%:*} >/dev/null || [ -x /usr/sbin/$${pair%%:*} ] \
-	  || missing="$$missing $${pair#*:}"; done; \
-	if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; fi
+	@$(call install-missing,$(BENCH_TOOLS))
 
 ## bench: the benchmarks, written as Markdown tables under bench/results/ (installs wrk, nginx, valgrind, redis-server)
 bench: setup bench-tools

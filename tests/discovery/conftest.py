@@ -125,7 +125,7 @@ class Dnsmasq:
     that the test rewrites (``set``: the file, then SIGHUP, as dnsmasq re-reads it on that)."""
 
     def __init__(self, tmp: Path, ttl: int) -> None:
-        binary = shutil.which("dnsmasq")
+        binary = shutil.which("dnsmasq") or shutil.which("dnsmasq", path="/usr/sbin:/sbin")  # not on a user's PATH
         if binary is None:
             raise RuntimeError("dnsmasq is not installed: run `make test` (it installs it)")
         self.port = free_port()
