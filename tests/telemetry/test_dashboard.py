@@ -48,6 +48,14 @@ def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in dashboard["panels"] if p["type"] != "row"]
 
 
+def with_fleet(config: dict[str, Any], redis_url: str) -> dict[str, Any]:
+    """The shared Redis and a fleet limit on ``mock-openai``, so the fleet panels have series."""
+    config["cache"] = {"backend": "redis", "redis_url": redis_url}
+    endpoints = config["model_groups"]["gpt-4o-mini"]["endpoints"]
+    next(e for e in endpoints if e["name"] == "mock-openai")["fleet"] = {"max_concurrent": 100, "rpm": 100_000}
+    return config
+
+
 def expressions(dashboard: dict[str, Any]) -> list[str]:
     exprs = [t["expr"] for p in panels(dashboard) for t in p["targets"]]
     exprs += [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
@@ -55,7 +63,7 @@ def expressions(dashboard: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def live(server_loop) -> Any:
+def live(server_loop, redis_server) -> Any:
     """A sidecar that has seen every kind of call, and one scrape of it."""
     from tests.servers import MockProvider, RefusedPort, Sidecar
 
@@ -65,7 +73,9 @@ def live(server_loop) -> Any:
     config["model_groups"]["gpt-4o-mini"]["endpoints"].insert(
         0, {"name": "dead", "url": dead.url + "/v1", "api_key": PROVIDER_KEY, "priority": -1}
     )
-    sidecar = Sidecar(server_loop, config)
+    if redis_server.process is None:  # another test killed it
+        redis_server.start()
+    sidecar = Sidecar(server_loop, with_fleet(config, redis_server.url))
     client = sidecar.openai()
     for _ in range(2):  # a miss, then a hit
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "d"}], temperature=0)
@@ -172,7 +182,7 @@ scrape_configs:
 """
 
 
-def _serve(tmp_path: Path, name: str, mock_url: str) -> tuple[subprocess.Popen[bytes], str, str]:
+def _serve(tmp_path: Path, name: str, mock_url: str, redis_url: str) -> tuple[subprocess.Popen[bytes], str, str]:
     """One sidecar as the pod runs it: the installed command on a config file."""
     port, admin_port = free_port(), free_port()
     config = default_config(
@@ -185,7 +195,7 @@ def _serve(tmp_path: Path, name: str, mock_url: str) -> tuple[subprocess.Popen[b
         0, {"name": "dead", "url": "http://127.0.0.1:9/v1", "api_key": PROVIDER_KEY, "priority": -1}
     )
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(with_fleet(config, redis_url)))
     exe = str(Path(sys.executable).with_name("llm-sidecar"))
     process = subprocess.Popen(
         [exe, "serve", "--config", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -224,14 +234,14 @@ def _traffic(url: str, stop: threading.Event) -> None:
 @pytest.mark.skipif(
     shutil.which("prometheus") is None, reason="prometheus is not installed (apt-get install prometheus provides it)"
 )
-def test_every_panel_shows_its_series_through_the_operator_relabelling(tmp_path: Path, mock_provider) -> None:
+def test_every_panel_shows_its_series_through_the_operator_relabelling(tmp_path: Path, mock_provider, redis) -> None:
     """Two running sidecars and an app's own metrics, scraped by a real Prometheus with the
     labels the Prometheus Operator attaches; each panel's query returns the series it means."""
     from prometheus_client import start_http_server
 
     app_port = free_port()
     start_http_server(app_port, addr="127.0.0.1")  # the app's own process_* metrics, in the same pod
-    sidecars = [_serve(tmp_path, name, mock_provider.url) for name in ("sidecar", "gateway")]
+    sidecars = [_serve(tmp_path, name, mock_provider.url, redis.url) for name in ("sidecar", "gateway")]
     stop = threading.Event()
     port = free_port()
     config = tmp_path / "prometheus.yml"
