@@ -16,9 +16,6 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
-redis-server:
-	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
-
 # $(call install-missing,command:package ...): apt-get installs the packages whose command is on
 # neither the PATH nor /usr/sbin (dnsmasq's place, off a user's PATH).
 install-missing = missing=""; for pair in $(1); do command -v $${pair%%:*} >/dev/null || [ -x /usr/sbin/$${pair%%:*} ] \
@@ -30,6 +27,9 @@ install-missing = missing=""; for pair in $(1); do command -v $${pair%%:*} >/dev
 TEST_TOOLS = redis-server:redis-server promtool:prometheus buildah:buildah podman:podman debootstrap:debootstrap dnsmasq:dnsmasq-base
 test-tools:
 	@$(call install-missing,$(TEST_TOOLS))
+
+redis-server:
+	@$(call install-missing,redis-server:redis-server)
 
 ## demo: the proxy on :8080 in front of the built-in mock provider (in-memory cache, no Redis)
 demo: setup
