@@ -34,7 +34,7 @@ def discovering(dnsmasq: Dnsmasq, port: int) -> dict[str, Any]:
     }
 
 
-def names(sidecar: Sidecar) -> set[str]:
+def names(sidecar: Sidecar | SidecarProcess) -> set[str]:
     status = httpx.get(sidecar.admin_url + "/status").json()
     return {e["name"] for e in status["groups"]["llama"]["endpoints"]}
 
@@ -97,18 +97,13 @@ def test_discovered_endpoints_outlive_a_config_reload(
     (tmp_path / "config").mkdir()
     sidecar = SidecarProcess(tmp_path / "config", config)
     try:
-        wait_until(lambda: sidecar_names(sidecar) == {f"vllm-headless@{one.host}:{one.port}"})
+        wait_until(lambda: names(sidecar) == {f"vllm-headless@{one.host}:{one.port}"})
         assert sidecar.ask("llama")
         sidecar.rewrite(lambda c: c["router"].update(queue_timeout=3.0))
         sidecar.wait_reloads("ok", 1)
-        assert sidecar_names(sidecar) == {f"vllm-headless@{one.host}:{one.port}"}  # no gap after the swap
+        assert names(sidecar) == {f"vllm-headless@{one.host}:{one.port}"}  # no gap after the swap
         assert sidecar.ask("llama")
         dnsmasq.set(NAME, [one.host, two.host])
-        wait_until(lambda: len(sidecar_names(sidecar)) == 2, what="the watch feeds the new router")
+        wait_until(lambda: len(names(sidecar)) == 2, what="the watch feeds the new router")
     finally:
         sidecar.stop()
-
-
-def sidecar_names(sidecar: SidecarProcess) -> set[str]:
-    status = httpx.get(sidecar.admin + "/status").json()
-    return {e["name"] for e in status["groups"]["llama"]["endpoints"]}

@@ -49,7 +49,7 @@ def vllm(port: int, *pods: dict[str, Any]) -> dict[str, Any]:
     return endpoint_slice("vllm-abc12", "vllm", port, list(pods))
 
 
-def discovered(sidecar: Sidecar) -> dict[str, dict[str, Any]]:
+def discovered(sidecar: Sidecar | SidecarProcess) -> dict[str, dict[str, Any]]:
     status = httpx.get(sidecar.admin_url + "/status").json()
     return {e["name"]: e for e in status["groups"]["llama"]["endpoints"]}
 
@@ -179,7 +179,7 @@ def test_the_installed_command_discovers_as_in_a_pod(
     sidecar = SidecarProcess(tmp_path / "config", discovering_config())
     try:
         wait_until(
-            lambda: len(httpx.get(sidecar.admin + "/status").json()["groups"]["llama"]["endpoints"]) == 2,
+            lambda: len(discovered(sidecar)) == 2,
             what="the pods discovered",
         )
         assert sidecar.ask("llama")
