@@ -61,7 +61,6 @@ class SidecarProcess(servers.SidecarProcess):
         self.files = ConfigMapDir(tmp_path)
         super().__init__(copy.deepcopy(config), tmp_path, injected)
         self.wait_ready()
-        self.admin = self.admin_url
         self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="x", max_retries=0)
 
     def write_config(self, config: dict[str, Any]) -> Path:
@@ -73,7 +72,7 @@ class SidecarProcess(servers.SidecarProcess):
         self.files.write(self.config)
 
     def reloads(self, result: str) -> float:
-        text = httpx.get(self.admin + "/metrics").text
+        text = httpx.get(self.admin_url + "/metrics").text
         match = re.search(rf'^llm_sidecar_config_reloads_total\{{result="{result}"\}} (\S+)$', text, re.M)
         return float(match.group(1)) if match else 0.0
 
@@ -137,10 +136,10 @@ def test_a_changed_file_applies_to_new_calls_while_a_stream_in_flight_finishes_w
     words = "".join(c.choices[0].delta.content or "" for c in [first, *rest] if c.choices)
     assert len(words.split()) == 20  # the stream begun before the reload finished on the old pipeline
 
-    status = httpx.get(sidecar.admin + "/status").json()["groups"]
+    status = httpx.get(sidecar.admin_url + "/status").json()["groups"]
     assert set(status) == {"gpt-4o-mini", "claude-sonnet", "gpt-4o"}
     assert [e["name"] for e in status["gpt-4o"]["endpoints"]] == ["mock-big"]
-    metrics = httpx.get(sidecar.admin + "/metrics").text
+    metrics = httpx.get(sidecar.admin_url + "/metrics").text
     assert 'llm_sidecar_endpoint_slots{model_group="gpt-4o",upstream="mock-big"}' in metrics
     assert metrics.count("llm_sidecar_endpoint_slots{") == 3  # one collector, re-bound: no stale endpoints
     assert "gpt-4o" in [m.id for m in sidecar.client.models.list()]
