@@ -14,20 +14,13 @@ import openai
 import pytest
 
 from tests.cache.conftest import redis_cluster  # noqa: F401  (the cache tests' real Redis Cluster, for the budget's)
-from tests.servers import PROVIDER_KEY, SidecarProcess, default_config
+from tests.servers import SidecarProcess, default_config
 
 
 def fleet_config(mock_url: str, redis_url: str, limits: dict[str, Any], **router: Any) -> dict[str, Any]:
     """``gpt-4o-mini`` (mock model ``mock-gpt``) with fleet ``limits``, not cached, on the Redis at ``redis_url``."""
-    endpoint = {
-        "name": "mock-openai",
-        "url": f"{mock_url}/v1",
-        "dialect": "openai",
-        "model": "mock-gpt",
-        "api_key": PROVIDER_KEY,
-        "fleet": limits,
-    }
-    groups = {"gpt-4o-mini": {"endpoints": [endpoint], "cache": {"mode": "off"}}}
+    (endpoint,) = default_config(mock_url)["model_groups"]["gpt-4o-mini"]["endpoints"]
+    groups = {"gpt-4o-mini": {"endpoints": [{**endpoint, "fleet": limits}], "cache": {"mode": "off"}}}
     config = default_config(
         mock_url,
         model_groups=groups,

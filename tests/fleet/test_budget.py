@@ -17,22 +17,15 @@ import redis as redis_py
 import yaml
 
 from tests.fleet.conftest import closed_loop, fleet_config
-from tests.servers import LLM_SIDECAR, PROVIDER_KEY, default_config
+from tests.servers import LLM_SIDECAR, default_config
 from tests.telemetry.conftest import Scrape, exposition
 from tests.waiting import wait_until
 
 
 def _two_dialects(mock_url: str, redis_url: str, limits: dict[str, Any], **router: Any) -> dict[str, Any]:
     config = fleet_config(mock_url, redis_url, limits, **router)
-    anthropic_endpoint = {
-        "name": "mock-anthropic",
-        "url": mock_url,
-        "dialect": "anthropic",
-        "model": "mock-claude",
-        "api_key": PROVIDER_KEY,
-        "fleet": limits,
-    }
-    config["model_groups"]["claude-sonnet"] = {"endpoints": [anthropic_endpoint], "cache": {"mode": "off"}}
+    (endpoint,) = default_config(mock_url)["model_groups"]["claude-sonnet"]["endpoints"]
+    config["model_groups"]["claude-sonnet"] = {"endpoints": [{**endpoint, "fleet": limits}], "cache": {"mode": "off"}}
     return config
 
 
