@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from proxy.fleet.budget import Budget
+
+class Holder(Protocol):
+    """What a grant came from (``proxy.fleet.budget.Budget``), as far as ending it goes."""
+
+    def release(self, grant: Grant, usage: dict[str, int], failed: bool) -> None: ...
+
 
 #: why a budget refuses a call (the metrics' label values; ``scripts.ACQUIRE`` answers 1, 2, 3)
 REASONS = ("concurrency", "rate", "cooling")
@@ -14,7 +18,7 @@ REASONS = ("concurrency", "rate", "cooling")
 
 @dataclass(slots=True)
 class Grant:
-    budget: Budget
+    budget: Holder
     #: the lease's id in Redis (``None``: no concurrency limit); a local grant has one too,
     #: which the renewal puts in Redis once it is back
     lease: str | None
