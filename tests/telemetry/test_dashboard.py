@@ -10,7 +10,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -19,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.servers import PROVIDER_KEY, default_config, free_port
+from tests.servers import PROVIDER_KEY, SidecarProcess, default_config, free_port
 from tests.telemetry.conftest import Scrape
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "helm" / "llm-sidecar" / "files" / "dashboard.json"
@@ -182,25 +180,17 @@ scrape_configs:
 """
 
 
-def _serve(tmp_path: Path, name: str, mock_url: str, redis_url: str) -> tuple[subprocess.Popen[bytes], str, str]:
+def _serve(tmp_path: Path, mock_url: str, redis_url: str) -> SidecarProcess:
     """One sidecar as the pod runs it: the installed command on a config file."""
-    port, admin_port = free_port(), free_port()
     config = default_config(
         mock_url,
-        server={"port": port, "admin_port": admin_port},
         telemetry={"prices": {"gpt-4o-mini": {"input": 1, "output": 2}}},
         router={"health": {"interval": 0.5, "timeout": 0.5}},
     )
     config["model_groups"]["gpt-4o-mini"]["endpoints"].insert(
         0, {"name": "dead", "url": "http://127.0.0.1:9/v1", "api_key": PROVIDER_KEY, "priority": -1}
     )
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(with_fleet(config, redis_url)))
-    exe = str(Path(sys.executable).with_name("llm-sidecar"))
-    process = subprocess.Popen(
-        [exe, "serve", "--config", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    return process, f"http://127.0.0.1:{port}", f"127.0.0.1:{admin_port}"
+    return SidecarProcess(with_fleet(config, redis_url), tmp_path)
 
 
 def _traffic(url: str, stop: threading.Event) -> None:
@@ -241,12 +231,16 @@ def test_every_panel_shows_its_series_through_the_operator_relabelling(tmp_path:
 
     app_port = free_port()
     start_http_server(app_port, addr="127.0.0.1")  # the app's own process_* metrics, in the same pod
-    sidecars = [_serve(tmp_path, name, mock_provider.url, redis.url) for name in ("sidecar", "gateway")]
+    sidecars = [_serve(tmp_path, mock_provider.url, redis.url) for _ in range(2)]  # the pod's sidecar, a gateway
     stop = threading.Event()
     port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
-        PROMETHEUS_CONFIG.format(sidecar=sidecars[0][2], gateway=sidecars[1][2], app=f"127.0.0.1:{app_port}")
+        PROMETHEUS_CONFIG.format(
+            sidecar=sidecars[0].admin_url.removeprefix("http://"),
+            gateway=sidecars[1].admin_url.removeprefix("http://"),
+            app=f"127.0.0.1:{app_port}",
+        )
     )
     assert subprocess.run(["promtool", "check", "config", str(config)], capture_output=True).returncode == 0
     prometheus = subprocess.Popen(
@@ -269,11 +263,9 @@ def test_every_panel_shows_its_series_through_the_operator_relabelling(tmp_path:
         return answer["data"]["result"]
 
     try:
-        for process, url, admin in sidecars:
-            from tests.test_cli import wait_ready
-
-            wait_ready(f"http://{admin}/readyz", process)
-            threads.append(threading.Thread(target=_traffic, args=(url, stop), daemon=True))
+        for sidecar in sidecars:
+            sidecar.wait_ready()
+            threads.append(threading.Thread(target=_traffic, args=(sidecar.url, stop), daemon=True))
             threads[-1].start()
         # Wait until both sidecars were scraped a few times with traffic in between, and the
         # dead endpoint was probed (its health panel shows 0, not "unprobed").
@@ -329,6 +321,5 @@ def test_every_panel_shows_its_series_through_the_operator_relabelling(tmp_path:
             thread.join(30)
         prometheus.terminate()
         prometheus.wait(10)
-        for process, _url, _admin in sidecars:
-            process.terminate()
-            process.wait(15)
+        for sidecar in sidecars:
+            sidecar.stop()
