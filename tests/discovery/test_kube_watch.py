@@ -117,7 +117,7 @@ def test_slices_are_listed_watched_and_followed_across_410_gone(
         assert [kind for kind, _, _ in api.requests[-2:]] == ["list", "watch"]
 
         # A pod that goes away is drained: its call in flight finishes, new calls skip it.
-        one.set_behaviour("llama-3", latency_ms=1500)
+        one.set_behaviour("llama-3", latency_ms=4000)  # still in flight whatever the machine's load
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             prefer = {"x-llm-sidecar-prefer": f"vllm@{one.host}:{port}"}
             slow = pool.submit(ask, sidecar, "in flight while the pod goes", extra_headers=prefer)
