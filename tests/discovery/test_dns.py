@@ -3,7 +3,6 @@ a real DNS server (dnsmasq) whose records change during the test."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ def discovering(dnsmasq: Dnsmasq, port: int) -> dict[str, Any]:
             "nameservers": [dnsmasq.nameserver],
             "port": port,
             "min_ttl": 0.2,
+            "max_ttl": 600,  # far beyond any wait here: a change seen in time was seen on the TTL (1 s)
             "endpoint": {"model": "llama-3", "api_key": "sk-vllm-key-0123456789"},
         }
     }
@@ -60,10 +60,8 @@ def test_dns_records_are_followed_on_their_ttl(
         assert one.calls("llama-3") + two.calls("llama-3") == 6
 
         # The records change: one pod goes, another comes; the TTL is 1 s.
-        changed = time.monotonic()
         dnsmasq.set(NAME, [two.host, three.host])
         wait_until(lambda: names(sidecar) == {f"vllm-headless@{two.host}:{port}", f"vllm-headless@{three.host}:{port}"})
-        assert time.monotonic() - changed < 5  # a few TTLs at most, not max_ttl
         before = one.calls()
         for i in range(6):
             client.chat.completions.create(model="llama", messages=[{"role": "user", "content": f"after {i}"}])
