@@ -286,14 +286,10 @@ def report(hits: list[HitRow], upstream: str, bursts: list[BurstRow], duration: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cache", description="the cache benchmark")
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per cell (default 3)")
-    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated (default 1,16,64)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds per cell, best kept (default 2)")
+    load.grid_options(parser)
     parser.add_argument("--burst", default="10,50,100", help="coalescing burst sizes (default 10,50,100)")
     args = parser.parse_args(argv)
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
-    if max(concurrencies) > 256 or args.duration > 30:
-        parser.error("loads are bounded: concurrency ≤ 256, duration ≤ 30 s")
+    concurrencies = load.concurrencies(parser, args)
     bursts = [min(int(n), 500) for n in args.burst.split(",")]
     hits, upstream = run_hits(args.duration, concurrencies, args.rounds)
     coalescing = run_coalescing(bursts)

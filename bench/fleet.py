@@ -168,13 +168,9 @@ def report(rows: list[Row], upstream: str, duration: float, rounds: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet", description="the fleet-limits benchmark")
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per cell (default 3)")
-    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated (default 1,16,64)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds per cell, best kept (default 2)")
+    load.grid_options(parser)
     args = parser.parse_args(argv)
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
-    if max(concurrencies) > 256 or args.duration > 30:
-        parser.error("loads are bounded: concurrency ≤ 256, duration ≤ 30 s")
+    concurrencies = load.concurrencies(parser, args)
     rows, upstream = run(args.duration, concurrencies, args.rounds)
     text = report(rows, upstream, args.duration, args.rounds)
     RESULTS.mkdir(exist_ok=True)

@@ -32,6 +32,21 @@ GENERATOR = (
 )
 
 
+def grid_options(parser: argparse.ArgumentParser) -> None:
+    """``--duration``, ``--concurrency``, ``--rounds``: the cells a scenario measures (defaults 3 s, 1,16,64, 2)."""
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per cell (default 3)")
+    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated (default 1,16,64)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per cell, best kept (default 2)")
+
+
+def concurrencies(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[int]:
+    """``--concurrency`` as numbers; a usage error past the bounds every load here keeps."""
+    found = [int(c) for c in args.concurrency.split(",")]
+    if max(found) > 256 or args.duration > 30:
+        parser.error("loads are bounded: concurrency ≤ 256, duration ≤ 30 s")
+    return found
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile of ``values`` (any order); NaN when empty."""
     if not values:
