@@ -128,7 +128,8 @@ def test_preload_starts_a_new_sidecar_warm(cached_sidecar, mock_provider, redis,
     assert _cli("export", "--config", str(config_file), "--output", str(dump)).returncode == 0
     redis.flush()
 
-    cache = {"backend": "memory"} if backend == "memory" else redis_cache(redis.url)
+    # A generous operation timeout: what is tested is the preload, not how a slow Redis fails open.
+    cache = {"backend": "memory"} if backend == "memory" else redis_cache(redis.url, operation_timeout=2.0)
     config = cache_config(mock_provider.url, {**cache, "preload": str(dump)})
     warm = SidecarProcess(config, tmp_path).wait_ready()
     try:
