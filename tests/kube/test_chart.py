@@ -125,6 +125,16 @@ def test_sidecar_config_file(helm: str) -> None:
     gw = config(*SCENARIOS["gateway"], key="gateway.yaml")
     assert gw["server"]["host"] == "0.0.0.0"
     assert gw["model_groups"]["gpt-4o-mini"]["endpoints"][0]["api_key_file"].endswith("/OPENAI_API_KEY")
+    # With keys as files, a discovered group's endpoint template reads its key from the file too.
+    discovering = config(
+        *SCENARIOS["discovery"],
+        "--set",
+        "keys.mode=files",
+        "--set",
+        "config.modelGroups.llama.discover.endpoint.api_key_env=VLLM_KEY",
+    )
+    template = discovering["model_groups"]["llama"]["discover"]["endpoint"]
+    assert template["api_key_file"] == "/var/run/secrets/llm-sidecar/keys/VLLM_KEY" and "api_key_env" not in template
 
 
 def test_webhook_configuration(helm: str) -> None:

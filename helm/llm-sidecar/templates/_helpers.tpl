@@ -61,7 +61,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $_ := set $server "admin_port" (int $root.Values.sidecar.adminPort) -}}
 {{- $groups := deepCopy $root.Values.config.modelGroups -}}
 {{- if eq $root.Values.keys.mode "files" -}}
-{{- range $g := values $groups -}}{{- range $e := $g.endpoints -}}
+{{- range $g := values $groups -}}
+{{- $endpoints := $g.endpoints | default list -}}
+{{- if and $g.discover $g.discover.endpoint -}}{{- $endpoints = append $endpoints $g.discover.endpoint -}}{{- end -}}
+{{- range $e := $endpoints -}}
 {{- if hasKey $e "api_key_env" -}}
 {{- $_ := set $e "api_key_file" (printf "/var/run/secrets/llm-sidecar/keys/%s" $e.api_key_env) -}}
 {{- $_ := unset $e "api_key_env" -}}
