@@ -145,34 +145,24 @@ async def test_a_call_falls_back_to_an_endpoint_with_fleet_budget(mock_provider,
     assert mock_provider.stats()["calls"] == {"mock-gpt": 1, "mock-other": 1}
 
 
-def test_fleet_limits_without_a_shared_redis_are_a_config_error(tmp_path: Path, mock_provider) -> None:
-    config = default_config(mock_provider.url)
-    config["model_groups"]["gpt-4o-mini"]["endpoints"][0]["fleet"] = {"rpm": 100}
+LISTED = {"endpoints": [{"name": "openai", "url": "https://api.openai.com/v1", "fleet": {"rpm": 100}}]}
+#: the endpoint template of a ``discover`` section carries fleet limits too (they were once dropped)
+DISCOVERED = {"discover": {"dns": "vllm.models.svc.cluster.local", "port": 8000, "endpoint": {"fleet": {"rpm": 100}}}}
+
+
+@pytest.mark.parametrize(
+    ("group", "where"),
+    [(LISTED, "endpoints[0].fleet"), (DISCOVERED, "discover.endpoint.fleet")],
+    ids=["listed", "discovered"],
+)
+def test_fleet_limits_without_a_shared_redis_are_a_config_error(tmp_path: Path, group, where) -> None:
     path = tmp_path / "sidecar.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump({"model_groups": {"llm": group}}))
 
     result = subprocess.run([LLM_SIDECAR, "check-config", str(path)], capture_output=True, text=True, timeout=60)
 
     assert result.returncode != 0
-    assert "model_groups.gpt-4o-mini.endpoints[0].fleet: fleet limits need cache.backend: redis" in result.stderr
-
-
-def test_fleet_limits_on_a_discovered_group_without_a_shared_redis_are_a_config_error(tmp_path: Path) -> None:
-    """The endpoint template of a ``discover`` section carries fleet limits too: not silently dropped."""
-    config = {
-        "model_groups": {
-            "llama": {
-                "discover": {"dns": "vllm.models.svc.cluster.local", "port": 8000, "endpoint": {"fleet": {"rpm": 100}}}
-            }
-        }
-    }
-    path = tmp_path / "sidecar.yaml"
-    path.write_text(yaml.safe_dump(config))
-
-    result = subprocess.run([LLM_SIDECAR, "check-config", str(path)], capture_output=True, text=True, timeout=60)
-
-    assert result.returncode != 0
-    assert "model_groups.llama.discover.endpoint.fleet: fleet limits need cache.backend: redis" in result.stderr
+    assert f"model_groups.llm.{where}: fleet limits need cache.backend: redis" in result.stderr
 
 
 def test_fleet_metrics_show_the_budget_and_pass_promtool(mock_provider, redis, make_sidecar) -> None:
