@@ -130,13 +130,7 @@ def run_hits(duration: float, concurrencies: list[int], rounds: int) -> tuple[li
                 for _ in range(rounds):
                     for target, proc in targets.items():
                         result, cpu_ms = _measure(proc, proc.url + path, body, concurrency, duration)
-                        kept = best.get(target)
-                        best[target] = HitRow(
-                            target,
-                            concurrency,
-                            result if kept is None or result.rate > kept.result.rate else kept.result,
-                            cpu_ms if kept is None else min(cpu_ms, kept.cpu_ms),
-                        )
+                        best[target] = load.best_round(best.get(target), HitRow(target, concurrency, result, cpu_ms))
                 for row in best.values():
                     rows.append(row)
                     print(

@@ -123,13 +123,7 @@ def run(duration: float, concurrencies: list[int], rounds: int) -> tuple[list[Ro
                 for _ in range(rounds):
                     for name, (proc, _admin) in sidecars.items():
                         result, cpu_ms = _measure(proc, proc.url + path, body, concurrency, duration)
-                        kept = best.get(name)
-                        best[name] = Row(
-                            name,
-                            concurrency,
-                            result if kept is None or result.rate > kept.result.rate else kept.result,
-                            cpu_ms if kept is None else min(cpu_ms, kept.cpu_ms),
-                        )
+                        best[name] = load.best_round(best.get(name), Row(name, concurrency, result, cpu_ms))
                 for row in best.values():
                     rows.append(row)
                     print(

@@ -100,13 +100,7 @@ def run(duration: float, concurrencies: list[int], rounds: int) -> tuple[list[Ro
                             redis_counts[0] += after[0] - before[0]
                             redis_counts[1] += after[1] - before[1]
                             redis_counts[2] += result.calls
-                        kept = best.get(target)
-                        best[target] = Row(
-                            target,
-                            concurrency,
-                            result if kept is None or result.rate > kept.result.rate else kept.result,
-                            cpu_ms if kept is None else min(cpu_ms, kept.cpu_ms),
-                        )
+                        best[target] = load.best_round(best.get(target), Row(target, concurrency, result, cpu_ms))
                 scripts, commands, calls = redis_counts
                 best[ON] = Row(ON, concurrency, best[ON].result, best[ON].cpu_ms, scripts / calls, commands / calls)
                 for row in best.values():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import math
 import shutil
 import subprocess
@@ -21,12 +22,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import orjson
 
 from bench.procs import LOAD_CORES, PYTHON, ROOT, pinned
 
 WRK = shutil.which("wrk")
+RowT = TypeVar("RowT")
 GENERATOR = (
     "wrk (1 thread, Lua script for the POST body)" if WRK else "async Python client (aiohttp + uvloop, own process)"
 )
@@ -45,6 +48,15 @@ def concurrencies(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if max(found) > 256 or args.duration > 30:
         parser.error("loads are bounded: concurrency ≤ 256, duration ≤ 30 s")
     return found
+
+
+def best_round(kept: Any, row: RowT) -> RowT:
+    """Of ``kept`` (a cell's best so far, or None) and a new round's ``row``: the faster result and the
+    lower CPU per call, each kept on its own (rows are frozen dataclasses with ``result`` and ``cpu_ms``)."""
+    if kept is None:
+        return row
+    result = row.result if row.result.rate > kept.result.rate else kept.result
+    return dataclasses.replace(row, result=result, cpu_ms=min(row.cpu_ms, kept.cpu_ms))
 
 
 def percentile(values: Sequence[float], p: float) -> float:
