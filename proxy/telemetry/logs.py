@@ -132,8 +132,11 @@ def _only_handler() -> LoopBufferedHandler | None:
     handler = handlers[0]
     if type(handler) is not LoopBufferedHandler or handler.level > logging.INFO:
         return None
-    if type(handler.formatter) is not JSONFormatter or any(type(f) is not WithoutRequestData for f in handler.filters):
-        return None  # (WithoutRequestData leaves the sidecar's own records alone)
+    if type(handler.formatter) is not JSONFormatter:
+        return None
+    filters = handler.filters  # WithoutRequestData alone (it leaves the sidecar's own records alone)
+    if filters and (len(filters) > 1 or type(filters[0]) is not WithoutRequestData):
+        return None
     return handler
 
 
