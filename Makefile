@@ -43,13 +43,13 @@ PYTEST_WORKERS ?= 3
 ## in two runs: everything but the image (in parallel), then the image built and run (minutes of their own).
 ## Exit status 5 is pytest's "nothing selected" (PYTEST_ARGS naming tests with no slow ones).
 test: setup test-tools
-	$(BIN)/python -m pytest -m 'not slow' -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -m 'not slow and not long' -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m 'slow and not long' $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 ## test-quick: everything but the minute-long checks (image build and run); installs redis-server and dnsmasq
 test-quick: setup
 	@$(call install-missing,redis-server:redis-server dnsmasq:dnsmasq-base)
-	$(BIN)/python -m pytest -m 'not slow' -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m 'not slow and not long' -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 ## lint: ruff (mistakes, import order, formatting) and mypy (types), configured in pyproject.toml
 lint: setup
@@ -84,9 +84,9 @@ rag: setup
 	LLM_SIDECAR_RAG_TESTS=required $(BIN)/python -m pytest -m vector -n 0 -p no:cacheprovider tests/rag $(PYTEST_ARGS)
 	$(BIN)/python -m bench.rag_eval
 
-## fleet: the fleet-limit tests, the minute-long RPM check included (sidecar processes on one redis-server, ~2 min)
+## fleet: the minute-long fleet RPM check (4 sidecar processes on one redis-server, ~75 s); the other fleet tests run in make test
 fleet: setup redis-server
-	$(BIN)/python -m pytest tests/fleet -n 0 -s $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m long tests/fleet -n 0 -s $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,4 +1,4 @@
-"""The minute-long check (``make fleet``, and the suite's ``slow`` pass): RPM held fleet-wide within 5 %."""
+"""The minute-long check (``make fleet``, a CI step of its own): RPM held fleet-wide within 5 %."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from tests.fleet.conftest import closed_loop, fleet_config, jain
 
 
-@pytest.mark.slow
+@pytest.mark.long
 async def test_four_sidecars_hold_the_fleet_rpm_within_five_percent_over_a_minute(
     mock_provider, redis, sidecar_processes
 ) -> None:
