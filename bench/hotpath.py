@@ -160,15 +160,8 @@ def run(duration: float, rounds: int, concurrencies: list[int], names: list[str]
                             before = proc.cpu_seconds()
                             result = load.run(urls[scenario], payload, concurrency, duration)
                             cpu = (proc.cpu_seconds() - before) / result.calls * 1000 if result.calls else 0.0
-                            kept = best.get(name)
-                            best[name] = Cell(
-                                scenario,
-                                name,
-                                concurrency,
-                                result if kept is None or result.rate > kept.result.rate else kept.result,
-                                cpu if kept is None else min(cpu, kept.cpu_ms),
-                                proc.peak_rss_mb(),
-                            )
+                            cell = Cell(scenario, name, concurrency, result, cpu, proc.peak_rss_mb())
+                            best[name] = load.best_round(best.get(name), cell)
                     for cell in best.values():
                         cells.append(cell)
                         print(_line(cell, cells), flush=True)

@@ -19,12 +19,19 @@ runs the sidecar from another checkout (its own ``.venv``): before/after on one 
 Counted: user-space instructions of that one process (Python, aiohttp, uvloop, libc);
 not the kernel's work in its system calls. Results go to stdout and
 ``bench/results/instructions.md``. Needs valgrind, nginx and redis-server.
+
+``--check`` compares each sidecar path's count, as a ratio to the pass-through's in the
+same run (which cancels most of what the Python build and library versions change),
+with the reference kept in ``bench/instructions.json``, and fails when one is more than
+``TOLERANCE`` above it: a regression in the hot path shows on any machine.
+``--write-reference`` records this run as the new reference.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import subprocess
 import sys
@@ -37,6 +44,9 @@ from bench import hotpath, procs
 from bench.hotpath import PASS_THROUGH, SCENARIOS, TARGETS, body
 
 RESULTS = Path(__file__).with_name("results")
+REFERENCE = Path(__file__).with_name("instructions.json")
+#: run-to-run spread of a ratio is ~2-6 % (calls per event-loop turn vary); beyond this is a change
+TOLERANCE = 0.10
 
 
 class Counted(procs.Proc):
@@ -171,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep", type=Path, help="an empty directory to keep the callgrind dumps in (callgrind_annotate reads them)"
     )
+    parser.add_argument("--check", action="store_true", help=f"fail on a ratio above {REFERENCE.name}'s")
+    parser.add_argument("--write-reference", action="store_true", help=f"record this run in {REFERENCE.name}")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     if unknown := [n for n in names if n not in TARGETS]:
@@ -196,7 +208,39 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / "instructions.md").write_text(text)
     print()
     print(text)
-    return 1 if any(c.failed for c in counts) else 0
+    if any(c.failed for c in counts):
+        return 1
+    measured = ratios(counts)
+    if args.write_reference:
+        REFERENCE.write_text(json.dumps(measured, indent=2, sort_keys=True) + "\n")
+    if args.check:
+        return check(measured, json.loads(REFERENCE.read_text()))
+    return 0
+
+
+def ratios(counts: list[Count]) -> dict[str, float]:
+    """``scenario/target`` → instructions per call over the pass-through's, for every sidecar path."""
+    bare = {c.scenario: c.per_call for c in counts if c.target == PASS_THROUGH}
+    return {
+        f"{c.scenario}/{c.target}": round(c.per_call / bare[c.scenario], 3)
+        for c in counts
+        if c.target != PASS_THROUGH and c.scenario in bare
+    }
+
+
+def check(measured: dict[str, float], reference: dict[str, float]) -> int:
+    # Redis hits are left out: concurrent lookups share pipelined round trips, and how many
+    # share one depends on timing (the same tree has counted 493,000 and 594,000 a hit).
+    worse = [
+        f"{name}: {value:.3f}× the pass-through, reference {reference[name]:.3f}×"
+        for name, value in measured.items()
+        if name in reference and "sidecar" in name and "Redis" not in name and value > reference[name] * (1 + TOLERANCE)
+    ]
+    for line in worse:
+        print(f"regression: {line}", file=sys.stderr)
+    if not worse:
+        print(f"no path above its reference by more than {TOLERANCE:.0%} ({REFERENCE.name})")
+    return 1 if worse else 0
 
 
 if __name__ == "__main__":
