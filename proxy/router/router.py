@@ -122,7 +122,7 @@ class Router:
             # Discovered endpoints stay until discovery says otherwise (it re-lists for the new router).
             discover = self.routes[group].discover
             if discover is not None and group in previous.routes and previous.routes[group].discover == discover:
-                self.groups[group] += [e for e in previous.groups[group] if e.label == discover.name and "@" in e.name]
+                self.groups[group] += _discovered(previous.groups[group], discover.name)
 
     def discovered(self, group: str, addresses: Collection[Address]) -> tuple[list[Endpoint], list[Endpoint]]:
         """Make ``addresses`` the group's discovered endpoints: ``(added, gone)``.
@@ -137,7 +137,7 @@ class Router:
             template.at(a.host, a.port, discover.scheme, discover.path, a.zone, region): a.for_zones for a in addresses
         }
         current = self.groups[group]
-        old = {e.name: e for e in current if e.label == template.name and "@" in e.name}
+        old = {e.name: e for e in _discovered(current, template.name)}
         kept = [e for e in old.values() if e.config in wanted and e.for_zones == wanted[e.config]]
         known = {e.config for e in kept}
         added = [
@@ -581,6 +581,11 @@ class Routed:
         elif exc_info[0] is None:
             tokens = call.usage.get("output_tokens", 0) if call.stream else 0
             endpoint.observe_answer(self.answered - self.started, ended - self.started, tokens, time.monotonic())
+
+
+def _discovered(endpoints: list[Endpoint], name: str) -> list[Endpoint]:
+    """The endpoints discovery made for the set ``name`` (each named ``name@address``)."""
+    return [e for e in endpoints if e.label == name and "@" in e.name]
 
 
 async def _first_free(endpoints: list[Endpoint], timeout: float) -> Endpoint | None:
