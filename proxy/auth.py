@@ -36,17 +36,13 @@ USER_AGENT = "llm-sidecar"
 
 def forwardable(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The client's headers minus hop-by-hop ones (and those its Connection header names)."""
-    # Copied whole, then pruned: the C copy and a dozen lookups cost a quarter of a filtered rebuild.
-    out = CIMultiDict(headers)
-    for name in HOP_BY_HOP:
-        if name in out:
-            del out[name]
-    if "connection" in headers:
-        for name in headers.getall("connection"):
-            for named in name.split(","):
-                out.popall(named.strip(), None)
-    for name in [name for name in out.keys() if name[: len(CONTROL_PREFIX)].lower() == CONTROL_PREFIX]:
-        out.popall(name, None)
+    named = {h.strip().lower() for h in headers.get("Connection", "").split(",") if h.strip()}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in named or lower.startswith(CONTROL_PREFIX):
+            continue
+        out.add(name, value)
     return out
 
 
