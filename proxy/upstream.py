@@ -319,7 +319,8 @@ class Upstream:
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=True,
             # No skip_auto_headers: with it, aiohttp rebuilds a header set for every request
-            # (~3% of a call); ``proxy.auth`` sets the User-Agent instead of aiohttp's own.
+            # (~20,000 instructions, 2 % of a JSON miss); ``proxy.auth`` sets the User-Agent
+            # instead of aiohttp's own.
         )
 
     async def probe(self, url: str, headers: dict[str, str], timeout: float) -> int:
