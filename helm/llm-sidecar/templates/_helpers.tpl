@@ -15,11 +15,13 @@
 
 {{- define "llm-sidecar.injector" -}}{{ include "llm-sidecar.fullname" . | trunc 54 | trimSuffix "-" }}-injector{{- end -}}
 {{- define "llm-sidecar.gateway" -}}{{ include "llm-sidecar.fullname" . | trunc 55 | trimSuffix "-" }}-gateway{{- end -}}
+{{- define "llm-sidecar.indexJob" -}}{{ include "llm-sidecar.fullname" . | trunc 57 | trimSuffix "-" }}-index{{- end -}}
 {{- define "llm-sidecar.redis" -}}{{ include "llm-sidecar.fullname" . | trunc 57 | trimSuffix "-" }}-redis{{- end -}}
 {{/* The sidecar's ConfigMap and keys Secret keep fixed names: the injector copies them into app namespaces under the same names. */}}
 {{- define "llm-sidecar.configMap" -}}llm-sidecar-config{{- end -}}
 {{- define "llm-sidecar.keysSecret" -}}{{ .Values.keys.existingSecret | default "llm-sidecar-keys" }}{{- end -}}
 {{- define "llm-sidecar.image" -}}{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}{{- end -}}
+{{- define "llm-sidecar.indexImage" -}}{{ .Values.indexJob.image.repository | default .Values.image.repository }}:{{ .Values.indexJob.image.tag | default .Values.image.tag | default .Chart.AppVersion }}{{- end -}}
 {{- define "llm-sidecar.injectorImage" -}}{{ .Values.injector.image.repository }}:{{ .Values.injector.image.tag | default .Values.image.tag | default .Chart.AppVersion }}{{- end -}}
 
 {{/* Labels ----------------------------------------------------------------- */}}

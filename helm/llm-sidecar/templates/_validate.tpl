@@ -33,6 +33,20 @@
 {{- if and $v.webhook.certManager.issuerRef (not $v.webhook.certManager.enabled) -}}
 {{- fail "webhook.certManager.issuerRef is set but webhook.certManager.enabled is false: enable cert-manager or remove the issuerRef" -}}
 {{- end -}}
+{{- if $v.indexJob.enabled -}}
+{{- $vector := list -}}
+{{- range $name, $corpus := (($v.config.extra.retrieval | default dict).corpora | default dict) -}}
+{{- if and (kindIs "map" $corpus) (has $corpus.mode (list "dense" "hybrid")) -}}{{- $vector = append $vector $name -}}{{- end -}}
+{{- end -}}
+{{- if not $vector -}}
+{{- fail "indexJob.enabled: the sidecar config has no corpus to index; give config.extra.retrieval.corpora.NAME mode dense or hybrid (and a vector_store), or disable the Job" -}}
+{{- end -}}
+{{- range $v.indexJob.corpora -}}
+{{- if not (has . $vector) -}}
+{{- fail (printf "indexJob.corpora: %s is not a dense or hybrid corpus of config.extra.retrieval.corpora (those are: %s)" . (join ", " $vector)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if and $v.redis.storage (not $v.redis.enabled) -}}
 {{- fail "redis.storage only applies to the in-chart Redis: set redis.enabled=true or remove redis.storage" -}}
 {{- end -}}
