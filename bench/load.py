@@ -88,15 +88,24 @@ def run(
     duration: float,
     headers: dict[str, str] | None = None,
     cores: list[int] = LOAD_CORES,
+    python: bool = False,
+    ramp: float = 0.0,
+    waves: int = 0,
 ) -> LoadResult:
-    """POST ``body`` to ``url`` from ``concurrency`` connections for ``duration`` seconds."""
+    """POST ``body`` to ``url`` from ``concurrency`` connections for ``duration`` seconds.
+
+    ``python`` takes the Python client even when wrk is there; ``ramp`` (Python client only)
+    starts the connections evenly over that many seconds first and leaves the calls begun
+    during the ramp out of the counts. ``waves`` (Python client only) replaces the closed loop:
+    ``concurrency`` calls at once, ``waves`` times over, after one uncounted wave that opens the
+    connections (``duration`` is then unused)."""
     if not url.startswith(("http://127.0.0.1:", "http://localhost:")):
         raise ValueError("the benchmark only loads loopback servers")
     headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench-client", **(headers or {})}
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
-        if WRK:
+        if WRK and not python and not ramp and not waves:
             return _wrk(Path(tmp), url, body, concurrency, duration, headers, cores)
-        return _python(Path(tmp), url, body, concurrency, duration, headers, cores)
+        return _python(Path(tmp), url, body, concurrency, duration, headers, cores, ramp, waves)
 
 
 # ---------------------------------------------------------------- wrk
@@ -134,7 +143,15 @@ def _wrk(
 
 
 def _python(
-    tmp: Path, url: str, body: bytes, concurrency: int, duration: float, headers: dict[str, str], cores: list[int]
+    tmp: Path,
+    url: str,
+    body: bytes,
+    concurrency: int,
+    duration: float,
+    headers: dict[str, str],
+    cores: list[int],
+    ramp: float = 0.0,
+    waves: int = 0,
 ) -> LoadResult:
     (tmp / "body").write_bytes(body)
     argv = [
@@ -151,42 +168,69 @@ def _python(
         str(duration),
         "--headers",
         orjson.dumps(headers).decode(),
+        "--ramp",
+        str(ramp),
+        "--waves",
+        str(waves),
     ]
-    out = subprocess.run(pinned(argv, cores), capture_output=True, text=True, timeout=duration + 30, cwd=ROOT)
+    timeout = ramp + duration + waves * 10 + 30
+    out = subprocess.run(pinned(argv, cores), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"load client failed: {out.stderr}")
     data = orjson.loads(out.stdout.strip().splitlines()[-1])
     return LoadResult(**data)
 
 
-async def _client(url: str, body: bytes, concurrency: int, duration: float, headers: dict[str, str]) -> LoadResult:
+async def _client(
+    url: str,
+    body: bytes,
+    concurrency: int,
+    duration: float,
+    headers: dict[str, str],
+    ramp: float = 0.0,
+    waves: int = 0,
+) -> LoadResult:
     import aiohttp
 
     latencies: list[float] = []
     errors = 0
+    clock = time.perf_counter
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
-        start = time.perf_counter()
-        deadline = start + duration
 
-        async def worker() -> None:
+        async def call(counted: bool = True) -> None:
             nonlocal errors
-            clock = time.perf_counter
-            while clock() < deadline:
-                began = clock()
-                try:
-                    async with session.post(url, data=body, headers=headers) as response:
-                        await response.read()
-                        ok = response.status < 400
-                except (aiohttp.ClientError, TimeoutError):
-                    ok = False
-                if ok:
-                    latencies.append(clock() - began)
-                else:
-                    errors += 1
+            began = clock()
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    ok = response.status < 400
+            except (aiohttp.ClientError, TimeoutError):
+                ok = False
+            if not counted:
+                return
+            if ok:
+                latencies.append(clock() - began)
+            else:
+                errors += 1
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        seconds = time.perf_counter() - start
+        if waves:
+            await asyncio.gather(*(call(counted=False) for _ in range(concurrency)))  # opens the connections
+            start = clock()
+            for _ in range(waves):
+                await asyncio.gather(*(call() for _ in range(concurrency)))
+            seconds = clock() - start
+        else:
+            start = clock() + ramp  # calls begun before this are the ramp's, not counted
+            deadline = start + duration
+
+            async def worker(index: int) -> None:
+                await asyncio.sleep(ramp * index / concurrency)
+                while clock() < deadline:
+                    await call(counted=clock() >= start)
+
+            await asyncio.gather(*(worker(index) for index in range(concurrency)))
+            seconds = clock() - start
     return LoadResult(
         len(latencies), errors, seconds, percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
     )
@@ -199,9 +243,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--headers", default="{}")
+    parser.add_argument("--ramp", type=float, default=0.0)
+    parser.add_argument("--waves", type=int, default=0)
     args = parser.parse_args()
     coro = _client(
-        args.url, Path(args.body_file).read_bytes(), args.concurrency, args.duration, orjson.loads(args.headers)
+        args.url,
+        Path(args.body_file).read_bytes(),
+        args.concurrency,
+        args.duration,
+        orjson.loads(args.headers),
+        args.ramp,
+        args.waves,
     )
     try:
         import uvloop
