@@ -42,7 +42,6 @@ import orjson
 from bench import load, procs
 from bench.core import PROMPT, _static_answer
 
-RESULTS = Path(__file__).with_name("results")
 MODEL = "bench-json"
 TTFT_MS = 200
 
@@ -288,9 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     hits, upstream = run_hits(args.duration, concurrencies, args.rounds)
     coalescing = run_coalescing(bursts)
     text = report(hits, upstream, coalescing, args.duration, args.rounds)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cache.md").write_text(text)
-    print(text)
+    load.publish("cache", text)
     return 0
 
 

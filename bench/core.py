@@ -33,8 +33,6 @@ import orjson
 
 from bench import load, procs
 
-RESULTS = Path(__file__).with_name("results")
-
 # Issue 2's targets, as ratios from one run.
 MIN_THROUGHPUT_RATIO = 0.60  # sidecar / bare pass-through, calls/s at concurrency 16
 MAX_ADDED_P50_RATIO = 1.5  # sidecar / bare pass-through, added p50 at concurrency 1
@@ -309,11 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     rows, upstreams = run(args.duration, concurrencies, args.rounds)
     text = report(rows, upstreams, args.duration, args.rounds, time.monotonic() - started)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "core.md").write_text(text)
-    print()
-    print(text)
-    print(f"written to {RESULTS / 'core.md'}")
+    load.publish("core", text)
     return 0
 
 

@@ -31,7 +31,6 @@ from bench import load, procs
 from bench.cache import _measure
 from bench.core import PROMPT, _static_answer
 
-RESULTS = Path(__file__).with_name("results")
 MODEL = "bench-json"
 NAME = "vllm-headless.models.svc.cluster.local"
 REPLICAS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
@@ -176,9 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     concurrencies = load.concurrencies(parser, args)
     rows, upstream = run(args.duration, concurrencies, args.rounds)
     text = report(rows, upstream, args.duration, args.rounds)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "discovery.md").write_text(text)
-    print(text)
+    load.publish("discovery", text)
     return 0
 
 

@@ -37,7 +37,6 @@ from bench import load, procs
 from bench.cache import _measure, start_redis
 from bench.core import PROMPT, _static_answer
 
-RESULTS = Path(__file__).with_name("results")
 MODEL = "bench-json"
 PASS_THROUGH = "pass-through"
 OFF = "sidecar, fleet limits off"
@@ -167,9 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     concurrencies = load.concurrencies(parser, args)
     rows, upstream = run(args.duration, concurrencies, args.rounds)
     text = report(rows, upstream, args.duration, args.rounds)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "fleet.md").write_text(text)
-    print(text)
+    load.publish("fleet", text)
     return 0
 
 

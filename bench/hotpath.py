@@ -36,7 +36,6 @@ import orjson
 from bench import load, procs
 from bench.core import PROMPT, _static_answer
 
-RESULTS = Path(__file__).with_name("results")
 SCENARIOS = ("json", "sse")
 PASS_THROUGH = "pass-through"
 FLOOR = "aiohttp static answer"
@@ -272,10 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     text = "\n".join(parts)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "hotpath.md").write_text(text)
-    print()
-    print(text)
+    load.publish("hotpath", text)
     return 0
 
 

@@ -266,3 +266,17 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+#: where each scenario keeps its last report (ignored by git)
+RESULTS = Path(__file__).with_name("results")
+
+
+def publish(name: str, text: str) -> None:
+    """Print a scenario's report and keep it as ``bench/results/<name>.md``."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.md"
+    path.write_text(text)
+    print()
+    print(text)
+    print(f"written to {path}")

@@ -36,7 +36,6 @@ import orjson
 from bench import load, procs
 from bench.core import PROMPT
 
-RESULTS = Path(__file__).with_name("results")
 CHAT = "/v1/chat/completions"
 DIRECT, PASS_THROUGH, SIDECAR = "direct", "pass-through", "sidecar (cache off)"
 #: scenario → (model played by the mock, its behaviour, concurrency)
@@ -256,10 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     text = "\n".join(parts)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "streams.md").write_text(text)
-    print()
-    print(text)
+    load.publish("streams", text)
     return 0
 
 

@@ -35,7 +35,6 @@ import orjson
 
 from bench import core, load, procs
 
-RESULTS = Path(__file__).with_name("results")
 MIN_METRICS_RATIO = 0.90
 
 VARIANTS: dict[str, dict] = {
@@ -207,11 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     text, passed = report(
         results, upstream, extra, concurrencies, args.duration, args.rounds, time.monotonic() - started
     )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "telemetry.md").write_text(text)
-    print()
-    print(text)
-    print(f"written to {RESULTS / 'telemetry.md'}")
+    load.publish("telemetry", text)
     return 0 if passed else 1
 
 
