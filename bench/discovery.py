@@ -17,7 +17,6 @@ Results go to stdout and ``bench/results/discovery.md``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -169,14 +168,7 @@ def report(rows: list[Row], upstream: str, duration: float, rounds: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.discovery", description="the discovery benchmark")
-    load.grid_options(parser)
-    args = parser.parse_args(argv)
-    concurrencies = load.concurrencies(parser, args)
-    rows, upstream = run(args.duration, concurrencies, args.rounds)
-    text = report(rows, upstream, args.duration, args.rounds)
-    load.publish("discovery", text)
-    return 0
+    return load.grid_main("discovery", "the discovery benchmark", run, report, argv)
 
 
 if __name__ == "__main__":

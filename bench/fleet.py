@@ -23,7 +23,6 @@ Results go to stdout and ``bench/results/fleet.md``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -160,14 +159,7 @@ def report(rows: list[Row], upstream: str, duration: float, rounds: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.fleet", description="the fleet-limits benchmark")
-    load.grid_options(parser)
-    args = parser.parse_args(argv)
-    concurrencies = load.concurrencies(parser, args)
-    rows, upstream = run(args.duration, concurrencies, args.rounds)
-    text = report(rows, upstream, args.duration, args.rounds)
-    load.publish("fleet", text)
-    return 0
+    return load.grid_main("fleet", "the fleet-limits benchmark", run, report, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +48,22 @@ def concurrencies(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if max(found) > 256 or args.duration > 30:
         parser.error("loads are bounded: concurrency ≤ 256, duration ≤ 30 s")
     return found
+
+
+def grid_main(
+    name: str,
+    description: str,
+    run: Callable[[float, list[int], int], tuple[Any, str]],
+    report: Callable[[Any, str, float, int], str],
+    argv: list[str] | None = None,
+) -> int:
+    """A grid scenario's command: its cells run (``run``), reported (``report``) and published as ``name``."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=description)
+    grid_options(parser)
+    args = parser.parse_args(argv)
+    rows, upstream = run(args.duration, concurrencies(parser, args), args.rounds)
+    publish(name, report(rows, upstream, args.duration, args.rounds))
+    return 0
 
 
 def best_round(kept: Any, row: RowT) -> RowT:
