@@ -287,10 +287,14 @@ class NetNS:
         verify: bool = True,
         deadline: float = 180,
         any_status: bool = False,
+        server: subprocess.Popen | None = None,
+        log: Path | None = None,
     ) -> tuple[int, bytes]:
         """Call ``url`` from inside the namespace until it answers (status < 500, or any with ``any_status``).
 
-        The deadline is generous: on a loaded machine the injector takes a minute to start.
+        The deadline is generous: on a loaded machine the injector takes a minute to start. With the
+        ``server`` that should answer, the wait ends when it exits, and a failure shows its exit code
+        and ``log``.
         """
         res = self.run(
             [
@@ -303,6 +307,7 @@ class NetNS:
                 "1" if verify else "0",
                 str(deadline),
                 "1" if any_status else "0",
+                str(server.pid) if server else "",
             ],
             input=body or b"",
             text=False,
@@ -311,8 +316,10 @@ class NetNS:
         if res.returncode != 0:
             # What the namespace looked like, so that a failure explains itself.
             sockets = self.run(["ss", "-ltnp"]).stdout
+            exited = f"\nthe server's exit code: {server.poll()}" if server else ""
+            printed = f"\nthe server printed:\n{log.read_text(errors='replace')[-4000:]}" if log else ""
             raise AssertionError(
-                f"{method} {url}: {res.stderr.decode(errors='replace')[-2000:]}\nlistening:\n{sockets}"
+                f"{method} {url}: {res.stderr.decode(errors='replace')[-2000:]}\nlistening:\n{sockets}{exited}{printed}"
             )
         status, _, payload = res.stdout.partition(b"\n")
         return int(status), payload
@@ -337,7 +344,17 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> int:
 # The HTTP client run inside the namespace: retries until the deadline, prints the status then the body.
 _HTTP = r"""
 import ssl, sys, time, urllib.error, urllib.request
-url, method, cafile, verify, deadline, any_status = sys.argv[1:]
+url, method, cafile, verify, deadline, any_status, server = sys.argv[1:]
+
+
+def exited(pid):  # a zombie until the test reaps it
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 body = sys.stdin.buffer.read() or None
 ctx = ssl.create_default_context(cafile=cafile or None)
 if verify == "0":
@@ -355,6 +372,8 @@ while True:
     if status and (status < 500 or any_status == "1"):
         sys.stdout.buffer.write(b"%d\n" % status + payload)
         sys.exit(0)
+    if server and exited(server):
+        sys.exit(f"the server exited before {url} answered: status {status} {payload[:300]!r} {last}")
     if time.monotonic() > end:
         sys.exit(f"no answer from {url} by the deadline: status {status} {payload[:300]!r} {last}")
     time.sleep(0.2)

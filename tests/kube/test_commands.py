@@ -262,26 +262,22 @@ def run_manifests(docs: list[dict[str, Any]], tmp: Path) -> None:
                     **pod.env(),
                     "KUBECONFIG": str(kubeconfig(tmp / "kubeconfig", tls["ca"])),
                 }
-                log = tmp / f"{obj['metadata']['name']}-{c['name']}.log"
-                started.append(
-                    (
-                        f"{obj['kind']}/{obj['metadata']['name']}/{c['name']}",
-                        ns.popen(pod.argv(entry), log, env=env, cwd=pod.root),
-                        pod,
-                    )
-                )
+                name = f"{obj['kind']}/{obj['metadata']['name']}/{c['name']}"
+                log = pod_log_path(tmp, name)
+                started.append((name, ns.popen(pod.argv(entry), log, env=env, cwd=pod.root), pod))
         for name, proc, pod in started:
             probe = pod.container.get("readinessProbe") or {}
             assert proc.poll() is None, f"{name} exited: {pod_log(tmp, name)}"
             if get := probe.get("httpGet"):
                 scheme = get.get("scheme", "HTTP").lower()
-                status, body = ns.http(f"{scheme}://127.0.0.1:{pod.port(get['port'])}{get['path']}", verify=False)
+                url = f"{scheme}://127.0.0.1:{pod.port(get['port'])}{get['path']}"
+                status, body = ns.http(url, verify=False, server=proc, log=pod_log_path(tmp, name))
                 assert status == 200, f"{name}: {status} {body[:300]!r} {pod_log(tmp, name)}"
             elif command := probe.get("exec", {}).get("command"):
                 wait_exec(ns, command, name)
             else:  # no probe: it answers HTTP on its first port
                 port = pod.container["ports"][0]["containerPort"]
-                ns.http(f"http://127.0.0.1:{port}/", any_status=True)
+                ns.http(f"http://127.0.0.1:{port}/", any_status=True, server=proc, log=pod_log_path(tmp, name))
         if any("webhook" in pod.container.get("args", []) for _, _, pod in started):
             check_webhook(ns, docs, tls["ca"])
         for pod in helm_tests:
@@ -295,9 +291,13 @@ def run_manifests(docs: list[dict[str, Any]], tmp: Path) -> None:
         ns.close()
 
 
-def pod_log(tmp: Path, name: str) -> str:
+def pod_log_path(tmp: Path, name: str) -> Path:
     kind, obj, container = name.split("/")
-    log = tmp / f"{obj}-{container}.log"
+    return tmp / f"{obj}-{container}.log"
+
+
+def pod_log(tmp: Path, name: str) -> str:
+    log = pod_log_path(tmp, name)
     return log.read_text(errors="replace")[-3000:] if log.exists() else ""
 
 
@@ -349,7 +349,7 @@ def test_dockerfile_entrypoint_and_cmd_serve(helm: str, tmp_path: Path) -> None:
             tmp_path / "serve.log",
             env=keys_env(root / config_path.lstrip("/")),
         )
-        status, _ = ns.http(f"http://127.0.0.1:{admin}/readyz")
+        status, _ = ns.http(f"http://127.0.0.1:{admin}/readyz", server=proc, log=tmp_path / "serve.log")
         assert status == 200, (tmp_path / "serve.log").read_text()
         assert stop(proc) == 0
     finally:
@@ -479,7 +479,7 @@ def run_serving(tokens: list[str], tmp: Path, command: str) -> None:
     ns = NetNS(tmp)
     try:
         proc = ns.popen([str(SCRIPT), *tokens], tmp / "out.log", cwd=tmp, env=keys_env(tmp / "sidecar.yaml"))
-        status, _ = ns.http(url)
+        status, _ = ns.http(url, server=proc, log=tmp / "out.log")
         assert status == 200, f"{command}: {(tmp / 'out.log').read_text()}"
         assert stop(proc) == 0, f"{command}: {(tmp / 'out.log').read_text()}"
     finally:
