@@ -84,8 +84,8 @@ class Budget:
         self.key = key
         self.limits = limits
         tag = f"llm-sidecar:fleet:{{{fleet.namespace}/{key}}}"
-        #: leases, held, wanting, rpm, tpm, cool (see ``scripts.ACQUIRE``)
-        self.keys = [f"{tag}:{part}" for part in ("leases", "held", "wanting", "rpm", "tpm", "cool")]
+        #: leases, held, wanting, rpm, tpm, cool, shares (see ``scripts.ACQUIRE``)
+        self.keys = [f"{tag}:{part}" for part in ("leases", "held", "wanting", "rpm", "tpm", "cool", "shares")]
         #: leases this sidecar holds (local grants' too), renewed by ``Fleet``
         self.held: set[str] = set()
         #: what ended calls give back, not sent yet: lease ids, and tokens (used minus reserved)

@@ -42,12 +42,19 @@ end
 """
 
 
-#: KEYS: leases (zset id -> expiry), held (hash sidecar -> leases), wanting (zset sidecar -> last
-#: denial), rpm TAT, tpm TAT, cool (a shared cool-down's key).
+#: KEYS: leases (zset id -> expiry), held (hash sidecar -> leases), wanting (zset sidecar -> until
+#: when it counts as waiting), rpm TAT, tpm TAT, cool (a shared cool-down's key), shares (zset
+#: "r:"/"t:" + sidecar -> the TAT of its share of the rpm / tpm).
 #: ARGV: sidecar id, lease id, max_concurrent, lease ttl ms, rpm, tpm, tokens (0 = no such limit),
 #: then what ended calls give back (as ``RELEASE``): a token delta and lease ids.
 #: Returns {status, wait ms, leases in use, leases expired now}: status 0 granted, 1 at the
-#: concurrency limit (or past this sidecar's fair share while others wait), 2 rate, 3 cooling.
+#: concurrency limit (or past this sidecar's fair share while others wait), 2 rate (the fleet's,
+#: or this sidecar's share of it while others wait), 3 cooling.
+#:
+#: Fair shares: a sidecar denied is "waiting" until a second after the wait it was told. While
+#: others wait, a sidecar may hold at most an equal share of the leases, and take at most an
+#: equal share of each rate (a GCRA of its own at rate/n, with one second of it as its burst), so
+#: that asking sooner or more often does not buy a bigger share.
 ACQUIRE = Script(
     _NOW
     + _free("KEYS[1]", "KEYS[2]", "KEYS[5]", "ARGV[6]", "ARGV[8]", 9)
@@ -57,6 +64,17 @@ if cool > 0 then return {3, cool, 0, 0} end
 local me, lease = ARGV[1], ARGV[2]
 local limit, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 local rpm, tpm, tokens = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local others = redis.call('ZCARD', KEYS[3])
+if redis.call('ZSCORE', KEYS[3], me) then others = others - 1 end
+local function keep(key, ms)  -- a key lives at least ``ms`` more
+  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, math.ceil(ms)) end
+end
+local function deny(status, wait, in_use, expired)
+  redis.call('ZADD', KEYS[3], now + wait + 1000, me)
+  keep(KEYS[3], wait + 2000)
+  return {status, math.ceil(wait), in_use, expired}
+end
 local expired, in_use = 0, 0
 if limit > 0 then
   local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -68,44 +86,49 @@ if limit > 0 then
   expired = #gone
   in_use = redis.call('ZCARD', KEYS[1])
   local full = in_use >= limit
-  if not full then
-    -- Sidecars denied within the last second are waiting: this one keeps to an equal share.
-    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 1000)
-    local others = redis.call('ZCARD', KEYS[3])
-    if redis.call('ZSCORE', KEYS[3], me) then others = others - 1 end
-    if others > 0 then
-      full = tonumber(redis.call('HGET', KEYS[2], me) or '0') >= math.ceil(limit / (others + 1))
-    end
+  if not full and others > 0 then
+    full = tonumber(redis.call('HGET', KEYS[2], me) or '0') >= math.ceil(limit / (others + 1))
   end
-  if full then
-    redis.call('ZADD', KEYS[3], now, me)
-    redis.call('PEXPIRE', KEYS[3], 2000)
-    return {1, 0, in_use, expired}
-  end
+  if full then return deny(1, 0, in_use, expired) end
 end
-local function gcra(key, per_minute, cost)
+-- A GCRA step: the new TAT, and how long until ``cost`` fits (> 0: not yet).
+local function gcra(tat, per_minute, cost)
   local interval = 60000 / per_minute
-  local burst = math.max(per_minute / 60, 1)
-  local tat = tonumber(redis.call('GET', key) or now)
   if tat < now then tat = now end
   local new = tat + cost * interval
-  return new, new - now - burst * interval
+  return new, new - now - math.max(per_minute / 60, 1) * interval
 end
-local wait, rpm_tat, tpm_tat = 0, 0, 0
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
+local function rate(key, share, per_minute, cost)
+  local fleet, wait = gcra(tonumber(redis.call('GET', key) or now), per_minute, cost)
+  -- This sidecar's share: it may start while its own TAT is within a second, whatever ``cost``
+  -- (a call's cost may be more than a share's burst).
+  local mine = tonumber(redis.call('ZSCORE', KEYS[7], share) or now)
+  if mine < now then mine = now end
+  if others > 0 and mine - now - 1000 > wait then wait = mine - now - 1000 end
+  return fleet, mine + cost * 60000 * (others + 1) / per_minute, wait
+end
+local wait, rpm_tat, tpm_tat, rpm_mine, tpm_mine = 0, 0, 0, 0, 0
 if rpm > 0 then
   local w
-  rpm_tat, w = gcra(KEYS[4], rpm, 1)
+  rpm_tat, rpm_mine, w = rate(KEYS[4], 'r:' .. me, rpm, 1)
   if w > wait then wait = w end
 end
 if tpm > 0 and tokens > 0 then
   local w
-  tpm_tat, w = gcra(KEYS[5], tpm, tokens)
+  tpm_tat, tpm_mine, w = rate(KEYS[5], 't:' .. me, tpm, tokens)
   if w > wait then wait = w end
 end
-if wait > 0 then return {2, math.ceil(wait), in_use, expired} end
-if rpm > 0 then redis.call('SET', KEYS[4], tostring(rpm_tat), 'PX', math.ceil(rpm_tat - now) + 1000) end
+if wait > 0 then return deny(2, wait, in_use, expired) end
+if rpm > 0 then
+  redis.call('SET', KEYS[4], tostring(rpm_tat), 'PX', math.ceil(rpm_tat - now) + 1000)
+  redis.call('ZADD', KEYS[7], rpm_mine, 'r:' .. me)
+  keep(KEYS[7], rpm_mine - now + 1000)
+end
 if tpm > 0 and tokens > 0 then
   redis.call('SET', KEYS[5], tostring(tpm_tat), 'PX', math.ceil(tpm_tat - now) + 1000)
+  redis.call('ZADD', KEYS[7], tpm_mine, 't:' .. me)
+  keep(KEYS[7], tpm_mine - now + 1000)
 end
 if limit > 0 then
   redis.call('ZADD', KEYS[1], now + ttl, lease)

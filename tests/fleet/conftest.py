@@ -53,18 +53,26 @@ class Load:
     statuses: dict[int, Counter[int]] = field(default_factory=dict)
 
     def ok(self, index: int) -> int:
-        return self.statuses[index][200]
+        return self.statuses.get(index, Counter())[200]
 
     def failed(self) -> int:
         return sum(n for counter in self.statuses.values() for status, n in counter.items() if status != 200)
 
 
 async def closed_loop(
-    urls: list[str], workers: int, seconds: float, model: str = "gpt-4o-mini", stop: asyncio.Event | None = None
+    urls: list[str],
+    workers: int,
+    seconds: float,
+    model: str = "gpt-4o-mini",
+    stop: asyncio.Event | None = None,
+    load: Load | None = None,
 ) -> Load:
     """``workers`` SDK clients per sidecar, each sending its next call as soon as the last one ends,
-    for ``seconds`` (or until ``stop``); each makes one call at least."""
-    load = Load({i: Counter() for i in range(len(urls))})
+    for ``seconds`` (or until ``stop``); each makes one call at least. ``load``, if given, is filled
+    as answers come (a caller may read it mid-run)."""
+    load = load or Load()
+    for i in range(len(urls)):
+        load.statuses.setdefault(i, Counter())
     end = time.monotonic() + seconds
 
     async def worker(index: int, client: openai.AsyncOpenAI) -> None:

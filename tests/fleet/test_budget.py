@@ -16,10 +16,10 @@ import pytest
 import redis as redis_py
 import yaml
 
-from tests.fleet.conftest import closed_loop, fleet_config
+from tests.fleet.conftest import Load, closed_loop, fleet_config, jain
 from tests.servers import LLM_SIDECAR, default_config
 from tests.telemetry.conftest import Scrape, exposition
-from tests.waiting import wait_until
+from tests.waiting import wait_until, wait_until_async
 
 
 def _two_dialects(mock_url: str, redis_url: str, limits: dict[str, Any], **router: Any) -> dict[str, Any]:
@@ -64,6 +64,28 @@ async def test_calls_over_the_rpm_wait_for_budget_and_the_mock_sees_the_rate(
     assert 10 + 10 * 3 * 0.8 <= total <= 10 + 10 * 4 + 1, total
     window = _window(mock_provider, 2.0)
     assert window <= 10 + 20 + 1, window
+
+
+async def test_a_sidecar_whose_callers_retry_at_once_gets_no_more_than_its_share_of_the_rate(
+    mock_provider, redis, sidecar_processes
+) -> None:
+    """One sidecar answers 429 at once (``queue_timeout: 0``) and its callers ask again at once: it
+    asks Redis far more often than three that queue their calls until the rate's budget returns.
+    Asking more often must not buy more: while others wait, each sidecar keeps to an equal share."""
+    rpm = 2400  # 40 a second: about 10 a second for each of the four
+    eager = sidecar_processes(fleet_config(mock_provider.url, redis.url, {"rpm": rpm}, queue_timeout=0), 1)
+    patient = sidecar_processes(fleet_config(mock_provider.url, redis.url, {"rpm": rpm}, queue_timeout=30), 3)
+    load = Load()
+    running = asyncio.create_task(closed_loop([s.url for s in eager + patient], workers=2, seconds=10, load=load))
+    # The first second's burst goes to whoever asks first: count from when it and a second more are spent.
+    await wait_until_async(lambda: sum(load.ok(i) for i in range(4)) >= 2 * rpm / 60, what="the burst spent")
+    before, counted_from = [load.ok(i) for i in range(4)], time.monotonic()
+    await running
+    shares, seconds = [load.ok(i) - before[i] for i in range(4)], time.monotonic() - counted_from
+    print(f"calls per sidecar in {seconds:.1f} s (the first's retry at once) {shares}; Jain's index {jain(shares):.4f}")
+    assert all(set(load.statuses[i]) == {200} for i in range(1, 4)), load.statuses  # the patient ones waited
+    assert 0.9 * rpm / 60 * seconds <= sum(shares) <= rpm / 60 * (seconds + 1), shares  # the rate, all of it
+    assert max(shares) <= 1.2 * min(shares), shares
 
 
 def _window(mock_provider, seconds: float) -> int:

@@ -1,4 +1,4 @@
-"""The minute-long check (``make fleet``, on demand): RPM held fleet-wide within 5 %, shared within 20 %."""
+"""The minute-long check (``make fleet``, a CI step of its own): RPM held fleet-wide within 5 %, shared within 20 %."""
 
 from __future__ import annotations
 
