@@ -31,8 +31,7 @@ RUN python3 -m venv --without-pip /opt/llm-sidecar \
  && python3 -m pip --python /opt/llm-sidecar/bin/python install --no-compile ".${EXTRAS:+[$EXTRAS]}" \
  && find /opt/llm-sidecar -name '*.so' -exec strip --strip-unneeded {} + \
  && python3 -m compileall -q --invalidation-mode unchecked-hash /opt/llm-sidecar
-# The standard library's modules that the sidecar's commands import: the runtime stage compiles them,
-# as the official python images ship no bytecode (each start would compile ~190 modules, ~0.4 s of CPU).
+# The standard library's modules that the sidecar's commands import, for the rootfs stage to compile.
 RUN /opt/llm-sidecar/bin/python -c 'import sys, sysconfig, uvloop, proxy.cli, proxy.server, proxy.cache.redis, \
 proxy.mock_provider; std = sysconfig.get_path("stdlib") + "/"; files = {getattr(m, "__file__", None) or "" for m in \
 list(sys.modules.values())}; print(*sorted(f for f in files if f.startswith(std) and f.endswith(".py")), sep=chr(10))' \
@@ -44,16 +43,39 @@ RUN python3 -m pip --python /opt/llm-sidecar/bin/python install --no-compile ".[
  && find /opt/llm-sidecar -name '*.so' -exec strip --strip-unneeded {} + \
  && python3 -m compileall -q --invalidation-mode unchecked-hash /opt/llm-sidecar
 
-# ---- runtime: the base and a venv; no strip, no pip, no build caches ----
-FROM ${PYTHON_IMAGE} AS runtime
-ENV PATH=/opt/llm-sidecar/bin:$PATH \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+# ---- rootfs: the image's whole root, laid out on the base; the final stages are that tree alone ----
+# The image keeps of the base only what the sidecar runs (scripts/image-rootfs.py says what and why): the
+# interpreter, the standard library without pip, IDLE, Tk and the like, the shared libraries they load,
+# /bin/sh (dash, for `kubectl exec`), CA certificates. No package manager, perl or coreutils.
+FROM ${PYTHON_IMAGE} AS rootfs
 COPY --from=sidecar-venv /opt/stdlib-imports.txt /tmp/
+COPY scripts/image-rootfs.py /tmp/
+# Bytecode for the standard-library modules the sidecar imports (the official python images ship none, so
+# each start would compile ~190 modules, ~0.4 s of CPU), checked by hash: the tree is copied to the image.
+# The stand-in base's own (Debian's) bytecode goes first, so that it keeps what the official image would.
 RUN useradd --system --no-log-init --uid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin llm-sidecar \
- && python3 -m compileall -q -i /tmp/stdlib-imports.txt \
+ && find "$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')" -name __pycache__ -prune \
+        -exec rm -rf {} + \
+ && python3 -m compileall -q --invalidation-mode unchecked-hash -i /tmp/stdlib-imports.txt \
  && rm /tmp/stdlib-imports.txt
+
+FROM rootfs AS sidecar-rootfs
+COPY --from=sidecar-venv /opt/llm-sidecar /opt/llm-sidecar
+RUN python3 /tmp/image-rootfs.py /opt/llm-sidecar /rootfs
+
+FROM rootfs AS injector-rootfs
+COPY --from=injector-venv /opt/llm-sidecar /opt/llm-sidecar
+RUN python3 /tmp/image-rootfs.py /opt/llm-sidecar /rootfs
+
+# ---- runtime: one layer, the rootfs; no strip, no pip, no build caches, no package manager ----
+# FROM scratch drops the base's ENV: its PATH and LANG are declared again (its GPG_KEY, PYTHON_VERSION and
+# PYTHON_SHA256 describe its own build and are not: `python3 -V` gives the version).
+FROM scratch AS runtime
+ENV PATH=/opt/llm-sidecar/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    LANG=C.UTF-8 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
 # Runs with a read-only root filesystem; the pod gives it an emptyDir at /tmp.
 USER 10001:10001
 EXPOSE 15180 15190 8443
@@ -63,8 +85,8 @@ ENTRYPOINT ["llm-sidecar"]
 CMD ["serve", "--config", "/etc/llm-sidecar/sidecar.yaml"]
 
 FROM runtime AS injector
-COPY --from=injector-venv /opt/llm-sidecar /opt/llm-sidecar
+COPY --from=injector-rootfs /rootfs /
 
 # The last stage is the default target: the sidecar image.
 FROM runtime AS sidecar
-COPY --from=sidecar-venv /opt/llm-sidecar /opt/llm-sidecar
+COPY --from=sidecar-rootfs /rootfs /

@@ -201,6 +201,8 @@ class Cluster:
         ctx.mkdir()
         shutil.copy(ROOT / "Dockerfile", ctx)
         shutil.copy(ROOT / "pyproject.toml", ctx)
+        (ctx / "scripts").mkdir()
+        shutil.copy(ROOT / "scripts" / "image-rootfs.py", ctx / "scripts")
         shutil.copy(ROOT / "README.md", ctx)
         shutil.copytree(ROOT / "proxy", ctx / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
         self.load_base_image(base_image())

@@ -1,7 +1,8 @@
 """Build the sidecar image with buildah and run it with podman (slow; needs root, buildah, podman, debootstrap).
 
-Besides serving, the image is measured: its size over the base image, and the time and CPU from
-the container's process start to its first ``/readyz`` 200 (printed; run with ``-s`` to see them).
+Besides serving, the image is measured: the bytes it keeps of its base image and the bytes its build
+adds, and the time and CPU from the container's process start to its first ``/readyz`` 200 (printed;
+run with ``-s`` to see them).
 The injector image (``--target injector``) is built and run by ``make e2e``.
 """
 
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
+import stat
 import subprocess
 import time
 import urllib.request
@@ -30,13 +33,26 @@ pytestmark = pytest.mark.slow
 IMAGE = f"localhost/llm-sidecar:test-{uuid.uuid4().hex[:8]}"
 VFS = ["--storage-driver", "vfs"]
 MB = 1_000_000
-#: Bytes the Dockerfile may add over its base: the venv without the Kubernetes client, stripped and compiled
-#: (38.5 MB when written). It catches the build going wrong: the client (130 MB), pip and setuptools (25 MB)
-#: or unstripped extension modules (45 MB) back in; a new dependency of a few MB fits (then update the docs).
+#: The image is its own root (a FROM scratch stage): some of the base's files, kept as they are, and files
+#: the build adds. Each is bounded, so the whole is too (87 MB on this machine's stand-in base, which keeps
+#: the same Debian libraries and Python 3.11 standard library as python:3.11-slim: docs/kubernetes.md#images).
+#: Bytes added: the venv without the Kubernetes client, stripped and compiled, and the standard library's
+#: bytecode (37.1 MB when written; 38.5 MB when the image was the base plus layers). It catches the build
+#: going wrong: the client (130 MB), pip and setuptools (25 MB) or unstripped extension modules (45 MB) back
+#: in; a new dependency of a few MB fits (then update the docs).
 MAX_ADDED = 45 * MB
+#: Bytes kept of the base (38.5 MB of the stand-in's 199 MB when written): the interpreter, the standard
+#: library, the shared libraries they and the venv load, /bin/sh, CA certificates. It catches what the image
+#: stopped keeping coming back: pip and setuptools (14 MB here), the base's bytecode (5.9 MB here), perl,
+#: coreutils, apt, locales (tens of MB), the whole base; a new library of a few MB fits.
+MAX_KEPT = 42 * MB
 #: CPU seconds from the sidecar's process start to ready (0.33 s when written; 0.62 s when every start
-#: recompiled the venv's stale bytecode). Wall time depends on the machine's load: printed, not asserted.
+#: recompiled the venv's stale bytecode).
 MAX_START_CPU = 0.5
+#: Seconds from the process start to ready, less the time its main thread waited for a core (0.39 s when
+#: written, at load 3.8): the start on a node with a core free. The raw wall time depends on this shared
+#: machine's load: printed, not asserted.
+MAX_START = 0.7
 
 
 def _missing() -> str | None:
@@ -63,6 +79,8 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ctx = tmp_path_factory.mktemp("context")
     shutil.copy(ROOT / "Dockerfile", ctx)
     shutil.copy(ROOT / "pyproject.toml", ctx)
+    (ctx / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "image-rootfs.py", ctx / "scripts")
     shutil.copytree(ROOT / "proxy", ctx / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
     readme = ROOT / "README.md"
     (ctx / "README.md").write_text(readme.read_text() if readme.exists() else "llm-sidecar\n")
@@ -104,30 +122,72 @@ def test_image_metadata(image: str) -> None:
     assert config["User"] == "10001:10001"
     assert config["Entrypoint"] == ["llm-sidecar"]
     assert config.get("StopSignal") in ("SIGTERM", "15")
+    # The image is its own root (FROM scratch): the base's PATH and LANG are declared again.
+    env = dict(e.split("=", 1) for e in config["Env"])
+    assert env["PATH"].split(":")[:1] == ["/opt/llm-sidecar/bin"] and "/usr/bin" in env["PATH"].split(":"), env
+    assert env["LANG"] == "C.UTF-8" and env["PYTHONUNBUFFERED"] == "1", env
 
 
 def _podman(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return _podman_script(shlex.join(["podman", *VFS, *args]), timeout=timeout)
 
 
-def test_image_size_over_its_base(image: str) -> None:
-    def size(name: str) -> int:
-        out = subprocess.run(["podman", *VFS, "image", "inspect", "--format", "{{.Size}}", name], capture_output=True)
-        return int(out.stdout)
+def _size(name: str) -> int:
+    out = subprocess.run(["podman", *VFS, "image", "inspect", "--format", "{{.Size}}", name], capture_output=True)
+    return int(out.stdout)
 
-    total, base = size(image), size(base_image())
-    print(f"\n[image] {total / MB:.1f} MB: base {base / MB:.1f} MB + {(total - base) / MB:.1f} MB added")
-    assert total - base <= MAX_ADDED, f"{(total - base) / MB:.1f} MB over the base: see docs/kubernetes.md#images"
+
+def _files(name: str) -> dict[str, int]:
+    """An image's regular files (path in the image → bytes), read from the image mounted (root only)."""
+    mount = subprocess.run(["podman", *VFS, "image", "mount", name], check=True, capture_output=True, text=True)
+    root = mount.stdout.strip()
+    try:
+        files = {}
+        for folder, _, names in os.walk(root):
+            for n in names:
+                info = os.lstat(path := os.path.join(folder, n))
+                if stat.S_ISREG(info.st_mode):
+                    files[os.path.relpath(path, root)] = info.st_size
+        return files
+    finally:
+        subprocess.run(["podman", *VFS, "image", "unmount", name], capture_output=True)
+
+
+def test_image_size_kept_of_the_base_and_added(image: str) -> None:
+    """The image is its own root: what it keeps of the base's files, and what the build adds to them."""
+    base, ours = _files(base_image()), _files(image)
+    kept = sum(size for path, size in ours.items() if base.get(path) == size)
+    added = sum(ours.values()) - kept
+    total = _size(image)
+    print(
+        f"\n[image] {total / MB:.1f} MB: {kept / MB:.1f} MB kept of the base ({_size(base_image()) / MB:.1f} MB) "
+        f"+ {added / MB:.1f} MB added"
+    )
+    assert added <= MAX_ADDED, f"{added / MB:.1f} MB added to the base's files: see docs/kubernetes.md#images"
+    assert kept <= MAX_KEPT, f"{kept / MB:.1f} MB kept of the base: see docs/kubernetes.md#images"
 
 
 CHECKS = """
-import importlib.util, json, os, shutil, sys
+import importlib.util, json, os, shutil, ssl, sys
 print(json.dumps({
     "kubernetes": importlib.util.find_spec("kubernetes") is not None,
     "pip in the venv": os.path.exists(os.path.join(sys.prefix, "bin", "pip")),
+    "pip or setuptools": [m for m in ("pip", "setuptools", "ensurepip", "idlelib") if importlib.util.find_spec(m)],
     "build tools": [t for t in ("strip", "gcc", "cc", "make") if shutil.which(t)],
+    "package manager": [t for t in ("apt-get", "dpkg", "perl") if shutil.which(t)],
+    "shell": shutil.which("sh") is not None,
+    "CA certificates": ssl.create_default_context().cert_store_stats()["x509_ca"] > 100,
 }))
 """
+WANTED = {
+    "kubernetes": False,
+    "pip in the venv": False,
+    "pip or setuptools": [],
+    "build tools": [],
+    "package manager": [],
+    "shell": True,
+    "CA certificates": True,
+}
 
 
 def test_image_holds_no_kubernetes_client_no_build_tools_and_no_stale_bytecode(image: str) -> None:
@@ -135,8 +195,8 @@ def test_image_holds_no_kubernetes_client_no_build_tools_and_no_stale_bytecode(i
     script = (
         f"exec 2>&1; python3 -c '{CHECKS}'; "
         # -v: every module on the start path must load from its bytecode: "code object from <file>.py" is a
-        # module compiled from source (the bytecode's own path is printed quoted).
-        "python3 -v -c 'import proxy.cli, proxy.server, proxy.cache.redis, uvloop' 2>&1 | grep \"^# code object from [^']\"; "
+        # module compiled from source (the bytecode's own path is printed quoted). The image has no grep.
+        "python3 -v -c 'import proxy.cli, proxy.server, proxy.cache.redis, uvloop' 2>&1; "
         "llm-sidecar webhook --tls-cert-file /nonexistent --tls-key-file /nonexistent; echo webhook exit $?"
     )
     res = _podman(
@@ -156,8 +216,8 @@ def test_image_holds_no_kubernetes_client_no_build_tools_and_no_stale_bytecode(i
         script,
     )
     lines = res.stdout.splitlines()
-    assert json.loads(lines[0]) == {"kubernetes": False, "pip in the venv": False, "build tools": []}, res
-    compiled = [line for line in lines if line.startswith("# ")]
+    assert json.loads(lines[0]) == WANTED, res
+    compiled = [line for line in lines if re.match(r"# code object from [^']", line)]
     assert not compiled, compiled[:10]
     assert lines[-1] == "webhook exit 2", lines
     error = json.loads(next(line for line in lines if line.startswith("{") and '"error"' in line))
@@ -232,9 +292,16 @@ def test_image_serves_health_and_a_proxied_completion(image: str, tmp_path: Path
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         ticks = os.sysconf("SC_CLK_TCK")
         started_at, cpu = int(stat[19]) / ticks, (int(stat[11]) + int(stat[12])) / ticks
-        load = os.getloadavg()[0]
-        print(f"\n[image] start to ready {ready_at - started_at:.2f} s, {cpu:.2f} s CPU (load average {load:.1f})")
+        # The time its main thread was ready to run but waited for a core (the kernel's schedstat): what
+        # other processes on this shared machine cost it, not the image.
+        waited = int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+        wall, load = ready_at - started_at, os.getloadavg()[0]
+        print(
+            f"\n[image] start to ready {wall:.2f} s, {wall - waited:.2f} s of it not waiting for a core, "
+            f"{cpu:.2f} s CPU (load average {load:.1f})"
+        )
         assert cpu <= MAX_START_CPU, f"{cpu:.2f} s of CPU to ready: see docs/kubernetes.md#images"
+        assert wall - waited <= MAX_START, f"{wall - waited:.2f} s to ready: see docs/kubernetes.md#images"
 
         request = urllib.request.Request(
             f"http://127.0.0.1:{proxy}/v1/chat/completions",
