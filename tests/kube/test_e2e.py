@@ -168,7 +168,11 @@ def test_a_pod_whose_secret_lacks_one_key_starts_and_serves_the_other_group(kube
 
 
 def test_the_example_app_gets_cache_hits_and_the_opted_out_pod_no_sidecar(kube_e2e: Stage) -> None:
-    """The kind recipe's app (k8s/examples/app.yaml): its own loop logs a hit; debug-shell stays as it is."""
+    """The kind recipe's app (k8s/examples/app.yaml): its own loop logs a hit; debug-shell stays as it is.
+
+    debug-shell runs the sidecar image with the example's command, and a shell in it answers (what
+    ``kubectl exec -it debug-shell -- sh`` gives): the image keeps /bin/sh, not coreutils.
+    """
     chat_obj = next(d for d in kube_e2e.examples["app"] if d["metadata"]["name"] == "chat-app")
     chat = kube_e2e.run("chat-app", chat_obj, kube_e2e.admit(chat_obj))
     # It calls every 10 s and prints the status and the cache header of each answer.
@@ -180,8 +184,12 @@ def test_the_example_app_gets_cache_hits_and_the_opted_out_pod_no_sidecar(kube_e
     # The app's loop has no SIGTERM handler (it would be killed after the grace period): only the sidecar's code.
     assert chat.terminate(app_grace=1)["llm-sidecar"] == 0
     shell = next(d for d in kube_e2e.examples["app"] if d["metadata"]["name"] == "debug-shell")
-    _, resp = kube_e2e.review(shell)
+    pod, resp = kube_e2e.review(shell)
     assert resp["allowed"] and "patch" not in resp, resp
+    running = kube_e2e.run("debug-shell", shell, pod)
+    res = running.exec("shell", ["sh", "-c", "echo $((6 * 7))"])
+    assert (res.returncode, res.stdout) == (0, "42\n"), res
+    assert running.terminate() == {"shell": 0}
     kube_e2e.timer.phase("example app, opted-out pod")
 
 

@@ -33,7 +33,7 @@ def test_examples_are_injected_and_opt_outs_untouched() -> None:
     assert job["spec"]["template"]["spec"]["initContainers"][0]["restartPolicy"] == "Always"
     assert "initContainers" not in pod["spec"]
     # The opted-out document keeps its bytes (comments included).
-    assert "name: debug-shell" in out.split("---")[-1] and "\n      command: [sleep, infinity]" in out
+    assert "name: debug-shell" in out.split("---")[-1] and "\n      command: [python3, -c, " in out
 
 
 def test_every_workload_kind_list_and_foreign_documents() -> None:
