@@ -7,6 +7,8 @@ without nginx): the bare pass-through (``bench/passthrough.py``), and two ``llm-
 serve`` with the same Redis cache, identical but for the endpoint's ``fleet:`` block (limits
 far above the load, so no call waits: what is measured is the price of asking). The call is
 not cacheable under the default policy (no temperature 0), so every call goes upstream.
+Then the same three at c=1 in front of the mock provider answering in ``SLOW_MS``: what the
+wait for Redis costs next to a call that takes time, as every real model's does.
 Rounds alternate the targets; calls/s and latency come from each target's best round, CPU
 per call (from /proc) from its lowest.
 
@@ -23,6 +25,7 @@ Results go to stdout and ``bench/results/fleet.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
@@ -44,8 +47,15 @@ ON = "sidecar, fleet limits on"
 LIMITS = {"max_concurrent": 100_000, "rpm": 100_000_000, "tpm": 100_000_000_000}
 
 
+#: the second upstream's answer time: shorter than any real model's (a short completion from a fast
+#: in-cluster server takes tens of milliseconds at least), so it shows the least that the wait for
+#: Redis is worth next to a real call
+SLOW_MS = 20
+
+
 @dataclass(frozen=True)
 class Row:
+    upstream: str
     target: str
     concurrency: int
     result: load.LoadResult
@@ -62,13 +72,24 @@ def _commands(client: redis.Redis) -> tuple[int, int]:
 
 
 def run(duration: float, concurrencies: list[int], rounds: int) -> tuple[list[Row], str]:
-    body = orjson.dumps({"model": MODEL, "messages": PROMPT})  # not deterministic: never cached
+    """The grid against an upstream that answers at once, then c=1 against one that takes ``SLOW_MS``."""
     nginx = procs.start_nginx(_static_answer())
-    upstream = nginx or procs.start_mock(procs.LOAD_CORES, f"{MODEL}:chunks=20")
-    upstream_name = "nginx (static JSON)" if nginx else "mock provider"
+    static = nginx or procs.start_mock(procs.LOAD_CORES, f"{MODEL}:chunks=20")
+    static_name = "nginx (static JSON)" if nginx else "mock provider"
+    with static:
+        rows = _cells(static, static_name, duration, concurrencies, rounds)
+    with procs.start_mock(procs.LOAD_CORES, f"{MODEL}:latency_ms={SLOW_MS}") as slow:
+        rows += _cells(slow, f"mock provider, answers in {SLOW_MS} ms", duration, [1], rounds)
+    return rows, static_name
+
+
+def _cells(
+    upstream: procs.Proc, upstream_name: str, duration: float, concurrencies: list[int], rounds: int
+) -> list[Row]:
+    body = orjson.dumps({"model": MODEL, "messages": PROMPT})  # not deterministic: never cached
     path = "/v1/chat/completions"
     rows: list[Row] = []
-    with upstream, start_redis() as redis_proc, tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
+    with start_redis() as redis_proc, tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         redis_url = f"redis://127.0.0.1:{redis_proc.port}/0"
         client = redis.Redis.from_url(redis_url)
         cache = {"backend": "redis", "redis_url": redis_url}
@@ -98,9 +119,12 @@ def run(duration: float, concurrencies: list[int], rounds: int) -> tuple[list[Ro
                             redis_counts[0] += after[0] - before[0]
                             redis_counts[1] += after[1] - before[1]
                             redis_counts[2] += result.calls
-                        best[target] = load.best_round(best.get(target), Row(target, concurrency, result, cpu_ms))
+                        row = Row(upstream_name, target, concurrency, result, cpu_ms)
+                        best[target] = load.best_round(best.get(target), row)
                 scripts, commands, calls = redis_counts
-                best[ON] = Row(ON, concurrency, best[ON].result, best[ON].cpu_ms, scripts / calls, commands / calls)
+                best[ON] = dataclasses.replace(
+                    best[ON], scripts_per_call=scripts / calls, commands_per_call=commands / calls
+                )
                 for row in best.values():
                     rows.append(row)
                     extra = (
@@ -109,16 +133,16 @@ def run(duration: float, concurrencies: list[int], rounds: int) -> tuple[list[Ro
                         else ""
                     )
                     print(
-                        f"{row.target:28} c={concurrency:<3} {row.result.rate:9,.0f}/s p50 {row.result.p50_ms:.3f} ms "
+                        f"{upstream_name[:20]:20} {row.target:28} c={concurrency:<3} {row.result.rate:9,.0f}/s p50 {row.result.p50_ms:.3f} ms "
                         f"p99 {row.result.p99_ms:.3f} ms CPU {row.cpu_ms:.3f} ms/call errors {row.result.errors}{extra}",
                         flush=True,
                     )
-    return rows, upstream_name
+    return rows
 
 
 def report(rows: list[Row], upstream: str, duration: float, rounds: int) -> str:
-    def get(target: str, concurrency: int) -> Row:
-        return next(r for r in rows if (r.target, r.concurrency) == (target, concurrency))
+    def get(upstream: str, target: str, concurrency: int) -> Row:
+        return next(r for r in rows if (r.upstream, r.target, r.concurrency) == (upstream, target, concurrency))
 
     lines = [
         f"# Fleet limits benchmark ({time.strftime('%Y-%m-%d %H:%M')})",
@@ -127,25 +151,27 @@ def report(rows: list[Row], upstream: str, duration: float, rounds: int) -> str:
         "the targets: calls/s and latency from each target's best round, CPU per call the lowest",
         f"- placement: {procs.layout()}",
         f"- load average at the start: {os.getloadavg()[0]:.2f} (2 cores shared with other work)",
-        f"- upstream: {upstream}; both sidecars use the same Redis cache (the call is not cacheable: every call "
-        f"goes upstream); fleet on = `fleet: {LIMITS}` on the endpoint",
+        f"- upstreams: {upstream} (answers at once: the sidecar's own cost shows whole), then at c=1 the mock "
+        f"provider answering in {SLOW_MS} ms; both sidecars use the same Redis cache (the call is not cacheable: "
+        f"every call goes upstream); fleet on = `fleet: {LIMITS}` on the endpoint",
         "",
-        "| target | c | calls/s | × fleet off | p50 ms | p99 ms | CPU ms/call | errors | Redis round trips/call "
-        "| commands Redis ran/call |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| upstream | target | c | calls/s | × fleet off | p50 ms | p99 ms | CPU ms/call | errors "
+        "| Redis round trips/call | commands Redis ran/call |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     checks = []
     for row in rows:
-        off = get(OFF, row.concurrency)
+        off = get(row.upstream, OFF, row.concurrency)
         ratio = row.result.rate / off.result.rate if off.result.rate else float("nan")
         scripts = "" if row.scripts_per_call is None else f"{row.scripts_per_call:.2f}"
         commands = "" if row.commands_per_call is None else f"{row.commands_per_call:.2f}"
         lines.append(
-            f"| {row.target} | {row.concurrency} | {row.result.rate:,.0f} | {ratio:.2f} | {row.result.p50_ms:.3f} | "
+            f"| {row.upstream} | {row.target} | {row.concurrency} | {row.result.rate:,.0f} | {ratio:.2f} | {row.result.p50_ms:.3f} | "
             f"{row.result.p99_ms:.3f} | {row.cpu_ms:.3f} | {row.result.errors} | {scripts} | {commands} |"
         )
         if row.target == ON:
-            checks.append((f"calls/s with fleet limits ≥ 85 % of without, c={row.concurrency}", ratio, ratio >= 0.85))
+            name = f"calls/s with fleet limits ≥ 85 % of without, c={row.concurrency}, {row.upstream}"
+            checks.append((name, ratio, ratio >= 0.85))
     lines += ["", "| target | measured | |", "|---|---|---|"]
     lines += [f"| {name} | {value:.2f}× | {'met' if ok else '**missed**'} |" for name, value, ok in checks]
     lines += [

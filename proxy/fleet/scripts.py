@@ -66,7 +66,7 @@ local limit, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 local rpm, tpm, tokens = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 local others = redis.call('ZCARD', KEYS[3])
-if redis.call('ZSCORE', KEYS[3], me) then others = others - 1 end
+if others > 0 and redis.call('ZSCORE', KEYS[3], me) then others = others - 1 end
 local function keep(key, ms)  -- a key lives at least ``ms`` more
   if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, math.ceil(ms)) end
 end
@@ -98,17 +98,27 @@ local function gcra(tat, per_minute, cost)
   local new = tat + cost * interval
   return new, new - now - math.max(per_minute / 60, 1) * interval
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
+-- The shares are kept only while others wait (when none does, each one's TAT would be now or
+-- less, as when it starts): the common case reads and writes no more than the fleet's TATs.
+if others > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now) end
 local function rate(key, share, per_minute, cost)
   local fleet, wait = gcra(tonumber(redis.call('GET', key) or now), per_minute, cost)
+  if others == 0 then return fleet, nil, wait end
   -- This sidecar's share: it may start while its own TAT is within a second, whatever ``cost``
   -- (a call's cost may be more than a share's burst).
   local mine = tonumber(redis.call('ZSCORE', KEYS[7], share) or now)
   if mine < now then mine = now end
-  if others > 0 and mine - now - 1000 > wait then wait = mine - now - 1000 end
+  if mine - now - 1000 > wait then wait = mine - now - 1000 end
   return fleet, mine + cost * 60000 * (others + 1) / per_minute, wait
 end
-local wait, rpm_tat, tpm_tat, rpm_mine, tpm_mine = 0, 0, 0, 0, 0
+local function take(key, tat, share, mine)
+  redis.call('SET', key, tostring(tat), 'PX', math.ceil(tat - now) + 1000)
+  if mine then
+    redis.call('ZADD', KEYS[7], mine, share)
+    keep(KEYS[7], mine - now + 1000)
+  end
+end
+local wait, rpm_tat, tpm_tat, rpm_mine, tpm_mine = 0, 0, 0, nil, nil
 if rpm > 0 then
   local w
   rpm_tat, rpm_mine, w = rate(KEYS[4], 'r:' .. me, rpm, 1)
@@ -120,21 +130,15 @@ if tpm > 0 and tokens > 0 then
   if w > wait then wait = w end
 end
 if wait > 0 then return deny(2, wait, in_use, expired) end
-if rpm > 0 then
-  redis.call('SET', KEYS[4], tostring(rpm_tat), 'PX', math.ceil(rpm_tat - now) + 1000)
-  redis.call('ZADD', KEYS[7], rpm_mine, 'r:' .. me)
-  keep(KEYS[7], rpm_mine - now + 1000)
-end
-if tpm > 0 and tokens > 0 then
-  redis.call('SET', KEYS[5], tostring(tpm_tat), 'PX', math.ceil(tpm_tat - now) + 1000)
-  redis.call('ZADD', KEYS[7], tpm_mine, 't:' .. me)
-  keep(KEYS[7], tpm_mine - now + 1000)
-end
+if rpm > 0 then take(KEYS[4], rpm_tat, 'r:' .. me, rpm_mine) end
+if tpm > 0 and tokens > 0 then take(KEYS[5], tpm_tat, 't:' .. me, tpm_mine) end
 if limit > 0 then
   redis.call('ZADD', KEYS[1], now + ttl, lease)
   redis.call('HINCRBY', KEYS[2], me, 1)
-  redis.call('PEXPIRE', KEYS[1], ttl * 10)
-  redis.call('PEXPIRE', KEYS[2], ttl * 10)
+  if in_use == 0 then  -- new keys; while leases are held, RENEW keeps them
+    redis.call('PEXPIRE', KEYS[1], ttl * 10)
+    redis.call('PEXPIRE', KEYS[2], ttl * 10)
+  end
   in_use = in_use + 1
 end
 return {0, 0, in_use, expired}
