@@ -65,11 +65,29 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del
 class Script:
     """A Lua script, sent by its SHA1 (``EVALSHA``) and by its text when the server lacks it."""
 
-    __slots__ = ("text", "sha")
+    __slots__ = ("text", "sha", "evalsha")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.sha = hashlib.sha1(text.encode()).hexdigest()
+        #: ``EVALSHA <sha>`` as RESP bulk strings, the head of every pipelined run
+        self.evalsha = _bulk(b"EVALSHA", self.sha.encode())
+
+
+class ScriptCall:
+    """A script with its keys and leading arguments fixed, encoded once: a call that runs it often
+    (a fleet budget's ``ACQUIRE``) encodes only the arguments that change."""
+
+    __slots__ = ("script", "keys", "fixed", "encoded", "count")
+
+    def __init__(self, script: Script, keys: list[str], fixed: list[Any]) -> None:
+        self.script = script
+        self.keys = keys
+        self.fixed = fixed
+        parts = [str(len(keys)).encode(), *(k.encode() for k in keys), *(str(a).encode() for a in fixed)]
+        #: the number of keys, the keys and the fixed arguments, as RESP bulk strings
+        self.encoded = _bulk(*parts)
+        self.count = len(parts)
 
 
 class Breaker:
@@ -174,11 +192,16 @@ def _url(config: CacheConfig) -> str:
 
 
 class _Replies(asyncio.Protocol):
-    """One Redis connection: commands are written as they come, replies resolve their waiters in order."""
+    """One Redis connection: commands are written as they come, replies resolve their waiters in order.
+
+    Each waiter has its own timer (a C-level handle in the event loop, cancelled by its reply): a
+    reply that does not come in time fails its waiter with ``TimeoutError``, which costs the call
+    less than an ``asyncio.timeout`` around it (a Python object and a task cancellation each time).
+    """
 
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
-        self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.waiters: deque[tuple[asyncio.Future[Any], asyncio.TimerHandle]] = deque()
         self.transport: asyncio.Transport | None = None
         #: commands of this event-loop turn, written together at its end (one send for many lookups)
         self.pending: list[bytes] = []
@@ -197,7 +220,8 @@ class _Replies(asyncio.Protocol):
         try:
             self.reader.feed(data)
             while (reply := self.reader.gets()) is not False:
-                waiter = self.waiters.popleft()
+                waiter, timer = self.waiters.popleft()
+                timer.cancel()
                 # A waiter that timed out is done already; its reply is consumed all the same,
                 # which keeps the replies in step with the commands.
                 if not waiter.done():
@@ -212,11 +236,13 @@ class _Replies(asyncio.Protocol):
         self.transport = None
         error = ConnectionError("Redis connection lost")
         while self.waiters:
-            waiter = self.waiters.popleft()
+            waiter, timer = self.waiters.popleft()
+            timer.cancel()
             if not waiter.done():
                 waiter.set_exception(error)
 
-    def send(self, command: bytes) -> asyncio.Future[Any]:
+    def send(self, command: bytes, timeout: float) -> asyncio.Future[Any]:
+        """The reply to ``command``, or ``TimeoutError`` if none comes within ``timeout`` seconds."""
         if self.transport is None:
             raise ConnectionError("Redis connection closed")
         loop = asyncio.get_running_loop()
@@ -224,7 +250,7 @@ class _Replies(asyncio.Protocol):
             loop.call_soon(self._flush)
         self.pending.append(command)
         waiter = loop.create_future()
-        self.waiters.append(waiter)
+        self.waiters.append((waiter, loop.call_later(timeout, _expire, waiter)))
         return waiter
 
     def _flush(self) -> None:
@@ -235,6 +261,11 @@ class _Replies(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.abort()  # connection_lost fails the waiters
+
+
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("no reply from Redis in time"))
 
 
 class PipelinedGets:
@@ -274,32 +305,31 @@ class PipelinedGets:
             parsed.get("db", 0),
         )
 
-    async def _connected(self) -> _Replies:
+    async def _connected(self, timeout: float) -> _Replies:
         async with self._lock:  # one connect at a time; the lookups behind it use the result
             if self._replies is None or not self._replies.open:
-                _, replies = await asyncio.get_running_loop().create_connection(_Replies, self.host, self.port)
+                async with asyncio.timeout(timeout):
+                    _, replies = await asyncio.get_running_loop().create_connection(_Replies, self.host, self.port)
                 try:
                     for command in self._hello:
-                        await replies.send(command)
+                        await replies.send(command, timeout)
                 except BaseException:
                     replies.close()
                     raise
                 self._replies = replies
             return self._replies
 
-    async def get(self, key: str) -> bytes | None:
-        replies = self._replies
-        if replies is None or not replies.open:
-            replies = await self._connected()
+    async def get(self, key: str, timeout: float) -> bytes | None:
+        """``GET key``; ``TimeoutError`` past ``timeout`` seconds (connecting included, each step)."""
         encoded = key.encode()
-        return await replies.send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(encoded), encoded))
+        return await self.send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(encoded), encoded), timeout)
 
-    async def execute(self, *parts: bytes) -> Any:
-        """Any command on the same connection (the fleet's scripts: ``proxy/fleet``)."""
+    async def send(self, command: bytes, timeout: float) -> Any:
+        """A command already encoded (RESP), on the same connection (the fleet's scripts: ``proxy/fleet``)."""
         replies = self._replies
         if replies is None or not replies.open:
-            replies = await self._connected()
-        return await replies.send(_command(*parts))
+            replies = await self._connected(timeout)
+        return await replies.send(command, timeout)
 
     def reset(self) -> None:
         if self._replies is not None:
@@ -311,7 +341,12 @@ class PipelinedGets:
 
 
 def _command(*parts: bytes) -> bytes:
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%b\r\n" % (len(p), p) for p in parts)
+    return b"*%d\r\n" % len(parts) + _bulk(*parts)
+
+
+def _bulk(*parts: bytes) -> bytes:
+    """``parts`` as RESP bulk strings, one after the other."""
+    return b"".join(b"$%d\r\n%b\r\n" % (len(p), p) for p in parts)
 
 
 class RedisBackend:
@@ -330,7 +365,6 @@ class RedisBackend:
         self.client = client
         #: the lookups' road (``PipelinedGets``), or redis-py's ``GET``
         self.gets = gets
-        self._get = gets.get if gets is not None else client.get
         self.timeout = operation_timeout
         self.breaker = Breaker(breaker_failures, breaker_cooldown, half_open=False)
         self.errors = 0
@@ -357,12 +391,19 @@ class RedisBackend:
     def available(self) -> bool:
         return not self.breaker.is_open
 
-    async def _run(self, default: T, operation: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    async def _run(
+        self, default: T, operation: Callable[..., Awaitable[T]], *args: Any, timed: bool = True, **kwargs: Any
+    ) -> T:
+        """``operation``'s result, or ``default`` when Redis is not usable; ``timed=False``: the
+        operation keeps to ``self.timeout`` itself (the pipelined connection's replies do)."""
         if self.breaker.is_open:
             self.skipped += 1
             return default
         try:
-            async with asyncio.timeout(self.timeout):
+            if timed:
+                async with asyncio.timeout(self.timeout):
+                    result = await operation(*args, **kwargs)
+            else:
                 result = await operation(*args, **kwargs)
         except _FAILURES as exc:
             self.errors += 1
@@ -389,7 +430,10 @@ class RedisBackend:
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value, ``None`` if absent, ``default`` if Redis could not answer."""
-        return await self._run(default, self._get, key)
+        gets = self.gets
+        if gets is not None:
+            return await self._run(default, gets.get, key, self.timeout, timed=False)
+        return await self._run(default, self.client.get, key)
 
     async def set(self, key: str, value: bytes, ttl: float) -> bool:
         """Whether the value was stored (false: Redis failed, or its circuit is open)."""
@@ -423,26 +467,37 @@ class RedisBackend:
 
     async def script(self, default: T, script: Script, keys: list[str], args: list[Any]) -> T | Any:
         """Run a Lua script (one round trip), or ``default`` when Redis is not usable."""
+        return await self.call(default, ScriptCall(script, keys, []), args)
 
+    async def call(self, default: T, call: ScriptCall, args: list[Any]) -> T | Any:
+        """Run ``call``'s script with ``args`` after its fixed ones, or ``default`` when Redis is not usable."""
+        script = call.script
         gets = self.gets
         if gets is not None:  # a single server: the pipelined road, as lookups take
-            parts = [str(len(keys)).encode(), *(k.encode() for k in keys), *(str(a).encode() for a in args)]
+            rest = [str(a).encode() for a in args]
+            body = call.encoded + _bulk(*rest)
+            count = 2 + call.count + len(rest)
+            timeout = self.timeout
 
-            async def run() -> Any:
+            async def pipelined() -> Any:
                 try:
-                    return await gets.execute(b"EVALSHA", script.sha.encode(), *parts)
+                    return await gets.send(b"*%d\r\n%b%b" % (count, script.evalsha, body), timeout)
                 except ResponseError as exc:
                     if not str(exc).startswith("NOSCRIPT"):
                         raise
-                    return await gets.execute(b"EVAL", script.text.encode(), *parts)
+                    return await gets.send(
+                        b"*%d\r\n%b%b" % (count, _bulk(b"EVAL", script.text.encode()), body), timeout
+                    )
 
-        else:
+            return await self._run(default, pipelined, timed=False)
 
-            async def run() -> Any:
-                try:
-                    return await self.client.evalsha(script.sha, len(keys), *keys, *args)
-                except NoScriptError:  # a restarted or new server: EVAL loads it
-                    return await self.client.eval(script.text, len(keys), *keys, *args)
+        parts = [*call.keys, *call.fixed, *args]
+
+        async def run() -> Any:
+            try:
+                return await self.client.evalsha(script.sha, len(call.keys), *parts)
+            except NoScriptError:  # a restarted or new server: EVAL loads it
+                return await self.client.eval(script.text, len(call.keys), *parts)
 
         return await self._run(default, run)
 

@@ -39,7 +39,7 @@ from collections import Counter
 from typing import Any
 
 from proxy.cache.config import CacheConfig
-from proxy.cache.redis import RedisBackend, Script
+from proxy.cache.redis import RedisBackend, Script, ScriptCall
 from proxy.fleet import scripts
 from proxy.fleet.config import FleetLimits, FleetSettings
 from proxy.fleet.grants import REASONS, Denial, Grant
@@ -82,10 +82,10 @@ class Budget:
     def __init__(self, fleet: Fleet, key: str, limits: FleetLimits) -> None:
         self.fleet = fleet
         self.key = key
-        self.limits = limits
         tag = f"llm-sidecar:fleet:{{{fleet.namespace}/{key}}}"
         #: leases, held, wanting, rpm, tpm, cool, shares (see ``scripts.ACQUIRE``)
         self.keys = [f"{tag}:{part}" for part in ("leases", "held", "wanting", "rpm", "tpm", "cool", "shares")]
+        self.limits = limits
         #: leases this sidecar holds (local grants' too), renewed by ``Fleet``
         self.held: set[str] = set()
         #: what ended calls give back, not sent yet: lease ids, and tokens (used minus reserved)
@@ -109,22 +109,23 @@ class Budget:
         self.restored = 0
         self.cooldowns_published = 0
 
+    @property
+    def limits(self) -> FleetLimits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: FleetLimits) -> None:
+        """New limits (a reload's too): ``ACQUIRE``'s fixed arguments change with them."""
+        self._limits = limits
+        fleet = self.fleet
+        fixed = [fleet.instance, limits.max_concurrent or 0, fleet.lease_ms, limits.rpm or 0, limits.tpm or 0]
+        self.acquire = ScriptCall(scripts.ACQUIRE, self.keys, fixed)
+
     def args(self, lease: str, tokens: int) -> list[Any]:
-        """``ACQUIRE``'s arguments; they carry what ended calls give back, if any is waiting."""
-        limits, fleet = self.limits, self.fleet
+        """``ACQUIRE``'s arguments after its fixed ones; they carry what ended calls give back, if any is waiting."""
         freeing, settling = self.freeing, self.settling
         self.freeing, self.settling = [], 0
-        return [
-            fleet.instance,
-            lease,
-            limits.max_concurrent or 0,
-            fleet.lease_ms,
-            limits.rpm or 0,
-            limits.tpm or 0,
-            tokens,
-            settling,
-            *freeing,
-        ]
+        return [lease, tokens, settling, *freeing]
 
     def give_back(self) -> list[Any] | None:
         """``RELEASE``'s arguments for what is waiting to be given back, or None."""
@@ -184,7 +185,7 @@ class Budget:
             if limit and len(self.held) >= self._share(limit):
                 self.denied["concurrency"] += 1
                 return Denial("concurrency", 0.0)
-        reply = await fleet.backend.script(None, scripts.ACQUIRE, self.keys, self.args(lease, tokens))
+        reply = await fleet.backend.call(None, self.acquire, self.args(lease, tokens))
         if reply is None:
             if fleet.backend.available:
                 return Denial("unanswered", 0.0)  # one slow or failed reply: ask again shortly

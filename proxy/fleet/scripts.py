@@ -45,8 +45,9 @@ end
 #: KEYS: leases (zset id -> expiry), held (hash sidecar -> leases), wanting (zset sidecar -> until
 #: when it counts as waiting), rpm TAT, tpm TAT, cool (a shared cool-down's key), shares (zset
 #: "r:"/"t:" + sidecar -> the TAT of its share of the rpm / tpm).
-#: ARGV: sidecar id, lease id, max_concurrent, lease ttl ms, rpm, tpm, tokens (0 = no such limit),
-#: then what ended calls give back (as ``RELEASE``): a token delta and lease ids.
+#: ARGV: sidecar id, max_concurrent, lease ttl ms, rpm, tpm (0 = no such limit; these five are
+#: fixed per budget and sent pre-encoded), lease id, tokens, then what ended calls give back (as
+#: ``RELEASE``): a token delta and lease ids.
 #: Returns {status, wait ms, leases in use, leases expired now}: status 0 granted, 1 at the
 #: concurrency limit (or past this sidecar's fair share while others wait), 2 rate (the fleet's,
 #: or this sidecar's share of it while others wait), 3 cooling.
@@ -57,13 +58,13 @@ end
 #: that asking sooner or more often does not buy a bigger share.
 ACQUIRE = Script(
     _NOW
-    + _free("KEYS[1]", "KEYS[2]", "KEYS[5]", "ARGV[6]", "ARGV[8]", 9)
+    + _free("KEYS[1]", "KEYS[2]", "KEYS[5]", "ARGV[5]", "ARGV[8]", 9)
     + """
 local cool = redis.call('PTTL', KEYS[6])
 if cool > 0 then return {3, cool, 0, 0} end
-local me, lease = ARGV[1], ARGV[2]
-local limit, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
-local rpm, tpm, tokens = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local me, lease = ARGV[1], ARGV[6]
+local limit, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local rpm, tpm, tokens = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 local others = redis.call('ZCARD', KEYS[3])
 if others > 0 and redis.call('ZSCORE', KEYS[3], me) then others = others - 1 end

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -162,6 +163,43 @@ def test_dead_redis_at_start_fails_open_fast(cached_sidecar, mock_provider, refu
     # lookups and stores were answered without touching the network.
     assert backend.errors == 3 and not backend.available
     assert backend.skipped >= 9 * 2  # at least a lookup and a store for each of the last nine calls
+
+
+def test_a_redis_that_stops_answering_costs_a_lookup_its_operation_timeout_and_no_more(
+    cached_sidecar, mock_provider
+) -> None:
+    """Redis frozen (SIGSTOP: connections stay open, nothing answers): the lookup gives up after
+    ``operation_timeout``, the call goes upstream, and once Redis answers again the stored answer
+    is a hit again. Each reply on the pipelined connection has a timer of its own for this."""
+    timeout = 0.5
+    server = RedisServer()
+    try:
+        sidecar = cached_sidecar(
+            cache=redis_cache(server.url, local_ttl=0, operation_timeout=timeout, breaker_failures=100)
+        )
+        assert _post(sidecar.openai_base).headers["x-llm-sidecar-cache"] == "miss"
+        stored(sidecar)
+        assert _post(sidecar.openai_base).headers["x-llm-sidecar-cache"] == "hit"
+        backend = sidecar.pipeline.cache.backend
+        errors = backend.errors
+
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            started = time.perf_counter()
+            response = _post(sidecar.openai_base)
+            waited = time.perf_counter() - started
+            assert response.status_code == 200 and response.headers["x-llm-sidecar-cache"] == "miss"
+            # It waited for the lookup's timeout, then went upstream (the bound is loose: a loaded machine).
+            assert timeout <= waited < timeout + 4, waited
+            assert backend.errors > errors
+            assert mock_provider.calls() == 2
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+
+        # The replies the frozen server owed arrive now and are consumed in step: the next lookup's is its own.
+        wait_until(lambda: _post(sidecar.openai_base).headers["x-llm-sidecar-cache"] == "hit", what="a hit again")
+    finally:
+        server.kill()
 
 
 def _serve(config: dict, directory: Path) -> tuple[subprocess.Popen, str]:

@@ -85,7 +85,13 @@ async def test_a_sidecar_whose_callers_retry_at_once_gets_no_more_than_its_share
     print(f"calls per sidecar in {seconds:.1f} s (the first's retry at once) {shares}; Jain's index {jain(shares):.4f}")
     assert all(set(load.statuses[i]) == {200} for i in range(1, 4)), load.statuses  # the patient ones waited
     assert 0.9 * rpm / 60 * seconds <= sum(shares) <= rpm / 60 * (seconds + 1), shares  # the rate, all of it
-    assert max(shares) <= 1.2 * min(shares), shares
+    # The eager one gets no more than the others (194 against 48-65 before the share rule). The three
+    # patient ones are compared as a whole: on a loaded machine one that waits for a core between its
+    # turns gives some of its share to the others (the 20 % band between all four is the minute-long
+    # check's, make fleet, where ~300 calls each make it a measure of the rule, not of the machine).
+    patient_mean = sum(shares[1:]) / 3
+    assert shares[0] <= 1.2 * patient_mean, shares
+    assert jain(shares) > 0.98, shares
 
 
 def _window(mock_provider, seconds: float) -> int:
