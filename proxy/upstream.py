@@ -185,6 +185,9 @@ class UpstreamResponse:
         "_timeouts",
         "_deadline",
         "_redactor",
+        "_waiting_since",
+        "_watchdog",
+        "_watch_at",
     )
 
     def __init__(
@@ -210,6 +213,10 @@ class UpstreamResponse:
         self._response = response
         self._timeouts = timeouts
         self._deadline = deadline
+        #: when the wait for the next bytes began (event-loop time), ``None`` when not waiting
+        self._waiting_since: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watch_at = 0.0
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The stream's chunks not read yet (a second call goes on where the first stopped)."""
@@ -220,27 +227,63 @@ class UpstreamResponse:
         content = self._response.content
         redactor = self._redactor
         while True:
-            remaining = self._deadline - loop.time()
-            idle = self._timeouts.idle
-            phase = "idle between chunks" if idle < remaining else "total"
+            now = loop.time()
             try:
-                if remaining <= 0:
+                if now >= self._deadline:
                     raise TimeoutError
-                # Bytes already buffered cost no timer (a timer is ~6 µs, and a busy
-                # proxy finds the next frames waiting); one is armed only to wait.
+                # Bytes already buffered need no wait (a busy proxy finds the next frames there).
                 chunk = content.read_nowait()
                 if not chunk and not content.at_eof():
-                    async with asyncio.timeout(min(idle, remaining)):
+                    # A slow stream waits for every chunk: one watchdog per stream (``_watch``)
+                    # bounds the waits, where a timer per wait cost ~6 µs a chunk. Only this
+                    # await counts as idle; the time the caller takes between chunks does not.
+                    self._waiting_since = now
+                    if self._watchdog is None:
+                        self._arm(loop, min(now + self._timeouts.idle, self._deadline))
+                    try:
                         chunk = await content.readany()
+                    finally:
+                        self._waiting_since = None
             except _CAUGHT as exc:
                 # A timeout is named by the clock that ran out; anything else happened mid-stream.
-                raise map_client_error(exc, phase if isinstance(exc, TimeoutError) else "mid-stream") from None
+                raise map_client_error(exc, "total" if isinstance(exc, TimeoutError) else "mid-stream") from None
             if not chunk:
                 if tail := redactor.feed(b"", True):
                     yield tail
                 return
             if chunk := redactor.feed(chunk, content.at_eof()):
                 yield chunk
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        self._watch_at = when
+        self._watchdog = loop.call_at(when, self._watch, loop)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The stream's watchdog: ends the current wait for bytes once it has lasted ``idle``
+        (or reached the total deadline), else sleeps until the current or next wait could.
+
+        It ends the wait as ``Upstream.stop`` does, with an error on the stream's reader,
+        not by cancelling the reading task: a cancellation from outside (the client gone,
+        a drain) stays a cancellation, and the reader raises the same ``UpstreamTimeout``
+        as before, named by the clock that ran out.
+        """
+        self._watchdog = None
+        content = self._response.content
+        if self._response.closed or content.at_eof() or content.exception() is not None:
+            return
+        idle, deadline = self._timeouts.idle, self._deadline
+        since = self._waiting_since
+        if since is not None:
+            due = min(since + idle, deadline)
+            if due <= self._watch_at:
+                phase = "idle between chunks" if since + idle < deadline else "total"
+                content.set_exception(map_client_error(TimeoutError(), phase))
+                return
+        else:
+            # A wait that starts from now on cannot end sooner than this.
+            now = loop.time()
+            due = min(now + idle, deadline) if now < deadline else now + idle
+        self._arm(loop, due)
 
     @property
     def first_in_hand(self) -> bool:
@@ -258,6 +301,9 @@ class UpstreamResponse:
         return self._deadline
 
     def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self._response.close()
 
 

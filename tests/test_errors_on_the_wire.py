@@ -112,6 +112,69 @@ def test_idle_timeout_mid_stream_ends_with_error_event(make_sidecar, mock_provid
         list(stream)
 
 
+def _one_endpoint(make_sidecar, mock_provider, timeouts: dict[str, float]) -> Sidecar:
+    endpoint = {"name": "slow", "url": mock_provider.url + "/v1", "model": "mock-gpt", "timeouts": timeouts}
+    return make_sidecar(model_groups={"gpt-4o-mini": {"endpoints": [endpoint]}})
+
+
+def test_idle_clock_starts_again_with_every_chunk(make_sidecar, mock_provider) -> None:
+    # 12 chunks 150 ms apart: the stream lasts ~1.7 s, far past the 0.5 s idle, but no gap reaches it.
+    mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=150, chunks=12)
+    sidecar = _one_endpoint(make_sidecar, mock_provider, {"idle": 0.5})
+    stream = sidecar.openai().chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    words = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(words) == 12
+
+
+@pytest.mark.parametrize(
+    ("chunk_delay_ms", "idle"),
+    [(200, 1.0), (5000, 10.0)],
+    ids=["chunks-within-idle", "deadline-mid-wait"],
+)
+def test_total_timeout_mid_stream_ends_with_error_event(make_sidecar, mock_provider, chunk_delay_ms, idle) -> None:
+    # The whole answer would take 4 s or more; the total timeout cuts it, between chunks
+    # that keep coming within the idle timeout, or in the middle of a long wait for one.
+    mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=chunk_delay_ms, chunks=20)
+    sidecar = _one_endpoint(make_sidecar, mock_provider, {"idle": idle, "total": 0.8})
+    stream = sidecar.openai().chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    received = []
+    started = time.monotonic()
+    with pytest.raises(openai.APIError, match=r"timed out \(total\)"):
+        for chunk in stream:
+            received.append(chunk)
+    assert 1 <= len(received) < 20
+    assert time.monotonic() - started < 3.0
+
+
+def test_a_client_that_stops_reading_is_not_an_idle_upstream(make_sidecar, mock_provider) -> None:
+    """The idle timeout bounds waits for the upstream's bytes only: time the relay spends
+    blocked writing to a client that reads slowly is not the upstream's idleness."""
+    # ~600 kB at once: more than the sockets and the write buffers hold, so the relay's
+    # writes block while the client does not read.
+    mock_provider.set_behaviour("mock-gpt", chunks=20000)
+    sidecar = _one_endpoint(make_sidecar, mock_provider, {"idle": 0.3})
+    body = b'{"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "x"}]}'
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", sidecar.servers.port))
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        assert sock.recv(64).startswith(b"HTTP/1.1 200")
+        # Not reading for well over the idle timeout: a negative check, so it needs the wait.
+        time.sleep(1.0)
+        data = bytearray()
+        while piece := sock.recv(65536):
+            data += piece
+    assert data.rstrip(b"\r\n0").endswith(b"data: [DONE]") and b"timed out" not in data
+
+
 def test_upstream_error_status_passes_through(sidecar: Sidecar, mock_provider) -> None:
     mock_provider.set_behaviour("mock-gpt", status=429, retry_after=7)
     with pytest.raises(openai.RateLimitError) as info:
