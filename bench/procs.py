@@ -214,10 +214,13 @@ def sidecar_config(directory: Path, model_groups: dict[str, str], **sections: An
     return path, port, admin_port
 
 
-def start_sidecar(config: Path, port: int, admin_port: int, cores: list[int] = PROXY_CORES) -> Proc:
-    """``llm-sidecar serve --config`` under test."""
-    argv = [PYTHON, "-m", "proxy", "serve", "--config", str(config)]
-    return Proc("llm-sidecar", argv, port, cores, ready=f"http://127.0.0.1:{admin_port}/readyz")
+def start_sidecar(
+    config: Path, port: int, admin_port: int, cores: list[int] = PROXY_CORES, tree: Path | None = None
+) -> Proc:
+    """``llm-sidecar serve --config`` under test; from another checkout ``tree`` (its ``.venv``) if given."""
+    python = str(tree / ".venv" / "bin" / "python") if tree else PYTHON
+    argv = [python, "-m", "proxy", "serve", "--config", str(config)]
+    return Proc("llm-sidecar", argv, port, cores, ready=f"http://127.0.0.1:{admin_port}/readyz", cwd=tree)
 
 
 NGINX_CONF = Path(__file__).with_name("nginx.conf")

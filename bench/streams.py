@@ -1,6 +1,6 @@
 """Slow streams and memory: the per-chunk cost, a thousand open streams, RSS over many calls.
 
-    python -m bench.streams [--duration 5] [--rounds 2] [--calls 250000] [--flat-seconds 85]
+    python -m bench.streams [--duration 5] [--rounds 2] [--calls 250000] [--flat-seconds 85] [--baseline TREE]
 
 The upstream is the project's mock provider (``llm-sidecar mock-provider``) playing two
 slow models; direct calls, the bare pass-through (``bench/passthrough.py``) and
@@ -18,12 +18,17 @@ stream. Added p99 = a target's p99 minus the direct call's in the same run.
   (its fastest path) under wrk at c=16, RSS read every few seconds until ``--calls``
   calls or ``--flat-seconds`` seconds, whichever comes first.
 
+``--baseline TREE`` adds a second sidecar run from another checkout (its own ``.venv``: ``python
+-m proxy`` imports the checkout's package) to the stream cells, loaded in turn with the others:
+a change's before and after in one run.
+
 Results go to stdout and ``bench/results/streams.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -38,6 +43,7 @@ from bench.core import PROMPT
 
 CHAT = "/v1/chat/completions"
 DIRECT, PASS_THROUGH, SIDECAR = "direct", "pass-through", "sidecar (cache off)"
+BASELINE = "baseline sidecar (cache off)"
 #: scenario → (model played by the mock, its behaviour, concurrency)
 SCENARIOS = {
     "chunks": ("bench-chunks", "chunk_delay_ms=2.5,chunks=20", 64),
@@ -131,9 +137,9 @@ def line(cell: Cell, cells: list[Cell]) -> str:
     extra, ratio = "–", "–"
     if cell.target != DIRECT:
         extra = f"{added(cells, cell.target):+.2f}"
-        if cell.target == SIDECAR:
+        if cell.target in (SIDECAR, BASELINE):
             bare = added(cells, PASS_THROUGH)
-            ratio = f"{added(cells, SIDECAR) / bare:.2f}" if bare > 0 else "–"
+            ratio = f"{added(cells, cell.target) / bare:.2f}" if bare > 0 else "–"
     values = [
         cell.scenario,
         cell.target,
@@ -209,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the 64-stream cells (default 2)")
     parser.add_argument("--calls", type=int, default=250_000, help="calls of the RSS run (default 250,000)")
     parser.add_argument("--flat-seconds", type=float, default=85.0, help="time bound of the RSS run (default 85)")
+    parser.add_argument("--baseline", type=Path, help="another checkout whose sidecar joins the stream cells")
     args = parser.parse_args(argv)
     if args.duration > 30 or args.flat_seconds > 120 or args.rounds > 5:
         parser.error("runs are bounded: duration ≤ 30 s, rounds ≤ 5, flat-seconds ≤ 120")
@@ -223,9 +230,16 @@ def main(argv: list[str] | None = None) -> int:
         groups = {model: mock.url + "/v1" for model, _, _ in SCENARIOS.values()}
         (Path(tmp) / "miss").mkdir()
         config, port, admin = procs.sidecar_config(Path(tmp) / "miss", groups)
-        with procs.start_passthrough(mock.url) as bare, procs.start_sidecar(config, port, admin) as sidecar:
+        with contextlib.ExitStack() as stack:
+            bare = stack.enter_context(procs.start_passthrough(mock.url))
+            sidecar = stack.enter_context(procs.start_sidecar(config, port, admin))
             urls = {DIRECT: mock.url + CHAT, PASS_THROUGH: bare.url + CHAT, SIDECAR: sidecar.url + CHAT}
             running = {PASS_THROUGH: bare, SIDECAR: sidecar}
+            if args.baseline:
+                (Path(tmp) / "baseline").mkdir()
+                config, port, admin = procs.sidecar_config(Path(tmp) / "baseline", groups)
+                base = stack.enter_context(procs.start_sidecar(config, port, admin, tree=args.baseline.resolve()))
+                urls[BASELINE], running[BASELINE] = base.url + CHAT, base
             chunks = measure("chunks", urls, running, args.duration, args.rounds)
             for cell in chunks:
                 print(line(cell, chunks), flush=True)
@@ -242,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- stream cells: async Python client (aiohttp + uvloop, own process), {args.duration:g} s each, "
         f"time to the end of each stream; 64 streams: {args.rounds} round(s), lowest p99 kept; "
         f"1,000 streams: {THOUSAND_WAVES} waves of 1,000 at once after one uncounted wave",
-        "- upstream: the mock provider; sidecar: cache off, default telemetry (metrics, access log)",
+        "- upstream: the mock provider; sidecar: cache off, default telemetry (metrics, access log)"
+        + (f"; baseline sidecar from `{args.baseline.resolve()}`" if args.baseline else ""),
         "",
         HEADER,
         *(line(cell, chunks) for cell in chunks),
