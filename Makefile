@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-quick e2e lint bench bench-tools chaos rag fleet redis-server test-tools clean
+.PHONY: setup demo test test-quick e2e lint bench bench-tools bench-peers chaos rag fleet redis-server test-tools clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,25 @@ bench-tools:
 ## bench: the benchmarks, written as Markdown tables under bench/results/ (installs wrk, nginx, valgrind, redis-server)
 bench: setup bench-tools
 	$(BIN)/python -m bench
+
+# LiteLLM for bench-peers, in a virtualenv of its own (never the project's .venv, never a dependency).
+# 1.108.7: the version issue 19's own measurement used, so the two can be set side by side; it comes
+# after the 1.107.0 release that was withdrawn from the index. A new pin makes a new virtualenv.
+PEERS_VENV      ?= .tools/peers-venv
+LITELLM_VERSION ?= 1.108.7
+
+$(PEERS_VENV)/.litellm-$(LITELLM_VERSION):
+	rm -rf $(PEERS_VENV)
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/pip install -q 'litellm[proxy]==$(LITELLM_VERSION)'
+	touch $@
+
+## bench-peers: the sidecar's miss path and the bare pass-through next to LiteLLM's proxy (1 worker), JSON and SSE at
+## c=1 and 16 (installs LiteLLM, ~750 MB, into .tools/peers-venv, plus wrk and nginx; ~2 min of load). Not in make bench.
+bench-peers: setup $(PEERS_VENV)/.litellm-$(LITELLM_VERSION)
+	@$(call install-missing,wrk:wrk nginx:nginx-light)
+	$(BIN)/python -m bench.peers --venv $(PEERS_VENV)
 
 ## chaos: the fault tests (an endpoint killed, Redis killed, SIGTERM under streaming load, an admin-port
 ## connection flood, a 401 echoing the key), each printing calls attempted / succeeded / failed / lost (~1 min)

@@ -85,7 +85,9 @@ def peak_rss_mb(pid: int) -> float:
 
 
 class Proc:
-    """A server subprocess on a loopback port; ``ready`` is a URL that answers once it listens."""
+    """A server subprocess on a loopback port; ``ready`` is a URL that answers once it listens.
+
+    ``env`` adds to (or overrides) this process's environment for the server's."""
 
     def __init__(
         self,
@@ -96,13 +98,19 @@ class Proc:
         ready: str | None = None,
         cwd: Path | None = None,
         timeout: float = 20.0,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            pinned(argv, cores), stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd or ROOT
+            pinned(argv, cores),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd or ROOT,
+            env={**os.environ, **env} if env else None,
         )
         try:
             self._wait(ready, timeout)
