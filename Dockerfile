@@ -12,6 +12,8 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 # strip: the wheels' extension modules keep their debug symbols (uvloop's is 13 MB, 1.6 MB stripped).
+# Not the libraries auditwheel vendors into a wheel's <name>.libs/: patchelf rewrote their program headers, and
+# binutils' strip breaks them (numpy's OpenBLAS: "ELF load command address/offset not page-aligned" at import).
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends binutils \
@@ -29,7 +31,7 @@ FROM build AS sidecar-venv
 ARG EXTRAS=""
 RUN python3 -m venv --without-pip /opt/llm-sidecar \
  && python3 -m pip --python /opt/llm-sidecar/bin/python install --no-compile ".${EXTRAS:+[$EXTRAS]}" \
- && find /opt/llm-sidecar -name '*.so' -exec strip --strip-unneeded {} + \
+ && find /opt/llm-sidecar -name '*.so' -not -path '*.libs/*' -exec strip --strip-unneeded {} + \
  && python3 -m compileall -q --invalidation-mode unchecked-hash /opt/llm-sidecar
 # The standard library's modules that the sidecar's commands import, for the rootfs stage to compile.
 RUN /opt/llm-sidecar/bin/python -c 'import sys, sysconfig, uvloop, proxy.cli, proxy.server, proxy.cache.redis, \
@@ -40,7 +42,7 @@ list(sys.modules.values())}; print(*sorted(f for f in files if f.startswith(std)
 # The injector's venv: the same plus the `kube` extra.
 FROM sidecar-venv AS injector-venv
 RUN python3 -m pip --python /opt/llm-sidecar/bin/python install --no-compile ".[kube]" \
- && find /opt/llm-sidecar -name '*.so' -exec strip --strip-unneeded {} + \
+ && find /opt/llm-sidecar -name '*.so' -not -path '*.libs/*' -exec strip --strip-unneeded {} + \
  && python3 -m compileall -q --invalidation-mode unchecked-hash /opt/llm-sidecar
 
 # ---- rootfs: the image's whole root, laid out on the base; the final stages are that tree alone ----

@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-quick e2e lint bench bench-tools bench-peers chaos rag fleet redis-server test-tools clean
+.PHONY: setup demo test test-quick e2e lint bench bench-tools bench-peers chaos rag rag-image fleet redis-server test-tools clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -102,6 +102,12 @@ rag: setup
 	$(BIN)/pip install -q -e '.[rag-test]'
 	LLM_SIDECAR_RAG_TESTS=required $(BIN)/python -m pytest -m vector -n 0 -p no:cacheprovider tests/rag $(PYTEST_ARGS)
 	$(BIN)/python -m bench.rag_eval
+
+## rag-image: the image built with the rag extra (--build-arg EXTRAS=rag: the index Job's and dense corpora's) and run
+## with podman: pymilvus's client and the sidecar's gRPC search load, index and serve fail only on the absent Milvus
+## (tests/kube/test_rag_image.py; about two minutes, its own build: not in make test, nor in CI)
+rag-image: setup test-tools
+	$(BIN)/python -m pytest -m rag_image tests/kube/test_rag_image.py -s -p no:cacheprovider $(PYTEST_ARGS)
 
 ## fleet: the minute-long fleet RPM check (4 sidecar processes on one redis-server, ~75 s); the other fleet tests run in make test
 fleet: setup redis-server

@@ -47,14 +47,23 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {**make_ca(d, ["localhost"]), "dir": d}
 
 
+#: Minutes of image builds, each run only when its marker is selected: marker → why skipped otherwise.
+ON_REQUEST = {
+    "e2e": "end to end: run it with `make e2e`",
+    "rag_image": "the image with the rag extra (its own build): run it with `make rag-image`",
+}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The end-to-end run (minutes of image builds) only when asked for: ``make e2e`` (``-m e2e``)."""
-    if "e2e" in (config.getoption("markexpr") or ""):
-        return
-    skip = pytest.mark.skip(reason="end to end: run it with `make e2e`")
-    for item in items:
-        if "e2e" in item.keywords:
-            item.add_marker(skip)
+    """The end-to-end run (``make e2e``, ``-m e2e``) and the rag image (``make rag-image``) only when asked for."""
+    selected = config.getoption("markexpr") or ""
+    for marker, reason in ON_REQUEST.items():
+        if marker in selected:
+            continue
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="module")

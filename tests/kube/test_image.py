@@ -70,8 +70,8 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def built(tag: str, tmp_path_factory: pytest.TempPathFactory, *args: str) -> Iterator[str]:
+    """The Dockerfile built as ``tag`` (``args``: buildah's own, e.g. ``--build-arg EXTRAS=rag``); removed after."""
     if reason := _missing():
         pytest.skip(reason)
     subprocess.run([str(ROOT / "scripts" / "make-base-image.sh")], check=True, timeout=900)
@@ -94,15 +94,21 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "--pull=never",
             "-v",
             "/etc/ssl/certs:/etc/ssl/certs:ro",
+            *args,
             "-t",
-            IMAGE,
+            tag,
             str(ctx),
         ],
         check=True,
         timeout=1200,
     )
-    yield IMAGE
-    subprocess.run(["podman", *VFS, "rmi", "-f", IMAGE], capture_output=True, timeout=300)
+    yield tag
+    subprocess.run(["podman", *VFS, "rmi", "-f", tag], capture_output=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from built(IMAGE, tmp_path_factory)
 
 
 def _podman_script(script: str, timeout: float) -> subprocess.CompletedProcess[str]:
