@@ -105,7 +105,7 @@ rag: setup
 
 ## rag-image: the image built with the rag extra (--build-arg EXTRAS=rag: the index Job's and dense corpora's) and run
 ## with podman: pymilvus's client and the sidecar's gRPC search load, index and serve fail only on the absent Milvus
-## (tests/kube/test_rag_image.py; about two minutes, its own build: not in make test, nor in CI)
+## (tests/kube/test_rag_image.py; about two minutes, its own build: not in make test; a CI step of its own)
 rag-image: setup test-tools
 	$(BIN)/python -m pytest -m rag_image tests/kube/test_rag_image.py -s -p no:cacheprovider $(PYTEST_ARGS)
 
