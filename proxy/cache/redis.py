@@ -308,8 +308,7 @@ class PipelinedGets:
     async def _connected(self, timeout: float) -> _Replies:
         async with self._lock:  # one connect at a time; the lookups behind it use the result
             if self._replies is None or not self._replies.open:
-                async with asyncio.timeout(timeout):
-                    _, replies = await asyncio.get_running_loop().create_connection(_Replies, self.host, self.port)
+                _, replies = await asyncio.get_running_loop().create_connection(_Replies, self.host, self.port)
                 try:
                     for command in self._hello:
                         await replies.send(command, timeout)
@@ -320,7 +319,7 @@ class PipelinedGets:
             return self._replies
 
     async def get(self, key: str, timeout: float) -> bytes | None:
-        """``GET key``; ``TimeoutError`` past ``timeout`` seconds (connecting included, each step)."""
+        """``GET key``; ``TimeoutError`` past ``timeout`` seconds (connecting included)."""
         encoded = key.encode()
         return await self.send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(encoded), encoded), timeout)
 
@@ -328,7 +327,13 @@ class PipelinedGets:
         """A command already encoded (RESP), on the same connection (the fleet's scripts: ``proxy/fleet``)."""
         replies = self._replies
         if replies is None or not replies.open:
-            replies = await self._connected(timeout)
+            # One timeout for the wait on the lock, the connect and the reply: lookups queued
+            # behind a connect that fails must not wait one timeout after another.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            async with asyncio.timeout_at(deadline):
+                replies = await self._connected(timeout)
+            timeout = deadline - loop.time()
         return await replies.send(command, timeout)
 
     def reset(self) -> None:

@@ -202,6 +202,40 @@ def test_a_redis_that_stops_answering_costs_a_lookup_its_operation_timeout_and_n
         server.kill()
 
 
+async def test_lookups_that_queue_behind_a_connect_to_a_frozen_redis_each_give_up_after_the_timeout(
+    cached_sidecar, mock_provider
+) -> None:
+    """Redis frozen before the first lookup (SIGSTOP: the kernel still accepts connections, nothing
+    answers) and a db in the URL, so connecting takes a reply (``SELECT``). Lookups that arrive
+    together wait for one connection: each must still give up after ``operation_timeout``, not
+    one timeout after another as the connects behind each other fail."""
+    timeout, calls = 0.25, 24
+    server = RedisServer()
+    try:
+        sidecar = cached_sidecar(
+            cache=redis_cache(server.url[: -len("/0")] + "/1", local_ttl=0, operation_timeout=timeout)
+        )
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+
+            async def call(client: httpx.AsyncClient, index: int) -> float:
+                started = time.perf_counter()
+                body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"frozen {index}"}]}
+                response = await client.post(sidecar.openai_base + "/chat/completions", json=body)
+                assert response.status_code == 200 and response.headers["x-llm-sidecar-cache"] == "miss"
+                return time.perf_counter() - started
+
+            async with httpx.AsyncClient(timeout=30) as client:
+                waited = await asyncio.gather(*(call(client, i) for i in range(calls)))
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        # One after another, the last would wait calls x timeout (6 s); the bound is loose for a loaded machine.
+        assert max(waited) < timeout + 2.5, sorted(waited)
+        assert mock_provider.calls() == calls
+    finally:
+        server.kill()
+
+
 def _serve(config: dict, directory: Path) -> tuple[subprocess.Popen, str]:
     port, admin = free_port(), free_port()
     config = {**config, "server": {**config["server"], "port": port, "admin_port": admin}}
