@@ -133,7 +133,7 @@ class Budget:
             return None
         freeing, settling = self.freeing, self.settling
         self.freeing, self.settling = [], 0
-        return [self.limits.tpm or 0, settling, *freeing]
+        return [self.fleet.instance, self.limits.tpm or 0, settling, *freeing]
 
     async def take(self, payload: dict[str, Any], body: bytes, until: float) -> Grant | Denial:
         """A grant, or the denial that still stands at ``until`` (``time.monotonic()``).
@@ -165,7 +165,12 @@ class Budget:
                 answer = await self._try(tokens)
                 if isinstance(answer, Grant) or answer.reason == "cooling":
                     return answer
-                pause = answer.wait or self.fleet.settings.poll_interval * random.uniform(0.5, 1.5)
+                poll = self.fleet.settings.poll_interval * random.uniform(0.5, 1.5)
+                pause = answer.wait or poll
+                if self.limits.tpm:
+                    # A request rate's wait is exact; a token budget's is at most that: calls in
+                    # flight give back what they reserved and did not use when they end.
+                    pause = min(pause, poll)
                 if time.monotonic() + pause >= until:
                     return answer
                 await asyncio.sleep(pause)
@@ -346,7 +351,8 @@ class Fleet:
         budget.flush_due = False
         args = budget.give_back()
         if args is not None:
-            self.background(scripts.RELEASE, [budget.keys[0], budget.keys[1], budget.keys[4]], args)
+            keys = budget.keys
+            self.background(scripts.RELEASE, [keys[0], keys[1], keys[4], keys[2], keys[6]], args)
 
     def background(self, script: Script, keys: list[str], args: list[Any]) -> None:
         task = asyncio.get_running_loop().create_task(self.backend.script(None, script, keys, args))

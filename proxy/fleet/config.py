@@ -42,8 +42,9 @@ class FleetSettings(BaseModel):
     #: seconds a concurrency lease lives unless its holder renews it (every third of this):
     #: the most a killed sidecar's leases keep budget from the others
     lease_ttl: float = Field(5.0, ge=0.5)
-    #: seconds between a waiting call's tries when the fleet is at its concurrency limit
-    #: (a rate limit says when budget returns; it is waited for exactly)
+    #: seconds between a waiting call's tries when the fleet is at its concurrency limit or its
+    #: token rate (calls in flight give tokens back when they end); a request rate says when
+    #: budget returns, and is waited for exactly
     poll_interval: float = Field(0.02, gt=0)
     #: seconds a budget's Redis reply may take; after ``cache.breaker_failures`` slow or failed ones
     #: in a row, Redis counts as down and budgets use their local share

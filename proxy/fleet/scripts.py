@@ -20,8 +20,12 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 
-def _free(leases: str, held: str, tpm_tat: str, tpm: str, delta: str, first: int) -> str:
-    """Lua that frees the lease ids ``ARGV[first..]`` and moves the tpm TAT by ``delta`` tokens."""
+def _free(
+    leases: str, held: str, tpm_tat: str, tpm: str, delta: str, first: int, wanting: str, shares: str, me: str
+) -> str:
+    """Lua that frees the lease ids ``ARGV[first..]`` and moves the tpm TAT by ``delta`` tokens,
+    and ``me``'s share of it too while others wait (see ``ACQUIRE``): a call that used less than it
+    reserved gives the rest back to both, or a sidecar would be held to its share of reservations."""
     return f"""
 for i = {first}, #ARGV do
   if redis.call('ZREM', {leases}, ARGV[i]) == 1 then
@@ -37,6 +41,14 @@ if tonumber({tpm}) > 0 and tonumber({delta}) ~= 0 then
     redis.call('SET', {tpm_tat}, tostring(tat), 'PX', math.ceil(tat - now) + 1000)
   else
     redis.call('DEL', {tpm_tat})
+  end
+  local mine = redis.call('ZSCORE', {shares}, 't:' .. {me})
+  if mine then
+    -- at the pace the share was taken: the tpm over the sidecars waiting, this one among them
+    local sharing = redis.call('ZCOUNT', {wanting}, '(' .. now, '+inf')
+    if not redis.call('ZSCORE', {wanting}, {me}) then sharing = sharing + 1 end
+    mine = tonumber(mine) + tonumber({delta}) * 60000 * sharing / tonumber({tpm})
+    redis.call('ZADD', {shares}, math.max(mine, now), 't:' .. {me})
   end
 end
 """
@@ -58,7 +70,7 @@ end
 #: that asking sooner or more often does not buy a bigger share.
 ACQUIRE = Script(
     _NOW
-    + _free("KEYS[1]", "KEYS[2]", "KEYS[5]", "ARGV[5]", "ARGV[8]", 9)
+    + _free("KEYS[1]", "KEYS[2]", "KEYS[5]", "ARGV[5]", "ARGV[8]", 9, "KEYS[3]", "KEYS[7]", "ARGV[1]")
     + """
 local cool = redis.call('PTTL', KEYS[6])
 if cool > 0 then return {3, cool, 0, 0} end
@@ -146,10 +158,15 @@ return {0, 0, in_use, expired}
 """
 )
 
-#: KEYS: leases, held, tpm TAT. ARGV: tpm, token delta (real usage minus reserved), lease ids...
-#: Ends calls: frees their leases and moves the token budget by what they really used. Sent only
-#: when no ``ACQUIRE`` of the budget came soon enough to carry them.
-RELEASE = Script(_NOW + _free("KEYS[1]", "KEYS[2]", "KEYS[3]", "ARGV[1]", "ARGV[2]", 3) + "return 1\n")
+#: KEYS: leases, held, tpm TAT, wanting, shares. ARGV: sidecar id, tpm, token delta (real usage
+#: minus reserved), lease ids... Ends calls: frees their leases and moves the token budget (and
+#: the sidecar's share of it) by what they really used. Sent only when no ``ACQUIRE`` of the
+#: budget came soon enough to carry them.
+RELEASE = Script(
+    _NOW
+    + _free("KEYS[1]", "KEYS[2]", "KEYS[3]", "ARGV[2]", "ARGV[3]", 4, "KEYS[4]", "KEYS[5]", "ARGV[1]")
+    + "return 1\n"
+)
 
 #: KEYS: leases, held. ARGV: sidecar id, lease ttl ms, lease ids... "These are my leases": each is
 #: renewed, and put back if Redis lost it (a restart; a stall past the TTL), so calls granted from

@@ -66,10 +66,11 @@ async def closed_loop(
     model: str = "gpt-4o-mini",
     stop: asyncio.Event | None = None,
     load: Load | None = None,
+    **create: Any,
 ) -> Load:
     """``workers`` SDK clients per sidecar, each sending its next call as soon as the last one ends,
     for ``seconds`` (or until ``stop``); each makes one call at least. ``load``, if given, is filled
-    as answers come (a caller may read it mid-run)."""
+    as answers come (a caller may read it mid-run). ``create``: more arguments of each call."""
     load = load or Load()
     for i in range(len(urls)):
         load.statuses.setdefault(i, Counter())
@@ -78,7 +79,9 @@ async def closed_loop(
     async def worker(index: int, client: openai.AsyncOpenAI) -> None:
         while True:
             try:
-                await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "go"}])
+                await client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "go"}], **create
+                )
                 load.statuses[index][200] += 1
             except openai.APIStatusError as error:
                 load.statuses[index][error.status_code] += 1

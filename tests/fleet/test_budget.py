@@ -119,6 +119,36 @@ def test_a_calls_token_reservation_is_settled_to_its_real_usage(mock_provider, r
     assert before - 1 <= moved_from <= after + 1
 
 
+async def test_sidecars_sharing_a_token_rate_get_back_what_their_calls_did_not_use(
+    mock_provider, redis, sidecar_processes
+) -> None:
+    """Two sidecars want more than the TPM: each keeps to its share, and a call's unused
+    reservation (it reserves its output cap, uses a few tokens) goes back to the sidecar's share
+    as it goes back to the fleet's, so the fleet still spends its whole token rate."""
+    tpm = 6000  # 100 tokens a second; a call reserves ~95 (its prompt and max_tokens=90)
+    config = fleet_config(mock_provider.url, redis.url, {"tpm": tpm}, queue_timeout=10)
+    sidecars = sidecar_processes(config, 2)
+    async with openai.AsyncOpenAI(base_url=sidecars[0].url + "/v1", api_key="sk-client", max_retries=0) as client:
+        probe = await client.chat.completions.create(
+            model="gpt-4o-mini", max_tokens=90, messages=[{"role": "user", "content": "go"}]
+        )
+    assert probe.usage is not None
+    used = probe.usage.total_tokens
+    assert used < 40  # a few tokens of the ~95 reserved
+
+    started = time.monotonic()
+    load = await closed_loop([s.url for s in sidecars], workers=2, seconds=6, max_tokens=90)
+    seconds = time.monotonic() - started
+    spent = used * sum(load.ok(i) for i in range(2))
+    print(f"{spent} tokens used in {seconds:.1f} s at tpm {tpm} ({used} a call); calls {load.statuses}")
+    assert load.failed() == 0, load.statuses
+    # The fleet's rate is 100 tokens a second (and one second's burst): with every unused token
+    # given back to the fleet and to the sidecar's share, and waiters asking again as calls end,
+    # the two spend most of it (before: 210-252 tokens in 7-9 s, ~25 a second).
+    assert spent >= 0.6 * tpm / 60 * seconds, (spent, load.statuses)
+    assert spent <= tpm / 60 * (seconds + 1) + 2 * 100, (spent, load.statuses)
+
+
 def _redis_ms(client: redis_py.Redis) -> float:
     seconds, micros = client.time()
     return seconds * 1000 + micros / 1000
