@@ -32,6 +32,23 @@ pytestmark = pytest.mark.slow
 #: this run's tag: another run of the suite (another checkout, other code) may build at the same time
 IMAGE = f"localhost/llm-sidecar:test-{uuid.uuid4().hex[:8]}"
 VFS = ["--storage-driver", "vfs"]
+#: A container run as the pod runs it: the host's network (the pod's loopback), a read-only root with a
+#: /tmp of its own, and the limits the tests' load needs
+RUN = [
+    "podman",
+    *VFS,
+    "run",
+    "--rm",
+    "--network",
+    "host",
+    "--read-only",
+    "--tmpfs",
+    "/tmp",
+    "--ulimit",
+    "nofile=20000:20000",
+    "--ulimit",
+    "nproc=32768:32768",
+]
 MB = 1_000_000
 #: The image is its own root (a FROM scratch stage): some of the base's files, kept as they are, and files
 #: the build adds. Each is bounded, so the whole is too (87 MB on this machine's stand-in base, which keeps
@@ -255,22 +272,7 @@ def test_image_serves_health_and_a_proxied_completion(image: str, tmp_path: Path
     # Names of this run only: another run of the suite may have its own pair up at the same time.
     suffix = uuid.uuid4().hex[:8]
     mock_name, sidecar_name = f"llm-mock-{suffix}", f"llm-sc-{suffix}"
-    run = [
-        "podman",
-        *VFS,
-        "run",
-        "-d",
-        "--rm",
-        "--network",
-        "host",
-        "--read-only",
-        "--tmpfs",
-        "/tmp",
-        "--ulimit",
-        "nofile=20000:20000",
-        "--ulimit",
-        "nproc=32768:32768",
-    ]
+    run = [*RUN[:4], "-d", *RUN[4:]]
     sidecar = None
     try:
         res = _podman_script(

@@ -20,27 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.kube.test_image import MB, VFS, _files, _podman_script, _port, _ready, _size, built
+from tests.kube.test_image import MB, RUN, VFS, _files, _podman_script, _port, _ready, _size, built
 from tests.servers import MockProvider, RefusedPort
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.rag_image
 RAG_IMAGE = f"localhost/llm-sidecar:test-rag-{uuid.uuid4().hex[:8]}"
-RUN = [
-    "podman",
-    *VFS,
-    "run",
-    "--rm",
-    "--network",
-    "host",
-    "--read-only",
-    "--tmpfs",
-    "/tmp",
-    "--ulimit",
-    "nofile=20000:20000",
-    "--ulimit",
-    "nproc=32768:32768",
-]
 #: What `llm-sidecar index` imports (the whole pymilvus client: pandas, numpy, grpcio, protobuf) and what the
 #: sidecar's dense search loads (gRPC and pymilvus's generated messages alone), then numpy's and pandas's compiled
 #: code run once (a matrix product goes through numpy's vendored OpenBLAS).
