@@ -11,6 +11,8 @@ import openai
 import pytest
 
 from tests.servers import Sidecar
+from tests.telemetry.conftest import Scrape
+from tests.waiting import wait_until
 
 
 def test_malformed_json_and_missing_model(sidecar: Sidecar) -> None:
@@ -167,8 +169,16 @@ def test_a_client_that_stops_reading_is_not_an_idle_upstream(make_sidecar, mock_
             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         assert sock.recv(64).startswith(b"HTTP/1.1 200")
-        # Not reading for well over the idle timeout: a negative check, so it needs the wait.
-        time.sleep(1.0)
+        # Not reading while the relay is held up, for three idle timeouts: the call must still be in
+        # flight at the sidecar all that time (else the buffers took it all and nothing was tested).
+        held_from = time.monotonic()
+
+        def held_up_past_the_idle_timeout() -> bool:
+            metrics = Scrape(httpx.get(sidecar.admin_url + "/metrics", timeout=5).text)
+            assert metrics.value("llm_sidecar_calls_in_flight") == 1, "the call ended while unread"
+            return time.monotonic() - held_from > 3 * 0.3
+
+        wait_until(held_up_past_the_idle_timeout, what="the relay held up by the client for 3 idle timeouts")
         data = bytearray()
         while piece := sock.recv(65536):
             data += piece

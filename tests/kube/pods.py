@@ -23,7 +23,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -251,10 +250,8 @@ class NetNS:
         script = f"mount --bind {hosts_file} /etc/hosts && ip link set lo up && touch {ready} && exec sleep infinity"
         self.holder = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c", script])
         self.enter = ["nsenter", "-t", str(self.holder.pid), "--net", "--mount"]
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert self.holder.poll() is None and time.monotonic() < deadline, "network namespace did not come up"
-            time.sleep(0.02)
+        wait_until(lambda: ready.exists() or self.holder.poll() is not None, 30, what="the namespace's holder set up")
+        assert self.holder.poll() is None, "the network namespace's holder exited"
         own = os.stat("/proc/self/ns/net").st_ino
         assert os.stat(f"/proc/{self.holder.pid}/ns/net").st_ino != own, "the holder is not in a namespace of its own"
         self.processes: list[subprocess.Popen] = []
