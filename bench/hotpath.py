@@ -230,15 +230,11 @@ def verdicts(cells: list[Cell]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=2.0, help="seconds per cell and round (default 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per cell, targets alternating (default 3)")
-    parser.add_argument("--concurrency", default="1,16", help="comma-separated (default 1,16)")
+    load.grid_options(parser, duration=2.0, concurrency="1,16", rounds=3)
     parser.add_argument("--tree", type=Path, default=procs.ROOT, help="checkout whose sidecar is measured")
     parser.add_argument("--instructions", action="store_true", help="also count instructions per call (valgrind)")
     args = parser.parse_args(argv)
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
-    if max(concurrencies) > 256 or args.duration > 30:
-        parser.error("loads are bounded: concurrency ≤ 256, duration ≤ 30 s")
+    concurrencies = load.concurrencies(parser, args)
     tree = args.tree.resolve()
     print(f"hot path benchmark: {load.GENERATOR}; {procs.layout()}; sidecar from {tree}", flush=True)
     print(HEADER, flush=True)

@@ -35,11 +35,13 @@ GENERATOR = (
 )
 
 
-def grid_options(parser: argparse.ArgumentParser) -> None:
-    """``--duration``, ``--concurrency``, ``--rounds``: the cells a scenario measures (defaults 3 s, 1,16,64, 2)."""
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per cell (default 3)")
-    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated (default 1,16,64)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds per cell, best kept (default 2)")
+def grid_options(
+    parser: argparse.ArgumentParser, duration: float = 3.0, concurrency: str = "1,16,64", rounds: int = 2
+) -> None:
+    """``--duration``, ``--concurrency``, ``--rounds``: the cells a scenario measures."""
+    parser.add_argument("--duration", type=float, default=duration, help=f"seconds per cell (default {duration:g})")
+    parser.add_argument("--concurrency", default=concurrency, help=f"comma-separated (default {concurrency})")
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"rounds per cell, best kept (default {rounds})")
 
 
 def concurrencies(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[int]:

@@ -195,9 +195,7 @@ def summary(cells: list[hotpath.Cell]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=2.0, help="seconds per cell and round (default 2)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds per cell, targets alternating (default 2)")
-    parser.add_argument("--concurrency", default="1,16", help="comma-separated (default 1,16)")
+    load.grid_options(parser, duration=2.0, concurrency="1,16", rounds=2)
     parser.add_argument("--venv", type=Path, default=VENV, help=f"LiteLLM's virtualenv (default {VENV})")
     args = parser.parse_args(argv)
     concurrencies = load.concurrencies(parser, args)
