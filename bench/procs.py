@@ -177,6 +177,13 @@ def start_mock(cores: list[int] = LOAD_CORES, *behaviours: str) -> Proc:
     return Proc("mock provider", argv, port, cores, ready=f"http://127.0.0.1:{port}/v1/models")
 
 
+def start_paced(gap_ms: float, first_ms: float = 0.0, cores: list[int] = LOAD_CORES) -> Proc:
+    """``bench/paced.py``: the benchmark's stream, a frame every ``gap_ms``, from a bare asyncio protocol."""
+    port = free_port()
+    argv = [PYTHON, "-m", "bench.paced", "--port", str(port), "--gap-ms", str(gap_ms), "--first-ms", str(first_ms)]
+    return Proc("paced stream", argv, port, cores)
+
+
 def start_passthrough(upstream: str, cores: list[int] = PROXY_CORES) -> Proc:
     """The bare pass-through reference (``bench/passthrough.py``) in front of ``upstream``."""
     port = free_port()

@@ -2,16 +2,19 @@
 
     python -m bench.streams [--duration 5] [--rounds 2] [--calls 250000] [--flat-seconds 85] [--baseline TREE]
 
-The upstream is the project's mock provider (``llm-sidecar mock-provider``) playing two
-slow models; direct calls, the bare pass-through (``bench/passthrough.py``) and
-``llm-sidecar serve`` (cache off: the miss path; default telemetry) are loaded in turn
-by the async Python client (``bench/load.py``), which times each call to the end of its
-stream. Added p99 = a target's p99 minus the direct call's in the same run.
+Direct calls, the bare pass-through (``bench/passthrough.py``) and ``llm-sidecar serve``
+(cache off: the miss path; default telemetry) are loaded in turn, each call timed to the
+end of its stream. Added p99 = a target's p99 minus the direct call's in the same run.
 
 - ``chunks``: 64 concurrent streams of 20 chunks 2.5 ms apart (``--rounds`` rounds, the
-  targets alternating, each one's lowest p99 kept);
-- ``thousand``: 1,000 concurrent streams, 50 ms to the first byte then 20 chunks 25 ms
-  apart: waves of 1,000 calls at once over open connections (one uncounted wave opens
+  targets alternating, each one's lowest p99 kept). The upstream is ``bench/paced.py``
+  (the 23-frame stream, a frame every 2.5 ms, from a bare asyncio protocol) and the
+  client wrk: both cost little, so their shared core is not the limit and the added
+  p99 is the proxy's (with the mock provider and a Python client, that core was full
+  and the figure swung by tens of ms between runs);
+- ``thousand``: 1,000 concurrent streams from the project's mock provider (``llm-sidecar
+  mock-provider``), 50 ms to the first byte then 20 chunks 25 ms apart, timed by the async
+  Python client (``bench/load.py``): waves of 1,000 calls at once over open connections (one uncounted wave opens
   them). Kept up as a closed loop, 1,000 such streams would be ~1,800 calls/s and 36,000
   chunks/s, which the upstream's and client's one shared core cannot feed;
 - ``flat``: a second sidecar with the memory cache answering one JSON call from memory
@@ -46,12 +49,12 @@ DIRECT, PASS_THROUGH, SIDECAR = "direct", "pass-through", "sidecar (cache off)"
 BASELINE = "baseline sidecar (cache off)"
 #: scenario → (model played by the mock, its behaviour, concurrency)
 SCENARIOS = {
-    "chunks": ("bench-chunks", "chunk_delay_ms=2.5,chunks=20", 64),
+    "chunks": ("bench-chunks", "", 64),  # served by bench/paced.py
     "thousand": ("bench-slow", "ttft_ms=50,chunk_delay_ms=25,chunks=20", 1000),
 }
 THOUSAND_WAVES = 4
 #: scenario → a stream's own length (first byte + chunk gaps), ms: the least a direct call can take
-NOMINAL_MS = {"chunks": 19 * 2.5, "thousand": 50 + 19 * 25}
+NOMINAL_MS = {"chunks": 22 * 2.5, "thousand": 50 + 19 * 25}
 #: a direct p50 above this × nominal: the upstream's and client's core is the limit, the added figures are noise
 SATURATED = 1.5
 #: issue 19's targets
@@ -89,7 +92,10 @@ def measure(
         for target, url in urls.items():
             proc = running.get(target)
             before = proc.cpu_seconds() if proc else 0.0
-            result = load.run(url, payload, concurrency, duration, python=True, ramp=0.5, waves=waves)
+            if scenario == "chunks":  # wrk: a client that leaves its core to the upstream
+                result = load.run(url, payload, concurrency, duration)
+            else:
+                result = load.run(url, payload, concurrency, duration, python=True, ramp=0.5, waves=waves)
             cpu, rss = None, None
             if proc:  # CPU over the whole run (warm-up wave or ramp included) per counted call
                 cpu, rss = (proc.cpu_seconds() - before) / max(result.calls, 1) * 1000, proc.peak_rss_mb()
@@ -221,31 +227,36 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("runs are bounded: duration ≤ 30 s, rounds ≤ 5, flat-seconds ≤ 120")
     started = time.monotonic()
     load_average = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    print(f"streams benchmark: async Python client; {procs.layout()}; load average {load_average}", flush=True)
-    behaviours = [f"{model}:{spec}" for model, spec, _ in SCENARIOS.values()]
+    print(f"streams benchmark: {procs.layout()}; load average {load_average}", flush=True)
+    model, spec, _ = SCENARIOS["thousand"]
     with (
         tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp,
-        procs.start_mock(procs.LOAD_CORES, *behaviours) as mock,
+        procs.start_mock(procs.LOAD_CORES, f"{model}:{spec}") as mock,
+        procs.start_paced(gap_ms=2.5) as paced,
     ):
-        groups = {model: mock.url + "/v1" for model, _, _ in SCENARIOS.values()}
+        upstreams = {"chunks": paced.url, "thousand": mock.url}
+        groups = {SCENARIOS[name][0]: url + "/v1" for name, url in upstreams.items()}
         (Path(tmp) / "miss").mkdir()
         config, port, admin = procs.sidecar_config(Path(tmp) / "miss", groups)
         with contextlib.ExitStack() as stack:
-            bare = stack.enter_context(procs.start_passthrough(mock.url))
             sidecar = stack.enter_context(procs.start_sidecar(config, port, admin))
-            urls = {DIRECT: mock.url + CHAT, PASS_THROUGH: bare.url + CHAT, SIDECAR: sidecar.url + CHAT}
-            running = {PASS_THROUGH: bare, SIDECAR: sidecar}
+            base = None
             if args.baseline:
                 (Path(tmp) / "baseline").mkdir()
                 config, port, admin = procs.sidecar_config(Path(tmp) / "baseline", groups)
                 base = stack.enter_context(procs.start_sidecar(config, port, admin, tree=args.baseline.resolve()))
-                urls[BASELINE], running[BASELINE] = base.url + CHAT, base
-            chunks = measure("chunks", urls, running, args.duration, args.rounds)
-            for cell in chunks:
-                print(line(cell, chunks), flush=True)
-            thousand = measure("thousand", urls, running, args.duration, 1)
-            for cell in thousand:
-                print(line(cell, thousand), flush=True)
+            cells: dict[str, list[Cell]] = {}
+            for name, rounds in (("chunks", args.rounds), ("thousand", 1)):
+                # The pass-through forwards to one upstream: one per scenario, only while it runs.
+                with procs.start_passthrough(upstreams[name]) as bare:
+                    urls = {DIRECT: upstreams[name] + CHAT, PASS_THROUGH: bare.url + CHAT, SIDECAR: sidecar.url + CHAT}
+                    running = {PASS_THROUGH: bare, SIDECAR: sidecar}
+                    if base is not None:
+                        urls[BASELINE], running[BASELINE] = base.url + CHAT, base
+                    cells[name] = measure(name, urls, running, args.duration, rounds)
+                for cell in cells[name]:
+                    print(line(cell, cells[name]), flush=True)
+            chunks, thousand = cells["chunks"], cells["thousand"]
         (Path(tmp) / "flat").mkdir()
         samples, rate = flat(mock, Path(tmp) / "flat", args.calls, args.flat_seconds)
     parts = [
@@ -253,10 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"- load average at the start: {load_average}; placement: {procs.layout()}; whole run "
         f"{time.monotonic() - started:.0f} s",
-        f"- stream cells: async Python client (aiohttp + uvloop, own process), {args.duration:g} s each, "
-        f"time to the end of each stream; 64 streams: {args.rounds} round(s), lowest p99 kept; "
-        f"1,000 streams: {THOUSAND_WAVES} waves of 1,000 at once after one uncounted wave",
-        "- upstream: the mock provider; sidecar: cache off, default telemetry (metrics, access log)"
+        f"- stream cells: {args.duration:g} s each, time to the end of each stream; 64 streams: wrk against "
+        f"`bench/paced.py` (23 frames 2.5 ms apart), {args.rounds} round(s), lowest p99 kept; 1,000 streams: "
+        f"the async Python client (aiohttp + uvloop, own process) against the mock provider, {THOUSAND_WAVES} "
+        "waves of 1,000 at once after one uncounted wave",
+        "- sidecar: cache off, default telemetry (metrics, access log)"
         + (f"; baseline sidecar from `{args.baseline.resolve()}`" if args.baseline else ""),
         "",
         HEADER,
