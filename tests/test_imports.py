@@ -1,4 +1,4 @@
-"""No import cycles among the modules of ``proxy``, masked or not.
+"""No import cycles among the modules of ``proxy``, masked or not; and what a process loads.
 
 The graph is read from the source: every module-level import (not those under
 ``if TYPE_CHECKING:``, nor those inside functions, which load on first use), and
@@ -6,6 +6,9 @@ every name a package exports lazily (``proxy/lazy.py``), since such a name hides
 import rather than removing it. Importing ``a.b.c`` runs ``a`` and ``a.b`` too, so
 an import reaches the parent packages, except those the importer lives in (they
 are already running when it runs).
+
+What a process loads is read from the process itself: CPython's ``-X importtime``
+(``PYTHONPROFILEIMPORTTIME``) writes a line to stderr for every module it imports.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 import proxy
+from tests.servers import SidecarProcess, default_config
 
 ROOT = Path(proxy.__file__).parent
 
@@ -164,3 +169,50 @@ def test_the_graph_sees_a_cycle(tmp_path) -> None:
 def test_module_imports_alone(module: str) -> None:
     """A fresh interpreter imports the module first, before anything else of ``proxy``."""
     subprocess.run([sys.executable, "-c", f"import {module}"], check=True, timeout=60)
+
+
+#: what the default config (memory cache, no tracing, no corpora, no discovery, no fleet
+#: limits, answers under the compression threshold) has no use for: each is loaded only when
+#: configured, or on first use
+UNUSED_BY_DEFAULT = (
+    "redis",  # a Redis cache or fleet limits
+    "hiredis",
+    "opentelemetry",  # tracing
+    "zstandard",  # compressed cache entries, zstd request bodies
+    "proxy.cache.redis",
+    "proxy.fleet.budget",
+    "proxy.telemetry.tracing",
+    "proxy.rag.service",  # corpora
+    "proxy.discovery.kube",  # discovery
+    "proxy.discovery.dns",
+    "proxy.kube",  # the injector
+)
+
+
+def _imported(stderr: str) -> set[str]:
+    """Modules named by ``-X importtime`` lines ("import time: self | cumulative | name")."""
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in stderr.splitlines()
+        if line.startswith("import time:") and "cumulative" not in line
+    }
+
+
+def test_serve_loads_only_what_the_default_config_uses(tmp_path, mock_provider, monkeypatch) -> None:
+    """``llm-sidecar serve`` (the console script), ready and after calls of both dialects, JSON and streamed."""
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
+    sidecar = SidecarProcess(default_config(mock_provider.url, server={"drain_timeout": 1}), tmp_path)
+    try:
+        sidecar.wait_ready()
+        with httpx.Client(timeout=10) as client:
+            for stream in (False, True):
+                chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+                assert client.post(sidecar.url + "/v1/chat/completions", json=chat).status_code == 200
+                message = {"model": "claude-sonnet", "max_tokens": 50, "stream": stream, "messages": chat["messages"]}
+                assert client.post(sidecar.url + "/anthropic/v1/messages", json=message).status_code == 200
+        sidecar.metrics()  # a scrape
+    finally:
+        sidecar.stop()
+    loaded = _imported(sidecar.log.read_text())
+    assert {"aiohttp", "yaml", "proxy.pipeline", "proxy.cache.memory"} <= loaded  # the lines were read
+    assert sorted(m for m in loaded if any(m == u or m.startswith(u + ".") for u in UNUSED_BY_DEFAULT)) == []

@@ -6,8 +6,6 @@ written by a sidecar with another threshold still read back.
 
 from __future__ import annotations
 
-import zstandard
-
 RAW = b"r"
 ZSTD = b"z"
 
@@ -19,6 +17,9 @@ class CorruptValue(Exception):
 def pack(data: bytes, threshold: int) -> bytes:
     if len(data) <= threshold:
         return RAW + data
+    # Here, not at the top: a process whose answers all stay under the threshold never loads the codec.
+    import zstandard
+
     return ZSTD + zstandard.compress(data, 3)
 
 
@@ -28,6 +29,8 @@ def unpack(value: bytes) -> bytes | memoryview:
     if kind == RAW:
         return data
     if kind == ZSTD:
+        import zstandard
+
         try:
             return zstandard.decompress(data)
         except (zstandard.ZstdError, ValueError) as exc:
