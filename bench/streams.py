@@ -175,6 +175,17 @@ def saturated(cells: list[Cell]) -> str:
     )
 
 
+def per_stream(ready: dict[str, float], thousand: list[Cell]) -> str:
+    """RSS when ready and what 1,000 open streams add to it, per proxy: the fixed and the per-stream part."""
+    parts = []
+    for cell in thousand:
+        if cell.target in ready and cell.peak_rss_mb is not None:
+            grown = cell.peak_rss_mb - ready[cell.target]
+            kb = grown * 1024 / cell.concurrency
+            parts.append(f"{cell.target} {ready[cell.target]:.1f} MB, +{grown:.1f} MB ({kb:.0f} KB a stream)")
+    return "RSS when ready, then peak over it with 1,000 streams open: " + "; ".join(parts)
+
+
 def verdicts(chunks: list[Cell], thousand: list[Cell], samples: list[tuple[int, float]]) -> list[str]:
     def mark(ok: bool, unmeasurable: str = "") -> str:
         return unmeasurable or ("met" if ok else "**missed**")
@@ -240,15 +251,18 @@ def main(argv: list[str] | None = None) -> int:
         config, port, admin = procs.sidecar_config(Path(tmp) / "miss", groups)
         with contextlib.ExitStack() as stack:
             sidecar = stack.enter_context(procs.start_sidecar(config, port, admin))
+            ready = {SIDECAR: sidecar.rss_mb()}
             base = None
             if args.baseline:
                 (Path(tmp) / "baseline").mkdir()
                 config, port, admin = procs.sidecar_config(Path(tmp) / "baseline", groups)
                 base = stack.enter_context(procs.start_sidecar(config, port, admin, tree=args.baseline.resolve()))
+                ready[BASELINE] = base.rss_mb()
             cells: dict[str, list[Cell]] = {}
             for name, rounds in (("chunks", args.rounds), ("thousand", 1)):
                 # The pass-through forwards to one upstream: one per scenario, only while it runs.
                 with procs.start_passthrough(upstreams[name]) as bare:
+                    ready[PASS_THROUGH] = bare.rss_mb()
                     urls = {DIRECT: upstreams[name] + CHAT, PASS_THROUGH: bare.url + CHAT, SIDECAR: sidecar.url + CHAT}
                     running = {PASS_THROUGH: bare, SIDECAR: sidecar}
                     if base is not None:
@@ -257,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                 for cell in cells[name]:
                     print(line(cell, cells[name]), flush=True)
             chunks, thousand = cells["chunks"], cells["thousand"]
+            print(per_stream(ready, thousand), flush=True)
         (Path(tmp) / "flat").mkdir()
         samples, rate = flat(mock, Path(tmp) / "flat", args.calls, args.flat_seconds)
     parts = [
@@ -274,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         HEADER,
         *(line(cell, chunks) for cell in chunks),
         *(line(cell, thousand) for cell in thousand),
+        "",
+        per_stream(ready, thousand),
         "",
         f"RSS of a memory-cache sidecar answering from memory (wrk, c=16, {rate:,.0f} calls/s): "
         + ", ".join(f"{calls:,} calls {rss:.1f} MB" for calls, rss in samples),
