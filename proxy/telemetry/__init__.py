@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from proxy.telemetry.config import TelemetryConfig
-from proxy.telemetry.logs import ACCESS, access_fields, event, log_access
+from proxy.telemetry.logs import ACCESS, event, log_access
 from proxy.telemetry.metrics import LiveCollector, Metrics, NullMetrics
 from proxy.telemetry.observer import NOOP, MetricsObserver, Observer
 
@@ -98,7 +98,7 @@ class Telemetry:
         self._record.record(call, now)
         call.observer.end(call)
         if self._log_access and ACCESS.isEnabledFor(logging.INFO):
-            log_access(access_fields(call, now, self._log_prompts))
+            log_access(call, now, self._log_prompts)
         if call.status >= 500:
             event(
                 "call failed",
