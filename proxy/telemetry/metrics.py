@@ -325,16 +325,28 @@ class Metrics:
 
     def record(self, call: Call, now: float) -> None:
         """A call ended: everything it did, from its fields."""
-        self.in_flight.dec()
+        # The hot path of every call: children are updated in place here, not through
+        # ``inc``/``observe`` (a Python call each), with the same arithmetic.
+        self.in_flight.value -= 1.0
         key = (call.dialect.name, call.model_group, call.outcome, call.status, call.stream, call.cache_status)
         bundle = self._bundles.get(key) or self._bundle(key)
-        latency = now - call.started
-        bundle.calls.inc()
-        bundle.duration.observe(latency)
-        bundle.overhead.observe(latency - call.upstream_seconds if latency > call.upstream_seconds else 0.0)
-        bundle.cache_calls.inc()
+        started = call.started
+        latency = now - started
+        upstream = call.upstream_seconds
+        bundle.calls.value += 1.0
+        buckets = bundle.duration
+        buckets.counts[bisect_left(buckets.bounds, latency)] += 1
+        buckets.sum += latency
+        overhead = latency - upstream if latency > upstream else 0.0
+        buckets = bundle.overhead
+        buckets.counts[bisect_left(buckets.bounds, overhead)] += 1
+        buckets.sum += overhead
+        bundle.cache_calls.value += 1.0
         if call.first_byte_at is not None:
-            bundle.ttfb.observe(call.first_byte_at - call.started)
+            ttfb = call.first_byte_at - started
+            buckets = bundle.ttfb
+            buckets.counts[bisect_left(buckets.bounds, ttfb)] += 1
+            buckets.sum += ttfb
         if call.attempts:
             bundle.queue_wait.observe(call.queue_wait)
             group = bundle.group
@@ -351,13 +363,18 @@ class Metrics:
         if usage:
             spent_in = usage.get("input_tokens", 0)
             spent_out = usage.get("output_tokens", 0)
-            bundle.input_tokens.inc(spent_in)
-            bundle.output_tokens.inc(spent_out)
+            bundle.input_tokens.value += spent_in
+            bundle.output_tokens.value += spent_out
             price_in, price_out = bundle.prices
-            bundle.cost.inc(spent_in * price_in + spent_out * price_out)
+            bundle.cost.value += spent_in * price_in + spent_out * price_out
 
     def step(self, name: str, seconds: float) -> None:
-        self.steps(name if name in STEPS else "other").observe(seconds)
+        self.step_buckets(name).observe(seconds)
+
+    def step_buckets(self, name: str) -> _Buckets:
+        """The step histogram's child for ``name`` (``other`` when it is not a known step)."""
+        child: _Buckets = self.steps(name if name in STEPS else "other")
+        return child
 
     def event(self, name: str) -> None:
         self.events(name if name in EVENTS else "other").inc()

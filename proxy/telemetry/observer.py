@@ -27,37 +27,46 @@ from typing import TYPE_CHECKING, Any
 from proxy.call import NOOP, Observer
 
 if TYPE_CHECKING:
-    from proxy.telemetry.metrics import Metrics
+    from proxy.telemetry.metrics import Metrics, _Buckets
 
 __all__ = ["NOOP", "MetricsObserver", "Observer"]
 
 
 class _Timed:
-    """Times one step into the step histogram (cheaper than a generator-based context manager)."""
+    """Times one step into its step histogram's child (cheaper than a generator-based context manager)."""
 
-    __slots__ = ("metrics", "name", "started")
+    __slots__ = ("buckets", "started")
 
-    def __init__(self, metrics: Metrics, name: str) -> None:
-        self.metrics = metrics
-        self.name = name
+    def __init__(self, buckets: _Buckets) -> None:
+        self.buckets = buckets
 
     def __enter__(self) -> None:
         self.started = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
-        self.metrics.step(self.name, time.perf_counter() - self.started)
+        self.buckets.observe(time.perf_counter() - self.started)
 
 
 class MetricsObserver(Observer):
     """Times steps and counts events; keeps no per-call state, so one instance serves every call."""
 
-    __slots__ = ("metrics",)
+    __slots__ = ("metrics", "_steps")
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        #: step name → its histogram child, found once (bounded: unknown names share ``other``)
+        self._steps: dict[str, _Buckets] = {}
 
     def span(self, name: str, **attributes: Any) -> _Timed:
-        return _Timed(self.metrics, name)
+        buckets = self._steps.get(name)
+        if buckets is None:
+            buckets = self.metrics.step_buckets(name)
+            if len(self._steps) < _MAX_STEP_NAMES:
+                self._steps[name] = buckets
+        return _Timed(buckets)
 
     def event(self, name: str, **attributes: Any) -> None:
         self.metrics.event(name)
+
+
+_MAX_STEP_NAMES = 64
