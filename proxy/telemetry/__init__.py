@@ -44,6 +44,8 @@ class Telemetry:
         self._live: LiveCollector | None = None
         self.tracing: Tracing | None = None
         self._observe: Callable[[Call], Observer]
+        #: the observer every call gets, when one serves them all (no call to ``_observe``)
+        self._shared: Observer | None = None
         if config.tracing.enabled:
             from proxy.telemetry.tracing import Tracing, TracingObserver
 
@@ -51,9 +53,10 @@ class Telemetry:
             tracer, metrics = tracing.tracer, self.metrics
             self._observe = lambda call: TracingObserver(call, tracer, metrics)
         elif self.metrics is not None:
-            shared = MetricsObserver(self.metrics)
+            shared = self._shared = MetricsObserver(self.metrics)
             self._observe = lambda call: shared
         else:
+            self._shared = NOOP
             self._observe = lambda call: NOOP
         # What ``finish`` does, decided here once.
         self._log_access = config.access_log
@@ -90,7 +93,8 @@ class Telemetry:
     def observe(self, call: Call) -> Observer:
         """The observer of a call that starts now."""
         self._record.start()
-        return self._observe(call)
+        shared = self._shared
+        return shared if shared is not None else self._observe(call)
 
     def finish(self, call: Call) -> None:
         """Record one ended call: exactly once per call, whatever its outcome."""

@@ -164,19 +164,22 @@ def event(message: str, level: int = logging.INFO, **fields: Any) -> None:
     EVENTS.log(level, message, extra={"fields": fields})
 
 
-def _ms(seconds: float) -> float:
-    # Milliseconds to 2 decimals. Not ``round(x, 2)``: with digits, a float is rounded through
-    # its decimal string, ~10× the cost; k / 100 is the same nearest double.
-    return round(seconds * 100_000) / 100
-
-
 #: the keys ``JSONFormatter`` puts before a record's fields
 _HEAD = ("ts", "level", "logger", "msg")
 
 
 def access_entry(call: Call, now: float, log_prompts: bool) -> dict[str, Any]:
-    """The access line of one call, as ``JSONFormatter`` lays it out: one dict, built once."""
-    latency = now - call.started
+    """The access line of one call, as ``JSONFormatter`` lays it out: one dict, built once.
+
+    Milliseconds to 2 decimals, inline: ``round(seconds * 100_000) / 100``, not ``round(x, 2)``
+    (with digits, a float is rounded through its decimal string, ~10x the cost; k / 100 is
+    the same nearest double), and not a helper (a Python call for each of five fields).
+    """
+    started = call.started
+    latency = now - started
+    upstream = call.upstream_seconds
+    first_byte_at = call.first_byte_at
+    usage = call.usage
     entry: dict[str, Any] = {
         "ts": round(time.time() * 1000) / 1000,
         "level": "info",
@@ -195,13 +198,13 @@ def access_entry(call: Call, now: float, log_prompts: bool) -> dict[str, Any]:
         "attempts": call.attempts,
         "fallbacks": call.fallbacks,
         "retries": call.retries,
-        "latency_ms": _ms(latency),
-        "ttfb_ms": _ms(call.first_byte_at - call.started) if call.first_byte_at is not None else None,
-        "upstream_ms": _ms(call.upstream_seconds),
-        "overhead_ms": _ms(max(latency - call.upstream_seconds, 0.0)),
-        "queue_ms": _ms(call.queue_wait),
-        "input_tokens": call.usage.get("input_tokens"),
-        "output_tokens": call.usage.get("output_tokens"),
+        "latency_ms": round(latency * 100_000) / 100,
+        "ttfb_ms": round((first_byte_at - started) * 100_000) / 100 if first_byte_at is not None else None,
+        "upstream_ms": round(upstream * 100_000) / 100,
+        "overhead_ms": round((latency - upstream) * 100_000) / 100 if latency > upstream else 0.0,
+        "queue_ms": round(call.queue_wait * 100_000) / 100,
+        "input_tokens": usage.get("input_tokens"),
+        "output_tokens": usage.get("output_tokens"),
         "error_type": call.error_type,
     }
     if log_prompts:

@@ -297,7 +297,7 @@ class Metrics:
 
     def start(self) -> None:
         """A call starts."""
-        self.in_flight.inc()
+        self.in_flight.value += 1.0
 
     def _bundle(self, key: tuple[str, str, str, int, bool, str]) -> _Bundle:
         """The children one kind of call updates, found once; labels are made bounded here."""
