@@ -11,12 +11,13 @@ whole is packed by ``compression.pack`` (compressed above the threshold).
 from __future__ import annotations
 
 import struct
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
-from proxy.cache.compression import CorruptValue, pack, unpack
+from proxy.cache.compression import RAW, CorruptValue, pack, unpack
 
 _LENGTH = struct.Struct(">I")
 
@@ -36,6 +37,8 @@ class Entry:
     output_tokens: int = 0
     #: a streamed OpenAI answer that carries the usage chunk (``stream_options.include_usage``)
     has_usage: bool = True
+    #: bytes of its encoding when an in-process tier keeps the entry itself (``keepable``)
+    size: int = field(default=0, compare=False, repr=False)
 
     def age(self, now: float | None = None) -> float:
         return max(0.0, (time.time() if now is None else now) - self.created)
@@ -58,6 +61,17 @@ class Entry:
             ]
         )
         return pack(_LENGTH.pack(len(header)) + header + self.body, compress_threshold)
+
+    def keepable(self, value: bytes) -> Entry | bytes:
+        """What an in-process tier keeps for ``value`` (this entry's encoding): the entry itself
+        when the value is stored raw, so a hit decodes nothing; a compressed value stays packed,
+        so the tier's bound keeps counting (and holding) compressed bytes."""
+        if value[:1] != RAW:
+            return value
+        # The encoding's bytes (the body is nearly all of it) plus what the object and its
+        # fields take beyond them (its floats and ints, the content type): counted high, never low.
+        self.size = len(value) + sys.getsizeof(self) + sys.getsizeof(self.content_type) + 2 * 32
+        return self
 
     @classmethod
     def decode(cls, value: bytes) -> Entry:

@@ -64,11 +64,21 @@ def tenant(namespace: str, credential: str | None, per_credential: bool) -> str:
     return namespace + "." + hashlib.sha256(b"llm-sidecar-tenant:" + credential.encode()).hexdigest()[:24]
 
 
+def scope_prefix(scope: str) -> bytes:
+    """What the hash of every key in ``scope`` starts with (``request_key`` takes it, made once)."""
+    return scope.encode() + b"\0"
+
+
 def request_key(tenant_name: str, scope: str, payload: dict[str, Any]) -> str:
     """``llmsc:{tenant}:{hash}``; ``scope`` names the dialect, operation and model group."""
+    return scoped_key(tenant_name, scope_prefix(scope), payload)
+
+
+def scoped_key(tenant_name: str, prefix: bytes, payload: dict[str, Any]) -> str:
+    """``request_key`` with the scope's ``scope_prefix`` made once for all its calls."""
     # The pipeline let in only bodies that write back (``proxy/request_body.py``).
     canonical = orjson.dumps(fingerprint(payload), option=_KEY_OPTIONS)
-    digest = hashlib.blake2b(scope.encode() + b"\0" + canonical, digest_size=20).hexdigest()
+    digest = hashlib.blake2b(prefix + canonical, digest_size=20).hexdigest()
     return f"llmsc:{tenant_name}:{digest}"
 
 

@@ -1,5 +1,7 @@
 """The in-memory backend: an LRU of packed values, bounded by bytes, with a TTL per entry.
 
+The response cache may keep a decoded ``Entry`` instead of its raw (uncompressed)
+encoding, so a hit decodes nothing; it counts as the bytes of that encoding.
 The bound counts the stored (compressed) bytes, the key and what Python spends to
 hold an entry (the objects' headers, the expiry, the table slot), so a process's
 cache memory is what the config says. It is thread-safe (the decorator calls it from
@@ -17,6 +19,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from proxy.cache.entry import Entry
+
 # Per entry, past the key's and the value's own bytes: the bytes and str headers, the
 # (value, expiry) tuple and its float, and the OrderedDict's table slot and node (~56
 # bytes, measured with tracemalloc). Small entries cost twice their bytes without it.
@@ -32,7 +36,7 @@ class MemoryBackend:
         #: what expiry is measured with (tests give a clock they move)
         self.clock = clock
         # key -> (value, expires at, monotonic)
-        self._items: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[Any, float]] = OrderedDict()
         self._lock = threading.Lock()
         self.bytes = 0
         self.evictions = 0
@@ -42,10 +46,10 @@ class MemoryBackend:
         return len(self._items)
 
     @staticmethod
-    def _size(key: str, value: bytes) -> int:
-        return len(key) + len(value) + _ENTRY_OVERHEAD
+    def _size(key: str, value: bytes | Entry) -> int:
+        return len(key) + (value.size if isinstance(value, Entry) else len(value)) + _ENTRY_OVERHEAD
 
-    def get_now(self, key: str, default: Any = None) -> bytes | None:
+    def get_now(self, key: str, default: Any = None) -> Any:
         # ``default`` is what a backend that can fail answers then; this one cannot.
         with self._lock:
             item = self._items.get(key)
@@ -57,7 +61,7 @@ class MemoryBackend:
             self._items.move_to_end(key)
             return item[0]
 
-    def set_now(self, key: str, value: bytes, ttl: float) -> bool:
+    def set_now(self, key: str, value: bytes | Entry, ttl: float) -> bool:
         size = self._size(key, value)
         if size > self.max_bytes:
             return False
@@ -86,10 +90,10 @@ class MemoryBackend:
         value, _ = self._items.pop(key)
         self.bytes -= self._size(key, value)
 
-    async def get(self, key: str, default: Any = None) -> bytes | None:
+    async def get(self, key: str, default: Any = None) -> Any:
         return self.get_now(key)
 
-    async def set(self, key: str, value: bytes, ttl: float) -> bool:
+    async def set(self, key: str, value: bytes | Entry, ttl: float) -> bool:
         return self.set_now(key, value, ttl)
 
     async def delete(self, key: str) -> None:

@@ -44,7 +44,7 @@ from proxy.cache.compression import CorruptValue
 from proxy.cache.config import CacheConfig, CachePolicy
 from proxy.cache.directives import STATUS_HEADER, Directives, parse_directives
 from proxy.cache.entry import Entry, Stored
-from proxy.cache.keys import is_deterministic, request_key, tenant
+from proxy.cache.keys import is_deterministic, scope_prefix, scoped_key, tenant
 from proxy.cache.memory import MemoryBackend
 from proxy.cache.recorder import NULL_RECORDER, EntryRecorder, Recorder
 from proxy.cache.stats import CacheStats
@@ -82,6 +82,10 @@ class GroupCaching:
     per_credential: bool
 
 
+#: a ticket's part that depends only on dialect, operation and model group (``ResponseCache._scope``)
+_Scope = tuple[GroupCaching, bytes, Form]
+
+
 class ResponseCache:
     def __init__(
         self, config: CacheConfig, groups: dict[str, GroupCaching], backend: Any, clock: Callable[[], float] = time.time
@@ -93,10 +97,13 @@ class ResponseCache:
         self.backend = backend
         self.stats = CacheStats()
         self.flights: dict[str, Flight] = {}
+        #: (dialect, operation path, model group) -> ``_scope``'s answer
+        self._scopes: dict[tuple[str, str, str], _Scope | None] = {}
         #: the in-process tier in front of a shared backend (Redis), or None
         self.local: MemoryBackend | None = None
         if backend.distributed and config.local_ttl > 0 and config.local_max_bytes > 0:
             self.local = MemoryBackend(config.local_max_bytes, clock)
+        self._get_now: Callable[[str], Any] | None = None if backend.distributed else backend.get_now
         # Strong references to background store tasks, so none is collected mid-way.
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -104,21 +111,38 @@ class ResponseCache:
 
     def ticket(self, call: Call) -> Ticket | None:
         """The call's ticket, or ``None`` when its answer must not be cached at all."""
-        group = self.groups.get(call.model_group)
-        if group is None or group.policy.mode == "off" or not call.operation.cacheable:
+        where = (call.dialect.name, call.operation.path, call.model_group)
+        try:
+            scope = self._scopes[where]
+        except KeyError:
+            scope = self._scope(call, where)
+        if scope is None:
             return None
+        group, prefix, form = scope
         payload = call.payload
         if group.policy.mode == "deterministic" and not is_deterministic(payload, call.operation.path):
             return None
-        name = tenant(self.config.namespace, call.client_key, group.per_credential)
-        scope = f"{call.dialect.name}{call.operation.path}:{call.model_group}"
+        name = tenant(self.config.namespace, call.client_key, True) if group.per_credential else self.config.namespace
         return Ticket(
-            request_key(name, scope, payload),
+            scoped_key(name, prefix, payload),
             group.policy,
             parse_directives(call.request.headers),
-            form_of(call.dialect.name, call.operation.path),
+            form,
             call.stream and wants_usage(payload),
         )
+
+    def _scope(self, call: Call, where: tuple[str, str, str]) -> _Scope | None:
+        """What a ticket takes from the call's dialect, operation and model group alone, worked
+        out on their first call and kept: the group's caching, the key's scope, the answer's form;
+        ``None`` when such calls are never cached."""
+        group = self.groups.get(call.model_group)
+        scope = None
+        if group is not None and group.policy.mode != "off" and call.operation.cacheable:
+            name = f"{call.dialect.name}{call.operation.path}:{call.model_group}"
+            scope = (group, scope_prefix(name), form_of(call.dialect.name, call.operation.path))
+        if group is not None:  # only configured groups: the table stays bounded
+            self._scopes[where] = scope
+        return scope
 
     async def lookup(self, call: Call) -> Stored | None:
         """A stored answer to replay; ``None`` on a miss or a bypass."""
@@ -133,7 +157,7 @@ class ResponseCache:
         started = time.perf_counter()
         now = self.clock()
         with call.observer.span("cache.lookup"):
-            entry = self._local_entry(ticket, now)
+            entry = self._local_entry(ticket, now) if self.local is not None else None
             if entry is not None:
                 body = self.render(entry, ticket, call.stream)
                 if body is not None:
@@ -141,7 +165,8 @@ class ResponseCache:
                     self.stats.local_hits += 1
                     self.stats.lookup_seconds += time.perf_counter() - started
                     return self.serve(call, entry, body, "hit")
-            value = await self.backend.get(ticket.key)
+            # The memory backend answers at once: no coroutine to make and await per hit.
+            value = self._get_now(ticket.key) if self._get_now is not None else await self.backend.get(ticket.key)
             entry = self._decode(value)
             if entry is not None and self.local is not None:
                 self._keep_local(ticket.key, value, entry)
@@ -172,11 +197,13 @@ class ResponseCache:
         """Keep a copy for ``local_ttl`` seconds, never past the entry's own expiry."""
         ttl = min(self.config.local_ttl, entry.created + entry.ttl - self.clock())
         if ttl > 0 and self.local is not None:
-            self.local.set_now(key, value, ttl)
+            self.local.set_now(key, entry.keepable(value), ttl)
 
-    def _decode(self, value: bytes | None) -> Entry | None:
+    def _decode(self, value: bytes | Entry | None) -> Entry | None:
         if value is None:
             return None
+        if isinstance(value, Entry):  # kept decoded by an in-process tier
+            return value
         try:
             return Entry.decode(value)
         except CorruptValue:
@@ -325,7 +352,9 @@ class ResponseCache:
             value = entry.encode(self.config.compress_threshold)
             if self.local is not None:
                 self._keep_local(ticket.key, value, entry)
-            if await self.backend.set(ticket.key, value, entry.ttl + window):
+            # The memory backend keeps the entry itself (when not compressed): a hit decodes nothing.
+            kept = value if self.backend.distributed else entry.keepable(value)
+            if await self.backend.set(ticket.key, kept, entry.ttl + window):
                 self.stats.stores += 1
             else:
                 self.stats.store_failures += 1

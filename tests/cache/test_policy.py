@@ -218,7 +218,9 @@ def test_no_secret_in_keys_or_values(cached_sidecar, mock_provider, dialect) -> 
     items = list(backend._items.items())
     assert items
     for key, (value, _) in items:
-        assert secret not in key and secret.encode() not in value
+        # What the backend holds: packed bytes, or an entry kept decoded (checked as its bytes).
+        held = value.encode(compress_threshold=1 << 30) if isinstance(value, Entry) else value
+        assert secret not in key and secret.encode() not in held
 
 
 def test_ttl_header_must_be_a_finite_number() -> None:
@@ -263,3 +265,23 @@ def test_memory_accounting_is_within_20_percent_of_what_the_entries_take(value_s
     finally:
         tracemalloc.stop()
     assert 0.8 <= backend.bytes / measured <= 1.2, f"counted {backend.bytes}, measured {measured}"
+
+
+@pytest.mark.parametrize("body_size", [64, 300, 4_000])
+def test_entries_kept_decoded_count_at_least_what_they_take(body_size: int) -> None:
+    import hashlib
+    import os
+    import tracemalloc
+
+    backend = MemoryBackend(max_bytes=1 << 40)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(2_000):  # what the response cache keeps for an uncompressed answer
+            entry = Entry(200, "application/json", os.urandom(body_size), False, time.time(), 60, 1000 + index, 2000)
+            key = "llmsc:v1:" + hashlib.sha256(b"%d" % index).hexdigest()
+            assert backend.set_now(key, entry.keepable(entry.encode(compress_threshold=4096)), 60)
+        measured = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.95 * measured <= backend.bytes <= 1.4 * measured, f"counted {backend.bytes}, measured {measured}"
