@@ -89,15 +89,15 @@ class Pipeline:
         model = payload.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("you must provide a model parameter", param="model")
-        if model not in self.config.model_groups:
+        group = self.config.model_groups.get(model)
+        if group is None:
             raise NotFound(f"the model `{model}` does not exist or is not configured in this sidecar", param="model")
         call.payload = payload
         call.model_group = model
         call.stream = payload.get("stream") is True
         call.client_key = call.dialect.client_credential(request.headers)
-        context = self.config.model_groups[model].context
-        if context is not None:
-            await self.add_context(call, context)
+        if group.context is not None:
+            await self.add_context(call, group.context)
 
     @staticmethod
     async def add_context(call: Call, settings: ContextInjection) -> None:

@@ -84,7 +84,7 @@ class Entry:
         return cls(status, content_type, bytes(data[4 + length :]), stream, created, ttl, tin, tout, has_usage)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__
 class Stored:
     """A stored answer in the form the call asks for: what the cache hands the pipeline
     (the relay writes it to the client)."""

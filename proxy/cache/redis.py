@@ -318,23 +318,28 @@ class PipelinedGets:
                 self._replies = replies
             return self._replies
 
-    async def get(self, key: str, timeout: float) -> bytes | None:
+    def get(self, key: str, timeout: float) -> Awaitable[bytes | None]:
         """``GET key``; ``TimeoutError`` past ``timeout`` seconds (connecting included)."""
         encoded = key.encode()
-        return await self.send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(encoded), encoded), timeout)
+        return self.send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(encoded), encoded), timeout)
 
-    async def send(self, command: bytes, timeout: float) -> Any:
-        """A command already encoded (RESP), on the same connection (the fleet's scripts: ``proxy/fleet``)."""
+    def send(self, command: bytes, timeout: float) -> Awaitable[Any]:
+        """A command already encoded (RESP), on the same connection (the fleet's scripts: ``proxy/fleet``).
+
+        Connected, it is the reply's future itself: no coroutine per lookup."""
         replies = self._replies
         if replies is None or not replies.open:
-            # One timeout for the wait on the lock, the connect and the reply: lookups queued
-            # behind a connect that fails must not wait one timeout after another.
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
-            async with asyncio.timeout_at(deadline):
-                replies = await self._connected(timeout)
-            timeout = deadline - loop.time()
-        return await replies.send(command, timeout)
+            return self._send_connecting(command, timeout)
+        return replies.send(command, timeout)
+
+    async def _send_connecting(self, command: bytes, timeout: float) -> Any:
+        # One timeout for the wait on the lock, the connect and the reply: lookups queued
+        # behind a connect that fails must not wait one timeout after another.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with asyncio.timeout_at(deadline):
+            replies = await self._connected(timeout)
+        return await replies.send(command, deadline - loop.time())
 
     def reset(self) -> None:
         if self._replies is not None:
@@ -411,16 +416,19 @@ class RedisBackend:
             else:
                 result = await operation(*args, **kwargs)
         except _FAILURES as exc:
-            self.errors += 1
-            if self.breaker.failure(exc):
-                if self.gets is not None:
-                    self.gets.reset()  # it may hang without closing: make a fresh one when Redis is back
-                if self._probe is None or self._probe.done():
-                    self._probe = asyncio.get_running_loop().create_task(self._reconnect())
+            self._failed(exc)
             return default
         if self.breaker.failures:
             self.breaker.success()
         return result
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        if self.breaker.failure(exc):
+            if self.gets is not None:
+                self.gets.reset()  # it may hang without closing: make a fresh one when Redis is back
+            if self._probe is None or self._probe.done():
+                self._probe = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
         """While the circuit is open, ping every cooldown; close it when Redis answers."""
@@ -436,9 +444,20 @@ class RedisBackend:
     async def get(self, key: str, default: Any = None) -> Any:
         """The value, ``None`` if absent, ``default`` if Redis could not answer."""
         gets = self.gets
-        if gets is not None:
-            return await self._run(default, gets.get, key, self.timeout, timed=False)
-        return await self._run(default, self.client.get, key)
+        if gets is None:
+            return await self._run(default, self.client.get, key)
+        # ``_run`` written out for the hot read: one coroutine per lookup, not three.
+        if self.breaker.is_open:
+            self.skipped += 1
+            return default
+        try:
+            value = await gets.get(key, self.timeout)
+        except _FAILURES as exc:
+            self._failed(exc)
+            return default
+        if self.breaker.failures:
+            self.breaker.success()
+        return value
 
     async def set(self, key: str, value: bytes, ttl: float) -> bool:
         """Whether the value was stored (false: Redis failed, or its circuit is open)."""

@@ -164,7 +164,7 @@ class ResponseCache:
                     self.stats.lookups += 1
                     self.stats.local_hits += 1
                     self.stats.lookup_seconds += time.perf_counter() - started
-                    return self.serve(call, entry, body, "hit")
+                    return self.serve(call, entry, body, "hit", now)
             # The memory backend answers at once: no coroutine to make and await per hit.
             value = self._get_now(ticket.key) if self._get_now is not None else await self.backend.get(ticket.key)
             entry = self._decode(value)
@@ -177,7 +177,7 @@ class ResponseCache:
             if entry.fresh(now, ticket.directives.max_age):
                 body = self.render(entry, ticket, call.stream)
                 if body is not None:
-                    return self.serve(call, entry, body, "hit")
+                    return self.serve(call, entry, body, "hit", now)
             elif ticket.policy.stale_if_error and entry.age(now) < entry.ttl + ticket.policy.stale_if_error:
                 ticket.stale = entry
         call.cache_status = "miss"
@@ -226,15 +226,16 @@ class ResponseCache:
         document = form.to_json(entry.body)
         return orjson.dumps(document) if document is not None else None
 
-    def serve(self, call: Call, entry: Entry, body: bytes, status: str) -> Stored:
-        """The call is answered from the cache (``status``: hit, coalesced or stale)."""
+    def serve(self, call: Call, entry: Entry, body: bytes, status: str, now: float | None = None) -> Stored:
+        """The call is answered from the cache (``status``: hit, coalesced or stale); ``now``: the
+        clock's reading the entry was just found fresh at, if there is one."""
         call.cache_status = status
         call.outcome = "coalesced" if status == "coalesced" else "cached"
         # The tokens this answer would have cost upstream: telemetry counts them as saved.
         call.usage = {"input_tokens": entry.input_tokens, "output_tokens": entry.output_tokens}
         self.stats.input_tokens_saved += entry.input_tokens
         self.stats.output_tokens_saved += entry.output_tokens
-        return Stored(entry, body, status, int(entry.age(self.clock())))
+        return Stored(entry, body, status, int(entry.age(self.clock() if now is None else now)))
 
     # ------------------------------------------------------------------ coalescing
 
