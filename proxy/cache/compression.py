@@ -6,6 +6,9 @@ written by a sidecar with another threshold still read back.
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 RAW = b"r"
 ZSTD = b"z"
 
@@ -32,7 +35,22 @@ def unpack(value: bytes) -> bytes | memoryview:
         import zstandard
 
         try:
-            return zstandard.decompress(data)
+            return _decompressor().decompress(data)
         except (zstandard.ZstdError, ValueError) as exc:
             raise CorruptValue(str(exc)) from None
     raise CorruptValue(f"unknown packing {kind!r}")
+
+
+_THREAD = threading.local()
+
+
+def _decompressor() -> Any:
+    """This thread's decompressor: making one per value (``zstandard.decompress``) costs a hit more
+    than the decompression; one is not safe to share between threads (the decorator runs in many)."""
+    try:
+        return _THREAD.decompressor
+    except AttributeError:
+        import zstandard
+
+        decompressor = _THREAD.decompressor = zstandard.ZstdDecompressor()
+        return decompressor
