@@ -291,3 +291,25 @@ def test_ports_from_the_command_line_outlive_a_reload(
     sidecar.wait_reloads("ok", 1)
     assert sidecar.ask("gpt-4o") and last_upstream_model(mock_provider) == "mock-gpt-big"
     assert [e for e in sidecar.events() if e["msg"] == "config reload: restart needed"] == []
+
+
+def test_a_reloaded_cache_policy_applies_to_the_next_call(
+    start: Callable[..., SidecarProcess], mock_provider: MockProvider
+) -> None:
+    sidecar = start()
+
+    def status() -> str:
+        reply = sidecar.client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "cached?"}], temperature=0
+        )
+        return reply.headers["x-llm-sidecar-cache"]
+
+    assert status() == "miss"
+    wait_until(lambda: status() == "hit", 5, interval=0.05, what="the answer to be stored")
+
+    def cache_off(config: dict[str, Any]) -> None:
+        config["model_groups"]["gpt-4o-mini"]["cache"] = {"mode": "off"}
+
+    sidecar.rewrite(cache_off)
+    sidecar.wait_reloads("ok", 1)
+    assert status() == "bypass"  # the kept cache reads the new policy, not one it worked out before

@@ -93,7 +93,7 @@ class ResponseCache:
         self.config = config
         #: wall-clock seconds: entries carry their creation time across pods (tests give a clock they move)
         self.clock = clock
-        self.groups = groups
+        self._groups = groups
         self.backend = backend
         self.stats = CacheStats()
         self.flights: dict[str, Flight] = {}
@@ -106,6 +106,17 @@ class ResponseCache:
         self._get_now: Callable[[str], Any] | None = None if backend.distributed else backend.get_now
         # Strong references to background store tasks, so none is collected mid-way.
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def groups(self) -> dict[str, GroupCaching]:
+        return self._groups
+
+    @groups.setter
+    def groups(self, groups: dict[str, GroupCaching]) -> None:
+        # A config reload that keeps this cache sets its groups' new policies: what tickets
+        # worked out from the old ones goes with them.
+        self._groups = groups
+        self._scopes = {}
 
     # ------------------------------------------------------------------ lookup
 
