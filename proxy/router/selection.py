@@ -33,6 +33,9 @@ def order(
     rng: random.Random | None = None,
 ) -> list[Endpoint]:
     """The usable endpoints of ``plan`` (the group's, then its fallback groups'), best first."""
+    if len(plan) == 1 and balance != "weighted":
+        # One endpoint (the common group): nothing to rank; a weighted draw still takes its number.
+        return list(plan) if plan[0].usable(now) else []
     rng = rng or _RNG
     draw = rng.random
     ranked: list[tuple[tuple[float, ...], Endpoint]] = []
