@@ -133,7 +133,7 @@ class ResponseCache:
         payload = call.payload
         if group.policy.mode == "deterministic" and not is_deterministic(payload, call.operation.path):
             return None
-        name = tenant(self.config.namespace, call.client_key, True) if group.per_credential else self.config.namespace
+        name = tenant(self.config.namespace, call.client_key, group.per_credential)
         return Ticket(
             scoped_key(name, prefix, payload),
             group.policy,

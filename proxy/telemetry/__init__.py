@@ -43,9 +43,9 @@ class Telemetry:
         self._record: Metrics | NullMetrics = self.metrics or NullMetrics()
         self._live: LiveCollector | None = None
         self.tracing: Tracing | None = None
-        self._observe: Callable[[Call], Observer]
-        #: the observer every call gets, when one serves them all (no call to ``_observe``)
-        self._shared: Observer | None = None
+        #: a traced call's own observer; untraced, one observer serves every call (``_shared``)
+        self._observe: Callable[[Call], Observer] | None = None
+        self._shared: Observer = NOOP
         if config.tracing.enabled:
             from proxy.telemetry.tracing import Tracing, TracingObserver
 
@@ -53,11 +53,7 @@ class Telemetry:
             tracer, metrics = tracing.tracer, self.metrics
             self._observe = lambda call: TracingObserver(call, tracer, metrics)
         elif self.metrics is not None:
-            shared = self._shared = MetricsObserver(self.metrics)
-            self._observe = lambda call: shared
-        else:
-            self._shared = NOOP
-            self._observe = lambda call: NOOP
+            self._shared = MetricsObserver(self.metrics)
         # What ``finish`` does, decided here once.
         self._log_access = config.access_log
         self._log_prompts = config.log_prompts
@@ -93,8 +89,8 @@ class Telemetry:
     def observe(self, call: Call) -> Observer:
         """The observer of a call that starts now."""
         self._record.start()
-        shared = self._shared
-        return shared if shared is not None else self._observe(call)
+        observe = self._observe
+        return self._shared if observe is None else observe(call)
 
     def finish(self, call: Call) -> None:
         """Record one ended call: exactly once per call, whatever its outcome."""

@@ -325,28 +325,18 @@ class Metrics:
 
     def record(self, call: Call, now: float) -> None:
         """A call ended: everything it did, from its fields."""
-        # The hot path of every call: children are updated in place here, not through
-        # ``inc``/``observe`` (a Python call each), with the same arithmetic.
+        # The hot path of every call: counters are added to in place (no ``inc`` call each).
         self.in_flight.value -= 1.0
         key = (call.dialect.name, call.model_group, call.outcome, call.status, call.stream, call.cache_status)
         bundle = self._bundles.get(key) or self._bundle(key)
-        started = call.started
-        latency = now - started
+        latency = now - call.started
         upstream = call.upstream_seconds
         bundle.calls.value += 1.0
-        buckets = bundle.duration
-        buckets.counts[bisect_left(buckets.bounds, latency)] += 1
-        buckets.sum += latency
-        overhead = latency - upstream if latency > upstream else 0.0
-        buckets = bundle.overhead
-        buckets.counts[bisect_left(buckets.bounds, overhead)] += 1
-        buckets.sum += overhead
+        bundle.duration.observe(latency)
+        bundle.overhead.observe(latency - upstream if latency > upstream else 0.0)
         bundle.cache_calls.value += 1.0
         if call.first_byte_at is not None:
-            ttfb = call.first_byte_at - started
-            buckets = bundle.ttfb
-            buckets.counts[bisect_left(buckets.bounds, ttfb)] += 1
-            buckets.sum += ttfb
+            bundle.ttfb.observe(call.first_byte_at - call.started)
         if call.attempts:
             bundle.queue_wait.observe(call.queue_wait)
             group = bundle.group

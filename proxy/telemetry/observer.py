@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 __all__ = ["NOOP", "MetricsObserver", "Observer"]
 
 
+#: step names a ``MetricsObserver`` keeps the histogram child of (unknown names share ``other``)
+_MAX_STEP_NAMES = 64
+
+
 class _Timed:
     """Times one step into its step histogram's child (cheaper than a generator-based context manager)."""
 
@@ -67,6 +71,3 @@ class MetricsObserver(Observer):
 
     def event(self, name: str, **attributes: Any) -> None:
         self.metrics.event(name)
-
-
-_MAX_STEP_NAMES = 64
