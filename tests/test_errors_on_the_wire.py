@@ -97,6 +97,47 @@ def test_upstream_timeouts_are_504(make_sidecar, mock_provider, timeouts, behavi
     assert time.monotonic() - started < 3.0
 
 
+@pytest.mark.parametrize(
+    ("behaviour", "phase"),
+    [({"latency_ms": 5000}, "connect"), ({"ttft_ms": 5000}, "first byte")],
+    ids=["no-head", "no-first-token"],
+)
+def test_a_first_byte_timeout_names_its_phase_in_the_callers_dialect(
+    make_sidecar, mock_provider, behaviour, phase
+) -> None:
+    # The first-byte clock runs from the attempt's start: over the wait for the answer's head
+    # (phase "connect"), then over the wait for a stream's first token (phase "first byte").
+    quick = {"first_byte": 0.3}
+    for model in ("mock-gpt", "mock-claude"):
+        mock_provider.set_behaviour(model, **behaviour)
+    sidecar = make_sidecar(
+        model_groups={
+            "gpt-4o-mini": {
+                "endpoints": [{"name": "a", "url": mock_provider.url + "/v1", "model": "mock-gpt", "timeouts": quick}]
+            },
+            "claude-sonnet": {
+                "endpoints": [
+                    {
+                        "name": "b",
+                        "url": mock_provider.url,
+                        "dialect": "anthropic",
+                        "model": "mock-claude",
+                        "timeouts": quick,
+                    }
+                ]
+            },
+        }
+    )
+    message = f"upstream timed out ({phase})"
+    ask = {"stream": True, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    response = httpx.post(sidecar.openai_base + "/chat/completions", json={"model": "gpt-4o-mini", **ask}, timeout=10)
+    assert response.status_code == 504
+    assert response.json() == {"error": {"message": message, "type": "timeout_error", "param": None, "code": None}}
+    response = httpx.post(sidecar.anthropic_base + "/v1/messages", json={"model": "claude-sonnet", **ask}, timeout=10)
+    assert response.status_code == 504
+    assert response.json() == {"type": "error", "error": {"type": "timeout_error", "message": message}}
+
+
 def test_idle_timeout_mid_stream_ends_with_error_event(make_sidecar, mock_provider) -> None:
     mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=1000)
     groups = {

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import time
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict
 
 from proxy import errors
-from proxy.upstream import map_client_error
+from proxy.endpoint_config import Timeouts
+from proxy.upstream import Upstream, map_client_error
 
 
 def _instances() -> list[BaseException]:
@@ -118,3 +124,98 @@ def test_redaction_holds_for_a_key_cut_at_any_byte() -> None:
             redactor = Redactor(CIMultiDict(sent))
             out = redactor.feed(data[:cut], False) + redactor.feed(data[cut:], False) + redactor.feed(b"", True)
             assert out == data.replace(key.encode(), b"[redacted]"), cut
+
+
+# ---------------------------------------------------------------- the first-byte clock among other cancellations
+
+_HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-test-first-byte"}
+_ASK = b'{"model": "mock-gpt", "messages": [{"role": "user", "content": "x"}]}'
+_FIRST_BYTE = 0.5
+
+
+async def _attempt_raced_by(
+    mock_provider, cancel: Callable[[Upstream, asyncio.Task[Any]], None] | None, before: bool
+) -> tuple[BaseException | str, int, int]:
+    """An attempt at an upstream that never answers, whose first-byte timer and ``cancel`` (a
+    cancellation from elsewhere) come due in one event-loop turn, ``cancel`` just before the timer
+    or just after it. What the attempt ended with, its task's count of cancellations left, and
+    how many attempts the ``Upstream`` still holds as opening."""
+    mock_provider.set_behaviour("mock-gpt", latency_ms=60_000)
+    loop = asyncio.get_running_loop()
+    upstream = Upstream(Upstream.new_session())
+    try:
+        started = loop.time()
+        task = asyncio.create_task(
+            upstream.open(
+                mock_provider.url + "/v1/chat/completions",
+                CIMultiDict(_HEADERS),
+                _ASK,
+                Timeouts(first_byte=_FIRST_BYTE),
+            )
+        )
+        await asyncio.sleep(0)  # the attempt began: its timer is due _FIRST_BYTE s after a moment in [started, now]
+        now = loop.time()
+        if cancel is not None:
+            at = started + _FIRST_BYTE - 0.1 if before else now + _FIRST_BYTE + 0.1
+            loop.call_at(at, cancel, upstream, task)
+        # Block the loop (on purpose, on the clock) until both are due: the next turn then runs
+        # them one after the other, in the order of their times, before the attempt's task resumes.
+        while loop.time() < now + _FIRST_BYTE + 0.2:
+            time.sleep(0.01)
+        await asyncio.wait([task])
+        ended: BaseException | str = "cancelled" if task.cancelled() else task.exception()  # type: ignore[assignment]
+        return ended, task.cancelling(), len(upstream._opening)
+    finally:
+        await upstream.session.close()
+
+
+async def test_a_first_byte_timeout_alone_is_an_upstream_timeout(mock_provider) -> None:
+    ended, cancelling, opening = await _attempt_raced_by(mock_provider, None, before=False)
+    assert isinstance(ended, errors.UpstreamTimeout) and ended.message == "upstream timed out (connect)"
+    assert (cancelling, opening) == (0, 0)  # the timer's own cancellation is taken back
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["just-before-the-timer", "just-after-the-timer"])
+async def test_a_cancellation_in_the_timers_turn_stays_a_cancellation(mock_provider, before) -> None:
+    """The client gone as the first-byte timeout fires: the call ends as a cancelled one, not an
+    upstream timeout (which the router would count against the endpoint and fall back from)."""
+    ended, cancelling, opening = await _attempt_raced_by(mock_provider, lambda _, task: task.cancel(), before)
+    assert (ended, cancelling, opening) == ("cancelled", 1, 0)
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["just-before-the-timer", "just-after-the-timer"])
+async def test_a_stop_in_the_timers_turn_is_the_stop(mock_provider, before) -> None:
+    ended, cancelling, opening = await _attempt_raced_by(mock_provider, lambda up, _: up.stop("draining"), before)
+    assert isinstance(ended, errors.SidecarStopping), ended
+    assert (cancelling, opening) == (0, 0)
+
+
+async def test_the_first_byte_clock_ends_with_its_attempt(mock_provider, refused_port) -> None:
+    """However an attempt ends (timed out, refused, an error status, answered), its first-byte
+    clock ends with it: the task goes on past that deadline (the router's next attempt, the
+    relay reading the stream) and is not cut by a clock left behind."""
+    upstream = Upstream(Upstream.new_session())
+    timeouts = Timeouts(first_byte=0.3)
+    url = mock_provider.url + "/v1/chat/completions"
+    try:
+        mock_provider.set_behaviour("mock-gpt", latency_ms=5000)
+        with pytest.raises(errors.UpstreamTimeout):
+            await upstream.open(url, CIMultiDict(_HEADERS), _ASK, timeouts)
+        with pytest.raises(errors.UpstreamConnectError):
+            await upstream.open(refused_port.url + "/v1/chat/completions", CIMultiDict(_HEADERS), _ASK, timeouts)
+        mock_provider.set_behaviour("mock-gpt", status=500)
+        with pytest.raises(errors.UpstreamStatus):
+            await upstream.open(url, CIMultiDict(_HEADERS), _ASK, timeouts)
+        # 8 chunks 100 ms apart: read for twice the first-byte timeout after the answer's first bytes.
+        mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=100, chunks=8)
+        streamed = _ASK.replace(b'"model"', b'"stream": true, "model"')
+        answer = await upstream.open(url, CIMultiDict(_HEADERS), streamed, timeouts)
+        try:
+            body = b"".join([chunk async for chunk in answer.chunks()])
+        finally:
+            answer.close()
+        assert body.rstrip().endswith(b"data: [DONE]")
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+        assert not upstream._opening
+    finally:
+        await upstream.session.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 import httpx
@@ -215,6 +216,39 @@ def test_first_token_timeout_falls_back(make_sidecar, mock_provider: MockProvide
     assert "".join(c.choices[0].delta.content or "" for c in stream)
     assert time.monotonic() - started < 3.0  # far sooner than mock-a's 5 s: it was given up at 0.3 s
     assert mock_provider.calls("mock-b") == 1
+
+
+def test_a_client_gone_before_the_first_byte_ends_the_attempt_with_no_failure_and_no_fallback(
+    make_sidecar, mock_provider: MockProvider
+) -> None:
+    """The client leaves while the sidecar still waits for the answer's head: the attempt ends at
+    once (its slot freed long before its first-byte timeout), and a call nobody waits for any more
+    is neither a failure of the endpoint nor tried again elsewhere."""
+    mock_provider.set_behaviour("mock-a", latency_ms=60_000)
+    sidecar = make_sidecar(
+        config(
+            mock_provider,
+            {
+                "chat": {
+                    "endpoints": [
+                        endpoint(mock_provider, "mock-a", priority=0, timeouts={"first_byte": 30.0}),
+                        endpoint(mock_provider, "mock-b", priority=1),
+                    ]
+                }
+            },
+        )
+    )
+    body = b'{"model": "chat", "messages": [{"role": "user", "content": "x"}]}'
+    with socket.create_connection(("127.0.0.1", sidecar.servers.port)) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        wait_until(lambda: mock_provider.stats()["in_flight"].get("mock-a"), what="the attempt reached mock-a")
+    wait_until(lambda: status_of(sidecar, "mock-a")["in_flight"] == 0, what="the attempt ended with its client")
+    a = status_of(sidecar, "mock-a")
+    assert (a["failures"], a["last_error"]) == (0, None)
+    assert mock_provider.calls("mock-b") == 0
 
 
 def test_preference_header_and_default(make_sidecar, mock_provider: MockProvider) -> None:
