@@ -339,8 +339,9 @@ class Upstream:
         self.session = session
         #: streamed answers being read now, so a drain can end them (a closed one drops out by itself)
         self._streams: weakref.WeakSet[aiohttp.ClientResponse] = weakref.WeakSet()
-        #: attempts waiting for an answer's head, so a drain can end them too
-        self._opening: set[asyncio.Task[Any]] = set()
+        #: attempts waiting for an answer's head, so a drain can end them too; the value says
+        #: whether the attempt's first-byte timer has cancelled it (``_first_byte_due``)
+        self._opening: dict[asyncio.Task[Any], bool] = {}
         self._stopped: str | None = None
 
     def stop(self, reason: str) -> None:
@@ -353,6 +354,11 @@ class Upstream:
         for response in list(self._streams):
             if not response.closed and not response.content.at_eof():
                 response.content.set_exception(SidecarStopping(reason))
+
+    def _first_byte_due(self, task: asyncio.Task[Any]) -> None:
+        """An attempt's first-byte timeout ran out: ``open`` sees its task cancelled, marked as by this."""
+        self._opening[task] = True
+        task.cancel()
 
     @classmethod
     def new_session(cls) -> aiohttp.ClientSession:
@@ -380,48 +386,56 @@ class Upstream:
 
     async def open(self, url: str, headers: CIMultiDict[str], body: bytes, timeouts: Timeouts) -> UpstreamResponse:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeouts.total
+        now = loop.time()
+        deadline = now + timeouts.total
         response: aiohttp.ClientResponse | None = None
         redactor = Redactor(headers)
         phase = "connect"
         if self._stopped is not None:
             raise SidecarStopping(self._stopped)
-        task = asyncio.current_task()
-        self._opening.add(task)  # type: ignore[arg-type]  # called in a task, so never None
+        task: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]  # called in a task
+        # The first-byte timeout as one timer that cancels the task, set once and cancelled once:
+        # ``asyncio.timeout`` did the same with a Timeout object, two coroutines and a reschedule
+        # per attempt. Like it, a firing is told apart from other cancellations by their count.
+        cancelled_before = task.cancelling()
+        timer = loop.call_at(min(now + timeouts.first_byte, deadline), self._first_byte_due, task)
+        opening = self._opening
+        opening[task] = False
         try:
-            async with asyncio.timeout(min(timeouts.first_byte, timeouts.total)):
-                response = await self.session.post(
-                    url,
-                    data=body,
-                    headers=headers,
-                    timeout=_connect_timeout(timeouts.connect),
-                    allow_redirects=False,
-                )
-                phase = "first byte"
-                is_stream = response.content_type == "text/event-stream"
-                if response.status >= 300 or not is_stream:
-                    first = await response.read()
-                else:
-                    first = await response.content.readany()
-                    if not first:
-                        raise UpstreamBroken("upstream answered with an empty stream")
-        except _CAUGHT as exc:
+            response = await self.session.post(
+                url,
+                data=body,
+                headers=headers,
+                timeout=_connect_timeout(timeouts.connect),
+                allow_redirects=False,
+            )
+            phase = "first byte"
+            is_stream = response.content_type == "text/event-stream"
+            if response.status >= 300 or not is_stream:
+                first = await response.read()
+            else:
+                first = await response.content.readany()
+                if not first:
+                    raise UpstreamBroken("upstream answered with an empty stream")
+        except BaseException as exc:
+            timer.cancel()
             if response is not None:
                 response.close()
-            raise map_client_error(exc, phase) from None
-        except asyncio.CancelledError:
-            if response is not None:
-                response.close()
-            # ``stop()`` cancelled it (and nothing else did): an error, not a vanished call.
-            if self._stopped is not None and task is not None and task.uncancel() == 0:
-                raise SidecarStopping(self._stopped) from None
+            # The timer's own cancellation is taken back whatever the attempt ended with.
+            timed_out = opening.pop(task) and task.uncancel() <= cancelled_before
+            if isinstance(exc, asyncio.CancelledError):
+                if timed_out:  # the timer cancelled the task, and nothing else did
+                    raise map_client_error(TimeoutError(), phase) from None
+                # ``stop()`` cancelled it (and nothing else did): an error, not a vanished call.
+                if self._stopped is not None and task.uncancel() == 0:
+                    raise SidecarStopping(self._stopped) from None
+                raise
+            if isinstance(exc, _CAUGHT):
+                raise map_client_error(exc, phase) from None
             raise
-        except BaseException:
-            if response is not None:
-                response.close()
-            raise
-        finally:
-            self._opening.discard(task)
+        timer.cancel()
+        if opening.pop(task):  # it fired, but the cancellation was swallowed on the way: take it back
+            task.uncancel()
         if response.status >= 300:
             response.release()
             if response.status < 400:
