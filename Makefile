@@ -62,12 +62,14 @@ e2e: setup test-tools
 	$(BIN)/python -m pytest -m e2e tests/kube/test_e2e.py -s -p no:cacheprovider $(PYTEST_ARGS)
 
 # What the benchmarks run against (wrk the load, nginx the static upstream, valgrind the instruction
-# counts, redis-server the Redis hits). Installed only when missing.
+# counts, redis-server the Redis hits), and py-spy, the sampler of bench.profile (the bench extra:
+# a wheel with its binary, into the .venv). Installed only when missing.
 BENCH_TOOLS = wrk:wrk nginx:nginx-light valgrind:valgrind redis-server:redis-server
-bench-tools:
+bench-tools: setup
 	@$(call install-missing,$(BENCH_TOOLS))
+	@[ -x $(BIN)/py-spy ] || $(BIN)/pip install -q -e '.[bench]'
 
-## bench: the benchmarks, written as Markdown tables under bench/results/ (installs wrk, nginx, valgrind, redis-server)
+## bench: the benchmarks, written as Markdown tables under bench/results/ (installs wrk, nginx, valgrind, redis-server, py-spy)
 bench: setup bench-tools
 	$(BIN)/python -m bench
 
