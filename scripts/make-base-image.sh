@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Make a local stand-in for the Dockerfile's base image (python:3.11-slim)
 # when no container registry is reachable: a minimal Debian bookworm root
-# filesystem with python3 + venv + pip, imported into vfs storage.
+# filesystem with python3 + venv + pip, imported into the project's own image
+# store (vfs), never podman's default one: tests/kube/store.py says why.
 #
 #   scripts/make-base-image.sh [IMAGE_NAME]
 #
+# The store: graph root /var/lib/llm-sidecar/containers, run root
+# /run/llm-sidecar/containers; with LLM_SIDECAR_IMAGE_STORE=DIR, DIR/storage and
+# DIR/run (the same definition as tests/kube/store.py's, for the shell).
 # Needs root, debootstrap and podman. The Debian mirror is the one apt uses.
 set -euo pipefail
 name=${1:-python:3.11-slim}
-storage=(--storage-driver vfs)
+if [ -n "${LLM_SIDECAR_IMAGE_STORE:-}" ]; then
+  storage=(--root "$LLM_SIDECAR_IMAGE_STORE/storage" --runroot "$LLM_SIDECAR_IMAGE_STORE/run" --storage-driver vfs)
+else
+  storage=(--root /var/lib/llm-sidecar/containers --runroot /run/llm-sidecar/containers --storage-driver vfs)
+fi
 if podman "${storage[@]}" image exists "$name" 2>/dev/null; then
   echo "base image $name already present"; exit 0
 fi

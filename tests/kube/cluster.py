@@ -23,8 +23,8 @@ checked here"); this module stands in for the parts the tests need:
   rendered objects (for the injector's namespace sync).
 
 podman runs with a private ``containers.conf`` and an overlay storage of its own
-(the base image stand-in is copied in from the default vfs store; overlay makes
-a container in under a second where vfs copies the whole image), inside a
+(the base image stand-in is copied in from the project's vfs store, :mod:`tests.kube.store`;
+overlay makes a container in under a second where vfs copies the whole image), inside a
 private mount namespace without the cgroup2 mount (see K8S-TOOLING). Everything the
 harness creates is removed by :meth:`Cluster.close`. Needs root, podman, buildah.
 """
@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -47,11 +48,11 @@ from typing import Any
 import yaml
 
 from tests.kube.pods import NetNS, Pod, containers
+from tests.kube.store import STORE
 
 ROOT = Path(__file__).resolve().parents[2]
 API_PORT = 6443
 PODMAN_STATE = [Path("/run/containers"), Path("/run/crun"), Path("/var/lib/containers/cache"), Path("/run/libpod")]
-DEFAULT_STORE = "/var/lib/containers/storage"
 
 
 def missing_tools() -> str | None:
@@ -175,15 +176,14 @@ class Cluster:
         )
 
     def load_base_image(self, name: str) -> None:
-        """Copy an image from the default (vfs) store, where the base image stand-in lives, into this one."""
+        """Copy an image from the project's (vfs) store, where the base image stand-in lives, into this one."""
         if self.podman("image", "exists", name, check=False).returncode == 0:
             return
         # On a fresh machine `make e2e` may run before anything made the stand-in (it is kept once made).
         subprocess.run([str(ROOT / "scripts" / "make-base-image.sh"), name], check=True, timeout=900)
         script = (
             "umount /sys/fs/cgroup/unified 2>/dev/null || true; set -o pipefail; "
-            f"podman --root {DEFAULT_STORE} --runroot /run/containers/storage --storage-driver vfs "
-            'save "$0" | podman load'
+            f'podman {shlex.join(STORE)} save "$0" | podman load'
         )
         subprocess.run(
             ["unshare", "-m", "--propagation", "private", "bash", "-c", script, name],

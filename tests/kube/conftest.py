@@ -30,6 +30,28 @@ def helm() -> str:
     return str(local)
 
 
+@pytest.fixture(scope="module")
+def default_store_unusable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """podman's and buildah's default store made unusable for the module: a podman or buildah call that
+    does not name the project's own store (tests/kube/store.py) fails, whatever state the machine's
+    default store is in.
+
+    A user hits the breakage this guards against when any plain ``podman`` has run on the machine: the
+    default store then records the overlay driver, and every ``--storage-driver vfs`` use of it fails.
+    Running a plain podman here would itself be that hazard (the default store is shared), so the
+    default store is replaced instead, for this module's processes only: ``CONTAINERS_STORAGE_CONF``
+    names a storage.conf whose graph root and run root lie under a regular file, where nothing can
+    be created. Yields that storage.conf.
+    """
+    d = tmp_path_factory.mktemp("default-store")
+    (d / "a-file").write_text("not a directory: the default store is not for the project's tests\n")
+    conf = d / "storage.conf"
+    conf.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{d}/a-file/storage"\nrunroot = "{d}/a-file/run"\n')
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CONTAINERS_STORAGE_CONF", str(conf))
+        yield conf
+
+
 @pytest.fixture(scope="session")
 def kubernetes_validate() -> str:
     exe = Path(__import__("sys").executable).with_name("kubernetes-validate")
@@ -67,7 +89,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="module")
-def kube_e2e(helm: str) -> Iterator[Any]:
+def kube_e2e(helm: str, default_store_unusable: Path) -> Iterator[Any]:
     """The end-to-end cluster side (images, API stand-in, injector, mock provider, Redis): tests/kube/e2e.py."""
     from tests.kube.cluster import Timer, missing_tools
     from tests.kube.e2e import stage

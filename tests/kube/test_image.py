@@ -26,17 +26,17 @@ import pytest
 
 from tests.kube.cluster import base_image
 from tests.kube.conftest import ROOT
+from tests.kube.store import STORE, roots
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 #: this run's tag: another run of the suite (another checkout, other code) may build at the same time
 IMAGE = f"localhost/llm-sidecar:test-{uuid.uuid4().hex[:8]}"
-VFS = ["--storage-driver", "vfs"]
 #: A container run as the pod runs it: the host's network (the pod's loopback), a read-only root with a
 #: /tmp of its own, and the limits the tests' load needs
 RUN = [
     "podman",
-    *VFS,
+    *STORE,
     "run",
     "--rm",
     "--network",
@@ -104,7 +104,7 @@ def built(tag: str, tmp_path_factory: pytest.TempPathFactory, *args: str) -> Ite
     subprocess.run(
         [
             "buildah",
-            *VFS,
+            *STORE,
             "bud",
             "--isolation",
             "chroot",
@@ -120,11 +120,12 @@ def built(tag: str, tmp_path_factory: pytest.TempPathFactory, *args: str) -> Ite
         timeout=1200,
     )
     yield tag
-    subprocess.run(["podman", *VFS, "rmi", "-f", tag], capture_output=True, timeout=300)
+    subprocess.run(["podman", *STORE, "rmi", "-f", tag], capture_output=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def image(tmp_path_factory: pytest.TempPathFactory, default_store_unusable: Path) -> Iterator[str]:
+    """Built, inspected, mounted and run with the default store unusable (see ``default_store_unusable``)."""
     yield from built(IMAGE, tmp_path_factory)
 
 
@@ -139,8 +140,32 @@ def _podman_script(script: str, timeout: float) -> subprocess.CompletedProcess[s
     )
 
 
+def test_image_is_built_and_run_in_the_project_store_never_the_default_one(
+    image: str, default_store_unusable: Path
+) -> None:
+    """Every test here runs with podman's and buildah's default store unusable (``default_store_unusable``).
+
+    What breaks a user's run is the default store's state: after any plain ``podman`` on the machine, each
+    ``--storage-driver vfs`` use of it fails. Touching the real default store from a test would be that
+    hazard itself, so the tests replace it instead (``CONTAINERS_STORAGE_CONF``, a storage.conf whose roots
+    cannot be created) and make-base-image.sh, the build, the inspections, the mounts and the runs in this
+    module must all succeed anyway: each names the project's store (tests/kube/store.py). This test checks
+    that the replacement holds (the commands these tests ran before they had a store of their own fail) and
+    that the store the flags name is the documented one, holding the base image stand-in and the build.
+    """
+    before = subprocess.run(
+        ["podman", "--storage-driver", "vfs", "image", "exists", base_image()], capture_output=True, text=True
+    )
+    assert before.returncode == 125 and "not a directory" in before.stderr, before
+    out = subprocess.run(["podman", *STORE, "info", "--format", "json"], check=True, capture_output=True, text=True)
+    store = json.loads(out.stdout)["store"]
+    assert (store["graphRoot"], store["runRoot"], store["graphDriverName"]) == (*map(str, roots()), "vfs"), store
+    for name in (base_image(), image):
+        assert subprocess.run(["podman", *STORE, "image", "exists", name]).returncode == 0, name
+
+
 def test_image_metadata(image: str) -> None:
-    out = subprocess.run(["podman", *VFS, "image", "inspect", image], check=True, capture_output=True, text=True)
+    out = subprocess.run(["podman", *STORE, "image", "inspect", image], check=True, capture_output=True, text=True)
     config = json.loads(out.stdout)[0]["Config"]
     assert config["User"] == "10001:10001"
     assert config["Entrypoint"] == ["llm-sidecar"]
@@ -152,17 +177,17 @@ def test_image_metadata(image: str) -> None:
 
 
 def _podman(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return _podman_script(shlex.join(["podman", *VFS, *args]), timeout=timeout)
+    return _podman_script(shlex.join(["podman", *STORE, *args]), timeout=timeout)
 
 
 def _size(name: str) -> int:
-    out = subprocess.run(["podman", *VFS, "image", "inspect", "--format", "{{.Size}}", name], capture_output=True)
+    out = subprocess.run(["podman", *STORE, "image", "inspect", "--format", "{{.Size}}", name], capture_output=True)
     return int(out.stdout)
 
 
 def _files(name: str) -> dict[str, int]:
     """An image's regular files (path in the image → bytes), read from the image mounted (root only)."""
-    mount = subprocess.run(["podman", *VFS, "image", "mount", name], check=True, capture_output=True, text=True)
+    mount = subprocess.run(["podman", *STORE, "image", "mount", name], check=True, capture_output=True, text=True)
     root = mount.stdout.strip()
     try:
         files = {}
@@ -173,7 +198,7 @@ def _files(name: str) -> dict[str, int]:
                     files[os.path.relpath(path, root)] = info.st_size
         return files
     finally:
-        subprocess.run(["podman", *VFS, "image", "unmount", name], capture_output=True)
+        subprocess.run(["podman", *STORE, "image", "unmount", name], capture_output=True)
 
 
 def test_image_size_kept_of_the_base_and_added(image: str) -> None:
@@ -275,7 +300,7 @@ def _start(run: list[str], name: str, config: Path, admin: int, image: str) -> t
             "bash",
             "-c",
             "umount /sys/fs/cgroup/unified 2>/dev/null || true\n"
-            f"{' '.join(run)} --name {name} -e MOCK_KEY=k -v {config}:/etc/llm-sidecar/sidecar.yaml:ro {image}",
+            f"{shlex.join(run)} --name {name} -e MOCK_KEY=k -v {config}:/etc/llm-sidecar/sidecar.yaml:ro {image}",
         ],
         stdout=subprocess.DEVNULL,
     )
@@ -318,10 +343,10 @@ def test_image_serves_health_and_a_proxied_completion(image: str, tmp_path: Path
     # Names of this run only: another run of the suite may have its own pair up at the same time.
     suffix = uuid.uuid4().hex[:8]
     mock_name, sidecar_name = f"llm-mock-{suffix}", f"llm-sc-{suffix}"
-    run = [*RUN[:4], "-d", *RUN[4:]]
+    run = [*RUN, "-d"]
     try:
         res = _podman_script(
-            f"{' '.join(run)} --name {mock_name} {image} mock-provider --host 127.0.0.1 --port {mock}", timeout=180
+            f"{shlex.join(run)} --name {mock_name} {image} mock-provider --host 127.0.0.1 --port {mock}", timeout=180
         )
         assert res.returncode == 0, res.stdout + res.stderr
         starts = []
@@ -345,4 +370,4 @@ def test_image_serves_health_and_a_proxied_completion(image: str, tmp_path: Path
         assert body["choices"][0]["message"]["content"]
     finally:
         # Whatever happened above (a failed start, a timeout), neither container outlives the test.
-        _podman_script(f"podman {' '.join(VFS)} rm -f -i -t 3 {sidecar_name} {mock_name} >/dev/null", timeout=60)
+        _podman_script(f"podman {shlex.join(STORE)} rm -f -i -t 3 {sidecar_name} {mock_name} >/dev/null", timeout=60)

@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.kube.test_image import MB, RUN, VFS, _files, _podman_script, _port, _ready, _size, built
+from tests.kube.store import STORE
+from tests.kube.test_image import MB, RUN, _files, _podman_script, _port, _ready, _size, built
 from tests.servers import MockProvider, RefusedPort
 from tests.waiting import wait_until
 
@@ -42,7 +43,7 @@ print(json.dumps({"pymilvus": pymilvus.__version__, "product": float(product), "
 
 
 @pytest.fixture(scope="module")
-def rag_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def rag_image(tmp_path_factory: pytest.TempPathFactory, default_store_unusable: Path) -> Iterator[str]:
     yield from built(RAG_IMAGE, tmp_path_factory, "--build-arg", "EXTRAS=rag")
 
 
@@ -117,7 +118,7 @@ def test_rag_image_serves_a_dense_corpus_and_answers_503_while_its_store_is_down
     proxy, admin = _port(), _port()
     config = _config(tmp_path / "sidecar.json", mock_provider, refused_port, proxy, admin)
     name = f"llm-sc-rag-{uuid.uuid4().hex[:8]}"
-    run = [*RUN[:4], "-d", *RUN[4:], "--name", name, "-v", f"{config}:/etc/llm-sidecar/sidecar.yaml:ro", rag_image]
+    run = [*RUN, "-d", "--name", name, "-v", f"{config}:/etc/llm-sidecar/sidecar.yaml:ro", rag_image]
     try:
         res = _podman_script(shlex.join(run), timeout=180)
         assert res.returncode == 0, res.stdout + res.stderr
@@ -125,14 +126,14 @@ def test_rag_image_serves_a_dense_corpus_and_answers_503_while_its_store_is_down
         def up() -> bool:
             if _ready(admin):
                 return True
-            alive = _podman_script(shlex.join(["podman", *VFS, "container", "exists", name]), timeout=60)
+            alive = _podman_script(shlex.join(["podman", *STORE, "container", "exists", name]), timeout=60)
             assert alive.returncode == 0, "the sidecar exited: its log is above"
             return False
 
         try:
             wait_until(up, timeout=180, interval=0.05)
         finally:
-            print(_podman_script(shlex.join(["podman", *VFS, "logs", name]), timeout=60).stdout[-3000:])
+            print(_podman_script(shlex.join(["podman", *STORE, "logs", name]), timeout=60).stdout[-3000:])
         refused = httpx.post(f"http://127.0.0.1:{proxy}/v1/retrieve", json={"corpus": "kb", "query": "Redis"})
         assert refused.status_code == 503, refused.text
         error = refused.json()["error"]
@@ -145,4 +146,4 @@ def test_rag_image_serves_a_dense_corpus_and_answers_503_while_its_store_is_down
         )
         assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"], chat.text
     finally:
-        _podman_script(f"podman {' '.join(VFS)} rm -f -i -t 3 {name} >/dev/null", timeout=60)
+        _podman_script(f"podman {shlex.join(STORE)} rm -f -i -t 3 {name} >/dev/null", timeout=60)
