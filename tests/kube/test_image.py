@@ -3,7 +3,8 @@
 Besides serving, the image is measured: the bytes it keeps of its base image and the bytes its build
 adds, and the time and CPU from the container's process start to its first ``/readyz`` 200 (printed;
 run with ``-s`` to see them).
-The injector image (``--target injector``) is built and run by ``make e2e``.
+The injector image (``--target injector``) is built and run by ``make e2e``. Every podman and buildah call
+names the project's image store (tests/kube/store.py), never the machine's default one.
 """
 
 from __future__ import annotations
