@@ -6,7 +6,6 @@ at scrape time; nothing on the hot path computes anything for them.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import time
@@ -18,6 +17,7 @@ from pydantic import model_validator
 from proxy.endpoint_config import EndpointConfig
 from proxy.router.circuit import Circuit
 from proxy.router.config import CircuitConfig
+from proxy.router.slots import Slots
 from proxy.secret import Secret
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ class Endpoint:
         self.routed = dict.fromkeys(REASONS, 0)
         #: the model name sent upstream
         self.upstream_model = config.model or group
-        self.slots = asyncio.Semaphore(config.max_concurrent)
+        self.slots = Slots(config.max_concurrent)
         self.in_flight = 0
         self.ewma_ttfb: float | None = None
         self.ewma_at = 0.0
@@ -156,9 +156,6 @@ class Endpoint:
         """Not cooling down, circuit allowing, and not marked unhealthy by the probes."""
         return now >= self.cooldown_until and self.healthy is not False and not self.gone and self.circuit.allows(now)
 
-    def has_free_slot(self) -> bool:
-        return not self.slots.locked()
-
     def ttfb_estimate(self, now: float) -> float:
         """The EWMA of time to first byte, faded by how long ago it was last updated."""
         if self.ewma_ttfb is None:
@@ -178,13 +175,16 @@ class Endpoint:
 
     # ----------------------------------------------------------- slots
 
-    async def acquire(self) -> None:
-        await self.slots.acquire()
-        self.in_flight += 1
+    def take_slot(self) -> bool:
+        """Take a free slot, without waiting; False when none is free."""
+        if self.slots.take_free():
+            self.in_flight += 1
+            return True
+        return False
 
     def release(self) -> None:
         self.in_flight -= 1
-        self.slots.release()
+        self.slots.give()
 
     # ----------------------------------------------------------- outcomes
 

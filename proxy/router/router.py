@@ -433,8 +433,7 @@ class Router:
             denied: list[tuple[Endpoint, Denial]] = []
             cooled = False
             for endpoint in ranked:
-                if endpoint.has_free_slot():
-                    await endpoint.acquire()  # returns at once: a free slot and nobody queued
+                if endpoint.take_slot():
                     if endpoint.budget is None:
                         return endpoint
                     answer = await endpoint.budget.take(call.payload, call.body, now)  # no wait: try the next
@@ -597,10 +596,10 @@ def _discovered(endpoints: list[Endpoint], name: str) -> list[Endpoint]:
 async def _first_free(endpoints: list[Endpoint], timeout: float) -> Endpoint | None:
     """Wait up to ``timeout`` for a slot on any of ``endpoints``; the first one freed wins.
 
-    Each semaphore queues its waiters in order, so calls are served first come, first
+    Each endpoint's slots queue their waiters in order, so calls are served first come, first
     served. A slot taken by a waiter that lost the race is given back.
     """
-    waiters = {asyncio.ensure_future(e.slots.acquire()): e for e in endpoints}
+    waiters = {asyncio.ensure_future(e.slots.take()): e for e in endpoints}
     finished = False
     winner: Endpoint | None = None
     for endpoint in endpoints:
@@ -621,5 +620,5 @@ async def _first_free(endpoints: list[Endpoint], timeout: float) -> Endpoint | N
                 winner = endpoint
                 endpoint.in_flight += 1
             else:
-                endpoint.slots.release()
+                endpoint.slots.give()
     return winner

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 
@@ -282,3 +283,42 @@ def test_bounded_attempts(make_sidecar, mock_provider: MockProvider) -> None:
         sidecar.openai().chat.completions.create(model="chat", messages=HELLO)
     assert info.value.status_code == 503
     assert mock_provider.calls("mock-a") == 3
+
+
+def test_queued_call_that_leaves_gives_up_its_place(make_sidecar, mock_provider: MockProvider) -> None:
+    # One slot: a slow call holds it, a second call queues and its client leaves. The slot then
+    # goes to the next call (not to the one gone), and nothing stays held or queued.
+    mock_provider.set_behaviour("mock-a", latency_ms=800)
+    sidecar = make_sidecar(
+        config(
+            mock_provider,
+            {"chat": {"endpoints": [endpoint(mock_provider, "mock-a", max_concurrent=1)]}},
+            queue_timeout=10,
+        )
+    )
+    url = sidecar.openai_base + "/chat/completions"
+
+    async def main() -> tuple[int, int]:
+        async with httpx.AsyncClient(timeout=10) as http:
+            post = lambda: http.post(url, json={"model": "chat", "messages": HELLO})  # noqa: E731
+            holder = asyncio.ensure_future(post())
+            await async_wait_until(lambda: status_of(sidecar, "mock-a")["in_flight"] == 1)
+            leaver = asyncio.ensure_future(post())
+            await async_wait_until(lambda: status_of(sidecar, "mock-a")["queued"] == 1)
+            leaver.cancel()  # the client goes away while its call waits for the slot
+            await async_wait_until(lambda: status_of(sidecar, "mock-a")["queued"] == 0)
+            after = await post()
+            return (await holder).status_code, after.status_code
+
+    assert asyncio.run(main()) == (200, 200)
+    assert mock_provider.calls("mock-a") == 2  # the call that left never reached the provider
+    state = status_of(sidecar, "mock-a")
+    assert (state["in_flight"], state["queued"]) == (0, 0)
+
+
+async def async_wait_until(condition, timeout: float = 10.0) -> None:
+    """``wait_until`` for a test running its own loop: the admin API is asked off the loop."""
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(condition):
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
