@@ -405,17 +405,17 @@ class Router:
     ) -> Endpoint:
         """A usable endpoint with one of its slots taken; waits in the queue when all are full."""
         settings = self.settings
+        balance = self.routes[call.model_group].balance
         while True:
             now = time.monotonic()
-            ranked = selection.order(
-                endpoints,
-                prefer=prefer,
-                balance=self.routes[call.model_group].balance,
-                group_rank=rank,
-                now=now,
-                tried=tried,
-                rng=self._rng,
-            )
+            if len(endpoints) == 1 and balance != "weighted":
+                # One endpoint (the common group): nothing to rank, not even a call to order (~3,000
+                # instructions with its keywords); a weighted draw still takes its number.
+                ranked = endpoints if endpoints[0].usable(now) else []  # read, never changed
+            else:
+                ranked = selection.order(
+                    endpoints, prefer=prefer, balance=balance, group_rank=rank, now=now, tried=tried, rng=self._rng
+                )
             if spent:
                 ranked = [e for e in ranked if e not in spent]
             if not ranked:

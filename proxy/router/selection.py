@@ -32,10 +32,9 @@ def order(
     tried: Collection[Endpoint] = (),
     rng: random.Random | None = None,
 ) -> list[Endpoint]:
-    """The usable endpoints of ``plan`` (the group's, then its fallback groups'), best first."""
-    if len(plan) == 1 and balance != "weighted":
-        # One endpoint (the common group): nothing to rank; a weighted draw still takes its number.
-        return list(plan) if plan[0].usable(now) else []
+    """The usable endpoints of ``plan`` (the group's, then its fallback groups'), best first.
+
+    The router does not call it for one endpoint unless ``weighted`` (nothing to rank)."""
     rng = rng or _RNG
     draw = rng.random
     ranked: list[tuple[tuple[float, ...], Endpoint]] = []
