@@ -134,6 +134,87 @@ def test_hop_by_hop_and_control_headers_stay_here(sidecar: Sidecar, mock_provide
     assert sent["user-agent"].startswith("python-httpx/")  # the client's own, as it came
 
 
+_CLIENT_HEADERS = [
+    ("User-Agent", "test-sdk/1.0"),
+    ("X-Dup", "1"),
+    ("X-Dup", "2"),
+    ("Authorization", "Bearer sk-client-not-for-the-provider"),
+    ("X-Api-Key", "sk-client-not-for-the-provider"),
+    ("API-KEY", "sk-client-not-for-the-provider"),
+    ("Keep-Alive", "timeout=5"),
+    ("TE", "trailers"),
+    ("Proxy-Authorization", "Basic cHJveHk6cGFzcw=="),
+    ("X-Private-Hop", "1"),
+    ("X-LLM-Sidecar-Cache", "no"),
+    ("X-Stainless-Lang", "python"),
+    ("Content-Type", "application/json; charset=utf-8"),
+]
+#: what aiohttp adds and the sidecar sets itself, left out of the comparison
+_ADDED = {"host", "accept", "accept-encoding", "content-length", "x-request-id"}
+
+
+@pytest.mark.parametrize("key", ["own", "pass-through", "pass-through, translated"])
+def test_the_headers_that_reach_the_upstream_exactly(make_sidecar, server_loop, key: str) -> None:
+    """Names as the client spelled them, in its order, a repeated one kept; then the same names
+    with another Connection header, so what is worked out for one layout of names is not reused."""
+    import http.client
+
+    from aiohttp import web
+
+    received: list[list[tuple[str, str]]] = []
+
+    async def openai(request: web.Request) -> web.Response:
+        received.append(list(request.headers.items()))
+        usage = {"prompt_tokens": 1, "completion_tokens": 1}
+        return web.json_response({"id": "x", "object": "chat.completion", "choices": [], "usage": usage})
+
+    async def anthropic(request: web.Request) -> web.Response:
+        received.append(list(request.headers.items()))
+        content = [{"type": "text", "text": "hi"}]
+        usage = {"input_tokens": 1, "output_tokens": 1}
+        return web.json_response(
+            {"id": "m", "type": "message", "role": "assistant", "content": content, "model": "m", "usage": usage}
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", openai)
+    app.router.add_post("/v1/messages", anthropic)
+    with server_loop.serving(app) as upstream:
+        if key == "pass-through, translated":
+            endpoint = {"name": "e", "url": upstream, "dialect": "anthropic", "pass_through_key": True}
+        else:
+            endpoint = {"name": "e", "url": f"{upstream}/v1", "dialect": "openai"}
+            endpoint |= {"pass_through_key": True} if key == "pass-through" else {"api_key": PROVIDER_KEY}
+        sidecar = make_sidecar(model_groups={"gpt-4o-mini": {"endpoints": [endpoint]}})
+        for connection in ("keep-alive, x-private-hop", "Keep-Alive, X-DUP"):
+            client = http.client.HTTPConnection("127.0.0.1", sidecar.servers.port, timeout=10)
+            client.putrequest("POST", "/v1/chat/completions")
+            for name, value in [*_CLIENT_HEADERS, ("Connection", connection)]:
+                client.putheader(name, value)
+            body = b'{"model": "gpt-4o-mini", "messages": []}'
+            client.putheader("Content-Length", str(len(body)))
+            client.endheaders(body)
+            assert client.getresponse().status == 200
+            client.close()
+
+    client_key = "sk-client-not-for-the-provider"
+    first, second = ([(k, v) for k, v in headers if k.lower() not in _ADDED] for headers in received)
+    # The client's credentials as they came, or none: the endpoint's own, or the client's restated.
+    credentials, added = {
+        "own": ([], [("Authorization", f"Bearer {PROVIDER_KEY}")]),
+        "pass-through": (
+            [("Authorization", f"Bearer {client_key}"), ("X-Api-Key", client_key), ("API-KEY", client_key)],
+            [],
+        ),
+        "pass-through, translated": ([], [("x-api-key", client_key), ("anthropic-version", "2023-06-01")]),
+    }[key]
+    common = [("User-Agent", "test-sdk/1.0")]
+    rest = [("X-Stainless-Lang", "python"), ("Content-Type", "application/json"), *added]
+    assert first == [*common, ("X-Dup", "1"), ("X-Dup", "2"), *credentials, *rest]
+    assert second == [*common, *credentials, ("X-Private-Hop", "1"), *rest]
+    assert all(len({k.lower(): v for k, v in headers}["x-request-id"]) == 32 for headers in received)
+
+
 def test_a_call_without_user_agent_goes_upstream_as_the_sidecars(sidecar: Sidecar, mock_provider) -> None:
     """Not as the HTTP library's (``Python/3.x aiohttp/…``)."""
     import http.client
