@@ -96,7 +96,6 @@ REDACTED = "[redacted]"
 _REDACTED_BYTES = REDACTED.encode()
 #: shorter "credentials" (a local server's "none", "x") are no secret; replacing them would garble answers
 _MIN_SECRET = 8
-_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 
 
 @functools.lru_cache(maxsize=256)
@@ -122,7 +121,10 @@ class Redactor:
     __slots__ = ("keys", "_text_keys", "_key_bytes", "_held")
 
     def __init__(self, sent: CIMultiDict[str]) -> None:
-        self._text_keys, self.keys, self._key_bytes = _secrets(tuple(sent.get(name) for name in _CREDENTIAL_HEADERS))
+        # The credential headers (``proxy.auth.CREDENTIAL_HEADERS``) read one by one: a generator
+        # over their names cost as much again, on every attempt.
+        get = sent.get
+        self._text_keys, self.keys, self._key_bytes = _secrets((get("authorization"), get("x-api-key"), get("api-key")))
         self._held = b""
 
     def found_in(self, value: str) -> bool:

@@ -126,6 +126,20 @@ def test_redaction_holds_for_a_key_cut_at_any_byte() -> None:
             assert out == data.replace(key.encode(), b"[redacted]"), cut
 
 
+def test_every_credential_header_that_can_go_upstream_is_redacted_from_the_answer() -> None:
+    """The redactor reads the credential headers by name: the same names ``proxy.auth`` treats as credentials."""
+    from multidict import CIMultiDict
+
+    from proxy.auth import CREDENTIAL_HEADERS
+    from proxy.upstream import Redactor
+
+    key = "sk-a-key-0123456789"
+    for name in CREDENTIAL_HEADERS:
+        for spelled in (name, name.upper()):
+            redactor = Redactor(CIMultiDict({spelled: key if name != "authorization" else f"Bearer {key}"}))
+            assert redactor.whole(f"echo {key}".encode()) == b"echo [redacted]", spelled
+
+
 # ---------------------------------------------------------------- the first-byte clock among other cancellations
 
 _HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-test-first-byte"}
