@@ -334,6 +334,12 @@ def _json_answer(body: bytes) -> Any:
     return answer.usage
 
 
+def _is_event_stream(content_type: str) -> bool:
+    # The media type without parameters, as ``ClientResponse.content_type`` has it, but without
+    # the parameters' dict that property builds on every response (~4,000 instructions).
+    return content_type.partition(";")[0].strip().lower() == "text/event-stream"
+
+
 class Upstream:
     """Owns the process's one ``ClientSession``."""
 
@@ -412,7 +418,7 @@ class Upstream:
                 allow_redirects=False,
             )
             phase = "first byte"
-            is_stream = response.content_type == "text/event-stream"
+            is_stream = _is_event_stream(response.headers.get("Content-Type", ""))
             if response.status >= 300 or not is_stream:
                 first = await response.read()
             else:

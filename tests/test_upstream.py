@@ -140,6 +140,52 @@ def test_every_credential_header_that_can_go_upstream_is_redacted_from_the_answe
             assert redactor.whole(f"echo {key}".encode()) == b"echo [redacted]", spelled
 
 
+# ---------------------------------------------------------------- which answers are streams
+
+_CONTENT_TYPES = [
+    "text/event-stream",
+    "text/event-stream; charset=utf-8",
+    "Text/Event-Stream;charset=UTF-8",
+    " text/event-stream ",
+    "text/event-streams",
+    "text/event-stream-x; a=b",
+    "application/json",
+    "application/json; charset=utf-8",
+    "",
+]
+
+
+@pytest.mark.parametrize("content_type", _CONTENT_TYPES)
+async def test_an_answer_is_a_stream_when_aiohttp_names_its_media_type_an_event_stream(content_type: str) -> None:
+    from aiohttp import web
+    from aiohttp.helpers import parse_content_type
+
+    from tests.servers import free_port
+
+    expected = bool(content_type) and parse_content_type(content_type)[0] == "text/event-stream"
+
+    async def answer(request: web.Request) -> web.Response:
+        body = b"data: {}\n\n" if expected else b'{"usage": null}'
+        return web.Response(body=body, headers={"Content-Type": content_type} if content_type else {})
+
+    app = web.Application()
+    app.router.add_post("/", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    upstream = Upstream(Upstream.new_session())
+    try:
+        response = await upstream.open(
+            f"http://127.0.0.1:{port}/", CIMultiDict({"Content-Type": "application/json"}), b"{}", Timeouts()
+        )
+        assert response.is_stream is expected
+        response.close()
+    finally:
+        await upstream.session.close()
+        await runner.cleanup()
+
+
 # ---------------------------------------------------------------- the first-byte clock among other cancellations
 
 _HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-test-first-byte"}
