@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +14,7 @@ from multidict import CIMultiDict
 from proxy import errors
 from proxy.endpoint_config import Timeouts
 from proxy.upstream import Upstream, map_client_error
+from tests.waiting import wait_until
 
 
 def _instances() -> list[BaseException]:
@@ -220,8 +220,7 @@ async def _attempt_raced_by(
             loop.call_at(at, cancel, upstream, task)
         # Block the loop (on purpose, on the clock) until both are due: the next turn then runs
         # them one after the other, in the order of their times, before the attempt's task resumes.
-        while loop.time() < now + _FIRST_BYTE + 0.2:
-            time.sleep(0.01)
+        wait_until(lambda: loop.time() >= now + _FIRST_BYTE + 0.2, timeout=5, what="both due")
         await asyncio.wait([task])
         ended: BaseException | str = "cancelled" if task.cancelled() else task.exception()  # type: ignore[assignment]
         return ended, task.cancelling(), len(upstream._opening)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.router.helpers import config, endpoint, gather
 from tests.servers import MockProvider, RefusedPort
-from tests.waiting import wait_until
+from tests.waiting import wait_until, wait_until_async
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -302,11 +302,11 @@ def test_queued_call_that_leaves_gives_up_its_place(make_sidecar, mock_provider:
         async with httpx.AsyncClient(timeout=10) as http:
             post = lambda: http.post(url, json={"model": "chat", "messages": HELLO})  # noqa: E731
             holder = asyncio.ensure_future(post())
-            await async_wait_until(lambda: status_of(sidecar, "mock-a")["in_flight"] == 1)
+            await wait_until_async(lambda: asyncio.to_thread(lambda: status_of(sidecar, "mock-a")["in_flight"] == 1))
             leaver = asyncio.ensure_future(post())
-            await async_wait_until(lambda: status_of(sidecar, "mock-a")["queued"] == 1)
+            await wait_until_async(lambda: asyncio.to_thread(lambda: status_of(sidecar, "mock-a")["queued"] == 1))
             leaver.cancel()  # the client goes away while its call waits for the slot
-            await async_wait_until(lambda: status_of(sidecar, "mock-a")["queued"] == 0)
+            await wait_until_async(lambda: asyncio.to_thread(lambda: status_of(sidecar, "mock-a")["queued"] == 0))
             after = await post()
             return (await holder).status_code, after.status_code
 
@@ -314,11 +314,3 @@ def test_queued_call_that_leaves_gives_up_its_place(make_sidecar, mock_provider:
     assert mock_provider.calls("mock-a") == 2  # the call that left never reached the provider
     state = status_of(sidecar, "mock-a")
     assert (state["in_flight"], state["queued"]) == (0, 0)
-
-
-async def async_wait_until(condition, timeout: float = 10.0) -> None:
-    """``wait_until`` for a test running its own loop: the admin API is asked off the loop."""
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(condition):
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
