@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,59 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def answers(url: str, context: ssl.SSLContext | None = None) -> bool:
+    """``url`` answers 200 (an ``OSError`` while nothing listens there)."""
+    with urllib.request.urlopen(url, context=context, timeout=2) as response:
+        return response.status == 200
+
+
+def start_on_free_ports(
+    command: Callable[..., list[str]],
+    ready: Callable[..., object],
+    log: Path,
+    ports: int = 1,
+    timeout: float = 30,
+    **popen: Any,
+) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """``command(*ports)`` started on ``ports`` free loopback ports; returns once ``ready(*ports)`` is true.
+
+    A port from ``free_port()`` is only free for now: a server of another test (another xdist
+    worker) may take it before this one binds it. The server then exits saying "address already
+    in use" and starts again on new ports. ``command`` may write a config file naming the ports;
+    the server's stderr goes to ``log`` (the last try's); an ``OSError`` from ``ready`` means "not yet".
+    """
+    deadline = time.monotonic() + timeout
+    popen.setdefault("stdout", subprocess.DEVNULL)
+    while True:
+        chosen = [free_port() for _ in range(ports)]
+        with log.open("wb") as stderr:
+            process = subprocess.Popen(command(*chosen), stderr=stderr, **popen)
+        try:
+            state = wait_until(functools.partial(_state, process, ready, chosen), max(deadline - time.monotonic(), 0))
+        except AssertionError:
+            process.kill()
+            process.wait(5)
+            raise AssertionError(f"not up within {timeout} s: {log.read_text(errors='replace')[-2000:]}") from None
+        if state == "up":
+            return process, chosen
+        text = log.read_text(errors="replace")
+        lost = any(f":{port}: address already in use" in text for port in chosen)
+        assert lost and time.monotonic() < deadline, f"exited with {process.returncode}: {text[-2000:]}"
+
+
+def _state(process: subprocess.Popen[bytes], ready: Callable[..., object], ports: list[int]) -> str | None:
+    """ "exited", "up", or None while it starts."""
+    if process.poll() is not None:
+        return "exited"
+    try:
+        if not ready(*ports):
+            return None
+    except OSError:
+        return None
+    # What answered may be another test's server on a port ours lost, if ours has already tried to bind it.
+    return "exited" if process.poll() is not None else "up"
 
 
 class RefusedPort:
@@ -285,7 +341,7 @@ class RedisServer:
 
 
 class SidecarProcess:
-    """``llm-sidecar serve`` (the installed console script) on a config file, on free ports.
+    """``llm-sidecar serve`` (the installed console script) on a config file, on free ports, ready.
 
     For tests that need several sidecars as separate processes (each its own event loop and
     state, as pods are); ``kill()`` is SIGKILL, ``stop()`` SIGTERM. With ``injected``, the ports
@@ -293,39 +349,28 @@ class SidecarProcess:
     the file holds the chart's defaults instead.
     """
 
-    def __init__(self, config: dict[str, Any], directory: Path, injected: bool = False) -> None:
-        self.port, self.admin_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+    def __init__(self, config: dict[str, Any], directory: Path, injected: bool = False, **popen: Any) -> None:
         self.directory = directory
-        ports = (15180, 15190) if injected else (self.port, self.admin_port)
-        self.config = {**config, "server": {**config.get("server", {}), "port": ports[0], "admin_port": ports[1]}}
-        path = self.write_config(self.config)
-        self.log = directory / f"sidecar-{self.port}.log"
-        argv = ["--port", str(self.port), "--admin-port", str(self.admin_port)] if injected else []
-        with self.log.open("w") as stderr:
-            self.process = subprocess.Popen(
-                [LLM_SIDECAR, "serve", "--config", str(path), *argv], stdout=subprocess.DEVNULL, stderr=stderr
-            )
+        self.log = next(log for n in itertools.count() if not (log := directory / f"sidecar-{n}.log").exists())
+
+        def command(port: int, admin_port: int) -> list[str]:
+            self.port, self.admin_port = port, admin_port
+            self.url, self.admin_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+            ports = (15180, 15190) if injected else (port, admin_port)
+            server = {**config.get("server", {}), "port": ports[0], "admin_port": ports[1]}
+            self.config = {**config, "server": server}
+            argv = ["--port", str(port), "--admin-port", str(admin_port)] if injected else []
+            return [LLM_SIDECAR, "serve", "--config", str(self.write_config(self.config)), *argv]
+
+        self.process, _ = start_on_free_ports(
+            command, lambda _, admin_port: answers(f"http://127.0.0.1:{admin_port}/readyz"), self.log, ports=2, **popen
+        )
 
     def write_config(self, config: dict[str, Any]) -> Path:
         """Where the config goes; the file ``serve`` is given."""
-        path = self.directory / f"sidecar-{self.port}.yaml"
+        path = self.log.with_suffix(".yaml")
         path.write_text(json.dumps(config))  # JSON is YAML
         return path
-
-    def wait_ready(self, timeout: float = 30) -> SidecarProcess:
-        wait_until(self._ready, timeout, interval=0.05, what=f"sidecar {self.admin_url}/readyz answers 200")
-        return self
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"sidecar exited: {self.log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(self.admin_url + "/readyz", timeout=0.5) as response:
-                return response.status == 200
-        except OSError:
-            return False
 
     def status(self) -> dict[str, Any]:
         return _get_json(self.admin_url + "/status")

@@ -203,7 +203,6 @@ def test_serve_loads_only_what_the_default_config_uses(tmp_path, mock_provider, 
     monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
     sidecar = SidecarProcess(default_config(mock_provider.url, server={"drain_timeout": 1}), tmp_path)
     try:
-        sidecar.wait_ready()
         with httpx.Client(timeout=10) as client:
             for stream in (False, True):
                 chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": stream}

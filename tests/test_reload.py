@@ -60,7 +60,6 @@ class SidecarProcess(servers.SidecarProcess):
     def __init__(self, tmp_path: Path, config: dict[str, Any], injected: bool = False) -> None:
         self.files = ConfigMapDir(tmp_path)
         super().__init__(copy.deepcopy(config), tmp_path, injected)
-        self.wait_ready()
         self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="x", max_retries=0)
 
     def write_config(self, config: dict[str, Any]) -> Path:

@@ -131,7 +131,7 @@ def test_preload_starts_a_new_sidecar_warm(cached_sidecar, mock_provider, redis,
     # A generous operation timeout: what is tested is the preload, not how a slow Redis fails open.
     cache = {"backend": "memory"} if backend == "memory" else redis_cache(redis.url, operation_timeout=2.0)
     config = cache_config(mock_provider.url, {**cache, "preload": str(dump)})
-    warm = SidecarProcess(config, tmp_path).wait_ready()
+    warm = SidecarProcess(config, tmp_path)
     try:
         calls = mock_provider.calls()
         for index in range(3):

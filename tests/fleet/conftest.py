@@ -37,9 +37,9 @@ def sidecar_processes(tmp_path: Path) -> Iterator[Callable[[dict[str, Any], int]
     started: list[SidecarProcess] = []
 
     def start(config: dict[str, Any], count: int) -> list[SidecarProcess]:
-        new = [SidecarProcess(config, tmp_path) for _ in range(count)]
-        started.extend(new)
-        return [sidecar.wait_ready() for sidecar in new]
+        for _ in range(count):
+            started.append(SidecarProcess(config, tmp_path))
+        return started[-count:]
 
     yield start
     for sidecar in started:

@@ -10,12 +10,9 @@ only where the chart allows it (the sidecar receives the provider keys).
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import ssl
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,22 +23,9 @@ import pytest
 
 from tests.kube.test_chart import docs, render
 from tests.kube.test_webhook import review_for
-from tests.servers import free_port
-from tests.waiting import wait_until
+from tests.servers import LLM_SIDECAR, answers, start_on_free_ports
 
-EXE = str(Path(sys.executable).with_name("llm-sidecar"))
 PREFIX = "llm-sidecar.io/"
-
-
-def _state(process: subprocess.Popen[bytes], url: str, ctx: ssl.SSLContext) -> str | None:
-    """ "exited", "up" (it answers its /healthz), or None while it starts."""
-    if process.poll() is not None:
-        return "exited"
-    try:
-        urllib.request.urlopen(f"{url}/healthz", context=ctx, timeout=2)
-    except OSError:
-        return None
-    return "exited" if process.poll() is not None else "up"
 
 
 @pytest.fixture
@@ -63,38 +47,27 @@ def webhook(helm: str, test_ca: dict[str, Path], tmp_path: Path) -> Iterator[Cal
                 if d["kind"] == "ConfigMap" and "injector.yaml" in d["data"]
             )
         )
-        # A port from free_port() is only free for now: a server of another test (in another worker)
-        # may take it first. The webhook then exits saying so, and gets another port.
-        deadline = time.monotonic() + 30
-        while True:
-            port, log = free_port(), tmp_path / f"injector-{len(processes)}.log"
-            with log.open("wb") as out:
-                processes.append(
-                    subprocess.Popen(
-                        [
-                            EXE,
-                            "webhook",
-                            "--port",
-                            str(port),
-                            "--tls-cert-file",
-                            str(test_ca["cert"]),
-                            "--tls-key-file",
-                            str(test_ca["key"]),
-                            "--no-kube",
-                            "--kube-version",
-                            "1.30",
-                            "--settings",
-                            str(settings),
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=out,
-                    )
-                )
-            url, process = f"https://127.0.0.1:{port}", processes[-1]
-            if wait_until(functools.partial(_state, process, url, ctx), timeout=30) == "up":
-                break
-            lost_port = f"cannot listen on 127.0.0.1:{port}: address already in use" in log.read_text()
-            assert lost_port and time.monotonic() < deadline, f"webhook did not come up: {log.read_text()}"
+        process, (port,) = start_on_free_ports(
+            lambda port: [
+                LLM_SIDECAR,
+                "webhook",
+                "--port",
+                str(port),
+                "--tls-cert-file",
+                str(test_ca["cert"]),
+                "--tls-key-file",
+                str(test_ca["key"]),
+                "--no-kube",
+                "--kube-version",
+                "1.30",
+                "--settings",
+                str(settings),
+            ],
+            lambda port: answers(f"https://127.0.0.1:{port}/healthz", ctx),
+            tmp_path / f"injector-{len(started)}.log",
+        )
+        processes.append(process)
+        url = f"https://127.0.0.1:{port}"
         started[chart] = url
         return url
 

@@ -6,8 +6,8 @@ import base64
 import json
 import ssl
 import subprocess
-import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from aiohttp import web
 from proxy.kube.webhook import StaticView, build_app
 from tests.kube import cases
 from tests.kube.conftest import GOLDEN, ROOT
+from tests.servers import LLM_SIDECAR, answers, start_on_free_ports
 
 
 def review_for(pod: dict, namespace: str) -> dict:
@@ -114,18 +115,14 @@ async def test_own_bug_never_blocks_pod_creation(webhook_url: str, client_ssl: s
 def test_webhook_command_serves_tls_and_reloads_certificate(test_ca: dict[str, Path], tmp_path: Path) -> None:
     """`llm-sidecar webhook --no-kube` as a process: TLS on loopback, then a certificate rotation."""
     import shutil
-    import socket
-    import urllib.request
 
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     shutil.copy(test_ca["cert"], cert)
     shutil.copy(test_ca["key"], key)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("llm-sidecar")),
+    ctx = ssl.create_default_context(cafile=str(test_ca["ca"]))
+    proc, (port,) = start_on_free_ports(
+        lambda port: [
+            LLM_SIDECAR,
             "webhook",
             "--port",
             str(port),
@@ -139,23 +136,12 @@ def test_webhook_command_serves_tls_and_reloads_certificate(test_ca: dict[str, P
             "--cert-reload-interval",
             "0.2",
         ],
+        lambda port: answers(f"https://127.0.0.1:{port}/healthz", ctx),
+        tmp_path / "webhook.log",
         cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
     )
-    ctx = ssl.create_default_context(cafile=str(test_ca["ca"]))
     url = f"https://127.0.0.1:{port}"
     try:
-        # Deadlines, not counts of tries: a loaded machine starts the process and reloads the files later.
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                assert urllib.request.urlopen(f"{url}/healthz", context=ctx, timeout=2).status == 200
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("webhook did not come up")
-                time.sleep(0.1)
         pod = yaml.safe_load((GOLDEN / "pod-plain-container.yaml").read_text())
         req = urllib.request.Request(
             f"{url}/mutate", json.dumps(review_for(pod, "other")).encode(), {"content-type": "application/json"}
@@ -203,20 +189,17 @@ def test_webhook_command_serves_tls_and_reloads_certificate(test_ca: dict[str, P
 
 
 @pytest.mark.parametrize("head", [b"", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"], ids=["idle", "half-handshake"])
-def test_a_connection_flood_does_not_starve_the_webhook(test_ca: dict[str, Path], head: bytes) -> None:
+def test_a_connection_flood_does_not_starve_the_webhook(test_ca: dict[str, Path], tmp_path: Path, head: bytes) -> None:
     """1,100 connections held on `llm-sidecar webhook` with 1,024 descriptors: the API server still gets in."""
     import resource
     import socket
-    import urllib.request
-
-    from tests.servers import LLM_SIDECAR, free_port
 
     def nofile_1024() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
 
-    port = free_port()
-    proc = subprocess.Popen(
-        [
+    ctx = ssl.create_default_context(cafile=str(test_ca["ca"]))
+    proc, (port,) = start_on_free_ports(
+        lambda port: [
             LLM_SIDECAR,
             "webhook",
             "--port",
@@ -229,22 +212,13 @@ def test_a_connection_flood_does_not_starve_the_webhook(test_ca: dict[str, Path]
             "--kube-version",
             "1.30",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        lambda port: answers(f"https://127.0.0.1:{port}/healthz", ctx),
+        tmp_path / "webhook.log",
         preexec_fn=nofile_1024,
     )
-    ctx = ssl.create_default_context(cafile=str(test_ca["ca"]))
     healthz = f"https://127.0.0.1:{port}/healthz"
     flood: list[socket.socket] = []
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                assert urllib.request.urlopen(healthz, context=ctx, timeout=2).status == 200
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "webhook did not come up"
-                time.sleep(0.1)
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
         for _ in range(1100):
@@ -277,8 +251,6 @@ def test_a_connection_flood_does_not_starve_the_webhook(test_ca: dict[str, Path]
 
 def test_webhook_on_a_busy_port_is_one_line_naming_the_flag(test_ca: dict[str, Path]) -> None:
     import socket
-
-    from tests.servers import LLM_SIDECAR
 
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))

@@ -264,7 +264,6 @@ def test_every_panel_shows_its_series_through_the_operator_relabelling(tmp_path:
 
     try:
         for sidecar in sidecars:
-            sidecar.wait_ready()
             threads.append(threading.Thread(target=_traffic, args=(sidecar.url, stop), daemon=True))
             threads[-1].start()
         # Wait until both sidecars were scraped a few times with traffic in between, and the

@@ -161,7 +161,6 @@ def test_serve_writes_the_access_line_to_stderr(tmp_path, mock_provider) -> None
     """``llm-sidecar serve`` writes each access line straight to its own handler: the same line a record would make."""
     sidecar = SidecarProcess(default_config(mock_provider.url, server={"drain_timeout": 1}), tmp_path)
     try:
-        sidecar.wait_ready()
         client = openai.OpenAI(base_url=sidecar.url + "/v1", api_key="x", max_retries=0)
         list(
             client.chat.completions.create(
