@@ -15,38 +15,15 @@ import openai
 import pytest
 import yaml
 
-from tests.servers import default_config, free_port
+from tests.servers import SidecarProcess, answers, default_config, free_port, start_on_free_ports
 
-
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read() if process.stderr else "exited"
-        try:
-            if httpx.get(url, timeout=0.5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(url)
+SCRIPT = str(Path(sys.executable).with_name("llm-sidecar"))
 
 
 def test_serve_drains_in_flight_streams_on_sigterm(tmp_path: Path, mock_provider) -> None:
-    port, admin_port = free_port(), free_port()
-    config = default_config(
-        mock_provider.url,
-        server={"port": port, "admin_port": admin_port, "admin_host": "127.0.0.1", "drain_timeout": 10},
-    )
-    path = tmp_path / "sidecar.yaml"
-    path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--config", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    sidecar = SidecarProcess(default_config(mock_provider.url, server={"drain_timeout": 10}), tmp_path)
+    process, port, admin_port = sidecar.process, sidecar.port, sidecar.admin_port
     try:
-        wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
         # 15 chunks 200 ms apart: the stream is still running while the test looks at the draining process.
         mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=200, chunks=15)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
@@ -70,22 +47,20 @@ def test_serve_drains_in_flight_streams_on_sigterm(tmp_path: Path, mock_provider
     finally:
         if process.poll() is None:
             process.kill()
-    logs = [json.loads(line) for line in process.stderr.read().splitlines() if line.startswith("{")]
+    logs = [json.loads(line) for line in sidecar.log.read_text().splitlines() if line.startswith("{")]
     assert [entry["msg"] for entry in logs if entry["logger"] == "llm_sidecar"] == ["listening", "draining", "stopped"]
 
 
-def test_demo_answers_curl_and_sdk_then_stops_on_ctrl_c() -> None:
-    port, admin_port = free_port(), free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "demo", "--port", str(port), "--admin-port", str(admin_port)],
+def test_demo_answers_curl_and_sdk_then_stops_on_ctrl_c(tmp_path: Path) -> None:
+    process, (port, admin_port) = start_on_free_ports(
+        lambda port, admin_port: [SCRIPT, "demo", "--port", str(port), "--admin-port", str(admin_port)],
+        lambda _, admin_port: answers(f"http://127.0.0.1:{admin_port}/readyz"),
+        tmp_path / "demo.log",
+        ports=2,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
         ask = lambda: httpx.post(
             f"http://127.0.0.1:{port}/v1/chat/completions",
             json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]},
@@ -103,15 +78,12 @@ def test_demo_answers_curl_and_sdk_then_stops_on_ctrl_c() -> None:
         assert message.content[0].text
         process.send_signal(signal.SIGINT)
         assert process.wait(10) == 0
-        output = process.stdout.read()
+        output = process.stdout.read().decode()
         assert f"curl -si http://127.0.0.1:{port}/v1/chat/completions" in output
         assert "demo stopped" in output
     finally:
         if process.poll() is None:
             process.kill()
-
-
-SCRIPT = str(Path(sys.executable).with_name("llm-sidecar"))
 
 
 @pytest.mark.parametrize("which, flag", [("port", "--port"), ("admin_port", "--admin-port")])

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,31 +14,13 @@ import anthropic
 import httpx
 import openai
 import pytest
-import yaml
 
-from tests.servers import default_config, free_port
-from tests.test_cli import wait_ready
-
-SCRIPT = str(Path(sys.executable).with_name("llm-sidecar"))
+from tests.servers import SidecarProcess, default_config
 
 
-def _serve(tmp_path: Path, mock_url: str, drain_timeout: float, **env: str) -> tuple[subprocess.Popen, int, int]:
-    port, admin_port = free_port(), free_port()
-    config = default_config(
-        mock_url,
-        server={"port": port, "admin_port": admin_port, "admin_host": "127.0.0.1", "drain_timeout": drain_timeout},
-    )
-    path = tmp_path / "sidecar.yaml"
-    path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen(
-        [SCRIPT, "serve", "--config", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **env},
-    )
-    wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
-    return process, port, admin_port
+def _serve(tmp_path: Path, mock_url: str, drain_timeout: float, **env: str) -> SidecarProcess:
+    config = default_config(mock_url, server={"drain_timeout": drain_timeout})
+    return SidecarProcess(config, tmp_path, env={**os.environ, **env})
 
 
 def _wait_not_ready(admin_port: int) -> None:
@@ -52,7 +32,8 @@ def _wait_not_ready(admin_port: int) -> None:
 
 def test_drain_ends_by_its_timeout_and_cut_streams_get_an_error_event(tmp_path: Path, mock_provider) -> None:
     drain_timeout = 3.0
-    process, port, admin_port = _serve(tmp_path, mock_provider.url, drain_timeout)
+    sidecar = _serve(tmp_path, mock_provider.url, drain_timeout)
+    process, port = sidecar.process, sidecar.port
     # 100 chunks 200 ms apart: 20 s of answer, far past the drain timeout.
     for model in ("mock-gpt", "mock-claude"):
         mock_provider.set_behaviour(model, chunk_delay_ms=200, chunks=100)
@@ -96,10 +77,9 @@ def test_drain_ends_by_its_timeout_and_cut_streams_get_an_error_event(tmp_path: 
             process.kill()
     # The drain on the sidecar's own clock, from its "draining" line to its "stopped" line: the
     # signal's delivery and the interpreter's exit, slow on a loaded machine, are no part of it.
-    assert process.stderr is not None
     events = {
         e["msg"]: e["ts"]
-        for e in map(json.loads, process.stderr.read().splitlines())
+        for e in map(json.loads, sidecar.log.read_text().splitlines())
         if e.get("msg") in ("draining", "stopped")
     }
     took = events["stopped"] - events["draining"]
@@ -110,7 +90,8 @@ def test_drain_ends_by_its_timeout_and_cut_streams_get_an_error_event(tmp_path: 
 
 
 def test_plain_container_mode_keeps_serving_the_app_until_it_is_idle(tmp_path: Path, mock_provider) -> None:
-    process, port, admin_port = _serve(tmp_path, mock_provider.url, 30, LLM_SIDECAR_MODE="container")
+    sidecar = _serve(tmp_path, mock_provider.url, 30, LLM_SIDECAR_MODE="container")
+    process, port, admin_port = sidecar.process, sidecar.port, sidecar.admin_port
     try:
         process.send_signal(signal.SIGTERM)
         _wait_not_ready(admin_port)  # readiness turns 503 at once...
@@ -132,7 +113,8 @@ def test_plain_container_mode_keeps_serving_the_app_until_it_is_idle(tmp_path: P
 
 def test_native_sidecar_mode_stops_accepting_at_once(tmp_path: Path, mock_provider) -> None:
     """Without the plain-container mode, the app has already exited: no one is left to serve."""
-    process, port, admin_port = _serve(tmp_path, mock_provider.url, 30)
+    sidecar = _serve(tmp_path, mock_provider.url, 30)
+    process, port = sidecar.process, sidecar.port
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
     process.wait(20)
@@ -142,7 +124,8 @@ def test_native_sidecar_mode_stops_accepting_at_once(tmp_path: Path, mock_provid
 
 
 def test_a_call_still_waiting_for_its_upstream_when_the_drain_ends_gets_an_error(tmp_path: Path, mock_provider) -> None:
-    process, port, admin_port = _serve(tmp_path, mock_provider.url, 3)
+    sidecar = _serve(tmp_path, mock_provider.url, 3)
+    process, port = sidecar.process, sidecar.port
     mock_provider.set_behaviour("mock-gpt", latency_ms=20_000)  # the answer's head would come in 20 s
     outcome: dict[str, Any] = {}
 
@@ -170,13 +153,17 @@ def test_a_call_still_waiting_for_its_upstream_when_the_drain_ends_gets_an_error
             process.kill()
     # An answer in its dialect saying why, not a connection that vanished.
     error = outcome.get("error")
-    assert isinstance(error, openai.APIStatusError) and error.status_code == 503, (outcome, process.stderr.read())
+    assert isinstance(error, openai.APIStatusError) and error.status_code == 503, (
+        outcome,
+        sidecar.log.read_text(),
+    )
     assert "shutting down" in error.message
 
 
 def test_coalesced_streams_cut_by_the_drain_are_told_why(tmp_path: Path, mock_provider) -> None:
     """The leader's stream and the identical call that follows it end with the drain's own error."""
-    process, port, admin_port = _serve(tmp_path, mock_provider.url, 3.0)
+    sidecar = _serve(tmp_path, mock_provider.url, 3.0)
+    process, port, admin_port = sidecar.process, sidecar.port, sidecar.admin_port
     mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=200, chunks=100)  # 20 s of answer
     body = {
         "model": "gpt-4o-mini",

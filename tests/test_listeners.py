@@ -10,19 +10,14 @@ from __future__ import annotations
 import json
 import resource
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from tests.servers import default_config, free_port
-from tests.test_cli import wait_ready
+from tests.servers import SidecarProcess, default_config
 
-SCRIPT = str(Path(sys.executable).with_name("llm-sidecar"))
 FLOOD = 1100
 
 
@@ -31,27 +26,15 @@ def _nofile_1024() -> None:
 
 
 @pytest.fixture
-def served(tmp_path: Path, mock_provider) -> Iterator[tuple[int, int, subprocess.Popen]]:
-    port, admin_port = free_port(), free_port()
-    config = default_config(
-        mock_provider.url,
-        server={"port": port, "admin_port": admin_port, "admin_host": "127.0.0.1", "drain_timeout": 2},
-    )
-    path = tmp_path / "sidecar.yaml"
-    path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen(
-        [SCRIPT, "serve", "--config", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_nofile_1024,
+def served(tmp_path: Path, mock_provider) -> Iterator[SidecarProcess]:
+    """The sidecar with 1,024 descriptors."""
+    sidecar = SidecarProcess(
+        default_config(mock_provider.url, server={"drain_timeout": 2}), tmp_path, preexec_fn=_nofile_1024
     )
     try:
-        wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
-        yield port, admin_port, process
+        yield sidecar
     finally:
-        process.terminate()
-        process.wait(15)
+        sidecar.stop()
 
 
 def _flood(port: int, head: bytes = b"") -> list[socket.socket]:
@@ -85,8 +68,8 @@ def _calls_go_through(port: int, admin_port: int) -> None:
 
 @pytest.mark.parametrize("target", ["admin", "proxy"])
 @pytest.mark.parametrize("head", [b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "], ids=["idle", "slow-loris"])
-def test_a_connection_flood_does_not_starve_the_calls(served, target: str, head: bytes) -> None:
-    port, admin_port, process = served
+def test_a_connection_flood_does_not_starve_the_calls(served: SidecarProcess, target: str, head: bytes) -> None:
+    port, admin_port, process = served.port, served.admin_port, served.process
     flood = _flood(admin_port if target == "admin" else port, head)
     try:
         assert len(flood) >= 1000
@@ -98,37 +81,27 @@ def test_a_connection_flood_does_not_starve_the_calls(served, target: str, head:
 
 
 def test_the_descriptor_budget_is_logged_and_the_soft_limit_raised(tmp_path: Path, mock_provider) -> None:
-    port, admin_port = free_port(), free_port()
-    config = default_config(
-        mock_provider.url,
-        server={"port": port, "admin_port": admin_port, "admin_host": "127.0.0.1", "drain_timeout": 1},
-    )
-    path = tmp_path / "sidecar.yaml"
-    path.write_text(yaml.safe_dump(config))
-
     def soft_512_hard_2048() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (512, 2048))
 
-    process = subprocess.Popen(
-        [SCRIPT, "serve", "--config", str(path)], stderr=subprocess.PIPE, text=True, preexec_fn=soft_512_hard_2048
-    )
+    config = default_config(mock_provider.url, server={"drain_timeout": 1})
+    sidecar = SidecarProcess(config, tmp_path, preexec_fn=soft_512_hard_2048)
     try:
-        wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
-        limits = Path(f"/proc/{process.pid}/limits").read_text()
+        limits = Path(f"/proc/{sidecar.process.pid}/limits").read_text()
         assert any(
             line.startswith("Max open files") and line.split()[3:5] == ["2048", "2048"] for line in limits.splitlines()
         )
     finally:
-        process.terminate()
-        _, err = process.communicate(timeout=15)
+        sidecar.stop()
+    err = sidecar.log.read_text()
     budget = next(json.loads(line) for line in err.splitlines() if '"listening"' in line)
     # (2048 - 64 admin - 64 reserved) / 2: each call may hold an upstream connection too.
     assert budget["fd_limit"] == 2048 and budget["proxy_max_connections"] == 960
     assert budget["admin_max_connections"] == 64
 
 
-def test_request_heads_are_bounded_and_parser_errors_are_one_json_line(served) -> None:
-    port, admin_port, process = served
+def test_request_heads_are_bounded_and_parser_errors_are_one_json_line(served: SidecarProcess) -> None:
+    port, admin_port = served.port, served.admin_port
     secret = "sk-leaked-in-a-bad-header-0123"
     heads = [
         b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
@@ -141,8 +114,8 @@ def test_request_heads_are_bounded_and_parser_errors_are_one_json_line(served) -
             with socket.create_connection(("127.0.0.1", listener), timeout=5) as sock:
                 sock.sendall(head)
                 assert sock.recv(64).startswith((b"HTTP/1.0 400", b"HTTP/1.1 400"))
-    process.terminate()
-    _, err = process.communicate(timeout=15)
+    served.stop()
+    err = served.log.read_text()
     lines = err.splitlines()
     assert lines, "nothing was logged"
     for line in lines:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,23 +19,21 @@ import openai
 import pytest
 import yaml
 
-from tests.servers import MockProvider, default_config, free_port
-from tests.test_cli import wait_ready
+from tests.servers import MockProvider, SidecarProcess, default_config
 
 EXE = str(Path(sys.executable).with_name("llm-sidecar"))
 OPENAI_KEY = "sk-test-openai-key-0123456789"
 HELLO = [{"role": "user", "content": "hi"}]
 
 
-def write_config(tmp_path: Path, mock_url: str, port: int = 0, admin_port: int = 0) -> Path:
-    config = default_config(mock_url, server={"port": port, "admin_port": admin_port})
+def keys_from_env(mock_url: str) -> dict:
+    """The default config with each group's key read from its provider's variable."""
+    config = default_config(mock_url)
     for group, variable in (("gpt-4o-mini", "OPENAI_API_KEY"), ("claude-sonnet", "ANTHROPIC_API_KEY")):
         endpoint = config["model_groups"][group]["endpoints"][0]
         del endpoint["api_key"]
         endpoint["api_key_env"] = variable
-    path = tmp_path / "sidecar.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return config
 
 
 def env_without_anthropic_key() -> dict[str, str]:
@@ -45,7 +42,8 @@ def env_without_anthropic_key() -> dict[str, str]:
 
 
 def test_check_config_still_reports_it(tmp_path: Path) -> None:
-    path = write_config(tmp_path, "http://127.0.0.1:9")
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(keys_from_env("http://127.0.0.1:9")))
     done = subprocess.run(
         [EXE, "check-config", str(path)], capture_output=True, text=True, env=env_without_anthropic_key()
     )
@@ -58,25 +56,11 @@ def test_check_config_still_reports_it(tmp_path: Path) -> None:
 
 @pytest.fixture
 def sidecar(tmp_path: Path, mock_provider: MockProvider):
-    port, admin_port = free_port(), free_port()
-    path = write_config(tmp_path, mock_provider.url, port, admin_port)
-    log = tmp_path / "stderr.log"
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [EXE, "serve", "--config", str(path)],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            env=env_without_anthropic_key(),
-        )
+    process = SidecarProcess(keys_from_env(mock_provider.url), tmp_path, env=env_without_anthropic_key())
     try:
-        wait_ready(f"http://127.0.0.1:{admin_port}/readyz", process)
-        yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", log
+        yield process.url, process.admin_url, process.log
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        process.stop()
 
 
 def test_serve_starts_and_serves_the_other_groups(sidecar, mock_provider: MockProvider) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,8 +12,7 @@ import openai
 import pytest
 
 from proxy.mock_provider import Behaviour
-from tests.servers import free_port
-from tests.test_cli import wait_ready
+from tests.servers import LLM_SIDECAR, answers, start_on_free_ports
 
 
 def openai_client(mock) -> openai.OpenAI:
@@ -109,10 +106,8 @@ def test_responses_stream_reads_in_the_sdk(mock_provider) -> None:
     assert final.usage.output_tokens == whole.usage.output_tokens
 
 
-def test_faults_on_demand_from_the_command_line() -> None:
+def test_faults_on_demand_from_the_command_line(tmp_path: Path) -> None:
     """``llm-sidecar mock-provider --behaviour`` plays each stream fault, as documented."""
-    script = str(Path(sys.executable).with_name("llm-sidecar"))
-    port = free_port()
     specs = [
         "cut:truncate=1",
         "bad:malformed=2",
@@ -121,9 +116,9 @@ def test_faults_on_demand_from_the_command_line() -> None:
         "slow:linger_ms=300",
         "busy:error_after=3",
     ]
-    process = subprocess.Popen(
-        [
-            script,
+    process, (port,) = start_on_free_ports(
+        lambda port: [
+            LLM_SIDECAR,
             "mock-provider",
             "--host",
             "127.0.0.1",
@@ -131,13 +126,11 @@ def test_faults_on_demand_from_the_command_line() -> None:
             str(port),
             *(arg for spec in specs for arg in ("--behaviour", spec)),
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        lambda port: answers(f"http://127.0.0.1:{port}/v1/models"),
+        tmp_path / "mock-provider.log",
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url + "/v1/models", process)
 
         def stream(model: str) -> tuple[bytes, float]:
             started = time.monotonic()

@@ -9,39 +9,29 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import openai
-import yaml
 
-from tests.servers import MockProvider, RefusedPort, default_config, free_port
-from tests.test_cli import wait_ready
-
-EXE = str(Path(sys.executable).with_name("llm-sidecar"))
+from tests.servers import MockProvider, RefusedPort, SidecarProcess, default_config
 
 
 def test_a_dead_upstream_shows_in_status_never_in_readiness(
     tmp_path: Path, mock_provider: MockProvider, refused_port: RefusedPort
 ) -> None:
-    port, admin_port = free_port(), free_port()
-    config = default_config(mock_provider.url, server={"port": port, "admin_port": admin_port})
+    config = default_config(mock_provider.url)
     config["model_groups"]["solo"] = {
         "endpoints": [
             {"name": "dead", "url": refused_port.url + "/v1", "dialect": "openai", "api_key": "sk-test-0123456789"}
         ]
     }
     config["router"] = {"health": {"interval": 0.1, "timeout": 0.5, "unhealthy_after": 2}}
-    path = tmp_path / "sidecar.yaml"
-    path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen(
-        [EXE, "serve", "--config", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    sidecar = SidecarProcess(config, tmp_path)
+    process, port, admin_port = sidecar.process, sidecar.port, sidecar.admin_port
     admin = f"http://127.0.0.1:{admin_port}"
     try:
-        wait_ready(admin + "/readyz", process)
         deadline = time.monotonic() + 15
         while httpx.get(admin + "/status").json()["groups"]["solo"]["endpoints"][0]["health"] != "unhealthy":
             assert time.monotonic() < deadline, "the probes never found the dead endpoint"

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import httpx
 import orjson
-import yaml
 
 from tests.cache.conftest import cache_config, redis_cache, settled, stored
-from tests.servers import RedisServer, free_port
+from tests.servers import RedisServer, SidecarProcess
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -236,43 +235,17 @@ async def test_lookups_that_queue_behind_a_connect_to_a_frozen_redis_each_give_u
         server.kill()
 
 
-def _serve(config: dict, directory: Path) -> tuple[subprocess.Popen, str]:
-    port, admin = free_port(), free_port()
-    config = {**config, "server": {**config["server"], "port": port, "admin_port": admin}}
-    path = directory / f"sidecar-{port}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--config", str(path)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return process, f"http://127.0.0.1:{port}"
-
-
-def _wait_up(url: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "sidecar exited"
-        try:
-            httpx.get(url + "/v1/models", timeout=0.5)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError("sidecar did not start")
-
-
 async def test_three_sidecar_processes_make_one_upstream_call(mock_provider, redis, tmp_path) -> None:
     mock_provider.set_behaviour("mock-gpt", latency_ms=500)
     config = cache_config(mock_provider.url, redis_cache(redis.url))
-    started = [_serve(config, tmp_path) for _ in range(3)]
+    started: list[SidecarProcess] = []
     try:
-        for process, url in started:
-            _wait_up(url, process)
+        for _ in range(3):
+            started.append(SidecarProcess(config, tmp_path))
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "fleet-wide burst"}]}
         async with httpx.AsyncClient(timeout=30) as client:
             responses = await asyncio.gather(
-                *(client.post(started[i % 3][1] + "/v1/chat/completions", json=body) for i in range(30))
+                *(client.post(started[i % 3].url + "/v1/chat/completions", json=body) for i in range(30))
             )
         assert [r.status_code for r in responses] == [200] * 30
         assert mock_provider.calls() == 1
@@ -280,10 +253,8 @@ async def test_three_sidecar_processes_make_one_upstream_call(mock_provider, red
         statuses = sorted(r.headers["x-llm-sidecar-cache"] for r in responses)
         assert statuses.count("miss") == 1 and statuses.count("coalesced") == 29
     finally:
-        for process, _ in started:
-            process.terminate()
-        for process, _ in started:
-            process.wait(10)
+        for sidecar in started:
+            sidecar.stop()
 
 
 def test_decorator_served_from_redis_by_another_process(redis) -> None:
