@@ -15,20 +15,18 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 from pydantic import BaseModel
 
 from proxy.config import Config
-from tests.servers import LLM_SIDECAR, free_port
+from tests.servers import LLM_SIDECAR, answers, start_on_free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -84,24 +82,14 @@ def test_every_snippet_is_marked_runnable_or_says_why_not() -> None:
 class Demo:
     """``llm-sidecar demo`` on free ports, as the quick start runs it."""
 
-    def __init__(self) -> None:
-        self.port, self.admin_port = free_port(), free_port()
-        self.process = subprocess.Popen(
-            [LLM_SIDECAR, "demo", "--port", str(self.port), "--admin-port", str(self.admin_port)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+    def __init__(self, log: Path) -> None:
+        self.process, (self.port, self.admin_port) = start_on_free_ports(
+            lambda port, admin_port: [LLM_SIDECAR, "demo", "--port", str(port), "--admin-port", str(admin_port)],
+            lambda _, admin_port: answers(f"http://127.0.0.1:{admin_port}/readyz"),
+            log,
+            ports=2,
+            timeout=60,
         )
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.process.poll() is None, self.process.stdout.read() if self.process.stdout else "exited"
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.admin_port}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the demo did not get ready"
-            time.sleep(0.05)
 
     def localize(self, code: str) -> str:
         return code.replace("127.0.0.1:8080", f"127.0.0.1:{self.port}").replace(
@@ -126,8 +114,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def demo() -> Iterator[Demo]:
-    server = Demo()
+def demo(tmp_path: Path) -> Iterator[Demo]:
+    server = Demo(tmp_path / "demo.log")
     yield server
     server.stop()
 
