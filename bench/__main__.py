@@ -12,7 +12,7 @@ import inspect
 import sys
 import traceback
 
-SCENARIOS = ("core", "hotpath", "streams", "cache", "chaos", "telemetry", "rag", "fleet", "discovery")
+SCENARIOS = ("core", "hotpath", "streams", "memory", "cache", "chaos", "telemetry", "rag", "fleet", "discovery")
 
 
 def run(name: str) -> bool:
