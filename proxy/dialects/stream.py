@@ -214,6 +214,9 @@ class AnswerStream:
         else:
             self.fault = "the upstream sent a malformed event"
             index -= 1  # the malformed frame itself does not go out
-        # Where frame ``index`` ends: ``data: `` and a blank line around each data, or each frame and its blank line.
-        sizes = [len(data) + 8 for data in datas] if frames is None else [len(frame) + 2 for frame in frames]
-        return whole[: sum(sizes[: index + 1])]
+        # Where frame ``index`` ends: ``data: `` and a blank line around each data, or each frame and its
+        # blank line. (Summed in C: a whole stream in one chunk has a frame list as long as the answer.)
+        kept = index + 1
+        if frames is None:
+            return whole[: sum(map(len, datas[:kept])) + 8 * kept]
+        return whole[: sum(map(len, frames[:kept])) + 2 * kept]

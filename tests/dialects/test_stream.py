@@ -51,26 +51,34 @@ def test_complete_only_after_the_end_marker(rule, frames, error) -> None:
     assert out == b"".join(whole[:-1])
 
 
+# In pieces of 7 bytes, and in one chunk: a stream that nginx or a fast upstream sends whole,
+# whose frames after the one that ends it are cut from the same chunk.
+CUTS = pytest.mark.parametrize("cut", [7, 1 << 20], ids=["pieces", "one-chunk"])
+
+
+@CUTS
 @pytest.mark.parametrize(("rule", "frames", "error"), STREAMS)
-def test_nothing_after_the_end_marker_goes_out(rule, frames, error) -> None:
+def test_nothing_after_the_end_marker_goes_out(rule, frames, error, cut) -> None:
     whole = frames()
-    stream, out = read(rule, b"".join(whole) + whole[1])
+    stream, out = read(rule, b"".join(whole) + whole[1], cut)
     assert stream.ended and out == b"".join(whole)
 
 
+@CUTS
 @pytest.mark.parametrize(("rule", "frames", "error"), STREAMS)
-def test_a_malformed_frame_stops_the_stream_before_it(rule, frames, error) -> None:
+def test_a_malformed_frame_stops_the_stream_before_it(rule, frames, error, cut) -> None:
     whole = frames()
     bad = whole[2][:-7] + b"\n\n"
-    stream, out = read(rule, b"".join([*whole[:2], bad, *whole[3:]]))
+    stream, out = read(rule, b"".join([*whole[:2], bad, *whole[3:]]), cut)
     assert out == b"".join(whole[:2]) and not stream.ended
     assert stream.failure == "the upstream sent a malformed event" and not stream.upstream_error
 
 
+@CUTS
 @pytest.mark.parametrize(("rule", "frames", "error"), STREAMS)
-def test_the_upstreams_error_event_is_the_last_frame(rule, frames, error) -> None:
+def test_the_upstreams_error_event_is_the_last_frame(rule, frames, error, cut) -> None:
     whole = frames()
-    stream, out = read(rule, b"".join([*whole[:2], error, *whole[2:]]))
+    stream, out = read(rule, b"".join([*whole[:2], error, *whole[2:]]), cut)
     assert out == b"".join([*whole[:2], error]) and not stream.ended and stream.upstream_error
     assert stream.failure == "the upstream ended the stream with an error event"
 
