@@ -43,7 +43,7 @@ def forwardable(headers: CIMultiDictProxy[str], credentials: bool = True) -> CIM
     # header by header, and which names to drop is worked out once per layout of names.
     out = CIMultiDict(headers)
     for name in _not_forwarded(tuple(headers.keys()), headers.get("Connection", ""), credentials):
-        out.popall(name, None)
+        del out[name]  # (present: the names are its own; ``del`` costs half of ``popall``)
     return out
 
 
