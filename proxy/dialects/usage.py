@@ -31,7 +31,12 @@ def merge_usage(usage: dict[str, int], found: Any) -> None:
     for key in _INPUT_KEYS:
         value = found.get(key)
         if isinstance(value, int):
-            usage["input_tokens"] = value + sum(v for k in _CACHED_INPUT_KEYS if isinstance(v := found.get(k), int))
+            total = value + 0  # an int even when the count is a bool, as ``sum`` made it
+            for cached in _CACHED_INPUT_KEYS:  # a loop, not a generator: this runs on every answer
+                extra = found.get(cached)
+                if isinstance(extra, int):
+                    total += extra
+            usage["input_tokens"] = total
             break
     for key in _OUTPUT_KEYS:
         value = found.get(key)
