@@ -11,7 +11,7 @@ Invariants:
 from __future__ import annotations
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from proxy.cache import Cache
 from proxy.cache.coalesce import Following
@@ -78,7 +78,7 @@ class Pipeline:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes") from None
-        call.body = decode(body, request.headers.get("Content-Encoding"), limit)
+        call.body = decode(body, request.headers.get(hdrs.CONTENT_ENCODING), limit)
         try:
             payload = orjson.loads(call.body)
         except orjson.JSONDecodeError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from aiohttp import hdrs
 from multidict import CIMultiDictProxy
 
 TTL_HEADER = "x-llm-sidecar-cache-ttl"
@@ -41,7 +42,9 @@ def _seconds(text: str) -> float | None:
 
 
 def parse_directives(headers: CIMultiDictProxy[str]) -> Directives:
-    control = headers.get("Cache-Control")
+    # A header name with capitals is looked up as aiohttp's ``istr`` (``hdrs``), already folded:
+    # a plain str is case-folded on every lookup, which makes it cost twice as much.
+    control = headers.get(hdrs.CACHE_CONTROL)
     ttl_text = headers.get(TTL_HEADER)
     if control is None and ttl_text is None:
         return NONE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+from aiohttp import hdrs
 from multidict import CIMultiDictProxy
 
 from proxy.dialects.base import Operation
@@ -50,7 +51,7 @@ class OpenAIDialect:
         return {"Authorization": f"Bearer {key}"}
 
     def client_credential(self, headers: CIMultiDictProxy[str]) -> str | None:
-        value = headers.get("Authorization", "")
+        value = headers.get(hdrs.AUTHORIZATION, "")
         return value[7:] if value[:7].lower() == "bearer " else None
 
     def default_headers(self) -> dict[str, str]:
