@@ -7,6 +7,7 @@ import time
 import httpx
 import pytest
 
+from proxy.cache import response_cache
 from proxy.cache.entry import Entry
 from proxy.cache.keys import request_key, tenant
 from proxy.cache.memory import MemoryBackend
@@ -116,6 +117,27 @@ def test_tenants_never_share_an_entry(cached_sidecar, mock_provider) -> None:
         "hit",
     ]
     assert mock_provider.calls() == 2
+
+
+def test_keys_remembered_for_repeated_bodies_are_bounded_per_tenant_and_hold_no_credential(
+    cached_sidecar, mock_provider, monkeypatch
+) -> None:
+    monkeypatch.setattr(response_cache, "_KEYS_KEPT", 3)
+    sidecar = cached_sidecar(pass_through=True)
+    secret = "sk-secret-tenant-key-1234567890"
+
+    def ask(content: str, key: str = secret) -> str:
+        return _post(sidecar, content, headers={"Authorization": f"Bearer {key}"}).headers["x-llm-sidecar-cache"]
+
+    assert [ask(content) for content in "abcde"] == ["miss"] * 5
+    stored(sidecar, 5)
+    memo = sidecar.pipeline.cache._keys
+    assert len(memo) == 3
+    assert all(secret not in name and secret.encode() not in body for name, _, body in memo)
+    assert ask("a") == "hit"  # forgotten by the memo, its key is worked out again
+    assert ask("e") == "hit"  # remembered
+    assert ask("e", "sk-another-tenant") == "miss"  # the same body for another caller
+    assert mock_provider.calls() == 6
 
 
 def test_only_complete_2xx_answers_are_stored(cached_sidecar, mock_provider) -> None:
