@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.call import Call
@@ -42,7 +43,7 @@ def forwardable(headers: CIMultiDictProxy[str], credentials: bool = True) -> CIM
     # Copy whole, then drop by name: the C copy and a few deletes cost a third of a rebuild
     # header by header, and which names to drop is worked out once per layout of names.
     out = CIMultiDict(headers)
-    for name in _not_forwarded(tuple(headers.keys()), headers.get("Connection", ""), credentials):
+    for name in _not_forwarded(tuple(headers.keys()), headers.get(hdrs.CONNECTION, ""), credentials):
         del out[name]  # (present: the names are its own; ``del`` costs half of ``popall``)
     return out
 
@@ -70,9 +71,10 @@ def upstream_headers(call: Call, endpoint: EndpointConfig) -> CIMultiDict[str]:
     for name, value in dialect.default_headers().items():
         headers.setdefault(name, value)
     headers["x-request-id"] = call.request_id
-    headers["Content-Type"] = "application/json"
-    if "User-Agent" not in headers:
-        headers["User-Agent"] = USER_AGENT
+    # (Names with capitals as aiohttp's ``istr``, already case-folded: a plain str is folded on every use.)
+    headers[hdrs.CONTENT_TYPE] = "application/json"
+    if hdrs.USER_AGENT not in headers:
+        headers[hdrs.USER_AGENT] = USER_AGENT
     return headers
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.endpoint_config import Timeouts
@@ -418,7 +419,7 @@ class Upstream:
                 allow_redirects=False,
             )
             phase = "first byte"
-            is_stream = _is_event_stream(response.headers.get("Content-Type", ""))
+            is_stream = _is_event_stream(response.headers.get(hdrs.CONTENT_TYPE, ""))
             if response.status >= 300 or not is_stream:
                 first = await response.read()
             else:

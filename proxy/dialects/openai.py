@@ -48,7 +48,7 @@ class OpenAIDialect:
         return format_frame(self._error(error))
 
     def auth_headers(self, key: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key}"}
+        return {hdrs.AUTHORIZATION: f"Bearer {key}"}
 
     def client_credential(self, headers: CIMultiDictProxy[str]) -> str | None:
         value = headers.get(hdrs.AUTHORIZATION, "")
