@@ -140,6 +140,23 @@ def test_keys_remembered_for_repeated_bodies_are_bounded_per_tenant_and_hold_no_
     assert mock_provider.calls() == 6
 
 
+def test_a_compressed_entry_is_decoded_once_and_a_refreshed_one_replaces_it(cached_sidecar, mock_provider) -> None:
+    sidecar = cached_sidecar(cache={"compress_threshold": 64})
+    status = "x-llm-sidecar-cache"
+    first = _post(sidecar, "long")
+    stored(sidecar)
+    hits = [_post(sidecar, "long") for _ in range(2)]
+    assert [hit.headers[status] for hit in hits] == ["hit", "hit"]
+    assert hits[0].json() == hits[1].json() == first.json()
+    assert len(sidecar.pipeline.cache._unpacked_entries) == 1
+    refreshed = _post(sidecar, "long", headers={"Cache-Control": "no-cache"})  # stores its answer anew
+    assert refreshed.json()["id"] != first.json()["id"]
+    stored(sidecar, 2)
+    again = _post(sidecar, "long")
+    assert again.headers[status] == "hit" and again.json() == refreshed.json()
+    assert mock_provider.calls() == 2
+
+
 def test_only_complete_2xx_answers_are_stored(cached_sidecar, mock_provider) -> None:
     sidecar = cached_sidecar()
     assert _post(sidecar, headers={"x-mock-status": "400"}).status_code == 400
