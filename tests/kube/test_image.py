@@ -64,9 +64,13 @@ MAX_ADDED = 45 * MB
 #: stopped keeping coming back: pip and setuptools (14 MB here), the base's bytecode (5.9 MB here), perl,
 #: coreutils, apt, locales (tens of MB), the whole base; a new library of a few MB fits.
 MAX_KEPT = 42 * MB
-#: CPU seconds from the sidecar's process start to ready (0.33 s when written; 0.62 s when every start
-#: recompiled the venv's stale bytecode).
-MAX_START_CPU = 0.5
+#: CPU seconds from the sidecar's process start to ready: the start's own target (a start within
+#: ``MAX_START`` on a free core cannot use more CPU than that). Measured quiet: 0.28-0.34 s on one machine
+#: of this kind, 0.53-0.58 s on another (an AMD EPYC, where every call costs ~3x the CPU). The two
+#: regressions a tighter bound once stood for are asserted exactly, on any machine: bytecode compiled at
+#: start (``test_image_holds_no_..._no_stale_bytecode``, 0.62 s when it happened) and modules loaded
+#: that the config does not use (tests/test_imports.py).
+MAX_START_CPU = 0.7
 #: Seconds from the process start to ready, less the time its main thread waited for a core (0.39 s when
 #: written, at load 3.8): the start on a node with a core free. The raw wall time depends on this shared
 #: machine's load: printed, not asserted.
