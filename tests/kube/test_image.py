@@ -66,7 +66,7 @@ MAX_ADDED = 45 * MB
 MAX_KEPT = 42 * MB
 #: CPU seconds from the sidecar's process start to ready: the start's own target (a start within
 #: ``MAX_START`` on a free core cannot use more CPU than that). Measured quiet: 0.28-0.34 s on one machine
-#: of this kind, 0.53-0.58 s on another (an AMD EPYC, where every call costs ~3x the CPU). The two
+#: of this kind, 0.53-0.65 s in one run on another (an AMD EPYC, where every call costs ~3x the CPU). The two
 #: regressions a tighter bound once stood for are asserted exactly, on any machine: bytecode compiled at
 #: start (``test_image_holds_no_..._no_stale_bytecode``, 0.62 s when it happened) and modules loaded
 #: that the config does not use (tests/test_imports.py).
