@@ -82,6 +82,22 @@ def start_on_free_ports(
         assert lost and time.monotonic() < deadline, f"exited with {process.returncode}: {text[-2000:]}"
 
 
+def start_webhook(
+    cert: Path, key: Path, ca: Path, log: Path, *args: str, **popen: Any
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``llm-sidecar webhook --no-kube`` on a free port with ``cert`` and ``key`` (and ``args``), up once its
+    /healthz answers over TLS trusted by ``ca``: the process and its base URL."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    flags = ["--tls-cert-file", str(cert), "--tls-key-file", str(key), "--no-kube", "--kube-version", "1.30", *args]
+    process, (port,) = start_on_free_ports(
+        lambda port: [LLM_SIDECAR, "webhook", "--port", str(port), *flags],
+        lambda port: answers(f"https://127.0.0.1:{port}/healthz", ctx),
+        log,
+        **popen,
+    )
+    return process, f"https://127.0.0.1:{port}"
+
+
 def _state(process: subprocess.Popen[bytes], ready: Callable[..., object], ports: list[int]) -> str | None:
     """ "exited", "up", or None while it starts."""
     if process.poll() is not None:

@@ -23,7 +23,7 @@ import pytest
 
 from tests.kube.test_chart import docs, render
 from tests.kube.test_webhook import review_for
-from tests.servers import LLM_SIDECAR, answers, start_on_free_ports
+from tests.servers import start_webhook
 
 PREFIX = "llm-sidecar.io/"
 
@@ -47,27 +47,15 @@ def webhook(helm: str, test_ca: dict[str, Path], tmp_path: Path) -> Iterator[Cal
                 if d["kind"] == "ConfigMap" and "injector.yaml" in d["data"]
             )
         )
-        process, (port,) = start_on_free_ports(
-            lambda port: [
-                LLM_SIDECAR,
-                "webhook",
-                "--port",
-                str(port),
-                "--tls-cert-file",
-                str(test_ca["cert"]),
-                "--tls-key-file",
-                str(test_ca["key"]),
-                "--no-kube",
-                "--kube-version",
-                "1.30",
-                "--settings",
-                str(settings),
-            ],
-            lambda port: answers(f"https://127.0.0.1:{port}/healthz", ctx),
+        process, url = start_webhook(
+            test_ca["cert"],
+            test_ca["key"],
+            test_ca["ca"],
             tmp_path / f"injector-{len(started)}.log",
+            "--settings",
+            str(settings),
         )
         processes.append(process)
-        url = f"https://127.0.0.1:{port}"
         started[chart] = url
         return url
 

@@ -20,7 +20,7 @@ from aiohttp import web
 from proxy.kube.webhook import StaticView, build_app
 from tests.kube import cases
 from tests.kube.conftest import GOLDEN, ROOT
-from tests.servers import LLM_SIDECAR, answers, start_on_free_ports
+from tests.servers import LLM_SIDECAR, start_webhook
 
 
 def review_for(pod: dict, namespace: str) -> dict:
@@ -120,27 +120,9 @@ def test_webhook_command_serves_tls_and_reloads_certificate(test_ca: dict[str, P
     shutil.copy(test_ca["cert"], cert)
     shutil.copy(test_ca["key"], key)
     ctx = ssl.create_default_context(cafile=str(test_ca["ca"]))
-    proc, (port,) = start_on_free_ports(
-        lambda port: [
-            LLM_SIDECAR,
-            "webhook",
-            "--port",
-            str(port),
-            "--tls-cert-file",
-            str(cert),
-            "--tls-key-file",
-            str(key),
-            "--no-kube",
-            "--kube-version",
-            "1.30",
-            "--cert-reload-interval",
-            "0.2",
-        ],
-        lambda port: answers(f"https://127.0.0.1:{port}/healthz", ctx),
-        tmp_path / "webhook.log",
-        cwd=ROOT,
+    proc, url = start_webhook(
+        cert, key, test_ca["ca"], tmp_path / "webhook.log", "--cert-reload-interval", "0.2", cwd=ROOT
     )
-    url = f"https://127.0.0.1:{port}"
     try:
         pod = yaml.safe_load((GOLDEN / "pod-plain-container.yaml").read_text())
         req = urllib.request.Request(
@@ -198,25 +180,10 @@ def test_a_connection_flood_does_not_starve_the_webhook(test_ca: dict[str, Path]
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
 
     ctx = ssl.create_default_context(cafile=str(test_ca["ca"]))
-    proc, (port,) = start_on_free_ports(
-        lambda port: [
-            LLM_SIDECAR,
-            "webhook",
-            "--port",
-            str(port),
-            "--tls-cert-file",
-            str(test_ca["cert"]),
-            "--tls-key-file",
-            str(test_ca["key"]),
-            "--no-kube",
-            "--kube-version",
-            "1.30",
-        ],
-        lambda port: answers(f"https://127.0.0.1:{port}/healthz", ctx),
-        tmp_path / "webhook.log",
-        preexec_fn=nofile_1024,
+    proc, url = start_webhook(
+        test_ca["cert"], test_ca["key"], test_ca["ca"], tmp_path / "webhook.log", preexec_fn=nofile_1024
     )
-    healthz = f"https://127.0.0.1:{port}/healthz"
+    healthz, port = f"{url}/healthz", int(url.rsplit(":", 1)[1])
     flood: list[socket.socket] = []
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -237,7 +204,7 @@ def test_a_connection_flood_does_not_starve_the_webhook(test_ca: dict[str, Path]
             assert urllib.request.urlopen(healthz, context=ctx, timeout=10).status == 200
         pod = yaml.safe_load((GOLDEN / "pod-plain-container.yaml").read_text())
         request = urllib.request.Request(
-            f"https://127.0.0.1:{port}/mutate",
+            f"{url}/mutate",
             json.dumps(review_for(pod, "other")).encode(),
             {"content-type": "application/json"},
         )
