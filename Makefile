@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-quick e2e lint bench bench-tools bench-peers chaos rag rag-image fleet redis-server test-tools clean
+.PHONY: setup demo test test-quick image e2e lint bench bench-tools bench-peers chaos rag rag-image fleet redis-server test-tools clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,14 +39,20 @@ demo: setup
 # cores busy (about 4 minutes here against 6 in one process). PYTEST_WORKERS=0 runs it in one process.
 PYTEST_WORKERS ?= 3
 
-## test: the whole suite against real servers on loopback (installs redis-server, prometheus, buildah, podman),
-## in two runs: everything but the image (in parallel), then the image built and run (minutes of their own).
+## test: the suite against real servers on loopback (installs redis-server, prometheus, buildah, podman), in two
+## runs: the tests in parallel, then the timing-sensitive ones (marked slow) alone. The image build and run
+## (make image), the pod run (make e2e) and the other minute-long checks have targets and CI steps of their own.
 ## Exit status 5 is pytest's "nothing selected" (PYTEST_ARGS naming tests with no slow ones).
 test: setup test-tools
 	$(BIN)/python -m pytest -m 'not slow and not long' -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m 'slow and not long' $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-## test-quick: everything but the minute-long checks (image build and run); installs redis-server and dnsmasq
+## image: the sidecar image built with buildah and run with podman: served calls, its size, its start time and CPU
+## (tests/kube/test_image.py; about two minutes, most of it the build)
+image: setup test-tools
+	$(BIN)/python -m pytest -m image tests/kube/test_image.py -s -p no:cacheprovider $(PYTEST_ARGS)
+
+## test-quick: the parallel run of make test alone; installs only redis-server and dnsmasq
 test-quick: setup
 	@$(call install-missing,redis-server:redis-server dnsmasq:dnsmasq-base)
 	$(BIN)/python -m pytest -m 'not slow and not long' -n $(PYTEST_WORKERS) $(PYTEST_ARGS)

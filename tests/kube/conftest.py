@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -71,14 +72,17 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 #: Minutes of image builds, each run only when its marker is selected: marker → why skipped otherwise.
 ON_REQUEST = {
+    "image": "the sidecar image (its own build): run it with `make image`",
     "e2e": "end to end: run it with `make e2e`",
     "rag_image": "the image with the rag extra (its own build): run it with `make rag-image`",
 }
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The end-to-end run (``make e2e``, ``-m e2e``) and the rag image (``make rag-image``) only when asked for."""
-    selected = config.getoption("markexpr") or ""
+    """The image (``make image``, ``-m image``), the end-to-end run (``make e2e``) and the rag image
+    (``make rag-image``) only when asked for."""
+    # the marker expression's names, as words: ``rag_image`` does not ask for ``image``
+    selected = set(re.findall(r"\w+", config.getoption("markexpr") or ""))
     for marker, reason in ON_REQUEST.items():
         if marker in selected:
             continue

@@ -1,4 +1,5 @@
-"""Build the sidecar image with buildah and run it with podman (slow; needs root, buildah, podman, debootstrap).
+"""Build the sidecar image with buildah and run it with podman (``make image``, about two minutes; needs root,
+buildah, podman, debootstrap).
 
 Besides serving, the image is measured: the bytes it keeps of its base image and the bytes its build
 adds, and the time and CPU from the container's process start to its first ``/readyz`` 200 (printed;
@@ -30,7 +31,7 @@ from tests.kube.conftest import ROOT
 from tests.kube.store import STORE, roots
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.image
 #: this run's tag: another run of the suite (another checkout, other code) may build at the same time
 IMAGE = f"localhost/llm-sidecar:test-{uuid.uuid4().hex[:8]}"
 #: A container run as the pod runs it: the host's network (the pod's loopback), a read-only root with a
