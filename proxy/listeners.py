@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from proxy.telemetry.logs import event
+
 if TYPE_CHECKING:
     from proxy.config import ConfigError
 
@@ -146,6 +148,8 @@ async def _run(
     except OSError as exc:
         await runner.cleanup()
         raise listen_error(host, port, setting, exc) from None
+    # The port bound (``--port 0`` takes any free one): what answers there is this process.
+    event("listening", address=f"{host}:{server.sockets[0].getsockname()[1]}", max_connections=max_connections)
     try:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -82,16 +82,25 @@ def start_on_free_ports(
         assert lost and time.monotonic() < deadline, f"exited with {process.returncode}: {text[-2000:]}"
 
 
+def listening_port(log: Path) -> int | None:
+    """The port a process that logs JSON says it bound (its ``listening`` line), once it has."""
+    for line in log.read_text(errors="replace").splitlines():
+        if '"listening"' in line:
+            return int(json.loads(line)["address"].rsplit(":", 1)[1])
+    return None
+
+
 def start_webhook(
     cert: Path, key: Path, ca: Path, log: Path, *args: str, **popen: Any
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """``llm-sidecar webhook --no-kube`` on a free port with ``cert`` and ``key`` (and ``args``), up once its
-    /healthz answers over TLS trusted by ``ca``: the process and its base URL."""
+    """``llm-sidecar webhook --no-kube`` on a free port with ``cert`` and ``key`` (and ``args``), up once it
+    logs that it bound that port and its /healthz answers over TLS trusted by ``ca``: the process and its base
+    URL. (Its own log line, not the answer alone: another test's webhook may hold the port ours lost.)"""
     ctx = ssl.create_default_context(cafile=str(ca))
     flags = ["--tls-cert-file", str(cert), "--tls-key-file", str(key), "--no-kube", "--kube-version", "1.30", *args]
     process, (port,) = start_on_free_ports(
         lambda port: [LLM_SIDECAR, "webhook", "--port", str(port), *flags],
-        lambda port: answers(f"https://127.0.0.1:{port}/healthz", ctx),
+        lambda port: listening_port(log) == port and answers(f"https://127.0.0.1:{port}/healthz", ctx),
         log,
         **popen,
     )

@@ -20,7 +20,8 @@ from aiohttp import web
 from proxy.kube.webhook import StaticView, build_app
 from tests.kube import cases
 from tests.kube.conftest import GOLDEN, ROOT
-from tests.servers import LLM_SIDECAR, start_webhook
+from tests.servers import LLM_SIDECAR, answers, listening_port, start_webhook
+from tests.waiting import wait_until
 
 
 def review_for(pod: dict, namespace: str) -> dict:
@@ -247,3 +248,24 @@ def test_webhook_on_a_busy_port_is_one_line_naming_the_flag(test_ca: dict[str, P
         "change webhook --port or stop what holds the port"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_webhook_logs_the_address_it_bound_even_for_port_0(test_ca: dict[str, Path], tmp_path: Path) -> None:
+    """``--port 0`` takes any free port; the ``listening`` line says which, and the webhook answers there."""
+    log = tmp_path / "webhook.log"
+    flags = ["--tls-cert-file", str(test_ca["cert"]), "--tls-key-file", str(test_ca["key"]), "--no-kube"]
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [LLM_SIDECAR, "webhook", "--host", "127.0.0.1", "--port", "0", *flags],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        port = wait_until(lambda: listening_port(log) or proc.poll() is not None, 30, what="the listening line")
+        assert proc.poll() is None, log.read_text()
+        assert port > 0
+        ctx = ssl.create_default_context(cafile=str(test_ca["ca"]))
+        assert answers(f"https://127.0.0.1:{port}/healthz", ctx)
+    finally:
+        proc.terminate()
+        proc.wait(10)
