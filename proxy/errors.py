@@ -8,6 +8,7 @@ exception types.
     ├── ClientError                 the call itself is wrong; never retried
     │   ├── BadRequest              400 invalid_request_error (malformed JSON, missing model)
     │   ├── NotFound                404 not_found_error (unknown model group or path)
+    │   ├── RequestTimeout          408 timeout_error (the body did not arrive within keepalive_timeout)
     │   ├── PayloadTooLarge         413 request_too_large
     │   └── UnsupportedMediaType    415 invalid_request_error (a Content-Encoding the sidecar cannot decode)
     ├── Overloaded                  429 rate_limit_error (every endpoint full or cooling down)
@@ -49,6 +50,11 @@ class BadRequest(ClientError):
 class NotFound(ClientError):
     status = 404
     type = "not_found_error"
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    type = "timeout_error"
 
 
 class PayloadTooLarge(ClientError):

@@ -10,6 +10,8 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from aiohttp import hdrs, web
 
@@ -18,7 +20,7 @@ from proxy.cache.coalesce import Following
 from proxy.call import Call, new_request_id
 from proxy.config import Config
 from proxy.dialects import Dialect, Operation
-from proxy.errors import BadRequest, NotFound, PayloadTooLarge, ProxyError
+from proxy.errors import BadRequest, NotFound, PayloadTooLarge, ProxyError, RequestTimeout
 from proxy.rag.config import ContextInjection
 from proxy.relay import relay, send_error, send_following, send_stored
 from proxy.request_body import check_writable, decode
@@ -75,9 +77,20 @@ class Pipeline:
         request = call.request
         limit = self.config.server.max_body_bytes
         try:
-            body = await request.read()
+            if request.content.is_eof():  # the whole body came with the head: nothing to wait for
+                body = await request.read()
+            else:
+                # The head's timeout is over once the head is in: a body that stops coming would
+                # hold the connection (busy, so never evicted past the cap) for good.
+                async with asyncio.timeout(self.config.server.keepalive_timeout):
+                    body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes") from None
+        except TimeoutError:
+            raise RequestTimeout(
+                f"request body not received within {self.config.server.keepalive_timeout:g} s"
+                " (server.keepalive_timeout)"
+            ) from None
         call.body = decode(body, request.headers.get(hdrs.CONTENT_ENCODING), limit)
         try:
             payload = orjson.loads(call.body)

@@ -7,6 +7,7 @@ starve the app's calls, nor the kubelet's probes.
 
 from __future__ import annotations
 
+import http.client
 import json
 import resource
 import socket
@@ -155,3 +156,35 @@ def test_past_the_cap_idle_connections_make_room_and_busy_ones_are_kept(make_sid
     assert (cap.evicted, cap.refused) == (1, 1)
     for sock in (idle, busy, third):
         sock.close()
+
+
+def test_a_body_that_stops_coming_is_a_408_in_the_callers_dialect(make_sidecar, mock_provider) -> None:
+    # The head's timeout ends once the head is in. A client that then stalled its body held its
+    # connection for good, and a connection in a request is never evicted past the cap: two such
+    # clients took a sidecar capped at two connections away from every other caller.
+    server = {"port": 0, "admin_port": 0, "admin_host": "127.0.0.1", "keepalive_timeout": 1, "max_connections": 2}
+    sidecar = make_sidecar(server=server)
+    port = sidecar.servers.port
+    stalled = {path: socket.create_connection(("127.0.0.1", port), timeout=10) for path in ("/v1/", "/anthropic/v1/")}
+    try:
+        for path, sock in stalled.items():
+            operation = b"messages" if path.startswith("/anthropic") else b"chat/completions"
+            sock.sendall(b"POST %s%s HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{" % (path.encode(), operation))
+        for path, sock in stalled.items():
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            assert response.status == 408
+            error = json.loads(response.read())
+            if path.startswith("/anthropic"):
+                assert error["type"] == "error" and error["error"]["type"] == "timeout_error"
+            else:
+                assert error["error"]["type"] == "timeout_error"
+        # Answered, they are no longer in a request: a new caller gets in.
+        answer = sidecar.openai().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
+        assert answer.choices[0].message.content
+    finally:
+        for sock in stalled.values():
+            sock.close()
+    assert mock_provider.calls() == 1
