@@ -39,13 +39,13 @@ from proxy.errors import (
     UpstreamStatus,
     UpstreamTimeout,
 )
-from proxy.upstream import UpstreamResponse
+from proxy.upstream import Answer
 
 #: seconds past the total timeout that the last words (an error event, the end) may take to send
 _WRITE_GRACE = 5.0
 
 
-async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> web.StreamResponse:
+async def relay(call: Call, upstream: Answer, recorder: Recorder) -> web.StreamResponse:
     headers = upstream.headers
     headers["x-request-id"] = call.request_id
     if call.response_headers:  # (most calls add none: ``update`` with nothing costs ~800 instructions)
@@ -142,7 +142,7 @@ async def relay(call: Call, upstream: UpstreamResponse, recorder: Recorder) -> w
 
 
 async def _read_on(
-    call: Call, upstream: UpstreamResponse, answer: AnswerStream, recorder: Recorder, headers: CIMultiDict[str]
+    call: Call, upstream: Answer, answer: AnswerStream, recorder: Recorder, headers: CIMultiDict[str]
 ) -> None:
     """The rest of the upstream's stream, checked, into the recorder only: its client is gone.
 

@@ -15,7 +15,7 @@ import asyncio
 import functools
 import weakref
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import msgspec
@@ -167,6 +167,30 @@ class Redactor:
                 at = data.rfind(first, start, at)
         self._held = data[cut:]
         return data[:cut]
+
+
+class Answer(Protocol):
+    """What the relay reads of an opened answer: an ``UpstreamResponse``, or one seen through a
+    cross-dialect translation (``proxy.router.translated.TranslatedResponse``)."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> CIMultiDict[str]: ...
+    @property
+    def is_stream(self) -> bool: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def usage(self) -> Any: ...
+    @property
+    def first_in_hand(self) -> bool: ...
+    @property
+    def complete(self) -> bool: ...
+    @property
+    def deadline(self) -> float: ...
+    def chunks(self) -> AsyncIterator[bytes]: ...
+    def close(self) -> None: ...
 
 
 class UpstreamResponse:

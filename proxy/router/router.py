@@ -59,7 +59,7 @@ from proxy.router.cooldown import requested_rest
 from proxy.router.endpoint import Endpoint
 from proxy.router.translated import TranslatedResponse
 from proxy.telemetry.logs import event
-from proxy.upstream import Upstream, UpstreamResponse
+from proxy.upstream import Answer, Upstream
 
 if TYPE_CHECKING:
     from proxy.fleet.budget import Fleet
@@ -246,7 +246,7 @@ class Router:
             plan = self._plans[key] = (endpoints, {g: i for i, g in enumerate(groups)})
         return plan
 
-    async def _open(self, routed: Routed) -> UpstreamResponse:
+    async def _open(self, routed: Routed) -> Answer:
         """``routed``'s attempts, until one opens an answer; fills in its endpoint, answer and times."""
         call, settings = routed.call, self.settings
         endpoints, rank = self._plan(call)
@@ -328,7 +328,7 @@ class Router:
                 self._circuit_event(call, endpoint)
             endpoint.routed[selection.reason(endpoint, call.model_group, call.fallbacks > 0, settings.zone)] += 1
             routed.endpoint, routed.response, routed.started, routed.answered = endpoint, response, started, answered
-            return response  # a TranslatedResponse reads the same
+            return response
         assert last_error is not None
         raise last_error
 
@@ -361,7 +361,7 @@ class Router:
         number: int,
         remaining: float,
         request: tuple[str, bytes, Translation | None],
-    ) -> Any:
+    ) -> Answer:
         config = endpoint.config
         timeouts = config.timeouts
         if remaining <= 0:
@@ -562,7 +562,7 @@ class Routed:
     __slots__ = ("router", "call", "endpoint", "response", "started", "answered")
     # Set by ``Router._open`` once an attempt has opened an answer.
     endpoint: Endpoint
-    response: UpstreamResponse | TranslatedResponse
+    response: Answer
     started: float
     answered: float
 
@@ -570,7 +570,7 @@ class Routed:
         self.router = router
         self.call = call
 
-    def __aenter__(self) -> Coroutine[Any, Any, UpstreamResponse]:
+    def __aenter__(self) -> Coroutine[Any, Any, Answer]:
         # The router's coroutine itself, not one awaiting it: a coroutine and a frame less per call.
         return self.router._open(self)
 

@@ -13,7 +13,7 @@ from proxy.upstream import UpstreamResponse
 
 
 class TranslatedResponse:
-    """Has the relay's view of ``UpstreamResponse`` (status, headers, is_stream, body, chunks, close).
+    """An ``Answer``, as the relay reads one (status, headers, is_stream, body, chunks, close).
 
     A JSON answer is translated here, before the relay starts, so an unreadable answer
     is still a failed attempt the router can fall back from.
