@@ -10,8 +10,9 @@ Contract:
   (defaults applied), so ``f("hi")``, ``f(prompt="hi")`` and ``f("hi", "gpt-4")``
   share one entry. ``self``/``cls`` are left out of the key: a cached method must
   not depend on instance state beyond its arguments.
-- Arguments are hashed as canonical JSON (sorted keys; tuples, sets, bytes,
-  dataclasses and pydantic models have stable spellings). An argument with no
+- Arguments are hashed as canonical JSON in which each container and non-JSON
+  value carries its type (tuples, sets, bytes, enums, dates, dataclasses and
+  pydantic models have stable spellings; a tuple is not a list, NaN not None). An argument with no
   stable spelling makes that call uncached (counted in ``stats.unhashable``),
   never wrong.
 - Values are serialised with ``serializer`` (JSON by default; any object with
@@ -35,11 +36,16 @@ import asyncio
 import base64
 import concurrent.futures
 import dataclasses
+import datetime
+import decimal
+import enum
 import functools
 import hashlib
 import inspect
+import math
 import os
 import threading
+import uuid
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -90,22 +96,41 @@ class _Unhashable(Exception):
     pass
 
 
-def _canonical(value: Any) -> Any:
-    """``default`` for orjson: stable spellings for common non-JSON argument types."""
-    if isinstance(value, (tuple, frozenset, set)):
-        items = list(value)
-        return (
-            sorted(items, key=lambda v: orjson.dumps(v, default=_canonical, option=orjson.OPT_SORT_KEYS))
-            if isinstance(value, (set, frozenset))
-            else items
-        )
-    if isinstance(value, bytes):
-        return {"__bytes__": base64.b64encode(value).decode()}
+#: values spelled exactly by their repr (which names their type and every field)
+_BY_REPR = (datetime.date, datetime.time, datetime.timedelta, decimal.Decimal, uuid.UUID)
+
+
+def _spell(value: Any) -> Any:
+    """A JSON form of a call's argument in which arguments that differ have different forms.
+
+    orjson alone spells many different values alike (a tuple and a list, NaN and None, ``{1: x}``
+    and ``{"1": x}``, a dataclass and a dict of its fields, an enum and its value), and a shared
+    key would hand one call another's answer; so every container and non-JSON value carries its
+    type here, and only str, int, bool, None and finite floats stand for themselves.
+    """
+    kind = type(value)
+    if value is None or kind is str or kind is int or kind is bool:
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else ["float", repr(value)]
+    if kind is list or kind is tuple:
+        return [kind.__name__, *map(_spell, value)]
+    if kind is dict:
+        return ["dict", *sorted(([_spell(k), _spell(v)] for k, v in value.items()), key=orjson.dumps)]
+    if kind is set or kind is frozenset:
+        return ["set", *sorted(map(_spell, value), key=orjson.dumps)]
+    if kind is bytes:
+        return ["bytes", base64.b64encode(value).decode()]
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    if isinstance(value, enum.Enum):
+        return ["enum", name, value.name]
+    if isinstance(value, _BY_REPR):
+        return ["repr", repr(value)]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {"__type__": type(value).__qualname__, **dataclasses.asdict(value)}
-    if hasattr(value, "model_dump"):
-        return {"__type__": type(value).__qualname__, **value.model_dump(mode="json")}
-    raise _Unhashable(type(value).__qualname__)
+        return ["dataclass", name, *([f.name, _spell(getattr(value, f.name))] for f in dataclasses.fields(value))]
+    if hasattr(value, "model_dump") and not isinstance(value, type):
+        return ["model", name, _spell(value.model_dump(mode="json"))]
+    raise _Unhashable(name)
 
 
 class DistributedCacheDecorator:
@@ -226,10 +251,8 @@ class _Cached:
         if self.skip_first:
             arguments.pop(next(iter(self.signature.parameters)))
         try:
-            canonical = orjson.dumps(
-                arguments, default=_canonical, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
-            )
-        except (_Unhashable, TypeError):
+            canonical = orjson.dumps(_spell(arguments))
+        except (_Unhashable, TypeError, ValueError, RecursionError):
             self.count("unhashable")
             return None
         return self.prefix + hashlib.sha256(canonical).hexdigest()

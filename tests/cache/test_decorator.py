@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
+import enum
 import threading
 import time
 
@@ -57,6 +59,49 @@ def test_stable_spelling_of_common_types() -> None:
     opaque(Opaque())
     opaque(Opaque())
     assert opaque.stats.unhashable == 2  # ran both times, never served a wrong value
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+    y: int
+
+
+@dataclasses.dataclass
+class _Size:
+    x: int
+    y: int
+
+
+class _Color(enum.Enum):
+    RED = 1
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (float("nan"), None),
+        (float("inf"), float("-inf")),
+        ({1: "a"}, {"1": "a"}),
+        (_Point(1, 2), _Size(1, 2)),
+        (_Point(1, 2), {"x": 1, "y": 2}),
+        ((1, 2), [1, 2]),
+        ({1, 2}, [1, 2]),
+        (_Color.RED, 1),
+        (datetime.date(2026, 1, 2), "2026-01-02"),
+        ({"__bytes__": "AA=="}, b"\x00"),
+    ],
+    ids=repr,
+)
+def test_arguments_that_differ_never_share_a_key(first, second) -> None:
+    # Each call must get its own answer: a shared key would hand the second the first's result.
+    @DistributedCacheDecorator()
+    def describe(arg) -> str:
+        return repr(arg)
+
+    assert describe(first) == repr(first)
+    assert describe(second) == repr(second)
+    assert describe.stats.misses == 2 and describe.stats.unhashable == 0
 
 
 def test_threads_compute_once() -> None:
