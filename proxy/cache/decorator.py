@@ -276,7 +276,7 @@ class _Cached:
     def encode(self, value: Any) -> bytes | None:
         try:
             return pack(self.owner.serializer.dumps(value), self.owner.compress_threshold)
-        except (TypeError, ValueError):
+        except Exception:  # a serializer raises its own errors (pickle: PicklingError, AttributeError)
             self.count("errors")  # the result cannot be stored; the caller still gets it
             return None
 
@@ -307,10 +307,11 @@ class _Cached:
             flight.set_exception(exc)
             raise
         else:
+            # The waiters get the value first: storing it may fail, and must not keep them waiting.
+            flight.set_result(value)
             encoded = self.encode(value)
             if encoded is not None and not backend.set_now(key, encoded, self.owner.ttl):
                 self.count("errors")
-            flight.set_result(value)
             return value
         finally:
             with self._lock:
@@ -353,10 +354,11 @@ class _Cached:
                 flight.exception()  # retrieved: no "never retrieved" warning when nobody followed
             raise
         else:
+            # The waiters get the value first: storing it may fail or be cancelled.
+            flight.set_result(value)
             encoded = self.encode(value)
             if encoded is not None and not await backend.set(key, encoded, self.owner.ttl):
                 self.count("errors")
-            flight.set_result(value)
             return value
         finally:
             if self._async_flights.get(key, (None, None))[1] is flight:

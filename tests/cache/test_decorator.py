@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import datetime
 import enum
+import pickle
 import threading
 import time
 
@@ -158,6 +159,38 @@ def test_exceptions_are_not_cached() -> None:
     with pytest.raises(RuntimeError):
         flaky()
     assert flaky() == "ok" and flaky() == "ok" and len(attempts) == 2
+
+
+class _Pickle:
+    dumps = staticmethod(pickle.dumps)
+    loads = staticmethod(pickle.loads)
+
+
+def test_a_result_the_serializer_refuses_still_reaches_every_caller() -> None:
+    # pickle raises its own errors (here AttributeError for a local function), not TypeError.
+    @DistributedCacheDecorator(serializer=_Pickle())
+    def make(x: int):
+        wait_until(lambda: make.stats.coalesced == 1, what="a second caller waiting on the first")
+        return lambda: x
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(make(1)()), daemon=True) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in threads)
+    assert results == [1, 1] and make.stats.errors == 1
+
+
+async def test_an_async_result_the_serializer_refuses_still_reaches_every_caller() -> None:
+    @DistributedCacheDecorator(serializer=_Pickle())
+    async def make(x: int):
+        await wait_until_async(lambda: make.stats.coalesced == 1, what="a second caller waiting on the first")
+        return lambda: x
+
+    results = await asyncio.wait_for(asyncio.gather(make(1), make(1)), timeout=10)
+    assert [result() for result in results] == [1, 1] and make.stats.errors == 1
 
 
 def test_ttl_expires_and_cache_clear(clock) -> None:
