@@ -4,8 +4,9 @@
   header fields, is refused by aiohttp's parser with a 400.
 - **Idle and header timeout**: aiohttp arms the keep-alive timer when a connection opens
   too, so a connection that has not sent a whole request head by then is closed; a
-  slow-loris holds a connection no longer than ``keepalive_timeout``. A proxy call's body
-  has as long again once its head is in (``Pipeline.read``; a 408 in the caller's dialect).
+  slow-loris holds a connection no longer than ``keepalive_timeout``. A request's body
+  has as long again once its head is in, then gets a 408 (``Pipeline.read``, the webhook's
+  ``_mutate``).
 - **Connection cap**: past the cap, the oldest connection that is not in the middle of a
   request (an idle keep-alive, or one still trickling its head) is closed to make room,
   so a flood of idle connections cannot lock out the kubelet's probes; if every

@@ -107,13 +107,24 @@ async def review(body: Mapping[str, Any], settings: SidecarSettings, view: Names
     return _response(uid, None, warnings)
 
 
+#: seconds a client has for its request head, then again for its body (and an idle keep-alive lasts)
+HEADER_TIMEOUT = 15.0
+
 SETTINGS = web.AppKey("settings", SidecarSettings)
 VIEW = web.AppKey("view", NamespaceView)
 
 
 async def _mutate(request: web.Request) -> web.Response:
     try:
-        body = await request.json()
+        # The header timeout ends with the head; a body that stops coming would hold the
+        # connection (busy, never evicted past the cap) for good.
+        async with asyncio.timeout(HEADER_TIMEOUT):
+            body = await request.json()
+    except TimeoutError:
+        return web.json_response({"error": f"request body not received within {HEADER_TIMEOUT:g} s"}, status=408)
+    except (ValueError, json.JSONDecodeError) as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    try:
         answer = await review(body, request.app[SETTINGS], request.app[VIEW])
     except (ValueError, json.JSONDecodeError) as exc:
         return web.json_response({"error": str(exc)}, status=400)
@@ -222,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
         setting="webhook --port",
         ssl_context=cert.context,
         max_connections=256,
-        keepalive_timeout=15.0,
+        keepalive_timeout=HEADER_TIMEOUT,
         shutdown_timeout=5,
     )
     return 0

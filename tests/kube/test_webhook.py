@@ -217,6 +217,30 @@ def test_a_connection_flood_does_not_starve_the_webhook(test_ca: dict[str, Path]
         proc.wait(15)
 
 
+def test_a_review_whose_body_stops_coming_is_answered_408(test_ca: dict[str, Path], tmp_path: Path) -> None:
+    """The header timeout ends with the head: a body that then stalled held its connection for good, and such
+    connections are never evicted past the cap, so 256 of them from anywhere in the cluster locked the API
+    server out."""
+    import http.client
+    import socket
+
+    ctx = ssl.create_default_context(cafile=str(test_ca["ca"]))
+    proc, url = start_webhook(test_ca["cert"], test_ca["key"], test_ca["ca"], tmp_path / "webhook.log")
+    try:
+        raw = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30)
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(
+                b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+            response = http.client.HTTPResponse(sock)
+            response.begin()  # within the webhook's 15 s header timeout, not never
+            assert response.status == 408
+            assert "not received" in json.loads(response.read())["error"]
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
 def test_webhook_on_a_busy_port_is_one_line_naming_the_flag(test_ca: dict[str, Path]) -> None:
     import socket
 
