@@ -340,7 +340,14 @@ class _Cached:
         current = self._async_flights.get(key)
         if current is not None and current[0] is loop:
             self.count("coalesced")
-            return await asyncio.shield(current[1])
+            try:
+                return await asyncio.shield(current[1])
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not current[1].cancelled() or task is None or task.cancelling():
+                    raise
+                # The call we waited on was cancelled by its own caller, not by ours: run it anew.
+                return await self.call_async(*args, **kwargs)
         flight: asyncio.Future[Any] = loop.create_future()
         self._async_flights[key] = (loop, flight)
         self.count("misses")

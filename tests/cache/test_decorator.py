@@ -146,6 +146,27 @@ async def test_async_methods_coalesce_and_invalidate() -> None:
     assert await client.ask(prompt="q") == ["q", 3]
 
 
+async def test_a_cancelled_caller_does_not_cancel_the_callers_waiting_on_it() -> None:
+    release = asyncio.Event()
+    runs = []
+
+    @DistributedCacheDecorator()
+    async def ask(prompt: str) -> str:
+        runs.append(prompt)
+        await release.wait()
+        return prompt.upper()
+
+    first = asyncio.create_task(ask("q"))
+    await wait_until_async(lambda: runs == ["q"], what="the first call running")
+    second = asyncio.create_task(ask("q"))
+    await wait_until_async(lambda: ask.stats.coalesced == 1, what="the second call waiting on the first")
+    first.cancel()  # e.g. its client went away
+    await wait_until_async(lambda: first.done(), what="the first call cancelled")
+    release.set()
+    assert await asyncio.wait_for(second, timeout=10) == "Q"
+    assert first.cancelled() and runs == ["q", "q"]
+
+
 def test_exceptions_are_not_cached() -> None:
     attempts = []
 
