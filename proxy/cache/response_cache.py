@@ -50,7 +50,7 @@ from proxy.cache.recorder import NULL_RECORDER, EntryRecorder, Recorder
 from proxy.cache.stats import CacheStats
 from proxy.call import Call
 from proxy.dialects.forms import Form, form_of, wants_usage
-from proxy.errors import ProxyError, UpstreamError
+from proxy.errors import NoEndpointAvailable, Overloaded, ProxyError, UpstreamError
 
 #: call.cache_status -> the counter it adds to (exclusive: a coalesced call is not also a miss)
 _COUNTERS = {"hit": "hits", "miss": "misses", "coalesced": "coalesced", "stale": "stale", "bypass": "bypass"}
@@ -64,6 +64,8 @@ _KEY_BODY_MAX = 4096
 #: most this long: at most 4 MiB of answers beyond the tier's bound
 _UNPACKED_KEPT = 64
 _UNPACKED_BODY_MAX = 64 * 1024
+#: the failures a ``stale_if_error`` entry answers: every upstream failed, or none could be tried
+_UPSTREAMS_FAILED = (UpstreamError, NoEndpointAvailable, Overloaded)
 
 
 @dataclass(slots=True)
@@ -451,7 +453,9 @@ class ResponseCache:
         if ticket.flight is not None:
             ticket.flight.fail(error)
             self._land(ticket)
-        if ticket.stale is None or not isinstance(error, UpstreamError):
+        # The router's own 503 and 429 count too: once the endpoints' circuits are open or they
+        # rest after a 429, no upstream is called, and the outage goes on.
+        if ticket.stale is None or not isinstance(error, _UPSTREAMS_FAILED):
             return None
         body = self.render(ticket.stale, ticket, call.stream)
         if body is None:

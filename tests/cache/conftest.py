@@ -44,13 +44,20 @@ def cache_config(
 
 @pytest.fixture
 def cached_sidecar(make_sidecar: Callable[..., Sidecar], mock_provider: MockProvider) -> Callable[..., Sidecar]:
-    """``cached_sidecar(cache={...}, clock=None, **policy)``: a sidecar whose model groups cache by ``policy``;
-    its cache tells time by ``clock`` when one is given."""
+    """``cached_sidecar(cache={...}, clock=None, router=None, **policy)``: a sidecar whose model groups cache
+    by ``policy`` (and route by ``router``); its cache tells time by ``clock`` when one is given."""
 
     def make(
-        cache: dict[str, Any] | None = None, pass_through: bool = False, clock: Clock | None = None, **policy: Any
+        cache: dict[str, Any] | None = None,
+        pass_through: bool = False,
+        clock: Clock | None = None,
+        router: dict[str, Any] | None = None,
+        **policy: Any,
     ) -> Sidecar:
-        sidecar = make_sidecar(config=cache_config(mock_provider.url, cache, pass_through, **policy))
+        config = cache_config(mock_provider.url, cache, pass_through, **policy)
+        if router is not None:
+            config["router"] = router
+        sidecar = make_sidecar(config=config)
         if clock is not None:
             response_cache = sidecar.pipeline.cache
             response_cache.clock = clock

@@ -200,6 +200,33 @@ def test_stale_if_error_serves_an_expired_entry(cached_sidecar, mock_provider, c
     assert _post(other, "no window").status_code == 503
 
 
+@pytest.mark.parametrize(
+    ("failure", "then"),
+    [
+        ({"status": 503}, "every endpoint of model group `gpt-4o-mini` is unhealthy or its circuit is open"),
+        ({"status": 429, "retry_after": 60}, "every endpoint of model group `gpt-4o-mini` is rate limited"),
+    ],
+)
+def test_stale_if_error_outlasts_the_first_failure(cached_sidecar, mock_provider, clock, failure, then) -> None:
+    # The provider keeps failing: after the first failed call the router skips the endpoint (its
+    # circuit open, or resting after a 429) and answers 503 or 429 itself, without calling it.
+    # Those are failures of every upstream too: the expired entry goes on answering.
+    router = {"max_attempts": 1, "circuit": {"failures": 1, "open_for": 60}, "health": {"enabled": False}}
+    sidecar = cached_sidecar(ttl=0.3, stale_if_error=60, clock=clock, router=router)
+    first = _post(sidecar)
+    stored(sidecar)
+    clock.advance(0.5)
+    mock_provider.set_behaviour("mock-gpt", **failure)
+    answers = [_post(sidecar) for _ in range(3)]
+    assert [(a.status_code, a.headers["x-llm-sidecar-cache"]) for a in answers] == [(200, "stale")] * 3
+    assert all(a.json() == first.json() for a in answers)
+    assert mock_provider.calls() == 2  # the first call's and the failed one: the router skips it after
+    # Without the window the caller gets the upstream's failure, then the router's own answer.
+    other = cached_sidecar(ttl=0.3, clock=clock, router=router)
+    assert _post(other, "no window").json()["error"]["message"] == f"mock error {failure['status']}"
+    assert _post(other, "no window").json()["error"]["message"] == then
+
+
 def test_memory_bound_counts_compressed_bytes_and_evicts_lru() -> None:
     backend = MemoryBackend(max_bytes=20_000)
     body = b'{"text": "' + b"compressible " * 2000 + b'"}'  # ~26 kB raw, far less compressed
