@@ -140,8 +140,19 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
 
 
-async def not_found(dialect: Dialect, request: web.Request) -> web.Response:
-    error = NotFound(f"no such API path: {request.method} {request.path}")
+async def not_found(dialect: Dialect | None, request: web.Request) -> web.Response:
+    """404 in the caller's dialect; a path an SDK sends when its base URL lacks the sidecar's prefix
+    (the usual slip: the provider's own Anthropic URL has no path) names the base URL to set."""
+    path, hint = request.path, ""
+    if "anthropic-version" in request.headers:  # the Anthropic SDK sends it on every call
+        if dialect is not ANTHROPIC and path in ANTHROPIC.operations:
+            hint = f"; set the Anthropic SDK's base URL to http://{request.host}{ANTHROPIC.prefix}"
+        dialect = ANTHROPIC
+    elif dialect is None:
+        if path in OPENAI.operations:
+            hint = f"; set the OpenAI SDK's base URL to http://{request.host}{OPENAI.prefix}"
+        dialect = OPENAI
+    error = NotFound(f"no such API path: {request.method} {path}{hint}")
     return web.Response(status=404, body=dialect.error_body(error), content_type="application/json")
 
 
@@ -169,6 +180,7 @@ def build_app(
         app.router.add_post("/v1/retrieve", handle_retrieve)
     app.router.add_route("*", "/v1/{tail:.*}", partial(not_found, OPENAI))
     app.router.add_route("*", "/anthropic/{tail:.*}", partial(not_found, ANTHROPIC))
+    app.router.add_route("*", "/{tail:.*}", partial(not_found, None))
     if config_path is not None:
         app.cleanup_ctx.append(
             reload_ctx(config_path, server_overrides or {})

@@ -405,3 +405,24 @@ def test_a_client_that_stops_reading_frees_the_slot_after_the_total_timeout(make
             model="gpt-4o-mini", messages=[{"role": "user", "content": "y"}]
         )
         assert reply.choices[0].message.content
+
+
+def test_an_sdk_given_the_sidecar_without_its_prefix_is_told_the_base_url(sidecar: Sidecar) -> None:
+    # The two usual slips: OPENAI_BASE_URL without /v1, and ANTHROPIC_BASE_URL without /anthropic
+    # (the provider's own has no path). Each SDK gets its own error shape and the URL to set.
+    root = sidecar.openai_base.removesuffix("/v1")
+    with pytest.raises(openai.NotFoundError) as info:
+        openai.OpenAI(base_url=root, api_key="x", max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
+    assert info.value.body["type"] == "not_found_error" and f"{root}/v1" in info.value.message
+    with pytest.raises(anthropic.NotFoundError) as sent:
+        anthropic.Anthropic(base_url=root, api_key="x", max_retries=0).messages.create(
+            model="claude-sonnet", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+        )
+    error = sent.value.body
+    assert error["type"] == "error" and error["error"]["type"] == "not_found_error"
+    assert f"{root}/anthropic" in error["error"]["message"]
+    # Any other path outside both prefixes is a 404 in JSON too, not aiohttp's text.
+    answer = httpx.get(root + "/healthz")
+    assert answer.status_code == 404 and answer.json()["error"]["type"] == "not_found_error"
