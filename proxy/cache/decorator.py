@@ -46,7 +46,6 @@ import math
 import os
 import threading
 import uuid
-import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -155,7 +154,7 @@ class DistributedCacheDecorator:
         self._sync_backend: Any = None
         self._async_backend: Any = None
         self._async_factory: Callable[[], Any] | None = None
-        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self._per_loop: dict[asyncio.AbstractEventLoop, Any] = {}
         if cache_backend == "memory":
             self._sync_backend = self._async_backend = MemoryBackend(max_bytes)
         elif cache_backend == "redis":
@@ -203,7 +202,12 @@ class DistributedCacheDecorator:
         loop = asyncio.get_running_loop()
         backend = self._per_loop.get(loop)
         if backend is None:
-            backend = self._per_loop[loop] = self._async_factory()
+            with _CREATION:
+                # A client holds its loop, so an entry never leaves by itself: those of loops that
+                # have closed (asyncio.run per call) are dropped, and their sockets close with them.
+                for closed in [old for old in self._per_loop if old.is_closed()]:
+                    del self._per_loop[closed]
+                backend = self._per_loop[loop] = self._async_factory()
         return backend
 
     # ------------------------------------------------------------------ decorating

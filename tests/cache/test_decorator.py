@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 import datetime
 import enum
+import gc
+import os
 import pickle
 import threading
 import time
@@ -264,6 +266,24 @@ def test_redis_backend_instance_and_pluggable_serializer(redis) -> None:
 
     assert make(3) == make(3) == (3, frozenset({3}))
     assert len(count) == 1
+
+
+def test_redis_connections_go_with_their_event_loop(redis) -> None:
+    """A sync program calling ``asyncio.run`` per call: each loop's connections must not outlive it."""
+
+    @DistributedCacheDecorator(ttl=60, cache_backend="redis", redis_url=redis.url)
+    async def answer(x: int) -> int:
+        return x
+
+    def open_fds() -> int:
+        gc.collect()  # a loop and its client hold each other
+        return len(os.listdir("/proc/self/fd"))
+
+    assert asyncio.run(answer(1)) == 1
+    before = open_fds()
+    assert [asyncio.run(answer(i % 3)) for i in range(60)] == [i % 3 for i in range(60)]
+    assert answer.stats.hits >= 57
+    assert open_fds() <= before + 3
 
 
 def test_rejects_unknown_backends() -> None:
