@@ -241,14 +241,22 @@ def _open(path: str, mode: str, standard: Any) -> Any:
     return contextlib.nullcontext(standard) if path == "-" else open(path, mode)
 
 
+def port(text: str) -> int:
+    """A ``--port`` value; out of range it is a usage error naming the flag, not bind()'s traceback."""
+    value = int(text)  # a ValueError: argparse's "invalid port value"
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (0-65535)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-sidecar", description="An LLM egress proxy for Kubernetes pods.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the proxy and the admin listener")
     serve.add_argument("--config", "-c", required=True, help="the YAML config file")
-    serve.add_argument("--port", type=int, help="proxy port (overrides server.port)")
-    serve.add_argument("--admin-port", type=int, help="admin port (overrides server.admin_port)")
+    serve.add_argument("--port", type=port, help="proxy port (overrides server.port)")
+    serve.add_argument("--admin-port", type=port, help="admin port (overrides server.admin_port)")
     serve.set_defaults(run=cmd_serve)
 
     check = commands.add_parser("check-config", help="validate a config file without starting")
@@ -283,13 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     load.set_defaults(run=cmd_cache)
 
     demo = commands.add_parser("demo", help="the proxy in front of the built-in mock provider")
-    demo.add_argument("--port", type=int, default=8080)
-    demo.add_argument("--admin-port", type=int, default=9090)
+    demo.add_argument("--port", type=port, default=8080)
+    demo.add_argument("--admin-port", type=port, default=9090)
     demo.set_defaults(run=cmd_demo)
 
     mock = commands.add_parser("mock-provider", help="run the mock OpenAI/Anthropic provider")
     mock.add_argument("--host", default="127.0.0.1")
-    mock.add_argument("--port", type=int, default=8000)
+    mock.add_argument("--port", type=port, default=8000)
     mock.add_argument(
         "--behaviour",
         action="append",
@@ -327,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         "GET /healthz, GET /readyz.",
     )
     webhook.add_argument("--host", default="127.0.0.1", help="address to bind (the chart passes 0.0.0.0)")
-    webhook.add_argument("--port", type=int, default=8443)
+    webhook.add_argument("--port", type=port, default=8443)
     webhook.add_argument("--tls-cert-file", required=True, help="serving certificate (PEM), re-read when it changes")
     webhook.add_argument("--tls-key-file", required=True, help="its private key (PEM)")
     webhook.add_argument("--settings", help="injector.yaml rendered by the chart (default: chart defaults)")

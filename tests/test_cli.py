@@ -160,3 +160,23 @@ def test_a_bad_mock_behaviour_is_a_usage_error(spec: str) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"argument --behaviour: {spec!r}" in result.stderr and "MODEL:KEY=VALUE" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["mock-provider", "--port", "99999"],
+        ["webhook", "--no-kube", "--tls-cert-file", "x.crt", "--tls-key-file", "x.key", "--port", "-1"],
+        ["serve", "--config", "sidecar.yaml", "--port", "70000"],
+        ["demo", "--admin-port", "65536"],
+    ],
+    ids=["mock-provider", "webhook", "serve", "demo"],
+)
+def test_a_port_out_of_range_is_a_usage_error_naming_the_flag(command: list[str]) -> None:
+    # bind() raised OverflowError (a traceback) in mock-provider and webhook; serve and demo named
+    # server.port / server.admin_port, keys the user never wrote.
+    result = subprocess.run([SCRIPT, *command], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    flag, value = command[-2:]
+    assert f"argument {flag}: {value} is not a port (0-65535)" in result.stderr.splitlines()[-1]
