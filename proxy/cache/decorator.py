@@ -51,7 +51,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from proxy.cache.compression import CorruptValue, pack, unpack
+from proxy.cache.compression import pack, unpack
 from proxy.cache.config import CacheConfig
 from proxy.cache.memory import MemoryBackend
 
@@ -273,8 +273,8 @@ class _Cached:
             return False, None
         try:
             return True, self.owner.serializer.loads(bytes(unpack(value)))
-        except (CorruptValue, ValueError, TypeError):
-            self.count("errors")
+        except Exception:  # a serializer raises its own errors (pickle: UnpicklingError, AttributeError)
+            self.count("errors")  # an entry that cannot be read is a miss: the function runs
             return False, None
 
     def encode(self, value: Any) -> bytes | None:

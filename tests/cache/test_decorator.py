@@ -15,6 +15,7 @@ import time
 import pytest
 
 from proxy import DistributedCacheDecorator
+from proxy.cache.decorator import JSON
 from proxy.cache.config import CacheConfig
 from proxy.cache.memory import MemoryBackend
 from proxy.cache.redis import SyncRedisBackend
@@ -214,6 +215,23 @@ async def test_an_async_result_the_serializer_refuses_still_reaches_every_caller
 
     results = await asyncio.wait_for(asyncio.gather(make(1), make(1)), timeout=10)
     assert [result() for result in results] == [1, 1] and make.stats.errors == 1
+
+
+def test_an_entry_the_serializer_cannot_read_is_a_miss() -> None:
+    """A deploy that changed the serializer meets the old entries: pickle raises its own errors on them."""
+    backend = MemoryBackend()
+
+    def version(serializer):
+        @DistributedCacheDecorator(cache_backend=backend, serializer=serializer)
+        def lookup(x: int) -> dict:
+            return {"x": x}
+
+        return lookup
+
+    old, new = version(JSON), version(_Pickle())
+    assert old(1) == {"x": 1}
+    assert new(1) == {"x": 1} and (new.stats.misses, new.stats.errors) == (1, 1)
+    assert new(1) == {"x": 1} and new.stats.hits == 1  # stored anew in its own format
 
 
 def test_ttl_expires_and_cache_clear(clock) -> None:
