@@ -15,8 +15,8 @@ import time
 import pytest
 
 from proxy import DistributedCacheDecorator
-from proxy.cache.decorator import JSON
 from proxy.cache.config import CacheConfig
+from proxy.cache.decorator import JSON
 from proxy.cache.memory import MemoryBackend
 from proxy.cache.redis import SyncRedisBackend
 from tests.waiting import wait_until, wait_until_async
