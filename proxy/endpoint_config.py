@@ -9,6 +9,7 @@ two, so they must not import the router package back.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -21,6 +22,8 @@ from proxy.secret import Secret
 Dialect = Literal["openai", "anthropic"]
 
 # A full operation URL (what the SDKs' docs show) names its dialect and its base URL.
+#: a variable name as the docs write them (OPENAI_API_KEY); another is not repeated in messages
+_VARIABLE_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 _OPERATION_SUFFIXES: tuple[tuple[str, Dialect], ...] = (("/chat/completions", "openai"), ("/v1/messages", "anthropic"))
 
 
@@ -140,7 +143,10 @@ def _read_key(source: str | Path) -> Secret | str:
     if isinstance(source, str):
         value = os.environ.get(source)
         if value is None or not value.strip():
-            return f"environment variable {source} {'is not set' if value is None else 'is empty'}"
+            # The reason goes to logs, /status and every call's error body: a "name" that is not one
+            # may be the key itself, pasted where its variable's name goes.
+            name = source if _VARIABLE_NAME.fullmatch(source) else "(not shown: not an upper-case name)"
+            return f"environment variable {name} {'is not set' if value is None else 'is empty'}"
         return Secret(value)
     try:
         value = source.read_text().strip()

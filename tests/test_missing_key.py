@@ -113,3 +113,29 @@ def test_a_keyless_group_falls_back_to_a_group_with_its_key(
     reply = sidecar.anthropic().messages.create(model="claude-sonnet", max_tokens=10, messages=HELLO)
     assert reply.content[0].text
     assert mock_provider.calls("mock-claude") == 0 and mock_provider.calls("mock-gpt") == 1
+
+
+def test_a_key_pasted_into_api_key_env_is_never_repeated(tmp_path: Path, mock_provider: MockProvider) -> None:
+    # The slip of writing the key where its variable's name goes: the missing-key reason repeated
+    # the "name", so the key went to check-config's output, the log, /status and every call's error.
+    pasted = "sk-proj-Pasted0123456789abcdefXYZ"
+    config = keys_from_env(mock_provider.url)
+    config["model_groups"]["claude-sonnet"]["endpoints"][0]["api_key_env"] = pasted
+    path = tmp_path / "pasted.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [EXE, "check-config", str(path)], capture_output=True, text=True, env=env_without_anthropic_key()
+    )
+    assert done.returncode == 2
+    assert "model_groups.claude-sonnet.endpoints[0].api_key_env: environment variable" in done.stderr
+    assert pasted not in done.stderr + done.stdout
+    process = SidecarProcess(config, tmp_path, env=env_without_anthropic_key())
+    try:
+        claude = anthropic.Anthropic(base_url=process.url + "/anthropic", api_key="unused", max_retries=0)
+        with pytest.raises(anthropic.InternalServerError) as caught:
+            claude.messages.create(model="claude-sonnet", max_tokens=10, messages=HELLO)
+        seen = json.dumps(caught.value.body) + httpx.get(process.admin_url + "/status").text
+        seen += httpx.get(process.admin_url + "/metrics").text
+    finally:
+        process.stop()
+    assert "api_key_env" in seen and pasted not in seen + process.log.read_text()
