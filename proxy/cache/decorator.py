@@ -15,9 +15,9 @@ Contract:
   pydantic models have stable spellings; a tuple is not a list, NaN not None). An argument with no
   stable spelling makes that call uncached (counted in ``stats.unhashable``),
   never wrong.
-- Values are serialised with ``serializer`` (JSON by default; any object with
-  ``dumps(obj) -> bytes`` and ``loads(bytes) -> obj``), compressed above
-  ``compress_threshold``.
+- Values are serialised with ``serializer`` (JSON by default, storing only what
+  JSON gives back as it was; any object with ``dumps(obj) -> bytes`` and
+  ``loads(bytes) -> obj``), compressed above ``compress_threshold``.
 - ``cache_backend``: ``"memory"`` (per process), ``"redis"`` (``redis_url`` or
   ``REDIS_URL``), or a backend instance (``MemoryBackend``, ``SyncRedisBackend``,
   ``RedisBackend`` for async functions only).
@@ -70,10 +70,27 @@ class JSONSerializer:
     """JSON via orjson: safe to share between processes (no code runs on load)."""
 
     def dumps(self, value: Any) -> bytes:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+        data = orjson.dumps(value)
+        # A hit must give back what the function returned, and JSON gives a tuple back as a list,
+        # a dataclass as a dict, {1: x} as {"1": x}, NaN as None, a date as a string: such a
+        # value is refused (the caller still gets it; another serializer= can store it).
+        if not _same(orjson.loads(data), value):
+            raise ValueError(f"JSON does not give a {type(value).__qualname__} back as it was")
+        return data
 
     def loads(self, data: bytes) -> Any:
         return orjson.loads(data)
+
+
+def _same(back: Any, value: Any) -> bool:
+    """Whether JSON's reading ``back`` is ``value``: equal, and of the same types all the way down."""
+    if type(back) is not type(value):
+        return False
+    if type(value) is dict:
+        return back.keys() == value.keys() and all(_same(back[key], item) for key, item in value.items())
+    if type(value) is list:
+        return len(back) == len(value) and all(map(_same, back, value))
+    return bool(back == value)
 
 
 JSON = JSONSerializer()

@@ -108,6 +108,33 @@ def test_arguments_that_differ_never_share_a_key(first, second) -> None:
     assert describe.stats.misses == 2 and describe.stats.unhashable == 0
 
 
+@pytest.mark.parametrize(
+    "result",
+    [_Point(1, 2), {1: "a"}, float("nan"), (1, 2), datetime.date(2026, 1, 2), _Color.RED, {"p": [_Point(1, 2)]}],
+    ids=repr,
+)
+def test_a_hit_gives_back_what_the_function_returned(result) -> None:
+    # JSON would give these back as something else (a dict, {"1": ...}, None, a list, a string):
+    # such a result is not stored, and each call gets the function's own value.
+    runs = []
+
+    @DistributedCacheDecorator()
+    def compute() -> object:
+        runs.append(1)
+        return result
+
+    first, second = compute(), compute()
+    assert type(first) is type(second) is type(result) and repr(first) == repr(second) == repr(result)
+    assert len(runs) == 2 and compute.stats.errors == 2
+
+    @DistributedCacheDecorator()
+    def plain() -> dict:
+        runs.append(1)
+        return {"text": "hi", "scores": [0.5, 1.0], "n": 3, "ok": True, "none": None}
+
+    assert plain() == plain() and plain.stats.hits == 1
+
+
 def test_threads_compute_once() -> None:
     computed = []
 
