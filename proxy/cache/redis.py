@@ -43,7 +43,7 @@ import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError, RedisClusterException, RedisError, ResponseError
 
 try:
     import hiredis
@@ -402,10 +402,20 @@ class RedisBackend:
         return not self.breaker.is_open
 
     async def _run(
-        self, default: T, operation: Callable[..., Awaitable[T]], *args: Any, timed: bool = True, **kwargs: Any
+        self,
+        default: T,
+        operation: Callable[..., Awaitable[T]],
+        *args: Any,
+        timed: bool = True,
+        cache_write: bool = False,
+        **kwargs: Any,
     ) -> T:
         """``operation``'s result, or ``default`` when Redis is not usable; ``timed=False``: the
-        operation keeps to ``self.timeout`` itself (the pipelined connection's replies do)."""
+        operation keeps to ``self.timeout`` itself (the pipelined connection's replies do).
+
+        ``cache_write``: a cache entry's or lock's write, which a full Redis (maxmemory, evicting
+        nothing) refuses while it still answers reads: not Redis down, so not the circuit's
+        business (opening it would lose every hit Redis holds)."""
         if self.breaker.is_open:
             self.skipped += 1
             return default
@@ -416,7 +426,10 @@ class RedisBackend:
             else:
                 result = await operation(*args, **kwargs)
         except _FAILURES as exc:
-            self._failed(exc)
+            if cache_write and isinstance(exc, OutOfMemoryError):
+                self.errors += 1
+            else:
+                self._failed(exc)
             return default
         if self.breaker.failures:
             self.breaker.success()
@@ -461,7 +474,7 @@ class RedisBackend:
 
     async def set(self, key: str, value: bytes, ttl: float) -> bool:
         """Whether the value was stored (false: Redis failed, or its circuit is open)."""
-        return bool(await self._run(False, self.client.set, key, value, px=max(1, int(ttl * 1000))))
+        return bool(await self._run(False, self.client.set, key, value, px=max(1, int(ttl * 1000)), cache_write=True))
 
     async def delete(self, key: str) -> None:
         await self._run(None, self.client.delete, key)
@@ -483,7 +496,9 @@ class RedisBackend:
         With Redis unusable there is nobody to coordinate with, so the caller leads.
         """
         token = uuid.uuid4().hex
-        taken = await self._run(True, self.client.set, key, token, px=max(1, int(ttl * 1000)), nx=True)
+        taken = await self._run(
+            True, self.client.set, key, token, px=max(1, int(ttl * 1000)), nx=True, cache_write=True
+        )
         return token if taken else None
 
     async def release(self, key: str, token: str) -> None:

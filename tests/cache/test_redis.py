@@ -400,3 +400,32 @@ def test_decorator_stats_count_what_redis_could_not_do() -> None:
         assert answer_async.stats.errors == 6
     finally:
         server.kill()
+
+
+def test_a_full_redis_is_not_down_its_entries_still_answer(cached_sidecar, mock_provider, caplog) -> None:
+    import logging
+
+    import redis as redis_py
+
+    caplog.set_level(logging.INFO, logger="llm_sidecar")
+    server = RedisServer()
+    try:
+        # One failure opens the circuit here: a write Redis refuses must not count as one.
+        cache = redis_cache(server.url, local_ttl=0, breaker_failures=1, breaker_cooldown=60)
+        sidecar = cached_sidecar(cache=cache)
+        first = _post(sidecar.openai_base, "stored before")
+        stored(sidecar)
+        # Full, and evicting nothing: Redis answers reads and refuses writes (OOM).
+        with redis_py.Redis(port=server.port) as client:
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", 1)
+        new = _post(sidecar.openai_base, "new while full")
+        assert new.status_code == 200 and new.headers["x-llm-sidecar-cache"] == "miss"
+        settled(sidecar)
+        assert _metric(sidecar.admin_url, "cache_events_total", '{event="store_failed"}') == 1
+        hit = _post(sidecar.openai_base, "stored before")
+        assert hit.headers["x-llm-sidecar-cache"] == "hit" and hit.json() == first.json()
+        assert _metric(sidecar.admin_url, "cache_available") == 1
+    finally:
+        server.kill()
+    assert "redis unavailable" not in [r.getMessage() for r in caplog.records if r.name == "llm_sidecar"]
