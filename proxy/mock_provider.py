@@ -586,6 +586,18 @@ async def _stream(request: web.Request, frames: list[bytes], behaviour: Behaviou
     return response
 
 
+def _shape_problem(body: Any) -> str | None:
+    """Why a provider would refuse the shape of what the mock reads from a body (a 400), or ``None``."""
+    if not isinstance(body, dict):
+        return "the request body must be a JSON object"
+    tools = body.get("tools")
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(tool, dict) for tool in tools)):
+        return "tools must be a list of objects"
+    if body.get("stream_options") is not None and not isinstance(body["stream_options"], dict):
+        return "stream_options must be an object"
+    return None
+
+
 def _handler(dialect: str, kind: str):
     async def handle(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
@@ -594,6 +606,8 @@ def _handler(dialect: str, kind: str):
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return web.Response(status=400, body=_error(dialect, 400, "invalid JSON"), content_type="application/json")
+        if problem := _shape_problem(body):
+            return web.Response(status=400, body=_error(dialect, 400, problem), content_type="application/json")
         model = str(body.get("model", ""))
         state.requests.append(
             {"path": request.path, "headers": {k.lower(): v for k, v in request.headers.items()}, "body": body}

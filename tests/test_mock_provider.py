@@ -159,3 +159,26 @@ def test_faults_on_demand_from_the_command_line(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/chat/completions", []),
+        ("/v1/chat/completions", {"model": "m", "messages": [], "tools": "x"}),
+        ("/v1/chat/completions", {"model": "m", "messages": [], "tools": [None]}),
+        ("/v1/chat/completions", {"model": "m", "messages": [], "stream_options": "x"}),
+        ("/v1/messages", {"model": "m", "max_tokens": 5, "messages": [], "tools": {"name": "t"}}),
+        ("/v1/responses", {"model": "m", "input": "x", "tools": ["search"]}),
+    ],
+)
+def test_a_body_of_the_wrong_shape_is_a_400_as_a_provider_answers_it(mock_provider, path, body, stream) -> None:
+    # The mock crashed on these (aiohttp's text 500), which counted against the endpoint as a
+    # provider failure would, where a real provider answers 400 invalid_request_error.
+    if stream and isinstance(body, dict):
+        body = {**body, "stream": True}
+    response = httpx.post(mock_provider.url + path, json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert (error["error"]["type"]) == "invalid_request_error"
