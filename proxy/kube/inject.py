@@ -4,7 +4,8 @@
 
 Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs and
 ``List``s of them are injected (their pod template is what gets the patch);
-every other document is written back byte for byte. Pods count as opted in
+every other document, and a workload whose pod template cannot be read (a shape
+kubectl refuses too), is written back byte for byte. Pods count as opted in
 unless they carry ``llm-sidecar.io/inject: disabled``: running the command is
 the opt-in. A summary of what was done goes to stderr.
 """
@@ -95,7 +96,11 @@ def inject_object(doc: MutableMapping[str, Any], settings: SidecarSettings, ctx_
         return False
     template.setdefault("metadata", {})
     ctx: Context = ctx_for(doc)
-    decision = plan(template, settings, ctx)
+    try:
+        decision = plan(template, settings, ctx)
+    except Exception as exc:  # noqa: BLE001 - a shape kubectl would refuse too (containers: x): the same as a skip
+        log.append(f"{name}: not injected: its pod template is malformed ({type(exc).__name__}: {exc})")
+        return False
     if not decision.injected:
         log.append(f"{name}: skipped ({'; '.join(decision.reasons)})")
         return False
@@ -151,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
                 text = f.read()
     except OSError as exc:
         print(f"llm-sidecar inject: {exc}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError:
+        print(f"llm-sidecar inject: {args.filename} is not UTF-8 text", file=sys.stderr)
         return 2
     log: list[str] = []
     sys.stdout.write(inject_stream(text, settings, ctx_for, log))

@@ -122,3 +122,27 @@ def test_installed_commands_take_their_options(tmp_path) -> None:
         text=True,
     )
     assert done.returncode == 2 and "unrecognized arguments" not in done.stderr and "cannot start" in done.stderr
+
+
+def test_a_malformed_workload_or_a_file_not_utf8_is_one_line_never_a_traceback(tmp_path: Path) -> None:
+    # A typo kubectl would refuse (containers not a list, ports a string) raised out of plan():
+    # a traceback, exit 1, and nothing written for the documents that were fine.
+    good = "kind: Pod\nmetadata: {name: good}\nspec: {containers: [{name: a, image: x}]}\n"
+    bad = [
+        "kind: Pod\nmetadata: {name: p}\nspec: {containers: x}\n",
+        "kind: Deployment\nmetadata: {name: d}\nspec: {template: {spec: {containers: [{name: a, ports: bad}]}}}\n",
+    ]
+    done = subprocess.run(
+        [str(SCRIPT), "inject", "-f", "-"], input="---\n".join([*bad, good]), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr
+    *kept, injected = done.stdout.split("---\n")
+    assert kept == bad  # written back as they came
+    assert yaml.safe_load(injected)["spec"]["initContainers"][0]["name"] == "llm-sidecar"
+    assert "pod/p: not injected: its pod template is malformed" in done.stderr
+    assert "deployment/d: not injected: its pod template is malformed" in done.stderr
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"kind: Pod\nmetadata: {name: caf\xe9}\n")
+    done = subprocess.run([str(SCRIPT), "inject", "-f", str(latin)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"llm-sidecar inject: {latin} is not UTF-8 text"]
