@@ -9,7 +9,9 @@ Contract:
   module-qualified name plus a hash of its arguments *as bound to its signature*
   (defaults applied), so ``f("hi")``, ``f(prompt="hi")`` and ``f("hi", "gpt-4")``
   share one entry. ``self``/``cls`` are left out of the key: a cached method must
-  not depend on instance state beyond its arguments.
+  not depend on instance state beyond its arguments. Lambdas and nested functions,
+  whose names repeat, add a digest of their code and the unchanging values they
+  closed over (strings, numbers, tuples of them ...).
 - Arguments are hashed as canonical JSON in which each container and non-JSON
   value carries its type (tuples, sets, bytes, enums, dates, dataclasses and
   pydantic models have stable spellings; a tuple is not a list, NaN not None). An argument with no
@@ -45,6 +47,7 @@ import inspect
 import math
 import os
 import threading
+import types
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -149,6 +152,44 @@ def _spell(value: Any) -> Any:
     raise _Unhashable(name)
 
 
+def _code_spelling(code: types.CodeType) -> list[Any]:
+    """A function's code as JSON: its instructions, the names and the constants they use."""
+    consts: list[Any] = []
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            consts.append(_code_spelling(const))
+        else:
+            try:
+                consts.append(_spell(const))
+            except _Unhashable:
+                consts.append(repr(const))
+    return [base64.b64encode(code.co_code).decode(), list(code.co_names), consts]
+
+
+def _fixed(value: Any) -> bool:
+    """Whether a value cannot change: a nested function closed over it is configured by it."""
+    if isinstance(value, (tuple, frozenset)):
+        return all(map(_fixed, value))
+    return value is None or isinstance(value, (str, int, float, bytes, enum.Enum, *_BY_REPR))
+
+
+def _captured(function: Callable[..., Any]) -> dict[str, Any]:
+    """The values that cannot change a nested function closed over (a factory's ``factor``); the
+    others (a client, a list it appends to, the function itself) stay out of the key, as ``self`` does."""
+    found = {}
+    for name, cell in zip(function.__code__.co_freevars, function.__closure__ or ()):
+        try:
+            value = cell.cell_contents
+        except ValueError:  # a cell not filled yet
+            continue
+        if _fixed(value):
+            try:
+                found[name] = _spell(value)
+            except _Unhashable:  # a str or int subclass of its own
+                pass
+    return found
+
+
 class DistributedCacheDecorator:
     def __init__(
         self,
@@ -247,7 +288,14 @@ class _Cached:
         self.signature = inspect.signature(function)
         params = list(self.signature.parameters)
         self.skip_first = bool(params) and params[0] in _IGNORED
-        self.prefix = f"llmsc-fn:{owner.namespace}:{function.__module__}.{function.__qualname__}:"
+        name = f"{function.__module__}.{function.__qualname__}"
+        # Lambdas and nested functions share their qualified names: the code tells them apart
+        # (square and cube), and what they closed over (a factory's double and triple) joins the key.
+        self.closure = "<" in function.__qualname__ and bool(getattr(function, "__closure__", None))
+        if "<" in function.__qualname__ and hasattr(function, "__code__"):
+            code = hashlib.sha256(orjson.dumps(_code_spelling(function.__code__))).hexdigest()[:16]
+            name = f"{name}:{code}"
+        self.prefix = f"llmsc-fn:{owner.namespace}:{name}:"
         self.stats = DecoratorStats()
         self.is_async = inspect.iscoroutinefunction(function)
         self._lock = threading.Lock()
@@ -271,6 +319,8 @@ class _Cached:
         arguments = dict(bound.arguments)
         if self.skip_first:
             arguments.pop(next(iter(self.signature.parameters)))
+        if self.closure:
+            arguments = {"arguments": arguments, "closure": _captured(self.function)}
         try:
             canonical = orjson.dumps(_spell(arguments))
         except (_Unhashable, TypeError, ValueError, RecursionError):

@@ -135,6 +135,27 @@ def test_a_hit_gives_back_what_the_function_returned(result) -> None:
     assert plain() == plain() and plain.stats.hits == 1
 
 
+def test_lambdas_and_closures_of_one_name_keep_their_own_answers() -> None:
+    """Functions that share a qualified name (lambdas, a factory's inner function) in one cache."""
+    cache = DistributedCacheDecorator(ttl=60)  # one backend for all, as Redis is
+    square = cache(lambda x: x * x)
+    cube = cache(lambda x: x**3)
+    assert (square(2), cube(2)) == (4, 8)
+
+    def scaled(factor: int, client: object):
+        @cache
+        def scale(x: int) -> int:
+            assert client is not None  # an object it closes over, left out of the key as self is
+            return x * factor
+
+        return scale
+
+    double, triple = scaled(2, object()), scaled(3, object())
+    assert (double(5), triple(5)) == (10, 15)
+    assert (double(5), triple(5), scaled(3, object())(5)) == (10, 15, 15)
+    assert (double.stats.hits, triple.stats.hits) == (1, 1)
+
+
 def test_threads_compute_once() -> None:
     computed = []
 
