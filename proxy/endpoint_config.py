@@ -104,9 +104,12 @@ class EndpointConfig(Strict):
     @field_validator("api_key")
     @classmethod
     def _key_not_empty(cls, key: Secret | None) -> Secret | None:
-        if key is not None and not key.reveal().strip():
+        if key is None:
+            return None
+        if not key.reveal().strip():
             raise ValueError("the endpoint's key is empty")
-        return key
+        # ``${VAR}`` may bring the variable's trailing newline, which no header can carry.
+        return Secret(key.reveal().strip())
 
     @model_validator(mode="after")
     def _resolve(self) -> EndpointConfig:
@@ -147,7 +150,8 @@ def _read_key(source: str | Path) -> Secret | str:
             # may be the key itself, pasted where its variable's name goes.
             name = source if _VARIABLE_NAME.fullmatch(source) else "(not shown: not an upper-case name)"
             return f"environment variable {name} {'is not set' if value is None else 'is empty'}"
-        return Secret(value)
+        # Stripped as a file's is: a Secret made --from-file keeps the file's last newline.
+        return Secret(value.strip())
     try:
         value = source.read_text().strip()
     except OSError as exc:

@@ -139,3 +139,24 @@ def test_a_key_pasted_into_api_key_env_is_never_repeated(tmp_path: Path, mock_pr
     finally:
         process.stop()
     assert "api_key_env" in seen and pasted not in seen + process.log.read_text()
+
+
+def test_a_key_with_a_trailing_newline_is_sent_without_it(tmp_path: Path, mock_provider: MockProvider) -> None:
+    # kubectl create secret --from-file=OPENAI_API_KEY=key.txt keeps the file's last newline in the
+    # variable. Keys from files were stripped, those from the environment were not: every call was
+    # a 500 "the sidecar failed to handle this call" (a newline is not allowed in a header).
+    config = keys_from_env(mock_provider.url)
+    anthropic_endpoint = config["model_groups"]["claude-sonnet"]["endpoints"][0]
+    del anthropic_endpoint["api_key_env"]
+    anthropic_endpoint["api_key"] = "${ANTHROPIC_API_KEY}"  # a literal key expanded from the environment
+    env = {**os.environ, "OPENAI_API_KEY": OPENAI_KEY + "\n", "ANTHROPIC_API_KEY": "sk-ant-test-0123456789\r\n"}
+    process = SidecarProcess(config, tmp_path, env=env)
+    try:
+        client = openai.OpenAI(base_url=process.url + "/v1", api_key="unused", max_retries=0)
+        assert client.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices[0].message.content
+        claude = anthropic.Anthropic(base_url=process.url + "/anthropic", api_key="unused", max_retries=0)
+        assert claude.messages.create(model="claude-sonnet", max_tokens=10, messages=HELLO).content[0].text
+    finally:
+        process.stop()
+    sent = [request["headers"] for request in mock_provider.requests()]
+    assert sent[0]["authorization"] == f"Bearer {OPENAI_KEY}" and sent[1]["x-api-key"] == "sk-ant-test-0123456789"
