@@ -9,9 +9,9 @@ Contract:
   module-qualified name plus a hash of its arguments *as bound to its signature*
   (defaults applied), so ``f("hi")``, ``f(prompt="hi")`` and ``f("hi", "gpt-4")``
   share one entry. ``self``/``cls`` are left out of the key: a cached method must
-  not depend on instance state beyond its arguments. Lambdas and nested functions,
-  whose names repeat, add a digest of their code and the unchanging values they
-  closed over (strings, numbers, tuples of them ...).
+  not depend on instance state beyond its arguments. Lambdas, nested functions and
+  a script's functions (``__main__``), whose names repeat, add a digest of their
+  code, and nested ones the unchanging values they closed over (strings, numbers ...).
 - Arguments are hashed as canonical JSON in which each container and non-JSON
   value carries its type (tuples, sets, bytes, enums, dates, dataclasses and
   pydantic models have stable spellings; a tuple is not a list, NaN not None). An argument with no
@@ -289,10 +289,12 @@ class _Cached:
         params = list(self.signature.parameters)
         self.skip_first = bool(params) and params[0] in _IGNORED
         name = f"{function.__module__}.{function.__qualname__}"
-        # Lambdas and nested functions share their qualified names: the code tells them apart
-        # (square and cube), and what they closed over (a factory's double and triple) joins the key.
+        # Lambdas and nested functions share their qualified names, and so do every script's
+        # functions (__main__.summarize): the code tells them apart (square and cube, two scripts),
+        # and what a nested function closed over (a factory's double and triple) joins the key.
+        repeated = "<" in function.__qualname__ or function.__module__ == "__main__"
         self.closure = "<" in function.__qualname__ and bool(getattr(function, "__closure__", None))
-        if "<" in function.__qualname__ and hasattr(function, "__code__"):
+        if repeated and hasattr(function, "__code__"):
             code = hashlib.sha256(orjson.dumps(_code_spelling(function.__code__))).hexdigest()[:16]
             name = f"{name}:{code}"
         self.prefix = f"llmsc-fn:{owner.namespace}:{name}:"

@@ -373,6 +373,25 @@ def test_redis_down_and_back_is_logged_once_each_and_counted_honestly(cached_sid
     assert messages.count("redis unavailable") == 1 and messages.count("redis available again") == 1
 
 
+def test_two_scripts_sharing_redis_keep_their_own_answers(redis, tmp_path: Path) -> None:
+    """Every script's functions are __main__.<name>: two scripts with one name must not read each other's."""
+    env = {**os.environ, "REDIS_URL": redis.url, "PYTHONPATH": str(ROOT)}
+    outputs = []
+    for method in ("upper", "lower", "upper"):
+        script = tmp_path / f"{method}.py"
+        script.write_text(
+            "from proxy import DistributedCacheDecorator\n\n\n"
+            '@DistributedCacheDecorator(ttl=60, cache_backend="redis")\n'
+            "def summarize(text: str) -> str:\n"
+            f"    return text.{method}()\n\n\n"
+            'print(summarize("Hello World"), summarize.stats.hits)\n'
+        )
+        run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=30)
+        outputs.append(run.stdout.strip())
+    # The same script run again is served from Redis; the other one computes its own.
+    assert outputs == ["HELLO WORLD 0", "hello world 0", "HELLO WORLD 1"]
+
+
 def test_decorator_stats_count_what_redis_could_not_do() -> None:
     from proxy import DistributedCacheDecorator
 
