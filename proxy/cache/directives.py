@@ -3,7 +3,7 @@
 ``no-cache``  skip the lookup (and coalescing), still store the fresh answer
 ``no-store``  do not store this answer (nor share it with coalesced calls)
 ``max-age=N`` accept only an entry at most N seconds old
-``x-llm-sidecar-cache-ttl: N``  store this answer for N seconds instead of the policy's TTL
+``x-llm-sidecar-cache-ttl: N``  store this answer for N seconds instead of the policy's TTL (0: as no-store)
 """
 
 from __future__ import annotations
@@ -59,4 +59,6 @@ def parse_directives(headers: CIMultiDictProxy[str]) -> Directives:
         elif name == "max-age":
             max_age = _seconds(value)
     ttl = _seconds(ttl_text) if ttl_text is not None else None
-    return Directives(no_cache, no_store, max_age, ttl if ttl else None)
+    if ttl == 0:  # kept for no time: not stored at all (not for the policy's TTL)
+        return Directives(no_cache, True, max_age, None)
+    return Directives(no_cache, no_store, max_age, ttl)

@@ -104,6 +104,16 @@ def test_ttl_policy_and_ttl_header(cached_sidecar, mock_provider, clock) -> None
     assert mock_provider.calls() == 3
 
 
+def test_a_ttl_header_of_zero_keeps_nothing(cached_sidecar, mock_provider) -> None:
+    # "Store this answer for 0 seconds": not the policy's hour.
+    sidecar = cached_sidecar(ttl=3600)
+    zero = {"x-llm-sidecar-cache-ttl": "0"}
+    assert _post(sidecar, "zero", headers=zero).headers["x-llm-sidecar-cache"] == "miss"
+    settled(sidecar)
+    assert _post(sidecar, "zero").headers["x-llm-sidecar-cache"] == "miss"
+    assert mock_provider.calls() == 2
+
+
 def test_tenants_never_share_an_entry(cached_sidecar, mock_provider) -> None:
     sidecar = cached_sidecar(pass_through=True)
 
