@@ -112,10 +112,15 @@ def inject_object(doc: MutableMapping[str, Any], settings: SidecarSettings, ctx_
 def inject_stream(text: str, settings: SidecarSettings, ctx_for: Any, log: list[str]) -> str:
     """Inject every workload in a multi-document YAML text; untouched documents keep their bytes."""
     out: list[str] = []
-    for part in split_documents(text):
+    for number, part in enumerate(split_documents(text), 1):
         try:
             doc = yaml.safe_load(part)
-        except yaml.YAMLError:
+        except yaml.YAMLError as exc:
+            # Said, not only passed on: else a typo in a Pod reads as "nothing to inject".
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            reason = getattr(exc, "problem", None) or type(exc).__name__
+            log.append(f"document {number} is not valid YAML{where}: {reason}; written back as it is")
             out.append(part)
             continue
         if isinstance(doc, dict) and inject_object(doc, settings, ctx_for, log):

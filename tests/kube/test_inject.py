@@ -146,3 +146,17 @@ def test_a_malformed_workload_or_a_file_not_utf8_is_one_line_never_a_traceback(t
     done = subprocess.run([str(SCRIPT), "inject", "-f", str(latin)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [f"llm-sidecar inject: {latin} is not UTF-8 text"]
+
+
+def test_a_document_that_is_not_yaml_is_named_on_stderr() -> None:
+    # A typo in a Pod's YAML was written back without a word: no "injected", no "skipped".
+    good = "kind: Pod\nmetadata: {name: good}\nspec: {containers: [{name: a, image: x}]}\n"
+    typo = "kind: Pod\nmetadata: {name: p\nspec: {containers: [{name: a, image: x}]}\n"
+    done = subprocess.run(
+        [str(SCRIPT), "inject", "-f", "-"], input=good + "---\n" + typo, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.split("---\n")[1] == typo
+    assert done.stderr.splitlines() == [
+        "pod/good: injected",
+        "document 2 is not valid YAML at line 3, column 5: expected ',' or '}', but got ':'; written back as it is",
+    ]
