@@ -184,9 +184,19 @@ class Translation:
 
     def response(self, body: bytes) -> bytes:
         document = _loads(body)
-        if self.caller == "openai":
-            return orjson.dumps(anthropic_to_openai_response(document))
-        return orjson.dumps(openai_to_anthropic_response(document))
+        # Checked, not made up: an answer with no content or choices would translate to an empty
+        # one that looks complete (and would be stored).
+        if self.caller == "openai" and not isinstance(document.get("content"), list):
+            raise TranslationError("the upstream answer has no content list")
+        if self.caller == "anthropic" and not (isinstance(choices := document.get("choices"), list) and choices):
+            raise TranslationError("the upstream answer has no choices")
+        try:
+            if self.caller == "openai":
+                return orjson.dumps(anthropic_to_openai_response(document))
+            return orjson.dumps(openai_to_anthropic_response(document))
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            # The translators read well-formed answers: anything else is a broken one.
+            raise TranslationError(f"the upstream answer has an unexpected shape ({type(exc).__name__})") from None
 
     def error(self, body: bytes) -> bytes:
         """An upstream error body restated in the caller's dialect (message and type kept)."""
@@ -600,7 +610,15 @@ class StreamTranslator:
             event, data = parse_frame(frame)
             if not data:
                 continue
-            out += self.frame(event, data)
+            try:
+                out += self.frame(event, data)
+            except TranslationError:
+                raise
+            except (AttributeError, TypeError, ValueError, KeyError) as exc:
+                # A frame of a shape the translator does not read: a malformed event, not a crash.
+                raise TranslationError(
+                    f"the upstream sent an event of an unexpected shape ({type(exc).__name__})"
+                ) from None
         return bytes(out)
 
     def frame(self, event: str | None, data: bytes) -> bytes:

@@ -259,3 +259,106 @@ def test_a_json_answer_that_is_not_one_json_object_is_a_502_and_not_stored(answe
         state = status_of(sidecar, "mock-openai")
         assert state["failures"] == state["attempts"] >= 2 and state["last_error"] == "UpstreamBroken"
         assert sidecar.pipeline.cache.stats.stores == 0
+
+
+def _translated_config(url: str, endpoint_dialect: str) -> dict:
+    """Model group ``g``: the endpoint ``odd`` at ``url``, which speaks ``endpoint_dialect``."""
+    endpoint = {
+        "name": "odd",
+        "url": url + ("/v1" if endpoint_dialect == "openai" else ""),
+        "dialect": endpoint_dialect,
+        "model": "m",
+        "api_key": PROVIDER_KEY,
+    }
+    return default_config(url, model_groups={"g": {"endpoints": [endpoint]}}, cache={"backend": "memory"})
+
+
+WRONG_SHAPES = [
+    pytest.param("anthropic", b"{}", id="anthropic-no-content"),
+    pytest.param("anthropic", b'{"content": [null]}', id="anthropic-block-null"),
+    pytest.param("anthropic", b'{"content": [{"type": "text", "text": "hi"}], "usage": "x"}', id="anthropic-usage-str"),
+    pytest.param("openai", b"{}", id="openai-no-choices"),
+    pytest.param("openai", b'{"choices": []}', id="openai-choices-empty"),
+    pytest.param("openai", b'{"choices": [null]}', id="openai-choice-null"),
+]
+
+
+@pytest.mark.parametrize("endpoint_dialect, answer", WRONG_SHAPES)
+def test_a_translated_json_answer_of_the_wrong_shape_is_a_502_and_not_stored(
+    endpoint_dialect, answer, server_loop, make_sidecar
+) -> None:
+    # Translating it raised (a 500 "the sidecar failed to handle this call", a traceback in the
+    # log) or made an empty answer up from nothing, relayed and stored as a complete one.
+    from aiohttp import web
+
+    async def answer_it(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=answer, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/messages" if endpoint_dialect == "anthropic" else "/v1/chat/completions", answer_it)
+    with server_loop.serving(app) as url:
+        sidecar = make_sidecar(config=_translated_config(url, endpoint_dialect))
+        for _ in range(2):  # the second call goes upstream again: nothing was stored
+            if endpoint_dialect == "anthropic":
+                with pytest.raises(openai.APIStatusError) as raised:
+                    sidecar.openai().chat.completions.create(model="g", messages=USER)
+                assert raised.value.status_code == 502 and raised.value.body["type"] == "api_error"
+            else:
+                with pytest.raises(anthropic.APIStatusError) as caught:
+                    sidecar.anthropic().messages.create(model="g", max_tokens=10, messages=USER)
+                assert caught.value.status_code == 502 and caught.value.body["error"]["type"] == "api_error"
+        state = status_of(sidecar, "odd")
+        assert state["failures"] == state["attempts"] >= 2 and state["last_error"] == "UpstreamBroken"
+        assert sidecar.pipeline.cache.stats.stores == 0
+
+
+@pytest.mark.parametrize(
+    "endpoint_dialect, frames",
+    [
+        pytest.param("openai", [b'data: {"choices": [null]}\n\n', b"data: [DONE]\n\n"], id="openai-choice-null"),
+        pytest.param(
+            "anthropic",
+            [
+                b'event: message_start\ndata: {"type": "message_start", "message": {"id": "msg_1"}}\n\n',
+                b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": "x"}\n\n',
+            ],
+            id="anthropic-delta-str",
+        ),
+    ],
+)
+def test_a_translated_stream_event_of_the_wrong_shape_ends_with_an_error_event(
+    endpoint_dialect, frames, server_loop, make_sidecar
+) -> None:
+    # The translator raised mid-stream: the connection was dropped with its chunked body unfinished,
+    # no error event, where a malformed frame ends the stream with one in the caller's dialect.
+    from aiohttp import web
+
+    async def stream_it(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for frame in frames:
+            await response.write(frame)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/messages" if endpoint_dialect == "anthropic" else "/v1/chat/completions", stream_it)
+    with server_loop.serving(app) as url:
+        sidecar = make_sidecar(config=_translated_config(url, endpoint_dialect))
+        if endpoint_dialect == "openai":  # the caller speaks Anthropic
+            path, body = "/anthropic/v1/messages", {"model": "g", "max_tokens": 10}
+        else:
+            path, body = "/v1/chat/completions", {"model": "g"}
+        answer = httpx.post(sidecar.url + path, json={**body, "messages": USER, "stream": True}, timeout=10)
+        assert answer.status_code == 200
+        # One error event in the caller's dialect, the last frame of a stream that ended properly.
+        last = answer.text.rstrip().rsplit("\n\n", 1)[-1]
+        if endpoint_dialect == "openai":
+            assert last.startswith("event: error\ndata: ") and '"type":"error"' in last
+        else:
+            assert last.startswith('data: {"error":')
+        assert "cannot translate the upstream stream" in last
+        assert status_of(sidecar, "odd")["last_error"] == "UpstreamBroken"
+        assert sidecar.pipeline.cache.stats.stores == 0
