@@ -106,7 +106,7 @@ class MemoryBackend:
         """Cross-process lock: one process has nothing to exclude, so it always leads."""
         return "local"
 
-    async def release(self, key: str, token: str) -> None:
+    async def release(self, key: str, token: str, ttl: float = 0.0) -> None:
         pass
 
     async def exists(self, key: str) -> bool:

@@ -381,6 +381,8 @@ class RedisBackend:
         #: operations answered without Redis because the circuit was open
         self.skipped = 0
         self._probe: asyncio.Task[None] | None = None
+        #: lock releases to try again once Redis answers (``release``)
+        self._releases: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_config(cls, config: CacheConfig) -> RedisBackend:
@@ -501,8 +503,21 @@ class RedisBackend:
         )
         return token if taken else None
 
-    async def release(self, key: str, token: str) -> None:
-        await self._run(None, self.client.eval, _RELEASE, 1, key, token)
+    async def release(self, key: str, token: str, ttl: float = 0.0) -> None:
+        """Release the lock if it is still ours. A release Redis could not take (down, or its
+        circuit open) is tried again every ``breaker_cooldown`` while the lock may live (``ttl``):
+        a lock left behind by a blip would make every identical call, in every pod, wait for an
+        answer no one is making until the lock expired."""
+        if await self._run(None, self.client.eval, _RELEASE, 1, key, token) is None and ttl > 0:
+            task = asyncio.get_running_loop().create_task(self._release_later(key, token, time.monotonic() + ttl))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+
+    async def _release_later(self, key: str, token: str, until: float) -> None:
+        while time.monotonic() + self.breaker.cooldown < until:
+            await asyncio.sleep(self.breaker.cooldown)
+            if await self._run(None, self.client.eval, _RELEASE, 1, key, token) is not None:
+                return
 
     async def script(self, default: T, script: Script, keys: list[str], args: list[Any]) -> T | Any:
         """Run a Lua script (one round trip), or ``default`` when Redis is not usable."""
@@ -543,6 +558,8 @@ class RedisBackend:
     async def close(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
+        for task in self._releases:
+            task.cancel()
         if self.gets is not None:
             self.gets.close()
         try:

@@ -338,7 +338,7 @@ class ResponseCache:
             if entry is None or not entry.fresh(self.clock(), ticket.directives.max_age):
                 ticket.lock_token = token
                 return None
-            await self.backend.release(lock, token)
+            await self.backend.release(lock, token, self.config.lock_ttl)
         else:
             entry = await self._wait_for_pod(ticket.key, lock)
             if entry is None:
@@ -439,7 +439,8 @@ class ResponseCache:
         ticket.flight = None
         if ticket.lock_token is not None:
             token, ticket.lock_token = ticket.lock_token, None
-            task = asyncio.get_running_loop().create_task(self.backend.release(ticket.key + ":lock", token))
+            release = self.backend.release(ticket.key + ":lock", token, self.config.lock_ttl)
+            task = asyncio.get_running_loop().create_task(release)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

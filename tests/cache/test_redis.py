@@ -16,7 +16,7 @@ import orjson
 
 from tests.cache.conftest import cache_config, redis_cache, settled, stored
 from tests.servers import RedisServer, SidecarProcess
-from tests.waiting import wait_until
+from tests.waiting import wait_until, wait_until_async
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -448,3 +448,39 @@ def test_a_full_redis_is_not_down_its_entries_still_answer(cached_sidecar, mock_
     finally:
         server.kill()
     assert "redis unavailable" not in [r.getMessage() for r in caplog.records if r.name == "llm_sidecar"]
+
+
+async def test_a_lock_left_behind_by_a_redis_blip_is_released_when_redis_is_back(cached_sidecar, mock_provider) -> None:
+    import signal as signals
+
+    import redis as redis_py
+
+    server = RedisServer()
+    assert server.process is not None
+    locks = redis_py.Redis(port=server.port)
+    try:
+        sidecar = cached_sidecar(cache=redis_cache(server.url, local_ttl=0, breaker_failures=1, lock_ttl=30))
+        backend = sidecar.pipeline.cache.backend
+        url = sidecar.openai_base + "/chat/completions"
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "through the blip"}]}
+        async with httpx.AsyncClient(timeout=60) as client:
+            # The leader holds the cross-pod lock while its upstream answers (1 s)...
+            leader = asyncio.create_task(client.post(url, json=body, headers={"x-mock-latency-ms": "1000"}))
+            await wait_until_async(lambda: list(locks.scan_iter("*:lock")), what="the leader's lock")
+            # ...Redis stops answering (paused, not gone), the circuit opens, and the leader's answer
+            # ends while it is open: neither its entry nor its lock's release reaches Redis.
+            server.process.send_signal(signals.SIGSTOP)
+            await client.post(url, json={**body, "messages": [{"role": "user", "content": "opens the circuit"}]})
+            assert not backend.available
+            assert (await leader).status_code == 200
+            server.process.send_signal(signals.SIGCONT)
+            await wait_until_async(lambda: backend.available, what="Redis back")
+            # The lock goes once Redis is back, not lock_ttl later: until then every identical call,
+            # in every pod, waits for an answer no one is making (up to coalesce_wait, 30 s).
+            await wait_until_async(lambda: not list(locks.scan_iter("*:lock")), 10, what="the lock released")
+            again = await client.post(url, json=body, timeout=10)
+            assert again.status_code == 200 and again.headers["x-llm-sidecar-cache"] == "miss"
+    finally:
+        server.process.send_signal(signals.SIGCONT)
+        locks.close()
+        server.kill()
