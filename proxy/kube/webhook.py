@@ -79,14 +79,19 @@ def _response(uid: str, patch: list[dict[str, Any]] | None, warnings: list[str])
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": resp}
 
 
-async def review(body: Mapping[str, Any], settings: SidecarSettings, view: NamespaceView) -> dict[str, Any]:
-    """Answer one AdmissionReview; raises only on a body that is not an AdmissionReview."""
-    request = body.get("request")
-    if body.get("kind") != "AdmissionReview" or not isinstance(request, dict) or "uid" not in request:
+async def review(body: Any, settings: SidecarSettings, view: NamespaceView) -> dict[str, Any]:
+    """Answer one AdmissionReview; raises ValueError only on a body that is not one (any JSON may come)."""
+    request = body.get("request") if isinstance(body, Mapping) else None
+    if not isinstance(request, dict) or body.get("kind") != "AdmissionReview" or "uid" not in request:
         raise ValueError("not an admission.k8s.io/v1 AdmissionReview with a request.uid")
     uid = request["uid"]
-    kind = (request.get("kind") or {}).get("kind")
     pod = request.get("object")
+    # The API server sends these typed; a body that is not (any client can post one) is a 400, not a crash.
+    if not isinstance(request.get("kind") or {}, dict) or not isinstance(pod, dict | None):
+        raise ValueError("not an AdmissionReview: request.kind and request.object must be objects")
+    if pod is not None and not isinstance(pod.get("metadata") or {}, dict):
+        raise ValueError("not an AdmissionReview: request.object.metadata must be an object")
+    kind = (request.get("kind") or {}).get("kind")
     if kind != "Pod" or request.get("operation", "CREATE") != "CREATE" or not isinstance(pod, dict):
         return _response(uid, None, [])
     # On CREATE a pod from a controller has no name yet and may carry no namespace.

@@ -101,6 +101,26 @@ async def test_non_pod_and_bad_bodies(webhook_url: str, client_ssl: ssl.SSLConte
             assert r.status == 200
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        "x",
+        {"kind": "AdmissionReview", "request": {"uid": "u", "kind": "Pod"}},
+        {"kind": "AdmissionReview", "request": {"uid": "u", "kind": {"kind": "Pod"}, "object": {"metadata": "x"}}},
+    ],
+    ids=["array", "string", "kind-a-string", "metadata-a-string"],
+)
+async def test_a_body_of_the_wrong_shape_is_a_400_naming_what_is_wanted(
+    webhook_url: str, client_ssl: ssl.SSLContext, body
+) -> None:
+    # Valid JSON that is not an AdmissionReview's shape was aiohttp's text 500, where bad JSON is a 400.
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{webhook_url}/mutate", json=body, ssl=client_ssl) as r:
+            assert r.status == 400
+            assert "AdmissionReview" in (await r.json())["error"]
+
+
 async def test_own_bug_never_blocks_pod_creation(webhook_url: str, client_ssl: ssl.SSLContext, monkeypatch) -> None:
     def boom(*_a, **_k):
         raise RuntimeError("bug")
