@@ -123,7 +123,7 @@ class Call:
         self.started = time.perf_counter()
 
         # What happened, filled in along the way; the observer reads them once at the end.
-        #: cached | coalesced | upstream | error
+        #: cached | coalesced | upstream | error | cancelled (the client left before its answer ended)
         self.outcome = "error"
         #: hit | miss | coalesced | bypass | stale | off
         self.cache_status = "off"

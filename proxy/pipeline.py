@@ -1,7 +1,7 @@
 """One call, from request to response: read → cache lookup → coalesce → route → relay.
 
 Invariants:
-- every call ends in exactly one outcome (cached, coalesced, upstream, error) and
+- every call ends in exactly one outcome (cached, coalesced, upstream, error, cancelled) and
   telemetry records it once, in ``finally``;
 - fallback happens only inside ``router.route``, before the relay prepares the
   response; after that a failure can only end the stream;
@@ -53,6 +53,13 @@ class Pipeline:
                 return send_stored(call, answer)
             async with self.router.route(call) as upstream:
                 return await relay(call, upstream, self.cache.recorder(call))
+        except asyncio.CancelledError:
+            # The client left (aiohttp cancels its handler) before the call had its outcome:
+            # queued for a slot, waiting for the first byte, mid-stream. Its own choice, what
+            # nginx logs as 499: not one of the sidecar's errors.
+            if call.outcome == "error" and call.error_type is None:
+                call.outcome = "cancelled"
+            raise
         except ProxyError as error:
             stale = await self.cache.rescue(call, error)  # an expired entry, if the policy allows one
             return send_stored(call, stale) if stale is not None else send_error(call, error)

@@ -124,8 +124,7 @@ async def relay(call: Call, upstream: Answer, recorder: Recorder) -> web.StreamR
         # which get the rest of the answer; after the end, nothing is lost.
         cancelled = isinstance(exc, asyncio.CancelledError)
         if not settled:
-            if not cancelled:  # a call its client cancelled is not counted as an error anywhere else either
-                call.error_type = "client_closed"
+            call.outcome = "cancelled"  # the client's choice (a "stop generating"), not a failure
             if recorder.followed:
                 await _read_on(call, upstream, answer, recorder, headers)
             else:
@@ -218,8 +217,10 @@ async def send_following(call: Call, following: Following) -> web.StreamResponse
             if not following.flight.told:  # else the upstream's own error event already went out
                 tail = call.dialect.stream_error_frame(failure)
         await response.write_eof(tail)
-    except ConnectionResetError:
-        call.error_type = call.error_type or "client_closed"
+    except (ConnectionResetError, asyncio.CancelledError) as exc:
+        call.outcome = "cancelled"  # its client left; the leader reads on for the others
+        if isinstance(exc, asyncio.CancelledError):
+            raise
     return response
 
 

@@ -41,7 +41,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 
 SHORT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
-OUTCOMES = frozenset({"cached", "coalesced", "upstream", "error"})
+#: ``cancelled``: the client left before its answer ended (nginx's 499); not an error, so it
+#: is neither in ``outcome="error"`` nor in the errors counter
+OUTCOMES = frozenset({"cached", "coalesced", "upstream", "error", "cancelled"})
 CACHE_STATUSES = frozenset({"hit", "miss", "coalesced", "bypass", "stale", "off"})
 #: the timed steps of a call that ``observer.span`` reports
 STEPS = frozenset({"cache.lookup", "cache.store", "coalesce.wait", "router.queue", "upstream.attempt", "relay"})
@@ -185,7 +187,7 @@ class Metrics:
         self.calls = family(
             COUNTER,
             "calls",
-            "Calls by their one outcome (cached, coalesced, upstream, error).",
+            "Calls by their one outcome (cached, coalesced, upstream, error, cancelled).",
             ("dialect", "model_group", "outcome", "status_class"),
         )
         self.errors = family(
