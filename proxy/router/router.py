@@ -47,6 +47,7 @@ from proxy.errors import (
     NoEndpointAvailable,
     Overloaded,
     ProxyError,
+    UpstreamBroken,
     UpstreamConnectError,
     UpstreamError,
     UpstreamStatus,
@@ -384,6 +385,12 @@ class Router:
                 if translation is None:
                     raise
                 raise UpstreamStatus(error.status, translation.error(error.body), error.headers) from None
+            if response.is_stream != call.stream:
+                # An upstream that ignores ``stream`` (a gateway, a server): relayed, a streaming
+                # SDK would see a stream end with no frame and no error, a JSON one event-stream text.
+                response.close()
+                asked, came = ("a stream", "JSON") if call.stream else ("JSON", "a stream")
+                raise UpstreamBroken(f"upstream answered {came} to a call that asked for {asked}")
             if translation is None:
                 return response
             try:

@@ -362,3 +362,42 @@ def test_a_translated_stream_event_of_the_wrong_shape_ends_with_an_error_event(
         assert "cannot translate the upstream stream" in last
         assert status_of(sidecar, "odd")["last_error"] == "UpstreamBroken"
         assert sidecar.pipeline.cache.stats.stores == 0
+
+
+CHUNK = b'{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"hi"}}]}'
+MISMATCHED = [
+    # A streaming call answered with a JSON body: the SDK's stream would end with no frame and no error.
+    pytest.param(
+        True,
+        b'{"id":"c","object":"chat.completion","created":1,"model":"m",'
+        b'"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}',
+        "application/json",
+        id="json-to-a-stream",
+    ),
+    # A JSON call answered with a stream: the SDK would get event-stream text where it parses JSON.
+    pytest.param(False, b"data: " + CHUNK + b"\n\ndata: [DONE]\n\n", "text/event-stream", id="stream-to-json"),
+]
+
+
+@pytest.mark.parametrize(("stream", "answer", "content_type"), MISMATCHED)
+def test_an_answer_in_the_other_form_than_the_call_asked_is_a_502(
+    stream, answer, content_type, server_loop, make_sidecar
+) -> None:
+    """An upstream (a gateway, a server) that ignores ``stream``: a broken attempt, not a silent nothing."""
+    from aiohttp import web
+
+    async def chat(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=answer, content_type=content_type)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    with server_loop.serving(app) as url:
+        sidecar = make_sidecar(config=default_config(url))
+        with pytest.raises(openai.APIStatusError) as raised:
+            answered = sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=USER, stream=stream)
+            if stream:
+                list(answered)
+        assert raised.value.status_code == 502
+        state = status_of(sidecar, "mock-openai")
+        assert state["failures"] == state["attempts"] >= 1 and state["last_error"] == "UpstreamBroken"
