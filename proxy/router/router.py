@@ -460,9 +460,11 @@ class Router:
             wait = min(settings.queue_timeout, deadline - now)
             until = now + wait
             started = time.perf_counter()
-            with call.observer.span("router.queue", model_group=call.model_group):
-                freed = await _first_free(ranked, wait) if wait > 0 else None
-            call.queue_wait += time.perf_counter() - started
+            try:
+                with call.observer.span("router.queue", model_group=call.model_group):
+                    freed = await _first_free(ranked, wait) if wait > 0 else None
+            finally:  # a wait its client ended by leaving was a wait too
+                call.queue_wait += time.perf_counter() - started
             if freed is None:
                 if last_error is not None:
                     raise last_error

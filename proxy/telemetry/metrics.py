@@ -339,8 +339,9 @@ class Metrics:
         bundle.cache_calls.value += 1.0
         if call.first_byte_at is not None:
             bundle.ttfb.observe(call.first_byte_at - call.started)
-        if call.attempts:
+        if call.attempts or call.queue_wait:  # a wait that got no slot (it timed out, its client left) too
             bundle.queue_wait.observe(call.queue_wait)
+        if call.attempts:
             group = bundle.group
             for endpoint, status, seconds, _error in call.attempt_log:
                 self.attempts(group, endpoint, status_class(status)).observe(seconds)

@@ -54,12 +54,17 @@ def test_a_client_that_leaves_is_cancelled_not_an_error(make_sidecar, mock_provi
     lines = logs.access()
     assert [(line["outcome"], line["error_type"]) for line in lines] == [("cancelled", None)] * 3
     assert lines[1]["status"] == 200 and lines[1]["stream"] is True  # the stream had begun
+    # The queued call waited from its arrival until its client gave up (0.5 s): that is its queue wait.
+    assert lines[0]["queue_ms"] >= 250 and lines[0]["attempts"] == 0
     m = scrape(sidecar)
     calls = "llm_sidecar_calls_total"
     assert m.value(calls, model_group="gpt-4o-mini", outcome="cancelled") == 3
     assert m.value(calls, outcome="error") == 0
     assert m.value("llm_sidecar_call_errors_total") == 0
     assert m.value("llm_sidecar_call_duration_seconds_count", outcome="cancelled") == 3
+    # The wait is in the queue histogram too: the queued call's, and the others' (none).
+    assert m.value("llm_sidecar_queue_wait_seconds_count", model_group="gpt-4o-mini") == 3
+    assert m.value("llm_sidecar_queue_wait_seconds_sum", model_group="gpt-4o-mini") >= 0.25
     # The provider's side of the abandoned calls ends too (none left running past the test).
     wait_until(lambda: not any(mock_provider.stats()["in_flight"].values()), what="the mock's calls to end")
 
