@@ -5,7 +5,7 @@
 - **Idle and header timeout**: aiohttp arms the keep-alive timer when a connection opens
   too, so a connection that has not sent a whole request head by then is closed; a
   slow-loris holds a connection no longer than ``keepalive_timeout``. A request's body
-  has as long again once its head is in, then gets a 408 (``Pipeline.read``, the webhook's
+  has as long again once its head is in, then gets a 408 (``request_body.read_body``, the webhook's
   ``_mutate``).
 - **Connection cap**: past the cap, the oldest connection that is not in the middle of a
   request (an idle keep-alive, or one still trickling its head) is closed to make room,

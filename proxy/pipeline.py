@@ -10,8 +10,6 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 from aiohttp import hdrs, web
 
@@ -20,10 +18,10 @@ from proxy.cache.coalesce import Following
 from proxy.call import Call, new_request_id
 from proxy.config import Config
 from proxy.dialects import Dialect, Operation
-from proxy.errors import BadRequest, NotFound, PayloadTooLarge, ProxyError, RequestTimeout
+from proxy.errors import BadRequest, NotFound, ProxyError
 from proxy.rag.config import ContextInjection
 from proxy.relay import relay, send_error, send_following, send_stored
-from proxy.request_body import check_writable, decode
+from proxy.request_body import check_writable, decode, read_body
 from proxy.router.router import Router
 from proxy.telemetry import Telemetry
 from proxy.telemetry.logs import EVENTS
@@ -83,21 +81,7 @@ class Pipeline:
         """Parse the body once; name the model group; check it exists."""
         request = call.request
         limit = self.config.server.max_body_bytes
-        try:
-            if request.content.is_eof():  # the whole body came with the head: nothing to wait for
-                body = await request.read()
-            else:
-                # The head's timeout is over once the head is in: a body that stops coming would
-                # hold the connection (busy, so never evicted past the cap) for good.
-                async with asyncio.timeout(self.config.server.keepalive_timeout):
-                    body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes") from None
-        except TimeoutError:
-            raise RequestTimeout(
-                f"request body not received within {self.config.server.keepalive_timeout:g} s"
-                " (server.keepalive_timeout)"
-            ) from None
+        body = await read_body(request)
         call.body = decode(body, request.headers.get(hdrs.CONTENT_ENCODING), limit)
         try:
             payload = orjson.loads(call.body)

@@ -31,6 +31,7 @@ from proxy.errors import NotFound
 from proxy.listeners import Listener, in_request, listen_error, proxy_connection_budget, raise_fd_limit
 from proxy.pipeline import Pipeline
 from proxy.reload import Current, Reloader, log_missing_keys
+from proxy.request_body import BODY_TIMEOUT
 from proxy.router.health import HealthProber
 from proxy.router.router import Router
 from proxy.telemetry import Telemetry
@@ -163,6 +164,7 @@ def build_app(
     applying ``server_overrides`` (``serve --port``) to each version of it."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
+    app[BODY_TIMEOUT] = config.server.keepalive_timeout
     app[CURRENT] = Current(config)
     app[DRAINING] = asyncio.Event()
     app[LISTENING] = asyncio.Event()

@@ -48,7 +48,7 @@ from proxy.rag.hybrid import DenseRetriever, HybridSearch, Rewriter, vector_retr
 from proxy.rag.indexer import read_documents
 from proxy.rag.passage import Passage
 from proxy.rag.store import VectorSearch, open_search
-from proxy.request_body import decode
+from proxy.request_body import decode, read_body
 
 LOG = logging.getLogger("llm_sidecar.rag")
 
@@ -413,12 +413,12 @@ async def handle_retrieve(request: web.Request) -> web.StreamResponse:
     retriever = request.app[RETRIEVER]
     try:
         body = orjson.loads(
-            decode(await request.read(), request.headers.get("Content-Encoding"), request.client_max_size)
+            decode(await read_body(request), request.headers.get("Content-Encoding"), request.client_max_size)
         )
     except orjson.JSONDecodeError as exc:
         return _error(400, f"request body is not valid JSON: {exc}", None)
-    except ProxyError as exc:  # an undecodable or oversized body
-        return _error(exc.status, exc.message, None)
+    except ProxyError as exc:  # an undecodable, oversized or stalled body
+        return _error(exc.status, exc.message, None, kind=exc.type if exc.status == 408 else None)
     if not isinstance(body, dict):
         return _error(400, "request body must be a JSON object", None)
     corpus, query = body.get("corpus"), body.get("query")

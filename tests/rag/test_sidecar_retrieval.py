@@ -56,3 +56,22 @@ def test_context_is_added_as_a_system_message(make_sidecar, mock_provider, tmp_p
     # A group without context injection is left alone.
     sidecar.openai().chat.completions.create(model="plain", messages=[{"role": "user", "content": "Redis cache?"}])
     assert len(mock_provider.requests()[-1]["body"]["messages"]) == 1
+
+
+def test_a_retrieve_body_that_stops_coming_is_a_408(make_sidecar, mock_provider, tmp_path: Path) -> None:
+    # As a call's body (tests/test_listeners.py): it held the connection for good, never evicted.
+    import http.client
+    import socket
+
+    groups = {"plain": {"endpoints": [{"name": "p", "url": mock_provider.url + "/v1", "api_key": PROVIDER_KEY}]}}
+    sidecar = make_sidecar(
+        server={"port": 0, "admin_port": 0, "admin_host": "127.0.0.1", "keepalive_timeout": 1},
+        model_groups=groups,
+        retrieval={"corpora": {"kb": str(corpus(tmp_path))}, "reload_interval": 0},
+    )
+    with socket.create_connection(("127.0.0.1", sidecar.servers.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/retrieve HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 408
+        assert json.loads(response.read())["error"]["type"] == "timeout_error"
