@@ -16,6 +16,8 @@ one code path reads every answer.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -62,9 +64,11 @@ class ConcurrentRouter:
     ``settings`` is the sidecar's ``router`` section (``RouterConfig``); by default
     active health probes are off in the library (passive circuit breaking is on).
     Use it as an async context manager, or call ``close()``: it owns its client
-    session unless one is given. Failures raise ``proxy.errors.ProxyError``
-    subclasses: ``UpstreamError`` (last attempt's failure), ``Overloaded`` (every
-    endpoint full past the queue timeout) or ``NoEndpointAvailable``.
+    session unless one is given, one per event loop it is used on (each closed as its
+    loop ends, so ``asyncio.run`` per call holds no more sockets than one). Failures
+    raise ``proxy.errors.ProxyError`` subclasses: ``UpstreamError`` (last attempt's
+    failure), ``Overloaded`` (every endpoint full past the queue timeout) or
+    ``NoEndpointAvailable``.
     """
 
     def __init__(
@@ -84,19 +88,40 @@ class ConcurrentRouter:
         self._owns_session = session is None
         self._router: Router | None = None
         self._prober: HealthProber | None = None
+        #: the event loop the session and the probes run on, and the task that closes them with it
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closer: asyncio.Task[None] | None = None
 
     @property
     def router(self) -> Router:
         """The underlying ``Router`` (live endpoint state: ``router.status()``)."""
-        if self._router is None:
-            if self._session is None:
-                self._session = Upstream.new_session()
-            self._router = Router(self._config, Upstream(self._session))
-            self._prober = HealthProber(
-                list(self._router.endpoints()), self._router.upstream, self._config.router.health
-            )
-            self._prober.start()
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # status() outside any loop
+            loop = None
+        if self._router is None or (loop is not None and loop is not self._loop):
+            self._open(loop)
+        assert self._router is not None
         return self._router
+
+    def _open(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """A session and probes on ``loop``: an aiohttp session is bound to the loop it was made on,
+        so a script calling ``asyncio.run`` per question gets one per run. The endpoints' state
+        (circuits, cooldowns, estimates) is the router's, kept from one loop to the next."""
+        if self._owns_session or self._session is None:
+            self._session = Upstream.new_session()
+        upstream = Upstream(self._session)
+        if self._router is None:
+            self._router = Router(self._config, upstream)
+        else:
+            self._router.upstream = upstream
+        self._prober = HealthProber(list(self._router.endpoints()), upstream, self._config.router.health)
+        self._prober.start()
+        self._loop = loop
+        if loop is not None and self._owns_session:
+            # Closed when the loop ends: ``asyncio.run`` cancels what is left and lets it finish,
+            # so the session's connections close on their own loop, not leak with a closed one.
+            self._closer = loop.create_task(_close_with_loop(self._session, self._prober))
 
     async def __aenter__(self) -> ConcurrentRouter:
         self.router  # noqa: B018  (starts the session and the probes)
@@ -106,12 +131,18 @@ class ConcurrentRouter:
         await self.close()
 
     async def close(self) -> None:
-        if self._prober is not None:
-            await self._prober.stop()
-        if self._owns_session and self._session is not None:
-            await self._session.close()
+        closer, self._closer = self._closer, None
+        if closer is not None and not closer.done() and closer.get_loop() is asyncio.get_running_loop():
+            closer.cancel()  # it closes the session and stops the probes
+            await asyncio.wait([closer])
+        elif closer is None:
+            if self._prober is not None:
+                await self._prober.stop()
+            if self._owns_session and self._session is not None:
+                await self._session.close()
         self._session = None if self._owns_session else self._session
         self._router = self._prober = None
+        self._loop = None
 
     def status(self) -> dict[str, Any]:
         return self.router.status()["groups"][GROUP]
@@ -230,6 +261,16 @@ class ConcurrentRouter:
                 call.error_type = error.type
                 call.upstream_failure = error  # counts against the endpoint's health
                 raise
+
+
+async def _close_with_loop(session: aiohttp.ClientSession, prober: HealthProber) -> None:
+    """Wait for the loop's end (or ``close()``), then stop the probes and close the session."""
+    try:
+        await asyncio.get_running_loop().create_future()
+    finally:
+        with contextlib.suppress(Exception):
+            await prober.stop()
+        await session.close()
 
 
 def _attempts(call: Call) -> list[dict[str, Any]]:

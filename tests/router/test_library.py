@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from proxy import ConcurrentRouter, ModelEndpoint
 from proxy.errors import UpstreamBroken, UpstreamStatus
 from proxy.router.config import RouterConfig
-from tests.servers import PROVIDER_KEY, MockProvider
+from tests.servers import LLM_SIDECAR, PROVIDER_KEY, MockProvider, answers, start_on_free_ports
 
 
 def test_model_endpoint_infers_dialect_and_key(monkeypatch) -> None:
@@ -89,3 +94,62 @@ def test_stream_request_raises_on_a_stream_cut_short(mock_provider: MockProvider
 
     with pytest.raises(UpstreamBroken, match="before its end marker"):
         asyncio.run(main())
+
+
+#: A script as users write them: one module-level router, ``asyncio.run`` per question.
+RUN_PER_CALL = """
+import asyncio, json, os, sys
+
+from proxy import ConcurrentRouter, ModelEndpoint
+
+url, runs = sys.argv[1], int(sys.argv[2])
+router = ConcurrentRouter([
+    ModelEndpoint(name="gpt-4", url=url + "/v1", api_key="sk-test", max_concurrent=2),
+    ModelEndpoint(name="claude-3", url=url + "/v1/messages", api_key="sk-test", max_concurrent=2),
+])
+
+
+async def ask(n):
+    answer = await router.route_request(f"question {n}", preferred_model="gpt-4")
+    streamed = [piece async for piece in router.stream_request(f"stream {n}", preferred_model="claude-3")]
+    return answer["model"], bool(answer["response"]), bool(streamed)
+
+
+fds = []
+for n in range(runs):
+    assert asyncio.run(ask(n)) == ("gpt-4", True, True)
+    fds.append(len(os.listdir("/proc/self/fd")))
+asyncio.run(router.close())
+print(json.dumps({"fds": fds}))
+"""
+
+
+@pytest.fixture
+def mock_process(tmp_path: Path) -> Iterator[str]:
+    """``llm-sidecar mock-provider`` on a free port, as its own process: its sockets are not the test's."""
+    process, (port,) = start_on_free_ports(
+        lambda port: [LLM_SIDECAR, "mock-provider", "--host", "127.0.0.1", "--port", str(port)],
+        lambda port: answers(f"http://127.0.0.1:{port}/_mock/stats"),
+        tmp_path / "mock.log",
+    )
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(10)
+
+
+def test_one_router_serves_many_event_loops(mock_process: str, tmp_path: Path) -> None:
+    """``asyncio.run`` per call with one module-level router: every run is answered, each loop's
+    session closes with its loop (no warning), and the open file descriptors do not grow."""
+    script = tmp_path / "script.py"
+    script.write_text(RUN_PER_CALL)
+    done = subprocess.run(
+        [sys.executable, "-W", "default::ResourceWarning", str(script), mock_process, "40"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    fds = json.loads(done.stdout)["fds"]
+    assert len(fds) == 40
+    assert max(fds) <= fds[0] + 2, fds  # one more socket (or two) per run before: 40 runs, 40 more
+    assert "Unclosed" not in done.stderr and "ResourceWarning" not in done.stderr, done.stderr[-3000:]
