@@ -10,6 +10,8 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from aiohttp import hdrs, web
 
