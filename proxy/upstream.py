@@ -236,7 +236,12 @@ class UpstreamResponse:
             self.usage = None
         else:
             self.body = self._first = redactor.whole(first)
-            self.usage = _json_answer(self.body)
+            answer = _json_answer(self.body)
+            if isinstance(answer.error, dict) or answer.type == "error":
+                # The upstream's error under a 200: passed on as the error it is (a failed attempt,
+                # never stored), as its error event ends a stream.
+                raise UpstreamStatus(502, self.body, {k.lower(): v for k, v in self.headers.items()})
+            self.usage = answer.usage
         self._response = response
         self._timeouts = timeouts
         self._deadline = deadline
@@ -335,14 +340,18 @@ class UpstreamResponse:
 
 class _Answer(msgspec.Struct):
     usage: Any = None
+    #: an error object where the answer should be: OpenAI's ``error`` (``null`` in a good Responses
+    #: answer), Anthropic's ``type: error``
+    error: Any = None
+    type: Any = None
 
 
 _answer = msgspec.json.Decoder(_Answer).decode
 
 
-def _json_answer(body: bytes) -> Any:
-    """A 2xx JSON answer's ``usage`` object: an empty or malformed answer is a failed attempt (the router
-    may fall back). The answer is checked whole, but only ``usage`` is built (msgspec skips the rest)."""
+def _json_answer(body: bytes) -> _Answer:
+    """A 2xx JSON answer's ``usage`` and error fields: an empty or malformed answer is a failed attempt (the
+    router may fall back). The answer is checked whole, but only those are built (msgspec skips the rest)."""
     if not body.strip():
         raise UpstreamBroken("upstream answered with an empty body")
     try:
@@ -356,7 +365,7 @@ def _json_answer(body: bytes) -> Any:
             body.decode()
         except UnicodeDecodeError:  # msgspec does not check the strings it skips
             raise UpstreamBroken("upstream answer is not JSON") from None
-    return answer.usage
+    return answer
 
 
 def _is_event_stream(content_type: str) -> bool:

@@ -401,3 +401,42 @@ def test_an_answer_in_the_other_form_than_the_call_asked_is_a_502(
         assert raised.value.status_code == 502
         state = status_of(sidecar, "mock-openai")
         assert state["failures"] == state["attempts"] >= 1 and state["last_error"] == "UpstreamBroken"
+
+
+@pytest.mark.parametrize(
+    "dialect, answer",
+    [
+        ("openai", b'{"error": {"message": "The server is overloaded", "type": "server_error"}}'),
+        (
+            "anthropic",
+            b'{"type": "error", "error": {"type": "overloaded_error", "message": "The server is overloaded"}}',
+        ),
+    ],
+)
+def test_an_error_answered_with_a_200_is_a_failed_attempt_and_not_stored(
+    dialect, answer, server_loop, make_sidecar
+) -> None:
+    # An error object under a 200 was relayed as the answer and stored: with mode always, the
+    # same call got the provider's "overloaded" from the cache for the entry's whole ttl.
+    from aiohttp import web
+
+    async def answer_it(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=answer, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/messages" if dialect == "anthropic" else "/v1/chat/completions", answer_it)
+    with server_loop.serving(app) as url:
+        endpoint = {"name": "odd", "url": url + ("/v1" if dialect == "openai" else ""), "dialect": dialect}
+        group = {"endpoints": [{**endpoint, "api_key": PROVIDER_KEY}], "cache": {"mode": "always"}}
+        sidecar = make_sidecar(config=default_config(url, model_groups={"g": group}, cache={"backend": "memory"}))
+        for _ in range(2):  # the second call goes upstream again: nothing was stored
+            if dialect == "openai":
+                with pytest.raises(openai.InternalServerError) as raised:
+                    sidecar.openai().chat.completions.create(model="g", messages=USER)
+            else:
+                with pytest.raises(anthropic.InternalServerError) as raised:
+                    sidecar.anthropic().messages.create(model="g", max_tokens=10, messages=USER)
+            assert raised.value.status_code == 502 and "The server is overloaded" in raised.value.message
+        assert status_of(sidecar, "odd")["attempts"] >= 2
+        assert sidecar.pipeline.cache.stats.stores == 0
