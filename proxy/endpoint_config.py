@@ -152,8 +152,10 @@ def _read_key(source: str | Path) -> Secret | str:
             return f"environment variable {name} {'is not set' if value is None else 'is empty'}"
         # Stripped as a file's is: a Secret made --from-file keeps the file's last newline.
         return Secret(value.strip())
+    # A mounted Secret's path is absolute; a relative "path" may be the key itself, pasted there.
+    shown = source if source.is_absolute() else "(path not shown: not absolute)"
     try:
         value = source.read_text().strip()
     except OSError as exc:
-        return f"cannot read {source}: {exc.strerror}"
-    return Secret(value) if value else f"{source} is empty"
+        return f"cannot read {shown}: {exc.strerror}"
+    return Secret(value) if value else f"{shown} is empty"

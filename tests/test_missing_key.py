@@ -160,3 +160,27 @@ def test_a_key_with_a_trailing_newline_is_sent_without_it(tmp_path: Path, mock_p
         process.stop()
     sent = [request["headers"] for request in mock_provider.requests()]
     assert sent[0]["authorization"] == f"Bearer {OPENAI_KEY}" and sent[1]["x-api-key"] == "sk-ant-test-0123456789"
+
+
+def test_a_key_pasted_into_api_key_file_is_never_repeated(tmp_path: Path) -> None:
+    # As with api_key_env: "cannot read sk-...: No such file or directory" showed the key.
+    pasted = "sk-proj-Pasted0123456789abcdefXYZ"
+    config = keys_from_env("http://127.0.0.1:9")
+    endpoint = config["model_groups"]["claude-sonnet"]["endpoints"][0]
+    del endpoint["api_key_env"]
+    endpoint["api_key_file"] = pasted
+    path = tmp_path / "pasted.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [EXE, "check-config", str(path)], capture_output=True, text=True, env=env_without_anthropic_key()
+    )
+    assert done.returncode == 2
+    assert "model_groups.claude-sonnet.endpoints[0].api_key_file: cannot read" in done.stderr
+    assert pasted not in done.stderr + done.stdout
+    # An absolute path, as a mounted Secret's, is still named.
+    endpoint["api_key_file"] = str(tmp_path / "no-such-key")
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [EXE, "check-config", str(path)], capture_output=True, text=True, env=env_without_anthropic_key()
+    )
+    assert f"cannot read {tmp_path / 'no-such-key'}: No such file or directory" in done.stderr
