@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails
 
 from proxy.cache.config import CacheConfig, CachePolicy
@@ -58,6 +67,16 @@ class ServerConfig(BaseModel):
     keepalive_timeout: float = Field(60.0, gt=0)
     #: seconds between checks of the config file for changes (``serve`` reloads it); 0 turns that off
     reload_interval: float = Field(5.0, ge=0)
+
+    @field_validator("admin_port")
+    @classmethod
+    def _own_port(cls, admin_port: int, info: ValidationInfo) -> int:
+        # Else serve fails to bind it, "already in use", by the sidecar itself. 0 is any free port.
+        port, host, admin_host = info.data.get("port"), info.data.get("host"), info.data.get("admin_host")
+        wildcard = {"0.0.0.0", "::", ""}
+        if admin_port and admin_port == port and (host == admin_host or {host, admin_host} & wildcard):
+            raise ValueError("the proxy's port (server.port) too; give the admin listener its own")
+        return admin_port
 
 
 class ModelGroupConfig(RouteConfig):

@@ -210,3 +210,19 @@ def test_config_parsing_is_bounded_with_a_one_line_error(tmp_path: Path, content
     )
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"llm-sidecar: {path} {error}"]
+
+
+def test_the_admin_port_on_the_proxy_port_is_a_config_error(tmp_path: Path) -> None:
+    # check-config said ok, and serve said the port was "already in use; change server.admin_port
+    # or stop what holds the port": the sidecar held it itself.
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(
+        "server: {port: 18080, admin_port: 18080}\n"
+        "model_groups:\n  g:\n    endpoints:\n      - {name: e, url: 'http://127.0.0.1:1/v1'}\n"
+    )
+    for command in (["check-config", str(config)], ["serve", "--config", str(config)]):
+        done = subprocess.run([LLM_SIDECAR, *command], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2
+        assert "server.admin_port: the proxy's port (server.port) too; give the admin listener its own" in done.stderr
+    # Port 0 (any free port) on both is two ports.
+    assert parse_config({**minimal(), "server": {"port": 0, "admin_port": 0}}).server.port == 0
