@@ -66,7 +66,10 @@ def start_on_free_ports(
     deadline = time.monotonic() + timeout
     popen.setdefault("stdout", subprocess.DEVNULL)
     while True:
-        chosen = [free_port() for _ in range(ports)]
+        chosen: list[int] = []
+        while len(chosen) < ports:  # distinct: the same port twice is a config error (84de115), not a lost race
+            if (port := free_port()) not in chosen:
+                chosen.append(port)
         with log.open("wb") as stderr:
             process = subprocess.Popen(command(*chosen), stderr=stderr, **popen)
         try:
