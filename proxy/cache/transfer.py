@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import math
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
@@ -88,6 +89,21 @@ async def export_entries(client: Any, namespace: str, out: IO[bytes]) -> int:
     return count
 
 
+#: seconds at most in a time read from a file: Redis takes what is left as milliseconds in 64 bits
+_LONGEST = 1e12
+
+
+def _seconds(value: Any, name: str) -> float:
+    """``value`` as seconds (a number, or a string of one); a ``ValueError`` naming ``name`` for anything else."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(value, bool) or not abs(seconds) <= _LONGEST:  # NaN fails the comparison too
+        raise ValueError(f"{name}: not a number of seconds")
+    return seconds
+
+
 def read_entries(lines: Iterable[bytes]) -> Iterator[Exported]:
     """The entries of an export, line by line; ``BadLine`` names the first line that is not one."""
     now = time.time()
@@ -98,8 +114,10 @@ def read_entries(lines: Iterable[bytes]) -> Iterator[Exported]:
             item = orjson.loads(line)
             key, value = item["key"], base64.b64decode(item["value"], validate=True)
             expires_at = item.get("expires_at")
-            if expires_at is None and item.get("ttl") is not None:
-                expires_at = now + float(item["ttl"])
+            if expires_at is not None:
+                expires_at = _seconds(expires_at, "expires_at")
+            elif item.get("ttl") is not None:
+                expires_at = now + _seconds(item["ttl"], "ttl")
             if not isinstance(key, str) or not key.startswith("llmsc:"):
                 raise ValueError("key: not a cache key (llmsc:…)")
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error) as exc:

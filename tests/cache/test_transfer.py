@@ -165,3 +165,22 @@ def test_export_from_a_redis_cluster_reaches_every_master(cached_sidecar, mock_p
     result = _cli("export", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) >= 12
+
+
+@pytest.mark.parametrize(
+    "when, why",
+    [
+        ('"expires_at": "soon"', "expires_at: not a number of seconds"),
+        ('"expires_at": [1]', "expires_at: not a number of seconds"),
+        ('"ttl": "nan"', "ttl: not a number of seconds"),
+        ('"ttl": 1e300', "ttl: not a number of seconds"),
+    ],
+    ids=["expires_at-a-word", "expires_at-a-list", "ttl-nan", "ttl-past-redis"],
+)
+def test_an_entry_whose_time_is_not_a_number_is_a_bad_line(mock_provider, redis, tmp_path, when, why) -> None:
+    # These raised out of the reader (a traceback, exit 1), or reached Redis as a PX it refused.
+    config = _config_file(tmp_path, cache_config(mock_provider.url, redis_cache(redis.url)))
+    line = '{"key": "llmsc:default:aa", "value": "aGk=", ' + when + "}\n"
+    result = _cli("import", "--config", str(config), stdin=line.encode())
+    assert result.returncode == 2
+    assert result.stderr.decode().splitlines() == [f"llm-sidecar: -: line 1: not a cache entry ({why})"]
