@@ -184,3 +184,17 @@ def test_an_entry_whose_time_is_not_a_number_is_a_bad_line(mock_provider, redis,
     result = _cli("import", "--config", str(config), stdin=line.encode())
     assert result.returncode == 2
     assert result.stderr.decode().splitlines() == [f"llm-sidecar: -: line 1: not a cache entry ({why})"]
+
+
+def test_a_preload_file_whose_time_is_not_a_number_starts_the_sidecar_cold(mock_provider, tmp_path) -> None:
+    # "A missing or bad file is logged and the sidecar starts cold": this one raised out of the
+    # reader, a ValueError preload did not catch, and serve exited at start with a traceback.
+    dump = tmp_path / "cache.jsonl"
+    dump.write_text('{"key": "llmsc:default:aa", "value": "aGk=", "expires_at": "soon"}\n')
+    sidecar = SidecarProcess(cache_config(mock_provider.url, {"backend": "memory", "preload": str(dump)}), tmp_path)
+    try:
+        (failed,) = [e for e in sidecar.events() if e["msg"] == "cache preload failed"]
+        assert failed["error"] == "line 1: not a cache entry (expires_at: not a number of seconds)"
+        assert _ask_process(sidecar, "cold") == "miss"
+    finally:
+        sidecar.stop()
