@@ -117,10 +117,7 @@ def inject_stream(text: str, settings: SidecarSettings, ctx_for: Any, log: list[
             doc = yaml.safe_load(part)
         except yaml.YAMLError as exc:
             # Said, not only passed on: else a typo in a Pod reads as "nothing to inject".
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            reason = getattr(exc, "problem", None) or type(exc).__name__
-            log.append(f"document {number} is not valid YAML{where}: {reason}; written back as it is")
+            log.append(f"document {number} is {_yaml_problem(exc)}; written back as it is")
             out.append(part)
             continue
         if isinstance(doc, dict) and inject_object(doc, settings, ctx_for, log):
@@ -131,12 +128,29 @@ def inject_stream(text: str, settings: SidecarSettings, ctx_for: Any, log: list[
 
 
 def load_settings(path: str | None) -> SidecarSettings:
-    """Read the ``sidecar:`` map of an ``injector.yaml`` (as the chart renders it)."""
+    """Read the ``sidecar:`` map of an ``injector.yaml`` (as the chart renders it); a ``SettingsError``
+    in one line for a file that is not one."""
     if path is None:
         return SidecarSettings()
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    return SidecarSettings.from_mapping(data.get("sidecar", data))
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        data = yaml.safe_load(raw.decode()) or {}
+    except UnicodeDecodeError:
+        raise SettingsError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: {_yaml_problem(exc)}") from None
+    section = data.get("sidecar", data) if isinstance(data, dict) else None
+    if not isinstance(section, dict):
+        raise SettingsError(f"{path}: not a mapping of settings")
+    return SidecarSettings.from_mapping(section)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and why, on one line (``str(exc)`` quotes the lines around it)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"not valid YAML{where}: {getattr(exc, 'problem', None) or type(exc).__name__}"
 
 
 def run(args: argparse.Namespace) -> int:

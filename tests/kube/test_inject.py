@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import jsonpatch
+import pytest
 import yaml
 
 from proxy.kube import inject
@@ -160,3 +162,37 @@ def test_a_document_that_is_not_yaml_is_named_on_stderr() -> None:
         "pod/good: injected",
         "document 2 is not valid YAML at line 3, column 5: expected ',' or '}', but got ':'; written back as it is",
     ]
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b"a: [\n", "not valid YAML at line 2, column 1: expected the node content, but found '<stream end>'"),
+        (b"- 1\n", "not a mapping of settings"),
+        (b"\xff\xfe", "not UTF-8 text"),
+    ],
+    ids=["not-yaml", "a-list", "not-utf8"],
+)
+def test_a_bad_settings_file_is_one_line_for_inject_and_the_webhook(tmp_path, test_ca, content, why) -> None:
+    # The chart renders it (injector.yaml); a broken one was a traceback (exit 1) in both commands,
+    # or, for inject and bad YAML, pyyaml's three-line message.
+    settings = tmp_path / "injector.yaml"
+    settings.write_bytes(content)
+    expected = f"{settings}: {why}"
+    done = subprocess.run(
+        [str(SCRIPT), "inject", "-f", "-", "--settings", str(settings)],
+        input="kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}]}\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and done.stderr.splitlines() == [f"llm-sidecar inject: {expected}"]
+    flags = ["--no-kube", "--tls-cert-file", str(test_ca["cert"]), "--tls-key-file", str(test_ca["key"])]
+    done = subprocess.run(
+        [str(SCRIPT), "webhook", *flags, "--port", "0", "--settings", str(settings)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert [json.loads(line)["msg"] for line in done.stderr.splitlines()] == [f"cannot start: {expected}"]
