@@ -367,7 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo" and args.port and args.port == args.admin_port:
+        parser.error("demo: --admin-port is --port too; give each its own")  # it has no config keys to name
     try:
         return args.run(args)
     except ConfigError as exc:  # a config that cannot be used: say why, exit 2, no traceback

@@ -180,3 +180,13 @@ def test_a_port_out_of_range_is_a_usage_error_naming_the_flag(command: list[str]
     assert "Traceback" not in result.stderr
     flag, value = command[-2:]
     assert f"argument {flag}: {value} is not a port (0-65535)" in result.stderr.splitlines()[-1]
+
+
+def test_the_demo_on_one_port_twice_names_its_flags() -> None:
+    # The demo has no config file, and said "server.admin_port: the proxy's port (server.port) too".
+    port = str(free_port())
+    result = subprocess.run(
+        [SCRIPT, "demo", "--port", port, "--admin-port", port], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == "llm-sidecar: error: demo: --admin-port is --port too; give each its own"
