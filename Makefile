@@ -23,8 +23,10 @@ install-missing = missing=""; for pair in $(1); do command -v $${pair%%:*} >/dev
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; fi
 
 # Real tools the full suite checks against: Prometheus/promtool (dashboard queries, exposition),
-# buildah, podman and debootstrap (the image is built and run), dnsmasq (DNS discovery). Installed only when missing.
-TEST_TOOLS = redis-server:redis-server promtool:prometheus buildah:buildah podman:podman debootstrap:debootstrap dnsmasq:dnsmasq-base
+# buildah, podman and debootstrap (the image is built and run), dnsmasq (DNS discovery), wrk and nginx (the
+# benchmarks' own tests run a short profile). Installed only when missing.
+TEST_TOOLS = redis-server:redis-server promtool:prometheus buildah:buildah podman:podman debootstrap:debootstrap dnsmasq:dnsmasq-base \
+	wrk:wrk nginx:nginx-light
 test-tools:
 	@$(call install-missing,$(TEST_TOOLS))
 
