@@ -6,7 +6,7 @@ exception types.
 
     ProxyError
     ├── ClientError                 the call itself is wrong; never retried
-    │   ├── BadRequest              400 invalid_request_error (malformed JSON, missing model)
+    │   ├── BadRequest              400 invalid_request_error (malformed JSON, missing model, stream not a boolean)
     │   ├── NotFound                404 not_found_error (unknown model group or path)
     │   ├── RequestTimeout          408 timeout_error (the body did not arrive within keepalive_timeout)
     │   ├── PayloadTooLarge         413 request_too_large

@@ -100,7 +100,11 @@ class Pipeline:
             raise NotFound(f"the model `{model}` does not exist or is not configured in this sidecar", param="model")
         call.payload = payload
         call.model_group = model
-        call.stream = payload.get("stream") is True
+        stream = payload.get("stream")
+        if stream is not None and not isinstance(stream, bool):
+            # A provider refuses it too; read as "not streaming", it was routed and cached as JSON.
+            raise BadRequest("stream must be true, false or null", param="stream")
+        call.stream = stream is True
         call.client_key = call.dialect.client_credential(request.headers)
         if group.context is not None:
             await self.add_context(call, group.context)

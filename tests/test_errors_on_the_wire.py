@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from tests.cache.conftest import cache_config
 from tests.servers import Sidecar
 from tests.telemetry.conftest import Scrape
 from tests.waiting import wait_until
@@ -426,3 +427,33 @@ def test_an_sdk_given_the_sidecar_without_its_prefix_is_told_the_base_url(sideca
     # Any other path outside both prefixes is a 404 in JSON too, not aiohttp's text.
     answer = httpx.get(root + "/healthz")
     assert answer.status_code == 404 and answer.json()["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize("stream", ["yes", 1, 0, "true", [], {}])
+def test_a_stream_that_is_not_a_boolean_is_a_400_in_the_callers_dialect(make_sidecar, mock_provider, stream) -> None:
+    # A provider refuses such a body; the sidecar did not look, and answered it as not streaming
+    # (from the cache too). null stays "not streaming", as OpenAI takes it.
+    sidecar = make_sidecar(config=cache_config(mock_provider.url))
+    ask = {"max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    for model, base, path in (
+        ("gpt-4o-mini", sidecar.openai_base, "/chat/completions"),
+        ("claude-sonnet", sidecar.anthropic_base, "/v1/messages"),
+    ):
+        primed = httpx.post(base + path, json={"model": model, **ask, "stream": None})
+        assert primed.status_code == 200, primed.text
+    calls = mock_provider.calls()
+    response = httpx.post(
+        sidecar.openai_base + "/chat/completions", json={"model": "gpt-4o-mini", **ask, "stream": stream}
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", "stream")
+    assert "true, false or null" in error["message"]
+    response = httpx.post(
+        sidecar.anthropic_base + "/v1/messages", json={"model": "claude-sonnet", **ask, "stream": stream}
+    )
+    assert response.status_code == 400
+    assert response.json()["type"] == "error"
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert "stream" in response.json()["error"]["message"]
+    assert mock_provider.calls() == calls
