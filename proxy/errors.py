@@ -21,11 +21,17 @@ exception types.
         ├── SidecarStopping         503 api_error (the drain's time ended mid-answer)
         └── UpstreamStatus          the upstream's own non-2xx status, body passed through
 
+One error type has no class: ``client_stalled``, a client that stopped reading mid-answer
+(``proxy/relay.py``); it gets no error response, only a closed connection.
+
 aiohttp client errors become ``UpstreamError`` in ``proxy/upstream.py`` only;
 Redis errors never leave ``proxy/cache``.
 """
 
 from __future__ import annotations
+
+#: a call whose client stopped reading its answer; the metrics count it by this name, not as "other"
+CLIENT_STALLED = "client_stalled"
 
 
 class ProxyError(Exception):

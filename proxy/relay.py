@@ -31,6 +31,7 @@ from proxy.call import Call
 from proxy.dialects.stream import AnswerStream
 from proxy.dialects.usage import merge_usage
 from proxy.errors import (
+    CLIENT_STALLED,
     MissingKey,
     Overloaded,
     ProxyError,
@@ -132,7 +133,7 @@ async def relay(call: Call, upstream: Answer, recorder: Recorder) -> web.StreamR
         if cancelled:
             raise
     except TimeoutError:
-        call.error_type = "client_stalled"
+        call.error_type = CLIENT_STALLED
         if not settled:
             recorder.abort()
         if call.request.transport is not None:

@@ -406,6 +406,16 @@ def test_a_client_that_stops_reading_frees_the_slot_after_the_total_timeout(make
             model="gpt-4o-mini", messages=[{"role": "user", "content": "y"}]
         )
         assert reply.choices[0].message.content
+    # The errors counter names it, as the access line does; it was counted as "other".
+    errors = "llm_sidecar_call_errors_total"
+
+    def counted() -> Scrape | None:
+        metrics = Scrape(httpx.get(sidecar.admin_url + "/metrics", timeout=5).text)
+        return metrics if metrics.value(errors) else None
+
+    metrics = wait_until(counted, interval=0.1, what="the stalled call counted")
+    assert metrics.value(errors, model_group="gpt-4o-mini", error_type="client_stalled") == 1
+    assert metrics.value(errors) == 1
 
 
 def test_an_sdk_given_the_sidecar_without_its_prefix_is_told_the_base_url(sidecar: Sidecar) -> None:

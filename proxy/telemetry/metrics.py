@@ -55,9 +55,9 @@ def status_class(status: int) -> str:
 
 
 def _error_types() -> frozenset[str]:
-    from proxy.errors import ProxyError
+    from proxy.errors import CLIENT_STALLED, ProxyError
 
-    found = {ProxyError.type}
+    found = {ProxyError.type, CLIENT_STALLED}
     pending = list(ProxyError.__subclasses__())
     while pending:
         cls = pending.pop()
