@@ -212,14 +212,24 @@ def cmd_cache(args: argparse.Namespace) -> int:
             "lives inside each sidecar: give it a file with cache.preload instead"
         )
 
+    exporting = args.action == "export"
+    path = args.output if exporting else args.input
+    try:  # before Redis: a file that cannot be opened is the caller's mistake (exit 2), not Redis failing
+        file = _open(path, "wb" if exporting else "rb", sys.stdout.buffer if exporting else sys.stdin.buffer)
+    except OSError as exc:
+        print(
+            f"llm-sidecar: cache {args.action}: cannot {'write' if exporting else 'read'} {path}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 2
+
     async def run() -> str:
         client = async_client(settings)
         try:
-            if args.action == "export":
-                with _open(args.output, "wb", sys.stdout.buffer) as out:
-                    return f"exported {await export_entries(client, settings.namespace, out)} entries"
-            with _open(args.input, "rb", sys.stdin.buffer) as lines:
-                imported, expired = await import_entries(client, read_entries(lines))
+            with file as stream:
+                if exporting:
+                    return f"exported {await export_entries(client, settings.namespace, stream)} entries"
+                imported, expired = await import_entries(client, read_entries(stream))
                 return f"imported {imported} entries ({expired} expired, skipped)"
         finally:
             await client.aclose()

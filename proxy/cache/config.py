@@ -55,6 +55,16 @@ class CacheConfig(BaseModel):
                 raise ValueError("redis_url: required with backend: redis")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("redis_url: must start with redis://, rediss:// or unix://")
+        if self.redis_url:
+            from redis.connection import parse_url  # loaded only with a Redis URL
+
+            try:  # as redis-py reads it at the first connect, where it was a traceback
+                parse_url(self.redis_url)
+            except ValueError:  # not its message: a password typed where the port goes would be in it
+                raise ValueError(
+                    "redis_url: redis-py cannot read it (a port not from 0 to 65535, an IPv6 host's brackets, "
+                    "a query option's value)"
+                ) from None
         return self
 
 

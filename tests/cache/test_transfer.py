@@ -198,3 +198,37 @@ def test_a_preload_file_whose_time_is_not_a_number_starts_the_sidecar_cold(mock_
         assert _ask_process(sidecar, "cold") == "miss"
     finally:
         sidecar.stop()
+
+
+@pytest.mark.parametrize(
+    "args, why",
+    [
+        (["import", "--input", "{tmp}/missing.jsonl"], "cannot read {tmp}/missing.jsonl: No such file or directory"),
+        (["import", "--input", "{tmp}"], "cannot read {tmp}: Is a directory"),
+        (["export", "--output", "{tmp}/no/dir.jsonl"], "cannot write {tmp}/no/dir.jsonl: No such file or directory"),
+    ],
+    ids=["missing-input", "input-a-directory", "output-in-no-directory"],
+)
+def test_a_file_that_cannot_be_opened_is_a_usage_error(mock_provider, redis, tmp_path, args, why) -> None:
+    # Exit 2 and one line, as a bad line or a bad config is; it was 1, as a Redis that fails is.
+    config = _config_file(tmp_path, cache_config(mock_provider.url, redis_cache(redis.url)))
+    result = _cli(*[arg.format(tmp=tmp_path) for arg in args], "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.decode().splitlines() == [f"llm-sidecar: cache {args[0]}: {why.format(tmp=tmp_path)}"]
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:hunter2", "redis://:hunter2@127.0.0.1:99999/0", "rediss://[::1", "redis://h?db=x"]
+)
+def test_a_redis_url_redis_py_cannot_read_is_a_config_error(mock_provider, tmp_path, url) -> None:
+    # It passed check-config, and the cache commands died on it with a traceback (exit 1); the
+    # message is not urllib's, which repeats a password typed where the port goes.
+    config = _config_file(tmp_path, cache_config(mock_provider.url, redis_cache(url)))
+    for command in (["check-config", str(config)], ["cache", "export", "-c", str(config)]):
+        result = subprocess.run([LLM_SIDECAR, *command], capture_output=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.decode().splitlines() == [
+            "llm-sidecar: invalid config:",
+            "  cache.redis_url: redis-py cannot read it (a port not from 0 to 65535, an IPv6 host's brackets, "
+            "a query option's value)",
+        ]
