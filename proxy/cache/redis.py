@@ -583,7 +583,8 @@ class SyncRedisBackend:
     def from_config(cls, config: CacheConfig) -> SyncRedisBackend:
         return cls(sync_client(config), config.breaker_failures, config.breaker_cooldown)
 
-    def _run(self, default: T, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def _run(self, default: T, operation: Callable[..., T], *args: Any, cache_write: bool = False, **kwargs: Any) -> T:
+        """``cache_write``: as ``RedisBackend._run``'s, a full Redis's OOM is no failure of the circuit's."""
         if self.breaker.is_open:
             self.skipped += 1
             return default
@@ -591,7 +592,8 @@ class SyncRedisBackend:
             result = operation(*args, **kwargs)
         except _FAILURES as exc:
             self.errors += 1
-            self.breaker.failure(exc)
+            if not (cache_write and isinstance(exc, OutOfMemoryError)):
+                self.breaker.failure(exc)
             return default
         if self.breaker.failures:
             self.breaker.success()
@@ -601,7 +603,7 @@ class SyncRedisBackend:
         return self._run(default, self.client.get, key)
 
     def set_now(self, key: str, value: bytes, ttl: float) -> bool:
-        return bool(self._run(False, self.client.set, key, value, px=max(1, int(ttl * 1000))))
+        return bool(self._run(False, self.client.set, key, value, px=max(1, int(ttl * 1000)), cache_write=True))
 
     def delete_now(self, key: str) -> None:
         self._run(None, self.client.delete, key)

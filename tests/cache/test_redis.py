@@ -484,3 +484,36 @@ async def test_a_lock_left_behind_by_a_redis_blip_is_released_when_redis_is_back
         server.process.send_signal(signals.SIGCONT)
         locks.close()
         server.kill()
+
+
+def test_a_full_redis_is_not_down_for_the_decorator_either() -> None:
+    # The decorator's synchronous backend, as the sidecar's async one (90f9ea5): a write a full
+    # Redis refuses (OOM) is not Redis down, so its entries go on answering.
+    import redis as redis_py
+
+    from proxy import DistributedCacheDecorator
+    from proxy.cache.redis import SyncRedisBackend
+
+    server = RedisServer()
+    try:
+        # One failure opens the circuit here: a write Redis refuses must not count as one.
+        backend = SyncRedisBackend(redis_py.Redis(port=server.port), breaker_failures=1, breaker_cooldown=60)
+        runs = []
+
+        @DistributedCacheDecorator(ttl=60, cache_backend=backend)
+        def answer(question: str) -> str:
+            runs.append(question)
+            return question.upper()
+
+        assert answer("stored before") == "STORED BEFORE"
+        # Full, and evicting nothing: Redis answers reads and refuses writes (OOM).
+        with redis_py.Redis(port=server.port) as client:
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", 1)
+        assert answer("new while full") == "NEW WHILE FULL"
+        assert answer.stats.errors == 1  # the refused store, still counted
+        assert answer("stored before") == "STORED BEFORE"
+        assert runs == ["stored before", "new while full"] and answer.stats.hits == 1
+        assert not backend.breaker.is_open
+    finally:
+        server.kill()
