@@ -134,13 +134,16 @@ class Breaker:
         return False
 
 
-def _common_options(timeout: float) -> dict[str, Any]:
-    return {
+def _common_options(config: CacheConfig) -> dict[str, Any]:
+    timeout = config.operation_timeout
+    options: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        "socket_keepalive": True,
         "health_check_interval": 30,
     }
+    if not (config.redis_url or "").startswith("unix://"):  # redis-py's socket connection refuses the option
+        options["socket_keepalive"] = True
+    return options
 
 
 def _sentinel_hosts(config: CacheConfig) -> list[tuple[str, int]]:
@@ -159,7 +162,7 @@ def _url_auth(url: str | None) -> dict[str, Any]:
 
 
 def async_client(config: CacheConfig) -> Any:
-    options = _common_options(config.operation_timeout)
+    options = _common_options(config)
     # Every async operation runs under ``asyncio.timeout`` in ``RedisBackend._run``; a
     # socket_timeout on top would make redis-py wrap each write in its own ``wait_for`` task.
     options["socket_timeout"] = None
@@ -175,7 +178,7 @@ def async_client(config: CacheConfig) -> Any:
 
 
 def sync_client(config: CacheConfig) -> Any:
-    options = _common_options(config.operation_timeout)
+    options = _common_options(config)
     if config.redis_mode == "cluster":
         return redis.cluster.RedisCluster.from_url(_url(config), **options)
     retry = redis.retry.Retry(NoBackoff(), 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -517,3 +518,32 @@ def test_a_full_redis_is_not_down_for_the_decorator_either() -> None:
         assert not backend.breaker.is_open
     finally:
         server.kill()
+
+
+def test_a_redis_on_a_unix_socket_serves_the_sidecar_and_the_decorator(cached_sidecar) -> None:
+    # unix:// passes the config's check, but redis-py's socket connection takes no socket_keepalive:
+    # every cacheable call was the sidecar's own 500, and the decorator raised a TypeError.
+    import tempfile
+
+    from proxy import DistributedCacheDecorator
+
+    directory = tempfile.mkdtemp(prefix="redis-unix-")  # short: a socket's path has ~100 bytes
+    server = RedisServer(None, "--unixsocket", f"{directory}/redis.sock")
+    url = f"unix://{directory}/redis.sock"
+    try:
+        sidecar = cached_sidecar(cache=redis_cache(url))
+        first = _post(sidecar.openai_base, "over a socket")
+        assert first.status_code == 200 and first.headers["x-llm-sidecar-cache"] == "miss"
+        stored(sidecar)
+        hit = _post(sidecar.openai_base, "over a socket")
+        assert hit.headers["x-llm-sidecar-cache"] == "hit" and hit.json() == first.json()
+
+        @DistributedCacheDecorator(ttl=60, cache_backend="redis", redis_url=url)
+        def answer(question: str) -> str:
+            return question.upper()
+
+        assert answer("a") == "A" and answer("a") == "A"
+        assert (answer.stats.hits, answer.stats.errors) == (1, 0)
+    finally:
+        server.kill()
+        shutil.rmtree(directory, ignore_errors=True)
