@@ -96,11 +96,11 @@ def run_index(config: Config, names: Sequence[str] | None = None) -> int:
     dense = [name for name, corpus in retrieval.corpora.items() if corpus.mode != "bm25"]
     unknown = [name for name in names or () if name not in retrieval.corpora]
     if unknown:
-        print(f"no corpus named {', '.join(unknown)} in the config", file=sys.stderr)
+        print(f"llm-sidecar: no corpus named {', '.join(unknown)} in the config", file=sys.stderr)
         return 2
     chosen = [name for name in dense if not names or name in names]
     if not chosen or retrieval.vector_store is None:
-        print("no dense or hybrid corpus to index", file=sys.stderr)
+        print("llm-sidecar: no dense or hybrid corpus to index", file=sys.stderr)
         return 2
     return asyncio.run(_index_all(config, retrieval.vector_store, chosen))
 

@@ -50,7 +50,8 @@ def test_a_bare_path_is_still_a_bm25_corpus(tmp_path: Path) -> None:
 
 
 def test_index_without_a_dense_corpus_says_so(tmp_path: Path) -> None:
+    # One line with the prefix every other usage or config error has.
     done = run("index", "--config", str(config(tmp_path, {})))
-    assert done.returncode == 2 and "no dense or hybrid corpus to index" in done.stderr
+    assert done.returncode == 2 and done.stderr.splitlines() == ["llm-sidecar: no dense or hybrid corpus to index"]
     done = run("index", "--config", str(config(tmp_path, {})), "--corpus", "nope")
-    assert done.returncode == 2 and "no corpus named nope" in done.stderr
+    assert done.returncode == 2 and done.stderr.splitlines() == ["llm-sidecar: no corpus named nope in the config"]
