@@ -27,6 +27,10 @@ _VARIABLE_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 _OPERATION_SUFFIXES: tuple[tuple[str, Dialect], ...] = (("/chat/completions", "openai"), ("/v1/messages", "anthropic"))
 
 
+#: the default bound on a JSON answer's size (``EndpointConfig.max_answer_bytes``)
+MAX_ANSWER_BYTES = 256 * 1024 * 1024
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -60,6 +64,9 @@ class EndpointConfig(Strict):
     priority: int = 0
     weight: float = Field(1.0, gt=0)
     timeouts: Timeouts = Timeouts()
+    #: the most bytes a JSON (or error) answer may have; a larger one is a broken attempt. Generous:
+    #: embeddings of 2,048 inputs of 3,072 dimensions are ~75 MB as JSON
+    max_answer_bytes: int = Field(MAX_ANSWER_BYTES, ge=1)
     #: the URL active health checks GET; by default the models list (never a billed completion)
     probe_url: str | None = Field(None, pattern=r"^https?://[^/]+")
     #: where the endpoint runs; calls prefer the sidecar's own zone, then its region

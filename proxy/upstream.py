@@ -22,7 +22,7 @@ import msgspec
 from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.endpoint_config import Timeouts
+from proxy.endpoint_config import MAX_ANSWER_BYTES, Timeouts
 from proxy.errors import (
     SidecarStopping,
     UpstreamBroken,
@@ -368,6 +368,26 @@ def _json_answer(body: bytes) -> _Answer:
     return answer
 
 
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """A JSON or error answer's whole body, or ``UpstreamBroken`` once it passes ``limit`` bytes
+    (a broken or hostile upstream would otherwise fill the pod's memory)."""
+    length = response.content_length
+    if length is not None and hdrs.CONTENT_ENCODING not in response.headers:
+        # The common answer: its length is known before a byte is read (a compressed one is not).
+        if length > limit:
+            raise UpstreamBroken(f"upstream answer is larger than max_answer_bytes ({limit} bytes)")
+        return await response.read()
+    chunks = []
+    size = 0
+    content = response.content
+    while chunk := await content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamBroken(f"upstream answer is larger than max_answer_bytes ({limit} bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _is_event_stream(content_type: str) -> bool:
     # The media type without parameters, as ``ClientResponse.content_type`` has it, but without
     # the parameters' dict that property builds on every response (~4,000 instructions).
@@ -426,7 +446,15 @@ class Upstream:
         except _CAUGHT as exc:
             raise map_client_error(exc, "probe") from None
 
-    async def open(self, url: str, headers: CIMultiDict[str], body: bytes, timeouts: Timeouts) -> UpstreamResponse:
+    async def open(
+        self,
+        url: str,
+        headers: CIMultiDict[str],
+        body: bytes,
+        timeouts: Timeouts,
+        max_bytes: int = MAX_ANSWER_BYTES,
+    ) -> UpstreamResponse:
+        """One attempt; a JSON or error answer over ``max_bytes`` is ``UpstreamBroken`` (closed, never read whole)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         deadline = now + timeouts.total
@@ -454,7 +482,7 @@ class Upstream:
             phase = "first byte"
             is_stream = _is_event_stream(response.headers.get(hdrs.CONTENT_TYPE, ""))
             if response.status >= 300 or not is_stream:
-                first = await response.read()
+                first = await _read_bounded(response, max_bytes)
             else:
                 first = await response.content.readany()
                 if not first:

@@ -144,7 +144,7 @@ server: {{port: 99999, prot: 1}}
 model_groups:
   a:
     endpoints:
-      - {{name: x, url: "http://h/v1", api_key_env: NOT_SET_XYZ, max_concurrent: 0}}
+      - {{name: x, url: "http://h/v1", api_key_env: NOT_SET_XYZ, max_concurrent: 0, max_answer_bytes: 0}}
       - {{name: y, url: "${{UNSET_URL_XYZ}}", api_key: "sk-secret-in-file-123"}}
     fallbacks: [zzz]
     context: {{corpus: nope}}
@@ -162,6 +162,7 @@ retrieval:
             "server.prot: Extra inputs are not permitted",
             "model_groups.a.endpoints[0].api_key_env: environment variable NOT_SET_XYZ is not set",
             "model_groups.a.endpoints[0].max_concurrent: Input should be greater than or equal to 1",
+            "model_groups.a.endpoints[0].max_answer_bytes: Input should be greater than or equal to 1",
             "model_groups.a.fallbacks[0]: unknown model group 'zzz'",
             "model_groups.a.context.corpus: unknown corpus 'nope'",
             "cache.redis_url: required with backend: redis",

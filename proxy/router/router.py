@@ -380,7 +380,7 @@ class Router:
         ):
             call.observer.inject(headers)
             try:
-                response = await self.upstream.open(url, headers, body, timeouts)
+                response = await self.upstream.open(url, headers, body, timeouts, config.max_answer_bytes)
             except UpstreamStatus as error:
                 if translation is None:
                     raise

@@ -440,3 +440,68 @@ def test_an_error_answered_with_a_200_is_a_failed_attempt_and_not_stored(
             assert raised.value.status_code == 502 and "The server is overloaded" in raised.value.message
         assert status_of(sidecar, "odd")["attempts"] >= 2
         assert sidecar.pipeline.cache.stats.stores == 0
+
+
+ANSWER = (
+    b'{"id":"c","object":"chat.completion","created":1,"model":"m",'
+    b'"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}'
+)
+LIMIT = 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("chunked", "status"),
+    [
+        pytest.param(False, 200, id="content-length"),
+        pytest.param(True, 200, id="chunked"),
+        pytest.param(True, 500, id="chunked-error"),
+    ],
+)
+def test_a_json_answer_over_max_answer_bytes_is_a_502_and_not_read_whole(
+    chunked, status, server_loop, make_sidecar
+) -> None:
+    # A JSON (or error) answer was read whole with no bound: a broken or hostile upstream sending
+    # gigabytes had the sidecar OOM-killed, cutting every call of the pod.
+    from aiohttp import web
+
+    sent = []  # the bytes the upstream got out for each oversized answer before the sidecar hung up
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        payload = await request.json()
+        if payload["messages"][0]["content"] != "big":
+            return web.Response(body=ANSWER, content_type="application/json")
+        if not chunked:
+            return web.Response(status=status, body=b"x" * (LIMIT + 1), content_type="application/json")
+        answer = web.StreamResponse(status=status, headers={"Content-Type": "application/json"})
+        answer.enable_chunked_encoding()
+        await answer.prepare(request)
+        written = 0
+        try:
+            while written < 1024 * LIMIT:  # 1 GiB, unless the sidecar stops reading
+                await answer.write(b"x" * 65536)
+                written += 65536
+        except (ConnectionError, RuntimeError):
+            pass
+        sent.append(written)
+        return answer
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    with server_loop.serving(app) as url:
+        endpoint = {"name": "big", "url": url + "/v1", "api_key": PROVIDER_KEY, "max_answer_bytes": LIMIT}
+        group = {"endpoints": [endpoint], "cache": {"mode": "always"}}
+        sidecar = make_sidecar(config=default_config(url, model_groups={"g": group}, cache={"backend": "memory"}))
+        with pytest.raises(openai.InternalServerError) as raised:
+            sidecar.openai().chat.completions.create(model="g", messages=[{"role": "user", "content": "big"}])
+        assert raised.value.status_code == 502
+        assert f"larger than max_answer_bytes ({LIMIT} bytes)" in raised.value.message
+        state = status_of(sidecar, "big")
+        assert state["failures"] == state["attempts"] >= 1 and state["last_error"] == "UpstreamBroken"
+        if chunked:
+            # The sidecar hung up near the bound, not once the upstream had sent it all.
+            assert wait_until(lambda: len(sent) == state["attempts"])
+            assert max(sent) < 64 * LIMIT
+        # The sidecar goes on serving, and stored nothing.
+        answer = sidecar.openai().chat.completions.create(model="g", messages=USER)
+        assert answer.choices[0].message.content == "hi"
+        assert wait_until(lambda: sidecar.pipeline.cache.stats.stores == 1)  # stored after the answer went out
