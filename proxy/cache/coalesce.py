@@ -9,11 +9,17 @@ when it would be the same for every identical call (the upstream rejected the
 request itself); a follower then answers with it. Any other failure leaves
 ``error`` empty and the followers elect a new leader among themselves instead of
 failing with the first.
+
+A streamed answer that grows past ``max_entry_bytes`` will not be stored: the recorder
+calls ``overflow()``, after which no call joins the flight (each goes upstream itself)
+and the flight keeps only the frames its attached followers have not taken yet, so a
+long stream is not held whole while it passes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Callable
 
 from proxy.cache.entry import Entry
@@ -31,7 +37,22 @@ def shared_failure(error: BaseException | None) -> ProxyError | None:
 
 
 class Flight:
-    __slots__ = ("stream", "has_usage", "frames", "entry", "error", "cut_by", "told", "done", "followers", "_changed")
+    __slots__ = (
+        "stream",
+        "has_usage",
+        "frames",
+        "base",
+        "joinable",
+        "completed",
+        "readers",
+        "entry",
+        "error",
+        "cut_by",
+        "told",
+        "done",
+        "followers",
+        "_changed",
+    )
 
     def __init__(self, stream: bool, has_usage: bool) -> None:
         #: the leader streams, so frames arrive as it reads them
@@ -40,6 +61,14 @@ class Flight:
         self.has_usage = has_usage
         #: the leader's frames so far, in runs of whole frames as they were relayed
         self.frames: list[bytes] = []
+        #: how many runs were dropped from the front of ``frames`` (taken by every follower)
+        self.base = 0
+        #: new calls may still follow it: false once the answer is too large to store (``overflow``)
+        self.joinable = True
+        #: the answer ended complete (with ``entry``, or without one when it was too large to keep)
+        self.completed = False
+        #: each attached follower's position: the runs it has taken so far
+        self.readers: weakref.WeakKeyDictionary[Following, int] = weakref.WeakKeyDictionary()
         self.entry: Entry | None = None
         self.error: ProxyError | None = None
         #: why the leader's stream broke part-way, and whether its last frame (the upstream's
@@ -52,12 +81,35 @@ class Flight:
 
     def publish(self, frames: bytes) -> None:
         self.frames.append(frames)
+        if not self.joinable:
+            self.trim()
         if self._changed is not None:
             self._wake()
 
-    def finish(self, entry: Entry) -> None:
+    def overflow(self) -> None:
+        """The answer is too large to store: no new follower, and only untaken frames kept.
+        Calls still waiting to join (for the first frame, or for the whole answer) go alone."""
+        self.joinable = False
+        self.trim()
+        self._wake()
+
+    def trim(self) -> None:
+        """Drop the runs every attached follower has taken (all of them when none is attached)."""
+        upto = min(self.readers.values(), default=self.base + len(self.frames))
+        if upto > self.base:
+            del self.frames[: upto - self.base]
+            self.base = upto
+
+    @property
+    def held(self) -> int:
+        """The bytes of frames the flight keeps now."""
+        return sum(len(run) for run in self.frames)
+
+    def finish(self, entry: Entry | None) -> None:
+        """The answer ended complete; ``entry`` is ``None`` when it was too large to keep."""
         if not self.done:
             self.entry = entry
+            self.completed = True
             self.done = True
             self._wake()
 
@@ -78,13 +130,14 @@ class Flight:
 
     async def changed(self, seen: int) -> None:
         """Return once there are more than ``seen`` runs of frames, or the flight is done."""
-        while len(self.frames) <= seen and not self.done:
+        while self.base + len(self.frames) <= seen and not self.done:
             if self._changed is None:
                 self._changed = asyncio.Event()
             await self._changed.wait()
 
     async def ended(self) -> None:
-        while not self.done:
+        """Return once the flight is done, or no longer joinable."""
+        while not self.done and self.joinable:
             if self._changed is None:
                 self._changed = asyncio.Event()
             await self._changed.wait()
@@ -96,36 +149,43 @@ class Following:
     The cache hands this to the pipeline; the relay writes it to the follower's client.
     """
 
-    __slots__ = ("flight", "skip")
+    __slots__ = ("flight", "skip", "__weakref__")
 
     def __init__(self, flight: Flight, skip: Callable[[bytes], bool] | None) -> None:
         self.flight = flight
         #: frames this follower does not get (OpenAI's usage chunk it did not ask for)
         self.skip = skip
+        # Attached from here (before ``batches`` starts), so no frame it has not taken is dropped;
+        # held weakly: a follower dropped before it read (its client gone) does not pin them.
+        flight.readers[self] = flight.base
 
     async def batches(self) -> AsyncIterator[bytes]:
         """The leader's frames, joined per wake-up, from the first to the last."""
         flight, skip = self.flight, self.skip
         flight.followers += 1
         try:
-            sent = 0
+            sent = flight.readers.get(self, flight.base)
             while True:
-                runs = flight.frames[sent:]
+                runs = flight.frames[sent - flight.base :]
                 sent += len(runs)
+                flight.readers[self] = sent
+                if not flight.joinable:
+                    flight.trim()
                 data = b"".join(runs)
                 if skip is not None and data:
                     data = b"".join(f for f in iter_frames(data) if not skip(f))
                 if data:
                     yield data
-                if flight.done and sent == len(flight.frames):
+                if flight.done and sent == flight.base + len(flight.frames):
                     return
                 await flight.changed(sent)
         finally:
             flight.followers -= 1
+            flight.readers.pop(self, None)
 
     @property
     def failure(self) -> ProxyError | None:
         """Why the leader's answer did not complete (once ``batches`` is over); None if it did."""
-        if self.flight.entry is not None:
+        if self.flight.completed:
             return None
         return self.flight.error or self.flight.cut_by or UpstreamBroken("upstream answer was cut (coalesced call)")

@@ -73,14 +73,19 @@ class EntryRecorder(Recorder):
             self._flight.publish(frames)
         if self._frames is not None:
             self._size += len(frames)
-            if self._size > self._limit and self._flight is None:
-                self._frames = None  # too large to store, and nobody follows: stop keeping it
+            if self._size > self._limit:
+                # Too large to store: stop keeping it, here and (but for followers' untaken frames) in the flight.
+                self._frames = None
+                if self._flight is not None:
+                    self._flight.overflow()
             else:
                 self._frames.append(frames)
 
     def finish(self, status: int, headers: CIMultiDict[str], usage: dict[str, int], body: bytes | None = None) -> None:
         stream = body is None
         if not 200 <= status < 300 or self._frames is None:
+            if self._frames is None and 200 <= status < 300 and self._flight is not None:
+                self._flight.finish(None)  # complete, only too large to keep: followers' streams end cleanly
             self._done(None)
             return
         if body is None:

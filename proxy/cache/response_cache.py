@@ -317,6 +317,8 @@ class ResponseCache:
             flight = self.flights.get(ticket.key)
             if flight is None:
                 return await self._lead(call, ticket)
+            if not flight.joinable:
+                return None  # too large to store: not kept for late followers (``Flight.overflow``)
             if call.stream and flight.stream and ticket.wants_usage and not flight.has_usage:
                 return None  # the leader's stream lacks the usage chunk this call wants
             answer = await self._follow(call, ticket, flight)
@@ -372,7 +374,7 @@ class ResponseCache:
         try:
             if call.stream and flight.stream:
                 await flight.changed(0)
-                if flight.frames:
+                if flight.frames and flight.joinable:
                     # Fan-out: the leader's frames go to this follower's client as they arrive.
                     call.cache_status = "coalesced"
                     call.outcome = "coalesced"
@@ -381,6 +383,8 @@ class ResponseCache:
             await flight.ended()
         finally:
             flight.followers -= 1
+        if not flight.done:
+            return None  # it grew too large to store while this call waited: go alone
         if flight.entry is None:
             if flight.error is not None:
                 raise flight.error  # the upstream rejected the request itself: same answer for all

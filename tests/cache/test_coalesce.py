@@ -179,3 +179,38 @@ async def test_no_store_and_no_cache_calls_do_not_coalesce(cached_sidecar, mock_
     sidecar = cached_sidecar()
     await _burst(sidecar.openai_base, 4, BODY, headers={"Cache-Control": header})
     assert mock_provider.calls() == 4
+
+
+async def test_a_stream_too_large_to_store_is_not_held_whole_for_late_followers(cached_sidecar, mock_provider) -> None:
+    # A stream over max_entry_bytes (never stored) was still kept whole by its flight for followers that
+    # might join late, and joined at its end: ~2x its size, with no bound but the total timeout.
+    limit = 2000
+    mock_provider.set_behaviour("mock-gpt", chunk_delay_ms=20, chunks=80)  # ~14 KB of frames
+    sidecar = cached_sidecar(max_entry_bytes=limit)
+    flights = sidecar.pipeline.cache.flights
+    burst = asyncio.create_task(_burst(sidecar.openai_base, 2, BODY, stream=True))  # a leader and a follower
+
+    def runs(flight) -> int:
+        return getattr(flight, "base", 0) + len(flight.frames)
+
+    held = []
+
+    async def sample() -> None:
+        while not burst.done():
+            held.extend(sum(len(run) for run in flight.frames) for flight in list(flights.values()))
+            await asyncio.sleep(0.005)
+
+    sampler = asyncio.create_task(sample())
+    # Past the bound (~20 frames of ~150 bytes), a new identical call no longer joins: it goes upstream.
+    await wait_until_async(lambda: any(runs(f) >= 25 for f in flights.values()), what="the stream past the bound")
+    (late,) = await _burst(sidecar.openai_base, 1, BODY, stream=True)
+    (leader, follower), _ = await asyncio.gather(burst, sampler)
+    assert leader[0] == follower[0] == late[0] == 200
+    assert sorted([leader[1], follower[1]]) == ["coalesced", "miss"] and late[1] == "miss"
+    # The follower attached before got every frame, and its stream ended cleanly.
+    assert follower[2] == leader[2] and leader[2].endswith(b"data: [DONE]\n\n") and len(leader[2]) > 5 * limit
+    assert late[2].endswith(b"data: [DONE]\n\n")
+    assert mock_provider.calls() == 2
+    # What the flight held stayed near the bound (a run or two the follower had not taken yet).
+    assert max(held) <= limit, max(held)
+    assert sidecar.pipeline.cache.stats.stores == 0
