@@ -134,6 +134,12 @@ class Breaker:
         return False
 
 
+def starting_with(prefix: str) -> str:
+    """A SCAN ``MATCH`` pattern for the keys starting with ``prefix`` taken literally: a glob character in a
+    namespace (``team[a]``) would otherwise match (and a clear delete) another namespace's keys, and miss its own."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in prefix) + "*"
+
+
 def _common_options(config: CacheConfig) -> dict[str, Any]:
     timeout = config.operation_timeout
     options: dict[str, Any] = {
@@ -489,7 +495,7 @@ class RedisBackend:
 
     async def clear(self, prefix: str = "") -> None:
         async def clear() -> None:
-            keys = [key async for key in self.client.scan_iter(match=prefix + "*", count=500)]
+            keys = [key async for key in self.client.scan_iter(match=starting_with(prefix), count=500)]
             for key in keys:
                 await self.client.delete(key)
 
@@ -613,7 +619,7 @@ class SyncRedisBackend:
 
     def clear_now(self, prefix: str = "") -> None:
         def clear() -> None:
-            for key in list(self.client.scan_iter(match=prefix + "*", count=500)):
+            for key in list(self.client.scan_iter(match=starting_with(prefix), count=500)):
                 self.client.delete(key)
 
         self._run(None, clear)

@@ -357,3 +357,32 @@ def test_rejects_unknown_backends() -> None:
         DistributedCacheDecorator(cache_backend="memcached")
     with pytest.raises(ValueError):
         DistributedCacheDecorator(ttl=0)
+
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
+async def _triple(x: int) -> int:
+    return 3 * x
+
+
+@pytest.mark.parametrize("ours, theirs", [("team[a]", "teama"), ("a*", "ab"), ("a?", "ab"), ("a\\*", "a*")])
+def test_cache_clear_on_redis_takes_only_its_own_namespace(redis, ours, theirs) -> None:
+    """A namespace is literal: Redis glob characters in it reach neither another namespace's keys nor miss its own."""
+
+    def both(namespace: str):
+        decorator = DistributedCacheDecorator(ttl=60, cache_backend="redis", redis_url=redis.url, namespace=namespace)
+        return decorator(_double), decorator(_triple)
+
+    (mine, mine_async), (other, other_async) = both(ours), both(theirs)
+    assert mine(1) == other(1) == 2
+    assert asyncio.run(mine_async(1)) == asyncio.run(other_async(1)) == 3
+
+    mine.cache_clear()
+    asyncio.run(mine_async.cache_clear())
+
+    assert other(1) == 2 and asyncio.run(other_async(1)) == 3
+    assert (other.stats.hits, other_async.stats.hits) == (1, 1)  # the other namespace kept its entries
+    assert mine(1) == 2 and asyncio.run(mine_async(1)) == 3
+    assert (mine.stats.misses, mine_async.stats.misses) == (2, 2)  # and this one lost its own
