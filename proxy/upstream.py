@@ -70,6 +70,9 @@ def map_client_error(exc: BaseException, phase: str) -> UpstreamError:
 
 _CAUGHT = (aiohttp.ClientError, TimeoutError, ConnectionError)
 
+#: How much of a probe's body is read (and dropped) to keep its connection; past it the connection is closed.
+PROBE_BODY_BYTES = 64 * 1024
+
 
 @functools.lru_cache(maxsize=64)
 def _connect_timeout(seconds: float) -> aiohttp.ClientTimeout:
@@ -437,11 +440,23 @@ class Upstream:
         )
 
     async def probe(self, url: str, headers: dict[str, str], timeout: float) -> int:
-        """A health probe: GET ``url`` and return the status (the body is read and dropped)."""
+        """A health probe: GET ``url`` and return the status.
+
+        Only the status counts. A small body (a models list) is read and dropped so the connection
+        is kept for the next probe; past ``PROBE_BODY_BYTES`` the connection is closed instead, so
+        a probe URL serving a huge or endless body is neither buffered nor read until the timeout.
+        """
         try:
             async with asyncio.timeout(timeout):
                 async with self.session.get(url, headers=headers, allow_redirects=False) as response:
-                    await response.read()
+                    seen = 0
+                    while seen <= PROBE_BODY_BYTES:
+                        chunk = await response.content.read(PROBE_BODY_BYTES)
+                        if not chunk:
+                            break
+                        seen += len(chunk)
+                    else:
+                        response.close()
                     return response.status
         except _CAUGHT as exc:
             raise map_client_error(exc, "probe") from None

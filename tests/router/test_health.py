@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+from aiohttp import web
 
 from proxy.router.circuit import Circuit
 from proxy.router.config import CircuitConfig
@@ -121,3 +122,38 @@ def test_status_shows_slots_and_never_a_key(make_sidecar, mock_provider: MockPro
     assert (state["slots_limit"], state["in_flight"], state["attempts"], state["health"]) == (7, 0, 1, "unknown")
     assert state["ewma_ttfb_ms"] is not None
     assert "sk-test" not in text
+
+
+def test_a_probe_reads_only_the_status_not_an_endless_body(make_sidecar, mock_provider: MockProvider, server_loop):
+    """Only the status counts: a probe URL serving an endless 200 must neither be buffered nor hold the probe."""
+    sent: list[int] = []
+    ended: list[int] = []
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        chunk = b"x" * 65536
+        sent.append(0)
+        try:
+            while True:
+                await response.write(chunk)
+                sent[-1] += len(chunk)
+        except ConnectionError:  # the probe went away: its connection closed
+            ended.append(sent[-1])
+        return response
+
+    app = web.Application()
+    app.router.add_get("/models", endless)
+    with server_loop.serving(app) as url:
+        sidecar = make_sidecar(
+            config(
+                mock_provider,
+                {"chat": {"endpoints": [endpoint(mock_provider, "mock-a", probe_url=url + "/models")]}},
+                # A timeout no test waits for: reading the body until it fired was the bug.
+                health={"enabled": True, "interval": 600, "timeout": 300, "healthy_after": 1},
+            )
+        )
+        wait_until(lambda: endpoints(sidecar)["mock-a"]["health"] == "healthy", timeout=10, what="a healthy probe")
+        wait_until(lambda: ended, timeout=10, what="the probe's connection closed")
+    # What the kernel's socket buffers took, not the endless body (gigabytes a second on loopback).
+    assert len(sent) == 1 and ended[0] < 64 * 1024 * 1024
