@@ -85,6 +85,11 @@ class NoEndpointAvailable(ProxyError):
     status = 503
     type = "overloaded_error"
 
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        #: seconds until the soonest endpoint may be tried again, when the router knows
+        self.retry_after = retry_after
+
 
 class MissingKey(ProxyError):
     """The model group's key is missing in the sidecar (its variable or file); the call is not

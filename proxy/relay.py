@@ -18,6 +18,7 @@ and the coalescer only hand over data.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 from aiohttp import web
@@ -33,6 +34,7 @@ from proxy.dialects.usage import merge_usage
 from proxy.errors import (
     CLIENT_STALLED,
     MissingKey,
+    NoEndpointAvailable,
     Overloaded,
     ProxyError,
     UpstreamBroken,
@@ -238,6 +240,9 @@ def send_error(call: Call, error: ProxyError) -> web.Response:
     headers = {**call.response_headers, "x-request-id": call.request_id}
     if isinstance(error, Overloaded):
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    elif isinstance(error, NoEndpointAvailable) and error.retry_after is not None:
+        # Rounded up: an SDK retrying sooner would find the circuit still open.
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     elif isinstance(error, MissingKey):
         headers["x-should-retry"] = "false"  # the OpenAI and Anthropic SDKs skip their retries
     headers["Content-Type"] = "application/json"

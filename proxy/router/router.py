@@ -530,8 +530,29 @@ class Router:
                 retry_after=max(1.0, min(cooling)),
             )
         return NoEndpointAvailable(
-            f"every endpoint of model group `{call.model_group}` is unhealthy or its circuit is open"
+            f"every endpoint of model group `{call.model_group}` is unhealthy or its circuit is open",
+            retry_after=self._retry_in(endpoints, now),
         )
+
+    def _retry_in(self, endpoints: list[Endpoint], now: float) -> float | None:
+        """Seconds until the soonest of ``endpoints`` may be tried again: its circuit half-opens and
+        (when unhealthy) its next probe is due. None when one cannot tell (a half-open trial in
+        flight, no probe yet): it may be back any moment, so the caller is not told to wait."""
+        soonest: float | None = None
+        for endpoint in endpoints:
+            if endpoint.gone:
+                continue
+            circuit, wait = endpoint.circuit, 0.0
+            if circuit.state == "open" and now < circuit.open_until:
+                wait = circuit.open_until - now
+            elif not circuit.allows(now):
+                return None
+            if endpoint.healthy is False:
+                if endpoint.last_probe_at is None:
+                    return None
+                wait = max(wait, endpoint.last_probe_at + self.settings.health.interval - now)
+            soonest = wait if soonest is None else min(soonest, wait)
+        return soonest
 
     def _record_failure(self, call: Call, endpoint: Endpoint, error: UpstreamError, now: float) -> None:
         kind = failure_kind(error)

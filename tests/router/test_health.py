@@ -56,6 +56,28 @@ def test_circuit_opens_half_opens_and_closes(make_sidecar, mock_provider: MockPr
     assert (mock_provider.calls("mock-a"), state["circuit"], state["circuit_times_opened"]) == (4, "closed", 2)
 
 
+def test_no_endpoint_503_says_when_to_retry(make_sidecar, mock_provider: MockProvider) -> None:
+    # The SDKs retry a 503 at once unless told to wait; the open circuit will refuse them until it half-opens.
+    mock_provider.set_behaviour("mock-a", status=500)
+    open_for = 30.0
+    sidecar = make_sidecar(
+        config(
+            mock_provider,
+            {"chat": {"endpoints": [endpoint(mock_provider, "mock-a")]}},
+            circuit={"failures": 2, "open_for": open_for},
+        )
+    )
+    body = {"model": "chat", "messages": HELLO}
+    wait_until(
+        lambda: httpx.post(sidecar.openai_base + "/chat/completions", json=body).status_code == 503,
+        what="the circuit to open",
+    )
+    answer = httpx.post(sidecar.openai_base + "/chat/completions", json=body)
+    assert answer.status_code == 503, answer.text
+    assert 1 <= int(answer.headers["retry-after"]) <= open_for
+    assert endpoints(sidecar)["mock-a"]["circuit"] == "open"
+
+
 def test_circuit_error_rate_and_single_trial() -> None:
     circuit = Circuit(CircuitConfig(failures=100, error_rate=0.5, min_calls=4, window=10, open_for=5))
     assert circuit.success(0.0) is None and circuit.failure(0.1) is None and circuit.success(0.2) is None
@@ -97,6 +119,9 @@ def test_active_probes_mark_a_dead_endpoint_without_calls(
     # Upstream health is in /status (readiness is the sidecar's own: tests/test_readiness.py).
     groups = httpx.get(sidecar.admin_url + "/status").json()["groups"]
     assert {name: group["ready"] for name, group in groups.items()} == {"chat": True, "solo": False}
+    # Its only endpoint unhealthy, "solo" answers 503, to be retried once the next probe is due (0.1 s: 1 s).
+    answer = httpx.post(sidecar.openai_base + "/chat/completions", json={"model": "solo", "messages": HELLO})
+    assert (answer.status_code, answer.headers.get("retry-after")) == (503, "1"), answer.text
     # Calls skip it: the probes found it dead, not a call.
     assert sidecar.openai().chat.completions.create(model="chat", messages=HELLO).choices[0].message.content
     refused_port.release()
