@@ -181,7 +181,9 @@ async def test_no_store_and_no_cache_calls_do_not_coalesce(cached_sidecar, mock_
     assert mock_provider.calls() == 4
 
 
-async def test_a_stream_too_large_to_store_is_not_held_whole_for_late_followers(cached_sidecar, mock_provider) -> None:
+async def test_a_stream_too_large_to_store_is_not_held_whole_for_late_followers(
+    cached_sidecar, mock_provider, server_loop
+) -> None:
     # A stream over max_entry_bytes (never stored) was still kept whole by its flight for followers that
     # might join late, and joined at its end: ~2x its size, with no bound but the total timeout.
     limit = 2000
@@ -191,18 +193,22 @@ async def test_a_stream_too_large_to_store_is_not_held_whole_for_late_followers(
     burst = asyncio.create_task(_burst(sidecar.openai_base, 2, BODY, stream=True))  # a leader and a follower
 
     def runs(flight) -> int:
-        return getattr(flight, "base", 0) + len(flight.frames)
+        return flight.base + len(flight.frames)
 
     held = []
 
-    async def sample() -> None:
-        while not burst.done():
-            held.extend(sum(len(run) for run in flight.frames) for flight in list(flights.values()))
-            await asyncio.sleep(0.005)
+    async def sample(flight) -> None:
+        """What the flight holds each time the leader publishes, before the follower takes it."""
+        while not flight.done:
+            held.append(flight.held)
+            await flight.changed(runs(flight))
 
-    sampler = asyncio.create_task(sample())
+    await wait_until_async(lambda: flights, what="the leader's flight")
+    (flight,) = flights.values()
+    # (on the servers' loop, where the flight's wake-ups happen)
+    sampler = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(sample(flight), server_loop.loop))
     # Past the bound (~20 frames of ~150 bytes), a new identical call no longer joins: it goes upstream.
-    await wait_until_async(lambda: any(runs(f) >= 25 for f in flights.values()), what="the stream past the bound")
+    await wait_until_async(lambda: runs(flight) >= 25, what="the stream past the bound")
     (late,) = await _burst(sidecar.openai_base, 1, BODY, stream=True)
     (leader, follower), _ = await asyncio.gather(burst, sampler)
     assert leader[0] == follower[0] == late[0] == 200
