@@ -7,6 +7,9 @@ again must go upstream (a miss): nothing was stored.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import anthropic
 import httpx
 import openai
@@ -15,7 +18,7 @@ import pytest
 from tests.relay.helpers import endpoint_status
 from tests.relay.helpers import endpoint_status as status_of
 from tests.relay.helpers import wait_for as wait_until
-from tests.servers import PROVIDER_KEY, Sidecar, default_config
+from tests.servers import PROVIDER_KEY, ServerLoop, Sidecar, default_config
 
 USER = [{"role": "user", "content": "tell me something"}]
 
@@ -238,18 +241,32 @@ BROKEN_ANSWERS = [
 ]
 
 
+def _chat_path(dialect: str) -> str:
+    """Where an endpoint of ``dialect`` takes a chat call."""
+    return "/v1/messages" if dialect == "anthropic" else "/v1/chat/completions"
+
+
+@contextlib.contextmanager
+def canned_upstream(
+    server_loop: ServerLoop, answer: bytes, path: str = "/v1/chat/completions", content_type: str = "application/json"
+) -> Iterator[str]:
+    """A loopback upstream that answers every POST to ``path`` with ``answer`` (status 200): its URL."""
+    from aiohttp import web
+
+    async def answer_it(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=answer, content_type=content_type)
+
+    app = web.Application()
+    app.router.add_post(path, answer_it)
+    with server_loop.serving(app) as url:
+        yield url
+
+
 @pytest.mark.parametrize("answer", BROKEN_ANSWERS)
 def test_a_json_answer_that_is_not_one_json_object_is_a_502_and_not_stored(answer, server_loop, make_sidecar) -> None:
     """Checked whole, the parts no one reads included: a 502 for the SDK, a broken attempt, nothing stored."""
-    from aiohttp import web
-
-    async def chat(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=answer, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    with server_loop.serving(app) as url:
+    with canned_upstream(server_loop, answer) as url:
         config = default_config(url, cache={"backend": "memory"})
         sidecar = make_sidecar(config=config)
         for _ in range(2):  # the second call goes upstream again: nothing was stored
@@ -289,15 +306,7 @@ def test_a_translated_json_answer_of_the_wrong_shape_is_a_502_and_not_stored(
 ) -> None:
     # Translating it raised (a 500 "the sidecar failed to handle this call", a traceback in the
     # log) or made an empty answer up from nothing, relayed and stored as a complete one.
-    from aiohttp import web
-
-    async def answer_it(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=answer, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_post("/v1/messages" if endpoint_dialect == "anthropic" else "/v1/chat/completions", answer_it)
-    with server_loop.serving(app) as url:
+    with canned_upstream(server_loop, answer, _chat_path(endpoint_dialect)) as url:
         sidecar = make_sidecar(config=_translated_config(url, endpoint_dialect))
         for _ in range(2):  # the second call goes upstream again: nothing was stored
             if endpoint_dialect == "anthropic":
@@ -344,7 +353,7 @@ def test_a_translated_stream_event_of_the_wrong_shape_ends_with_an_error_event(
         return response
 
     app = web.Application()
-    app.router.add_post("/v1/messages" if endpoint_dialect == "anthropic" else "/v1/chat/completions", stream_it)
+    app.router.add_post(_chat_path(endpoint_dialect), stream_it)
     with server_loop.serving(app) as url:
         sidecar = make_sidecar(config=_translated_config(url, endpoint_dialect))
         if endpoint_dialect == "openai":  # the caller speaks Anthropic
@@ -384,15 +393,7 @@ def test_an_answer_in_the_other_form_than_the_call_asked_is_a_502(
     stream, answer, content_type, server_loop, make_sidecar
 ) -> None:
     """An upstream (a gateway, a server) that ignores ``stream``: a broken attempt, not a silent nothing."""
-    from aiohttp import web
-
-    async def chat(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=answer, content_type=content_type)
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    with server_loop.serving(app) as url:
+    with canned_upstream(server_loop, answer, content_type=content_type) as url:
         sidecar = make_sidecar(config=default_config(url))
         with pytest.raises(openai.APIStatusError) as raised:
             answered = sidecar.openai().chat.completions.create(model="gpt-4o-mini", messages=USER, stream=stream)
@@ -418,15 +419,7 @@ def test_an_error_answered_with_a_200_is_a_failed_attempt_and_not_stored(
 ) -> None:
     # An error object under a 200 was relayed as the answer and stored: with mode always, the
     # same call got the provider's "overloaded" from the cache for the entry's whole ttl.
-    from aiohttp import web
-
-    async def answer_it(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=answer, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_post("/v1/messages" if dialect == "anthropic" else "/v1/chat/completions", answer_it)
-    with server_loop.serving(app) as url:
+    with canned_upstream(server_loop, answer, _chat_path(dialect)) as url:
         endpoint = {"name": "odd", "url": url + ("/v1" if dialect == "openai" else ""), "dialect": dialect}
         group = {"endpoints": [{**endpoint, "api_key": PROVIDER_KEY}], "cache": {"mode": "always"}}
         sidecar = make_sidecar(config=default_config(url, model_groups={"g": group}, cache={"backend": "memory"}))
