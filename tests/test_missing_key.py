@@ -41,12 +41,17 @@ def env_without_anthropic_key() -> dict[str, str]:
     return {**env, "OPENAI_API_KEY": OPENAI_KEY}
 
 
-def test_check_config_still_reports_it(tmp_path: Path) -> None:
+def check_config(config: dict, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``llm-sidecar check-config`` on ``config`` (written to a file), the Anthropic key unset."""
     path = tmp_path / "sidecar.yaml"
-    path.write_text(yaml.safe_dump(keys_from_env("http://127.0.0.1:9")))
-    done = subprocess.run(
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run(
         [EXE, "check-config", str(path)], capture_output=True, text=True, env=env_without_anthropic_key()
     )
+
+
+def test_check_config_still_reports_it(tmp_path: Path) -> None:
+    done = check_config(keys_from_env("http://127.0.0.1:9"), tmp_path)
     assert done.returncode == 2
     assert (
         "model_groups.claude-sonnet.endpoints[0].api_key_env: environment variable ANTHROPIC_API_KEY is not set"
@@ -121,11 +126,7 @@ def test_a_key_pasted_into_api_key_env_is_never_repeated(tmp_path: Path, mock_pr
     pasted = "sk-proj-Pasted0123456789abcdefXYZ"
     config = keys_from_env(mock_provider.url)
     config["model_groups"]["claude-sonnet"]["endpoints"][0]["api_key_env"] = pasted
-    path = tmp_path / "pasted.yaml"
-    path.write_text(yaml.safe_dump(config))
-    done = subprocess.run(
-        [EXE, "check-config", str(path)], capture_output=True, text=True, env=env_without_anthropic_key()
-    )
+    done = check_config(config, tmp_path)
     assert done.returncode == 2
     assert "model_groups.claude-sonnet.endpoints[0].api_key_env: environment variable" in done.stderr
     assert pasted not in done.stderr + done.stdout
@@ -169,18 +170,11 @@ def test_a_key_pasted_into_api_key_file_is_never_repeated(tmp_path: Path) -> Non
     endpoint = config["model_groups"]["claude-sonnet"]["endpoints"][0]
     del endpoint["api_key_env"]
     endpoint["api_key_file"] = pasted
-    path = tmp_path / "pasted.yaml"
-    path.write_text(yaml.safe_dump(config))
-    done = subprocess.run(
-        [EXE, "check-config", str(path)], capture_output=True, text=True, env=env_without_anthropic_key()
-    )
+    done = check_config(config, tmp_path)
     assert done.returncode == 2
     assert "model_groups.claude-sonnet.endpoints[0].api_key_file: cannot read" in done.stderr
     assert pasted not in done.stderr + done.stdout
     # An absolute path, as a mounted Secret's, is still named.
     endpoint["api_key_file"] = str(tmp_path / "no-such-key")
-    path.write_text(yaml.safe_dump(config))
-    done = subprocess.run(
-        [EXE, "check-config", str(path)], capture_output=True, text=True, env=env_without_anthropic_key()
-    )
+    done = check_config(config, tmp_path)
     assert f"cannot read {tmp_path / 'no-such-key'}: No such file or directory" in done.stderr
