@@ -371,6 +371,10 @@ def _json_answer(body: bytes) -> _Answer:
     return answer
 
 
+def _too_large(limit: int) -> UpstreamBroken:
+    return UpstreamBroken(f"upstream answer is larger than max_answer_bytes ({limit} bytes)")
+
+
 async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
     """A JSON or error answer's whole body, or ``UpstreamBroken`` once it passes ``limit`` bytes
     (a broken or hostile upstream would otherwise fill the pod's memory)."""
@@ -378,7 +382,7 @@ async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
     if length is not None and hdrs.CONTENT_ENCODING not in response.headers:
         # The common answer: its length is known before a byte is read (a compressed one is not).
         if length > limit:
-            raise UpstreamBroken(f"upstream answer is larger than max_answer_bytes ({limit} bytes)")
+            raise _too_large(limit)
         return await response.read()
     chunks = []
     size = 0
@@ -386,7 +390,7 @@ async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
     while chunk := await content.readany():
         size += len(chunk)
         if size > limit:
-            raise UpstreamBroken(f"upstream answer is larger than max_answer_bytes ({limit} bytes)")
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
